@@ -1,0 +1,330 @@
+"""Loads incident_recipes.yaml strictly into Recipe objects.
+
+One schema, checked here: unknown keys, wrong types, duplicate keys or
+recipes, a default duration over the maximum, an unknown hook type or a
+missing template are errors naming file:line and the recipe.
+"""
+
+import dataclasses
+import os
+import re
+
+import yaml
+
+from kit.errors import CatalogError
+from kit.params import TYPES, Duration
+
+API_VERSION = "kit/v1"
+KIND = "RecipeCatalog"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CATALOG = os.path.join(ROOT, "incident_recipes.yaml")
+PROBES_DIR = os.path.join(ROOT, "probes")
+
+HOOK_TYPES = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "uprobe", "uretprobe",
+              "perf_event")
+COST_CLASSES = ("tracepoint_count", "tracepoint_hash", "tracepoint_stack", "uprobe_pair", "uprobe_pair_stack",
+                "uprobe_count")
+TASK_SCOPES = {
+    "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
+    "pid": dict(type="pid", help="process id (all its threads)"),
+    "tid": dict(type="tid", help="thread id"),
+    "cgroup": dict(type="cgroup", help="cgroup v2 directory, e.g. system.slice/nginx.service"),
+}
+
+
+@dataclasses.dataclass
+class ParamSpec:
+    name: str
+    type: str
+    help: str = ""
+    default: object = None
+    min: int = 0
+    max: int = 2**63 - 1
+    choices: tuple = ()
+    scope: bool = False      # narrows which events are paid for in full
+    task_scope: bool = False  # filtered by the shared prelude rather than the template
+    line: int = 0
+
+    @property
+    def flag(self):
+        return self.name.replace("_", "-")
+
+    @property
+    def in_c(self):
+        return TYPES[self.type].c_emitter and not self.task_scope
+
+    @property
+    def default_value(self):
+        return None if self.default is None else TYPES[self.type].parse(self.default, self)
+
+
+@dataclasses.dataclass
+class Attach:
+    fn: str            # C function in the template
+    symbol: str = ""   # uprobes: name of the symbol parameter (or a literal symbol after '=')
+    at: str = "entry"  # entry or return
+
+
+@dataclasses.dataclass
+class Hook:
+    type: str
+    target: str = ""
+    attach: list = dataclasses.field(default_factory=list)
+    binary: str = ""    # uprobes: name of the parameter that gives the binary
+    requires: tuple = ()  # extra kernel facts this rung needs, e.g. ("btf",)
+    line: int = 0
+
+
+@dataclasses.dataclass
+class Field:
+    name: str
+    unit: str = ""
+    help: str = ""
+
+
+@dataclasses.dataclass
+class Guard:
+    hot_path: bool
+    cost_class: str
+    scope_required: bool
+    rate_hook: str = ""   # which hook the rate estimate counts, default the first attach point
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    summary: str
+    hooks: list
+    params: dict
+    duration_default: float
+    duration_max: float
+    guard: Guard
+    output: str
+    fields: list
+    runbook: str
+    next: list
+    example: str
+    template_path: str
+    line: int
+    source: str
+
+    @property
+    def where(self):
+        return f"{self.source}:{self.line}"
+
+    def scope_params(self):
+        return [p for p in self.params.values() if p.scope]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records line numbers and refuses duplicate keys."""
+
+
+def _construct_mapping(loader, node):
+    loader.flatten_mapping(node)
+    out = _Map()
+    out.line = node.start_mark.line + 1
+    for knode, vnode in node.value:
+        key = loader.construct_object(knode, deep=True)
+        if key in out:
+            raise CatalogError(f"{loader.name}:{knode.start_mark.line + 1}: duplicate key {key!r}",
+                               "remove one of the two")
+        out[key] = loader.construct_object(vnode, deep=True)
+        out.lines[key] = vnode.start_mark.line + 1
+    return out
+
+
+class _Map(dict):
+    line = 0
+
+    def __init__(self):
+        super().__init__()
+        self.lines = {}
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _Checker:
+    def __init__(self, source):
+        self.source = source
+        self.recipe = None
+
+    def fail(self, line, msg, hint="fix incident_recipes.yaml"):
+        who = f" recipe {self.recipe!r}:" if self.recipe else ""
+        raise CatalogError(f"{self.source}:{line}:{who} {msg}", hint)
+
+    def keys(self, m, required, optional=()):
+        if not isinstance(m, _Map):
+            self.fail(getattr(m, "line", 0), f"expected a mapping, got {type(m).__name__}")
+        for k in m:
+            if k not in required and k not in optional:
+                self.fail(m.lines[k], f"unknown key {k!r}", f"allowed here: {', '.join(list(required) + list(optional))}")
+        for k in required:
+            if k not in m:
+                self.fail(m.line, f"missing key {k!r}")
+
+    def typed(self, m, key, typ, default=None):
+        if key not in m:
+            return default
+        v = m[key]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            self.fail(m.lines[key], f"{key!r} must be {typ.__name__}, got {type(v).__name__} {v!r}")
+        return v
+
+    def duration(self, m, key):
+        v = m[key]
+        try:
+            return Duration.seconds(v, key)
+        except Exception:
+            self.fail(m.lines[key], f"{key!r}: {v!r} is not a duration like 20s or 2m")
+
+
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def load(path=DEFAULT_CATALOG, probes_dir=PROBES_DIR):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise CatalogError(f"cannot read catalog {path}: {e.strerror}", "check the path given to --catalog") from None
+    return parse(text, path, probes_dir)
+
+
+def parse(text, source="<catalog>", probes_dir=PROBES_DIR):
+    loader = _Loader(text)
+    loader.name = source
+    try:
+        doc = loader.get_single_data()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        raise CatalogError(f"{source}:{line}: malformed YAML: {getattr(e, 'problem', e)}",
+                           "fix the YAML syntax there") from None
+    finally:
+        loader.dispose()
+    c = _Checker(source)
+    if not isinstance(doc, _Map):
+        c.fail(1, "the catalog must be a mapping with apiVersion, kind and recipes")
+    c.keys(doc, ("apiVersion", "kind", "recipes"), ("requires",))
+    if doc["apiVersion"] != API_VERSION:
+        c.fail(doc.lines["apiVersion"], f"apiVersion {doc['apiVersion']!r} is not {API_VERSION!r}",
+               "this kit reads kit/v1 catalogs")
+    if doc["kind"] != KIND:
+        c.fail(doc.lines["kind"], f"kind {doc['kind']!r} is not {KIND!r}")
+    if not isinstance(doc["recipes"], list) or not doc["recipes"]:
+        c.fail(doc.lines["recipes"], "recipes must be a non-empty list")
+    recipes = {}
+    for r in doc["recipes"]:
+        c.recipe = None
+        recipe = _recipe(c, r, source, probes_dir)
+        if recipe.name in recipes:
+            c.fail(r.line, f"duplicate recipe {recipe.name!r} (first at line {recipes[recipe.name].line})",
+                   "rename or remove one")
+        recipes[recipe.name] = recipe
+    return recipes
+
+
+def _recipe(c, r, source, probes_dir):
+    c.recipe = r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None
+    c.keys(r, ("name", "summary", "hooks", "duration", "guard", "output", "fields", "runbook", "example"),
+           ("params", "scopes", "next"))
+    name = c.typed(r, "name", str)
+    if not NAME_RE.fullmatch(name):
+        c.fail(r.lines["name"], f"recipe name {name!r} must be lower-case letters, digits and _")
+    c.recipe = name
+    summary = c.typed(r, "summary", str)
+    params = {}
+    scopes = c.typed(r, "scopes", list, [])
+    for s in scopes:
+        if s not in TASK_SCOPES:
+            c.fail(r.lines["scopes"], f"unknown scope {s!r}", f"task scopes are {', '.join(TASK_SCOPES)}")
+        params[s] = ParamSpec(name=s, scope=True, task_scope=True, line=r.lines["scopes"], **TASK_SCOPES[s])
+    for pname, p in (c.typed(r, "params", dict, {}) or {}).items():
+        if pname in params:
+            c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")
+        if not NAME_RE.fullmatch(str(pname)):
+            c.fail(r.lines["params"], f"parameter name {pname!r} must be lower-case letters, digits and _")
+        c.keys(p, ("type", "help"), ("default", "min", "max", "choices", "scope"))
+        ptype = c.typed(p, "type", str)
+        if ptype not in TYPES:
+            c.fail(p.lines["type"], f"parameter {pname!r}: unknown type {ptype!r}", f"types: {', '.join(TYPES)}")
+        spec = ParamSpec(name=pname, type=ptype, help=c.typed(p, "help", str), default=p.get("default"),
+                         min=c.typed(p, "min", int, 0), max=c.typed(p, "max", int, 2**63 - 1),
+                         choices=tuple(c.typed(p, "choices", list, [])), scope=c.typed(p, "scope", bool, False),
+                         line=p.line)
+        if ptype == "enum" and not spec.choices:
+            c.fail(p.line, f"enum parameter {pname!r} needs choices")
+        if spec.default is not None:
+            try:
+                spec.default_value
+            except Exception as e:
+                c.fail(p.lines["default"], f"parameter {pname!r}: bad default {spec.default!r}: {e}")
+        params[pname] = spec
+    hooks = _hooks(c, r, params)
+    d = r["duration"]
+    c.keys(d, ("default", "max"))
+    dmax, ddef = c.duration(d, "max"), c.duration(d, "default")
+    if ddef > dmax:
+        c.fail(d.lines["default"], f"default duration {d['default']} is over the maximum {d['max']}")
+    g = r["guard"]
+    c.keys(g, ("hot_path", "cost_class", "scope_required"), ("rate_hook",))
+    guard = Guard(hot_path=c.typed(g, "hot_path", bool), cost_class=c.typed(g, "cost_class", str),
+                  scope_required=c.typed(g, "scope_required", bool), rate_hook=c.typed(g, "rate_hook", str, ""))
+    if guard.cost_class not in COST_CLASSES:
+        c.fail(g.lines["cost_class"], f"unknown cost_class {guard.cost_class!r}", f"one of {', '.join(COST_CLASSES)}")
+    if guard.scope_required and not any(p.scope for p in params.values()):
+        c.fail(g.line, "scope_required but the recipe declares no scope parameter")
+    output = c.typed(r, "output", str)
+    if output not in ("table", "stacks", "histograms"):
+        c.fail(r.lines["output"], f"unknown output {output!r}", "one of table, stacks, histograms")
+    fields = []
+    for f in c.typed(r, "fields", list):
+        c.keys(f, ("name", "help"), ("unit",))
+        fields.append(Field(name=c.typed(f, "name", str), unit=c.typed(f, "unit", str, ""), help=c.typed(f, "help", str)))
+    template = os.path.join(probes_dir, f"{name}.c")
+    if not os.path.isfile(template):
+        c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
+    return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
+                  guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
+                  next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
+                  line=r.line, source=source)
+
+
+def _hooks(c, r, params):
+    ladder = c.typed(r, "hooks", list)
+    if not ladder:
+        c.fail(r.lines["hooks"], "hooks must list at least one alternative")
+    hooks = []
+    for h in ladder:
+        c.keys(h, ("type",), ("target", "attach", "binary", "requires"))
+        htype = c.typed(h, "type", str)
+        if htype not in HOOK_TYPES:
+            c.fail(h.lines["type"], f"unknown hook type {htype!r}", f"one of {', '.join(HOOK_TYPES)}")
+        hook = Hook(type=htype, target=c.typed(h, "target", str, ""), binary=c.typed(h, "binary", str, ""),
+                    requires=tuple(c.typed(h, "requires", list, [])), line=h.line)
+        for a in c.typed(h, "attach", list, []):
+            c.keys(a, ("fn",), ("symbol", "at"))
+            at = c.typed(a, "at", str, "entry")
+            if at not in ("entry", "return"):
+                c.fail(a.lines["at"], f"attach 'at' must be entry or return, got {at!r}")
+            sym = c.typed(a, "symbol", str, "")
+            if sym and not sym.startswith("=") and sym not in params:
+                c.fail(a.lines["symbol"], f"attach symbol refers to unknown parameter {sym!r}",
+                       "name a symbol parameter, or write =literal_symbol")
+            hook.attach.append(Attach(fn=c.typed(a, "fn", str), symbol=sym, at=at))
+        if htype in ("uprobe", "uretprobe"):
+            if not hook.attach:
+                c.fail(h.line, "a uprobe hook needs attach points")
+            if not hook.binary or hook.binary not in params:
+                c.fail(h.line, "a uprobe hook needs binary: naming a binary parameter")
+        elif not hook.target:
+            c.fail(h.line, f"a {htype} hook needs a target")
+        for req in hook.requires:
+            if req not in ("btf",):
+                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf")
+        hooks.append(hook)
+    return hooks

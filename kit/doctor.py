@@ -1,0 +1,121 @@
+"""`kit doctor`: what this kernel and these privileges support, found by trying."""
+
+import contextlib
+import os
+
+from tabulate import tabulate
+
+from kit import btf, features
+from kit.errors import ExitCode
+
+KINDS = ("tracepoint", "raw_tracepoint", "kprobe", "uprobe", "uretprobe")
+# One function per kind: BCC caches a loaded function by name with its program type.
+PROBE_TEXT = "".join(f"int kit_doctor_{k}(void *ctx) {{ return 0; }}\n" for k in KINDS)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """libbcc prints its own failure lines on fd 2; doctor reports them as rows instead."""
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _libc():
+    for cand in ("/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6", "/lib64/libc.so.6"):
+        if os.path.exists(cand):
+            return cand
+    return "c"
+
+
+def try_attach():
+    """{kind: (ok, detail)} by loading one tiny program and attaching it each way."""
+    out = {}
+    try:
+        from bcc import BPF
+    except ImportError as e:
+        return {"bcc": (False, f"cannot import bcc: {e}; run ./setup.sh")}
+    try:
+        with _quiet_stderr():
+            b = BPF(text=PROBE_TEXT)
+    except Exception as e:
+        return {"compile": (False, str(e).splitlines()[-1] if str(e) else "failed")}
+    tries = {
+        "tracepoint": lambda: b.attach_tracepoint(tp="sched:sched_process_exec", fn_name="kit_doctor_tracepoint"),
+        "raw_tracepoint": lambda: b.attach_raw_tracepoint(tp="sched_process_exec", fn_name="kit_doctor_raw_tracepoint"),
+        "kprobe": lambda: b.attach_kprobe(event="do_sys_openat2", fn_name="kit_doctor_kprobe"),
+        "uprobe": lambda: b.attach_uprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uprobe"),
+        "uretprobe": lambda: b.attach_uretprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uretprobe"),
+    }
+    try:
+        for kind, fn in tries.items():
+            try:
+                with _quiet_stderr():
+                    fn()
+                out[kind] = (True, "attached and detached")
+            except Exception as e:
+                out[kind] = (False, str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__)
+    finally:
+        b.cleanup()
+    try:
+        with _quiet_stderr():
+            k = BPF(text='KFUNC_PROBE(do_sys_openat2) { return 0; }')
+            k.cleanup()
+        out["fentry"] = (True, "loaded")
+    except Exception as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120]
+        if "super-user" in why:  # BCC's wording for any EPERM at load
+            why = "the kernel refused to load a tracing (fentry) program (EPERM)"
+        out["fentry"] = (False, why)
+    if out.get("kprobe", (True,))[0] is False and not features.kprobes_available():
+        out["kprobe"] = (False, "compiled out (CONFIG_KPROBES is not set)")
+    return out
+
+
+def report():
+    rows = []
+    uname = os.uname()
+    rows.append(("kernel", uname.release, True))
+    rows.append(("BTF", "/sys/kernel/btf/vmlinux" if btf.kernel() else "missing (kit cannot use raw tracepoint rungs or netns scope)",
+                 btf.kernel() is not None))
+    lock = features.lockdown()
+    rows.append(("lockdown", lock or "unknown (securityfs not mounted: mount -t securityfs nodev /sys/kernel/security)",
+                 lock in ("none", "integrity")))
+    if lock == "confidentiality":
+        rows.append(("", "confidentiality blocks reading kernel memory: stacks and BTF-offset reads fail; "
+                         "tcpretrans counts still work", False))
+    tfs = features.tracefs()
+    rows.append(("tracefs", tfs or "not mounted: mount -t tracefs nodev /sys/kernel/tracing", tfs is not None))
+    path, ver, match = features.headers()
+    if path is None:
+        rows.append(("headers", f"none for {uname.release}: run ./setup.sh", False))
+    else:
+        rows.append(("headers", f"{ver} at {path}" + ("" if match else
+                     f" — do NOT match the running kernel {uname.release}; kit takes struct offsets from BTF"), match))
+    missing = features.missing_caps()
+    caps = sorted(features.effective_caps())
+    rows.append(("capabilities", ", ".join(caps) or "none" + (f"; missing {', '.join(missing)}" if missing else ""),
+                 not missing))
+    try:
+        import bcc
+        rows.append(("bcc", getattr(bcc, "__version__", "?") + f" ({os.path.dirname(bcc.__file__)})", True))
+    except ImportError:
+        rows.append(("bcc", "not importable: run ./setup.sh", False))
+    if not missing and tfs:
+        for kind, (ok, detail) in try_attach().items():
+            rows.append((kind, detail, ok))
+    rows.append(("frame pointers", "Debian's libc is built without them: user stacks through libc wrappers "
+                 "(usleep, read) skip the wrapper's caller; kit's offcpu recovers it where it can", True))
+    return rows
+
+
+def main(out):
+    rows = report()
+    out.write(tabulate([(k, "ok" if ok else "NO", v) for k, v, ok in rows], headers=["check", "", "detail"]) + "\n")
+    return ExitCode.OK

@@ -1,0 +1,49 @@
+"""Exit codes and the one error hierarchy. Every KitError carries its exit code
+and a one-line message that says what is wrong and how to fix it."""
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    INTERNAL = 1          # a bug in kit: rerun with --debug and report it
+    BAD_INPUT = 2         # the user's arguments are wrong
+    CATALOG = 3           # incident_recipes.yaml or a template is wrong
+    REFUSED = 4           # the guardrail refused to attach
+    UNSUPPORTED = 5       # the kernel or privileges lack what the recipe needs
+    COMPILE = 6           # BCC could not compile, or the verifier rejected the program
+    BREAKER = 7           # the guardrail stopped a running probe for overhead
+    INTERRUPTED = 130     # Ctrl-C (results are still printed)
+    TERMINATED = 143      # SIGTERM (results are still printed)
+
+
+class KitError(Exception):
+    code = ExitCode.INTERNAL
+
+    def __init__(self, message, hint=None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self):
+        return f"{self.message}" + (f" — {self.hint}" if self.hint else "")
+
+
+class BadInput(KitError):
+    code = ExitCode.BAD_INPUT
+
+
+class CatalogError(KitError):
+    code = ExitCode.CATALOG
+
+
+class Refused(KitError):
+    code = ExitCode.REFUSED
+
+
+class Unsupported(KitError):
+    code = ExitCode.UNSUPPORTED
+
+
+class CompileError(KitError):
+    code = ExitCode.COMPILE

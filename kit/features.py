@@ -1,0 +1,166 @@
+"""What this kernel and this process can do, found by looking rather than assuming.
+
+Cheap checks (files, PMUs, capabilities) choose a recipe's hook rung at run
+time; `kit doctor` additionally tries to load and attach real programs.
+"""
+
+import functools
+import gzip
+import os
+import re
+
+from kit.errors import Unsupported
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+CAPS = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+def tracefs():
+    """The mounted tracefs directory, or None."""
+    for d in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(d, "events")):
+            return d
+    return None
+
+
+def need_tracefs():
+    d = tracefs()
+    if d is None:
+        raise Unsupported("tracefs is not mounted, so BCC cannot read tracepoint formats",
+                          "mount it: mount -t tracefs nodev /sys/kernel/tracing (or run ./setup.sh)")
+    return d
+
+
+def tracepoint_format(target):
+    """Field names of a tracepoint 'cat:name' from tracefs, or None if it does not exist."""
+    cat, _, name = target.partition(":")
+    d = tracefs()
+    if d is None:
+        return None
+    try:
+        with open(os.path.join(d, "events", cat, name, "format")) as f:
+            return re.findall(r"field:[^;]*?([A-Za-z_][A-Za-z0-9_]*)(?:\[\d+\])?;", f.read())
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def kconfig():
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return dict(line.strip().split("=", 1) for line in f if "=" in line and not line.startswith("#"))
+    except OSError:
+        return {}
+
+
+def pmu(name):
+    return os.path.isdir(f"/sys/bus/event_source/devices/{name}")
+
+
+def btf_available():
+    return os.path.isfile("/sys/kernel/btf/vmlinux")
+
+
+def kprobes_available():
+    cfg = kconfig()
+    if cfg:
+        return cfg.get("CONFIG_KPROBES") == "y"
+    return pmu("kprobe")
+
+
+def uprobes_available():
+    return pmu("uprobe") or kconfig().get("CONFIG_UPROBE_EVENTS") == "y"
+
+
+@functools.lru_cache(maxsize=1)
+def raw_tracepoints_available():
+    try:
+        from bcc import BPF
+        return bool(BPF.support_raw_tracepoint())
+    except Exception:
+        return False
+
+
+def lockdown():
+    """'none', 'integrity', 'confidentiality', or None when securityfs is not mounted."""
+    try:
+        with open("/sys/kernel/security/lockdown") as f:
+            m = re.search(r"\[(\w+)\]", f.read())
+            return m.group(1) if m else None
+    except OSError:
+        return None
+
+
+def effective_caps(status_path="/proc/self/status"):
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                bits = int(line.split()[1], 16)
+                return {name for name, bit in CAPS.items() if bits >> bit & 1}
+    return set()
+
+
+def missing_caps():
+    """Capabilities kit lacks to load and attach tracing programs (CAP_SYS_ADMIN covers both)."""
+    have = effective_caps()
+    if "CAP_SYS_ADMIN" in have:
+        return []
+    return [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in have]
+
+
+def headers():
+    """(path the build link points to, its kernel version, matches running kernel?) or (None, None, False)."""
+    release = os.uname().release
+    build = f"/lib/modules/{release}/build"
+    if not os.path.exists(build):
+        return None, None, False
+    real = os.path.realpath(build)
+    ver = None
+    try:
+        with open(os.path.join(real, "include/generated/utsrelease.h")) as f:
+            m = re.search(r'"([^"]+)"', f.read())
+            ver = m.group(1) if m else None
+    except OSError:
+        m = re.search(r"linux-headers-(.+?)$", real)
+        ver = m.group(1) if m else None
+    return real, ver, ver == release
+
+
+def hook_supported(hook):
+    """None if this kernel can attach the hook rung, else the reason it cannot."""
+    for req in hook.requires:
+        if req == "btf" and not btf_available():
+            return "kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    t = hook.type
+    if t == "tracepoint":
+        if tracefs() is None:
+            return "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+        if tracepoint_format(hook.target) is None:
+            return f"no tracepoint {hook.target} on this kernel"
+        return None
+    if t == "raw_tracepoint":
+        return None if raw_tracepoints_available() else "raw tracepoints are not supported"
+    if t in ("kprobe", "kretprobe"):
+        return None if kprobes_available() else "kprobes are compiled out of this kernel (CONFIG_KPROBES is not set)"
+    if t in ("uprobe", "uretprobe"):
+        return None if uprobes_available() else "uprobes are not available (CONFIG_UPROBE_EVENTS)"
+    if t in ("fentry", "fexit"):
+        return "fentry/fexit are not used by kit on BCC 0.26 (they need matching kernel headers)"
+    return f"hook type {t} is not supported by kit"
+
+
+def choose_hook(recipe, forced=None):
+    """The first rung of the recipe's ladder this kernel supports."""
+    reasons = []
+    for hook in recipe.hooks:
+        if forced and hook.type != forced:
+            continue
+        why = hook_supported(hook)
+        if why is None:
+            return hook
+        reasons.append(f"{hook.type} {hook.target or ''}".strip() + f": {why}")
+    if forced and not reasons:
+        raise Unsupported(f"recipe {recipe.name} has no {forced} hook",
+                          f"its hooks are: {', '.join(h.type for h in recipe.hooks)}")
+    raise Unsupported(f"{recipe.name} cannot run on this kernel: " + "; ".join(reasons),
+                      "run `kit doctor` to see what this kernel supports")

@@ -1,0 +1,343 @@
+"""The typed layer between user text and C text.
+
+Every parameter a recipe declares has a type from TYPES. A type converts the
+user's text into a checked Python value (or raises BadInput saying how to fix
+it) and, for parameters that reach the program, emits a C literal: a decimal
+or hex integer, a byte initializer, or a token from an allow-list. Nothing the
+user typed is ever pasted into C as-is.
+"""
+
+import ipaddress
+import os
+import re
+import stat
+
+from kit.errors import BadInput
+
+COMM_LEN = 15  # TASK_COMM_LEN - 1: the kernel truncates comm to 15 bytes
+
+
+class ParamType:
+    name = "?"
+    c_emitter = True  # False: the value is used by kit itself, never by C text
+
+    def parse(self, text, spec):
+        raise NotImplementedError
+
+    def emit(self, value):
+        raise NotImplementedError
+
+    def off(self):
+        """The C literal that means 'no filter' when the parameter is unset."""
+        return "0"
+
+
+def _int(text, what, lo, hi, fix):
+    s = str(text).strip()
+    if not re.fullmatch(r"[0-9]+", s):
+        raise BadInput(f"{what} must be a whole number, got {text!r}", fix)
+    v = int(s)
+    if not lo <= v <= hi:
+        raise BadInput(f"{what} {v} is out of range {lo}..{hi}", fix)
+    return v
+
+
+def _proc_status(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+class Integer(ParamType):
+    name = "int"
+
+    def parse(self, text, spec):
+        return _int(text, f"--{spec.flag}", spec.min, spec.max, f"give a number from {spec.min} to {spec.max}")
+
+    def emit(self, value):
+        return f"{int(value)}ULL"
+
+
+class Pid(ParamType):
+    """A live user-space process (tgid). Kernel threads and zombies are refused:
+    they have no user stack and no future events worth paying for."""
+    name = "pid"
+    what = "process"
+
+    def parse(self, text, spec):
+        pid = _int(text, f"--{spec.flag}", 1, 2**22, "give a numeric process id, e.g. from `pgrep -n NAME`")
+        st = _proc_status(pid)
+        if st is None:
+            raise BadInput(f"no {self.what} with id {pid}", "check it with `ps -p ID` or scope by --comm instead")
+        if st.get("State", "").startswith(("Z", "X")):
+            raise BadInput(f"{self.what} {pid} is a zombie (exited, not yet reaped)",
+                           "scope by the parent or by --comm instead")
+        if _is_kthread(pid):
+            raise BadInput(f"{self.what} {pid} ({st.get('Name', '?')}) is a kernel thread",
+                           "kit probes user-space processes; pick a process id from `ps -e`")
+        if self.name == "pid" and st.get("Tgid") != str(pid):
+            raise BadInput(f"{pid} is a thread of process {st.get('Tgid')}, not a process",
+                           f"use --pid {st.get('Tgid')} or --tid {pid}")
+        return pid
+
+    def emit(self, value):
+        return str(int(value))
+
+
+def _is_kthread(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return bool(int(fields[6]) & 0x00200000)  # PF_KTHREAD
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+class Tid(Pid):
+    name = "tid"
+    what = "thread"
+
+
+class Comm(ParamType):
+    """A process name as the kernel stores it: at most 15 bytes, matched
+    exactly. Emitted as a 16-byte initializer so the program compares two
+    64-bit words instead of looping over characters."""
+    name = "comm"
+
+    def parse(self, text, spec):
+        s = str(text)
+        raw = s.encode("utf-8", "surrogateescape")
+        if not raw:
+            raise BadInput("--comm is empty", "give the process name as `ps -o comm` shows it")
+        if len(raw) > COMM_LEN:
+            raise BadInput(
+                f"--comm {s[:40]!r} is {len(raw)} bytes; the kernel truncates comm to {COMM_LEN}",
+                f"use the truncated name --comm {raw[:COMM_LEN].decode('utf-8', 'replace')!r}"
+                " (as `ps -o comm` shows it) or scope by --pid")
+        if any(b < 0x20 or b == 0x7F for b in raw):
+            raise BadInput("--comm contains control characters or NUL", "give the name as `ps -o comm` shows it")
+        return s
+
+    def emit(self, value):
+        raw = value.encode("utf-8", "surrogateescape").ljust(16, b"\0")
+        return "{" + ", ".join(str(b) for b in raw) + "}"
+
+    def off(self):
+        return "{" + ", ".join(["0"] * 16) + "}"
+
+
+class Duration(ParamType):
+    """20s, 500ms, 2m, 1h or a bare number of seconds. Value in seconds."""
+    name = "duration"
+    c_emitter = False
+    UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    @classmethod
+    def seconds(cls, text, what="--for"):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(us|ms|s|m|h)?\s*", str(text))
+        if not m:
+            raise BadInput(f"{what} {text!r} is not a duration", "write it like 20s, 500ms or 2m")
+        v = float(m.group(1)) * cls.UNITS[m.group(2) or "s"]
+        if v <= 0:
+            raise BadInput(f"{what} must be longer than zero", "write it like 20s, 500ms or 2m")
+        return v
+
+    def parse(self, text, spec):
+        return self.seconds(text, f"--{spec.flag}")
+
+
+class Micros(ParamType):
+    """A time threshold for in-kernel filtering, emitted as whole microseconds."""
+    name = "micros"
+
+    def parse(self, text, spec):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(us|ms|s)?\s*", str(text))
+        if not m:
+            raise BadInput(f"--{spec.flag} {text!r} is not a time", "write it like 100us, 1ms or 2s")
+        us = int(m.group(1)) * {"us": 1, "ms": 1000, "s": 1000000}[m.group(2) or "us"]
+        if us > 3600 * 1000000:
+            raise BadInput(f"--{spec.flag} is over an hour", "give a threshold under an hour, e.g. 1ms")
+        return us
+
+    def emit(self, value):
+        return f"{int(value)}ULL"
+
+
+class Port(ParamType):
+    name = "port"
+
+    def parse(self, text, spec):
+        return _int(text, f"--{spec.flag}", 1, 65535, "give a TCP port from 1 to 65535")
+
+    def emit(self, value):
+        return str(int(value))
+
+
+class IPAddr(ParamType):
+    """An IPv4 or IPv6 address, emitted as a 16-byte initializer (IPv4 in the
+    first four bytes, as the tcp tracepoints store it)."""
+    name = "ipaddr"
+
+    def parse(self, text, spec):
+        try:
+            return ipaddress.ip_address(str(text).strip())
+        except ValueError:
+            raise BadInput(f"--{spec.flag} {str(text)[:60]!r} is not an IP address",
+                           "give one like 10.0.0.5 or 2001:db8::1") from None
+
+    def emit(self, value):
+        raw = value.packed.ljust(16, b"\0")
+        return "{" + ", ".join(str(b) for b in raw) + "}"
+
+    def off(self):
+        return "{" + ", ".join(["0"] * 16) + "}"
+
+
+class Netns(ParamType):
+    """A network namespace: a name from `ip netns`, a path to an nsfs file
+    (/proc/PID/ns/net, /run/netns/NAME) or a pid. Emitted as its inode number."""
+    name = "netns"
+
+    def parse(self, text, spec):
+        s = str(text)
+        if re.fullmatch(r"[0-9]+", s):
+            path = f"/proc/{s}/ns/net"
+        elif re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
+            path = f"/run/netns/{s}"
+        else:
+            path = s
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise BadInput(f"--{spec.flag} {s[:80]!r}: no network namespace at {path[:80]}",
+                           "give a name from `ip netns list`, a pid, or /proc/PID/ns/net") from None
+        return st.st_ino
+
+    def emit(self, value):
+        return f"{int(value)}U"
+
+
+class Cgroup(ParamType):
+    """A cgroup v2 directory; its inode number is the id bpf_get_current_cgroup_id returns."""
+    name = "cgroup"
+    ROOT = "/sys/fs/cgroup"
+
+    def parse(self, text, spec):
+        s = str(text)
+        if "\0" in s:
+            raise BadInput("--cgroup contains a NUL byte", "give a directory under /sys/fs/cgroup")
+        path = s if s.startswith("/sys/fs/cgroup") else os.path.join(self.ROOT, s.lstrip("/"))
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {path[:120]}",
+                           "give a directory under /sys/fs/cgroup, e.g. system.slice/nginx.service") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"--cgroup {path[:120]} is not a cgroup directory", "give a directory under /sys/fs/cgroup")
+        return st.st_ino
+
+    def emit(self, value):
+        return f"{int(value)}ULL"
+
+
+class Binary(ParamType):
+    """An ELF file to attach uprobes to. Used by kit, never written into C."""
+    name = "binary"
+    c_emitter = False
+
+    def parse(self, text, spec):
+        s = str(text)
+        if "\0" in s or len(s) > 4096:
+            raise BadInput(f"--{spec.flag} is not a usable path", "give the path of an executable or library")
+        try:
+            with open(s, "rb") as f:
+                magic = f.read(4)
+        except IsADirectoryError:
+            raise BadInput(f"--{spec.flag} {s[:120]} is a directory", "give an executable or shared library") from None
+        except OSError as e:
+            raise BadInput(f"--{spec.flag} {s[:120]}: {e.strerror}",
+                           "give the path of an executable or library that exists and is readable") from None
+        if magic != b"\x7fELF":
+            raise BadInput(f"--{spec.flag} {s[:120]} is not an ELF binary",
+                           "give the executable or shared library itself, not a script or wrapper")
+        return os.path.realpath(s)
+
+
+class Symbol(ParamType):
+    """A function name in an ELF symbol table. Used by kit to attach, never in C."""
+    name = "symbol"
+    c_emitter = False
+
+    def parse(self, text, spec):
+        s = str(text)
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.@$]{0,255}", s):
+            raise BadInput(f"--{spec.flag} {s[:60]!r} is not a symbol name",
+                           "give a function name as `nm -D BINARY` shows it")
+        return s
+
+
+class Enum(ParamType):
+    """One of an allow-list; the C token comes from the catalog, not the user."""
+    name = "enum"
+
+    def parse(self, text, spec):
+        s = str(text)
+        if s not in spec.choices:
+            raise BadInput(f"--{spec.flag} {s[:40]!r} is not one of {', '.join(spec.choices)}",
+                           f"use one of: {', '.join(spec.choices)}")
+        return s
+
+    def emit(self, value):
+        raise AssertionError("enums are emitted by index through params.emit")
+
+
+class Flag(ParamType):
+    name = "flag"
+
+    def parse(self, text, spec):
+        if isinstance(text, bool):
+            return text
+        s = str(text).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise BadInput(f"--{spec.flag} takes no value or true/false, got {text!r}", f"write --{spec.flag}")
+
+    def emit(self, value):
+        return "1" if value else "0"
+
+
+class OutPath(ParamType):
+    """A file kit writes (a flame graph). Never in C."""
+    name = "outpath"
+    c_emitter = False
+
+    def parse(self, text, spec):
+        s = str(text)
+        if "\0" in s or not s:
+            raise BadInput(f"--{spec.flag} is not a usable path", "give a file name like /tmp/offcpu.svg")
+        d = os.path.dirname(os.path.abspath(s))
+        if not os.path.isdir(d):
+            raise BadInput(f"--{spec.flag}: directory {d[:120]} does not exist", "write to an existing directory")
+        return s
+
+
+TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup,
+                                Binary, Symbol, Enum, Flag, OutPath)}
+
+
+def emit(spec, value):
+    """The C literal for a parameter's value, or its 'off' literal when unset."""
+    t = TYPES[spec.type]
+    if value is None:
+        return t.off() if spec.default is None else _emit_value(t, spec, spec.default_value)
+    return _emit_value(t, spec, value)
+
+
+def _emit_value(t, spec, value):
+    if spec.type == "enum":  # the index into the catalog's allow-list, never the user's text
+        return str(spec.choices.index(value))
+    return t.emit(value)

@@ -1,0 +1,228 @@
+"""The run engine: choose a hook, render, guard, compile, attach, wait inside
+the time box, collect, and always detach.
+
+Signals only set a flag; the loop notices within a tick, collects what the
+maps hold and tears down through the same `finally` as every other exit.
+SIGKILL cannot be caught, which is why kit attaches only through file
+descriptors (perf events and BPF links die with the process) and never
+leaves a named probe in tracefs.
+"""
+
+import dataclasses
+import importlib
+import os
+import signal
+import sys
+import time
+
+from kit import features, guard, render
+from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
+
+TICK = 0.25
+
+
+@dataclasses.dataclass
+class Context:
+    """Everything a recipe module sees: the recipe, the chosen hook, checked values."""
+    recipe: object
+    hook: object
+    values: dict
+    extra: dict = dataclasses.field(default_factory=dict)
+    state: dict = dataclasses.field(default_factory=dict)   # recipe-private (e.g. resolved binary)
+    notes: list = dataclasses.field(default_factory=list)   # shown under the results
+
+    def value(self, name):
+        v = self.values.get(name)
+        if v is None and name in self.recipe.params:
+            return self.recipe.params[name].default_value
+        return v
+
+
+@dataclasses.dataclass
+class Options:
+    duration: float
+    json: bool = False
+    debug: bool = False
+    dry_run: bool = False
+    force: bool = False          # override a guardrail refusal (recorded in the output)
+    budget: float = None         # overhead budget, percent of the machine's CPU
+    hook: str = None             # force a rung of the ladder (tests, comparisons)
+    progress: bool = None        # None: when stderr is a terminal
+
+
+def recipe_module(recipe):
+    return importlib.import_module(f"kit.recipes.{recipe.name}")
+
+
+def prepare(recipe, values, hook_type=None):
+    """Everything up to (not including) compiling: returns (context, C text)."""
+    hook = features.choose_hook(recipe, hook_type)
+    ctx = Context(recipe=recipe, hook=hook, values=dict(values))
+    mod = recipe_module(recipe)
+    if hasattr(mod, "prepare"):
+        mod.prepare(ctx)
+    if hasattr(mod, "extra"):
+        ctx.extra = mod.extra(ctx)
+    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    return ctx, text
+
+
+def compile_program(text, debug=False):
+    from bcc import BPF  # imported late so `kit list/show` work without bcc
+    try:
+        return BPF(text=text, cflags=["-Wno-unused-function", "-Wno-unused-variable"])
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CompileError(f"BCC could not compile or load the program: {msg}",
+                           "run `kit doctor`; rerun with --debug to see the compiler output") from e
+
+
+class _Stopper:
+    """Turns SIGINT/SIGTERM into a flag the loop reads; restores handlers on exit."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop collecting too, still detach in finally
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def read_stats(bpf):
+    """Sum kit's per-CPU self-accounting counters."""
+    names = ("events", "filtered", "map_full", "stack_lost", "lost_other")
+    table = bpf["kit_stats"]
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = int(sum(table[table.Key(i)]))
+    return out
+
+
+def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep):
+    """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching."""
+    if opts.duration > recipe.duration_max:
+        raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
+                       f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
+    missing = features.missing_caps()
+    if missing:
+        raise Unsupported(f"kit needs {' and '.join(missing)} to load and attach probes",
+                          "run as root, or grant them: capsh --caps='cap_bpf,cap_perfmon,cap_dac_read_search+eip' ...")
+    if recipe.hooks[0].type == "tracepoint" or any(h.type == "tracepoint" for h in recipe.hooks):
+        features.need_tracefs()
+    ctx, text = prepare(recipe, values, opts.hook)
+    estimate = guard.check_before(ctx, opts, err)
+    if opts.dry_run:
+        return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, ExitCode.OK
+    mod = recipe_module(recipe)
+    result = None
+    code = ExitCode.OK
+    bpf = None
+    with _Stopper() as stopper:
+        try:
+            bpf = compile_program(text, opts.debug)
+            attached = mod.attach(ctx, bpf) if hasattr(mod, "attach") else _auto_attached(bpf)
+            if stopper.signal is None:
+                meter = guard.Meter(ctx, opts, bpf, estimate)
+                err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
+                          f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
+                err.flush()
+                started = clock()
+                stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
+                elapsed = clock() - started
+            else:
+                started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
+            stats = read_stats(bpf)
+            result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
+            result.update(mod.collect(ctx, bpf))
+            result["notes"] = ctx.notes + result.get("notes", [])
+            code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
+                    "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
+            if stopper.signal and stopped_by not in ("SIGINT", "SIGTERM", "SIGHUP"):
+                code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
+        finally:
+            if bpf is not None:
+                bpf.cleanup()
+            if hasattr(mod, "cleanup"):
+                mod.cleanup(ctx)
+    return result, code
+
+
+def _auto_attached(bpf):
+    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {}))
+    if n == 0:
+        raise CompileError("the program compiled but attached no probe", "this is a template bug: check its hooks")
+    return f"{n} probe{'s' if n > 1 else ''}"
+
+
+def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
+    """Sleeps in ticks until the time box ends, a signal arrives, the guardrail trips or the target exits."""
+    show = err.isatty() if opts.progress is None else opts.progress
+    last_line = 0.0
+    pid = ctx.values.get("pid")
+    try:
+        while True:
+            now = clock()
+            left = opts.duration - (now - started)
+            if stopper.signal is not None:
+                return signal.Signals(stopper.signal).name
+            if left <= 0:
+                return "timeout"
+            if pid and not os.path.exists(f"/proc/{pid}"):
+                ctx.notes.append(f"target process {pid} exited {now - started:.1f}s into the run; ended early")
+                return "target_exit"
+            trip = meter.tick(now - started)
+            if trip:
+                ctx.notes.append(trip)
+                return "breaker"
+            if show and (now - last_line >= 1.0 or last_line == 0.0):
+                stats = read_stats(bpf)
+                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"]
+                line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
+                        f" | {lost} lost | {meter.progress()}")
+                err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
+                err.flush()
+                last_line = now
+            sleep(min(TICK, max(left, 0.01)))
+    finally:
+        if show and err.isatty():
+            err.write("\n")
+
+
+def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
+    recipe = ctx.recipe
+    params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
+              for k, v in ctx.values.items() if v is not None}
+    scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
+    lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "other": stats["lost_other"]}
+    return {
+        "recipe": recipe.name,
+        "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
+        "params": params,
+        "scope": scope,
+        "duration_s": round(elapsed, 3),
+        "requested_s": opts.duration,
+        "stopped_by": stopped_by,
+        "events": stats["events"],
+        "filtered": stats["filtered"],
+        "lost_events": sum(lost.values()),
+        "lost": lost,
+        "overhead": meter.summary(stats) if meter else {"estimate": estimate},
+        "forced": bool(opts.force),
+        "rows": [],
+        "histograms": {},
+    }
+
+
+def describe_error(e: KitError):
+    return e.line()

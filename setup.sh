@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up for kit on Debian 12, as root: packages, mounts, headers
+# BCC can find, and .venv/ (which sees the distro's bcc module).
+set -euo pipefail
+cd "$(dirname "$0")"
+log() { echo "setup: $*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (it installs packages and mounts tracefs): sudo ./setup.sh" >&2
+  exit 2
+fi
+
+arch=$(dpkg --print-architecture)
+pkgs=(python3-bpfcc bpfcc-tools "linux-headers-$arch" bpftrace nftables iproute2 python3-venv python3-yaml
+      python3-tabulate python3-pyroute2 gcc libc6-dev binutils libcap2-bin procps bpftool)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# BCC reads tracepoint formats from tracefs; doctor reads lockdown from securityfs.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true
+mountpoint -q /sys/kernel/security || mount -t securityfs nodev /sys/kernel/security 2>/dev/null || true
+
+# BCC looks for /lib/modules/$(uname -r)/build. With no headers for the running
+# kernel, point it at the newest installed Debian headers (-amd64 holds the
+# build tree, -common the source). `kit doctor` reports the mismatch, and kit's
+# templates take struct offsets from BTF, never from these headers.
+rel=$(uname -r)
+if [ ! -e "/lib/modules/$rel/build/Makefile" ]; then
+  build=$(ls -d /usr/src/linux-headers-*-"$arch" 2>/dev/null | sort -V | tail -1)
+  if [ -z "$build" ]; then
+    echo "setup: no kernel headers under /usr/src; apt-get install linux-headers-$arch" >&2
+    exit 5
+  fi
+  common=${build%-"$arch"}-common
+  mkdir -p "/lib/modules/$rel"
+  ln -sfn "$build" "/lib/modules/$rel/build"
+  [ -d "$common" ] && ln -sfn "$common" "/lib/modules/$rel/source"
+  log "linked /lib/modules/$rel/build -> $build (headers for another kernel; see kit doctor)"
+fi
+
+# A venv from the distro's python, so `from bcc import BPF` finds python3-bpfcc.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import bcc' 2>/dev/null; then
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.kit-installed
+want=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing kit into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$stamp"
+fi

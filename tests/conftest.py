@@ -1,0 +1,110 @@
+"""Shared test fixtures. Kernel tests never skip silently: when they cannot run
+(not root, no bcc, no tracefs) they fail, unless KIT_ALLOW_SKIP=1 is set by a
+developer on a machine that cannot load BPF."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def kernel_unavailable():
+    if os.geteuid() != 0:
+        return "kernel tests need root (or run them through test.sh as root)"
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return "bcc is not importable: run ./setup.sh (Debian's python3-bpfcc in a --system-site-packages venv)"
+    from kit import features
+    if features.tracefs() is None:
+        return "tracefs is not mounted: run ./setup.sh"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    why = kernel_unavailable()
+    if why:
+        if os.environ.get("KIT_ALLOW_SKIP") == "1":
+            pytest.skip(why)
+        pytest.fail(f"kernel test cannot run: {why}")
+
+
+def kit_cmd(*args):
+    return [sys.executable, "-m", "kit", *args]
+
+
+class KitProc:
+    """A `kit` subprocess; waits for its 'attached' line so workloads start after attach."""
+
+    def __init__(self, *args, env=None, preexec_fn=None):
+        self.args = args
+        self.p = subprocess.Popen(kit_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env, preexec_fn=preexec_fn)
+        self.err_lines = []
+
+    def wait_attached(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = self.p.stderr.readline()
+            if not line:
+                break
+            self.err_lines.append(line)
+            if " attached to " in line:
+                return
+        rest = self.p.stderr.read() if self.p.poll() is not None else ""
+        raise AssertionError(f"kit did not attach: {''.join(self.err_lines)}{rest}")
+
+    def finish(self, timeout=120):
+        out, err = self.p.communicate(timeout=timeout)
+        self.stdout, self.stderr = out, "".join(self.err_lines) + err
+        self.code = self.p.returncode
+        return self
+
+    def json(self):
+        assert self.stdout.strip(), f"no stdout; exit {self.code}; stderr: {self.stderr}"
+        return json.loads(self.stdout)
+
+
+def run_kit(*args, timeout=120, env=None):
+    p = subprocess.run(kit_cmd(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return p
+
+
+def loaded_prog_ids():
+    """IDs of every BPF program loaded on the box (the kernel's own view)."""
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(out or "[]")}
+
+
+@pytest.fixture
+def no_leftovers(kernel):
+    """Asserts the test leaves no BPF program and no uprobe/kprobe event behind."""
+    before = loaded_prog_ids()
+
+    def events():
+        from kit import features
+        d = features.tracefs()
+        out = []
+        for f in ("uprobe_events", "kprobe_events"):
+            try:
+                with open(os.path.join(d, f)) as fh:
+                    out += fh.read().splitlines()
+            except OSError:
+                pass
+        return out
+
+    ev_before = events()
+    yield
+    for _ in range(20):  # program teardown is asynchronous after close()
+        if not (loaded_prog_ids() - before):
+            break
+        time.sleep(0.1)
+    assert loaded_prog_ids() - before == set(), "BPF programs left loaded"
+    assert events() == ev_before, "probe events left in tracefs"

@@ -1,0 +1,113 @@
+"""Provokes TCP retransmits on loopback inside a network namespace it creates.
+
+A client sends to a server on 127.0.0.1 in the namespace; while an nftables
+rule drops the client's segments on the *input* hook (an output drop fails
+locally and is never retransmitted), the client's unacknowledged data is
+retransmitted by the kernel's timer. The namespace's TcpRetransSegs counter
+is the oracle. Usable as a library (tests) and a script (the demo).
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import socket, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port)); srv.listen(1)
+cli = socket.create_connection(("127.0.0.1", port)); conn, _ = srv.accept()
+cli.setblocking(False)
+print(cli.getsockname()[1], flush=True)
+sys.stdin.readline()          # parent says: drop rule is in
+end = time.time() + seconds
+while time.time() < end:
+    try:
+        cli.send(b"x" * 100)
+    except BlockingIOError:
+        pass
+    time.sleep(0.05)
+print("sent", flush=True)
+sys.stdin.readline()          # parent says: drop rule is gone
+conn.setblocking(False)
+deadline = time.time() + 10   # let the retransmit timer deliver and the ACKs come back
+while time.time() < deadline:
+    try:
+        conn.recv(65536)
+    except BlockingIOError:
+        pass
+    import struct
+    info = cli.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    unacked = struct.unpack_from("I", info, 24)[0]  # tcpi_unacked
+    if unacked == 0:
+        break
+    time.sleep(0.05)
+print("done", flush=True)
+sys.stdin.readline()          # parent says: you may close the sockets
+"""
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def netns(name):
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def retrans_segs(ns):
+    out = sh("ip", "netns", "exec", ns, "nstat", "-az", "TcpRetransSegs").stdout
+    for line in out.splitlines():
+        if line.startswith("TcpRetransSegs"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no TcpRetransSegs in nstat output: {out!r}")
+
+
+def provoke(ns, port=5599, drop_seconds=2.5, hold=None):
+    """Runs the client/server in ns, drops for drop_seconds, recovers.
+    hold(child_pid), if given, runs while the sockets are still open.
+    Returns (client port, TcpRetransSegs delta over the whole episode)."""
+    before = retrans_segs(ns)
+    child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CHILD, str(port), str(drop_seconds)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        cport = int(child.stdout.readline())
+        sh("ip", "netns", "exec", ns, "nft", "add", "table", "inet", "kit_t")
+        sh("ip", "netns", "exec", ns, "nft", "add", "chain", "inet", "kit_t", "in",
+           "{ type filter hook input priority 0; }")
+        sh("ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "kit_t", "in", "tcp", "dport", str(port), "drop")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "sent"
+        sh("ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "kit_t")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        delta = retrans_segs(ns) - before
+        if hold:
+            hold(child.pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return cport, delta
+
+
+if __name__ == "__main__":
+    name = f"kit-demo-{os.getpid()}"
+    with netns(name):
+        print(f"netns {name}: provoking retransmits ...", flush=True)
+        cport, delta = provoke(name, drop_seconds=float(sys.argv[1]) if len(sys.argv) > 1 else 2.5)
+        print(f"client port {cport}: kernel counted {delta} retransmitted segments (TcpRetransSegs)")
+        time.sleep(0.5)
