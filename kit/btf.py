@@ -12,7 +12,7 @@ import struct
 from kit.errors import Unsupported
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
-_STRUCT, _UNION, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG = 4, 5, 8, 9, 10, 11, 18
+_PTR, _STRUCT, _UNION, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _FUNC_PROTO, _TYPE_TAG = 2, 4, 5, 8, 9, 10, 11, 13, 18
 # bytes of kind-specific data after each 12-byte type header: (fixed, per vlen item)
 _TRAILER = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0), 8: (0, 0),
             9: (0, 0), 10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0), 15: (0, 12), 16: (0, 0),
@@ -27,6 +27,7 @@ class BTF:
         self.strs = data[hdr_len + str_off: hdr_len + str_off + str_len]
         self.types = [None]  # ids start at 1
         self.by_name = {}
+        self.typedefs = {}
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         while pos < end:
             name_off, info, size_type = struct.unpack_from("<III", data, pos)
@@ -39,8 +40,13 @@ class BTF:
                     members.append((self._str(m_name), m_type, (m_off & 0xFFFFFF) if kflag else m_off))
             name = self._str(name_off)
             self.types.append((kind, name, size_type, members))
+            if kind == _FUNC_PROTO:  # members holds only the parameter count
+                members = [None] * vlen
+                self.types[-1] = (kind, name, size_type, members)
             if name and kind in (_STRUCT, _UNION):
                 self.by_name.setdefault(name, len(self.types) - 1)
+            elif name and kind == _TYPEDEF:
+                self.typedefs.setdefault(name, len(self.types) - 1)
             pos += 12 + fixed + per * vlen
 
     def _str(self, off):
@@ -77,6 +83,21 @@ class BTF:
         if bits % 8:
             raise KeyError(f"{struct_name}.{path} is a bitfield")
         return bits // 8
+
+
+    def raw_tracepoint_args(self, name):
+        """Arguments of raw tracepoint `name` (its TP_PROTO, without the leading
+        __data), or None when the kernel has no such tracepoint. The kernel
+        declares each as `typedef void (*btf_trace_<name>)(void *__data, ...)`."""
+        tid = self.typedefs.get(f"btf_trace_{name}")
+        if tid is None:
+            return None
+        tid = self._resolve(self.types[tid][2])
+        if self.types[tid][0] == _PTR:
+            tid = self._resolve(self.types[tid][2])
+        if self.types[tid][0] != _FUNC_PROTO:
+            return None
+        return len(self.types[tid][3]) - 1
 
 
 @functools.lru_cache(maxsize=1)

@@ -139,7 +139,13 @@ def hook_supported(hook):
             return f"no tracepoint {hook.target} on this kernel"
         return None
     if t == "raw_tracepoint":
-        return None if raw_tracepoints_available() else "raw tracepoints are not supported"
+        if not raw_tracepoints_available():
+            return "raw tracepoints are not supported"
+        from kit import btf
+        k = btf.kernel()
+        if k is not None and k.raw_tracepoint_args(hook.target) is None:
+            return f"no raw tracepoint {hook.target} on this kernel"
+        return None
     if t in ("kprobe", "kretprobe"):
         return None if kprobes_available() else "kprobes are compiled out of this kernel (CONFIG_KPROBES is not set)"
     if t in ("uprobe", "uretprobe"):

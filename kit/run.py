@@ -118,9 +118,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if missing:
         raise Unsupported(f"kit needs {' and '.join(missing)} to load and attach probes",
                           "run as root, or grant them: capsh --caps='cap_bpf,cap_perfmon,cap_dac_read_search+eip' ...")
-    if recipe.hooks[0].type == "tracepoint" or any(h.type == "tracepoint" for h in recipe.hooks):
-        features.need_tracefs()
     ctx, text = prepare(recipe, values, opts.hook)
+    if ctx.hook.type == "tracepoint":  # BCC reads the tracepoint's format from tracefs
+        features.need_tracefs()
     estimate = guard.check_before(ctx, opts, err)
     if opts.dry_run:
         return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, ExitCode.OK

@@ -1,14 +1,17 @@
 /*
  * tcpretrans: TCP retransmits counted per flow in the kernel.
  *
- * Hook: the tcp:tcp_retransmit_skb tracepoint, so no kprobe is needed. It
- * fires in softirq or timer context: the current task is unrelated to the
+ * Hooks, first supported wins: the raw tracepoint tcp_retransmit_skb (args
+ * sk, skb[, err]; the flow is read from struct sock at offsets taken from the
+ * running kernel's BTF, so it needs neither tracefs nor matching headers),
+ * then the tcp:tcp_retransmit_skb tracepoint (fields from tracefs). No kprobe.
+ * Both fire in softirq or timer context: the current task is unrelated to the
  * flow, so scopes are the flow's port, address and network namespace.
- * Kernels that report the attempt's result (the `err` field) also trace
- * failed attempts; those are counted apart, since the kernel's
- * TcpRetransSegs counts only retransmits that went out.
+ * Kernels that report the attempt's result (`err`) also trace failed
+ * attempts; those are counted apart, since the kernel's TcpRetransSegs counts
+ * only retransmits that went out.
  * Based on bcc's tools/tcpretrans.py (count mode) and Inspektor Gadget's
- * trace_tcpretrans; the netns read uses offsets from the running kernel's BTF.
+ * trace_tcpretrans; one handler serving two attach points as in libbpf-tools.
  */
 #define KIT_PORT        {{port}}
 #define KIT_NETNS       {{netns}}
@@ -16,6 +19,16 @@
 #define KIT_HAS_ERR     {{has_err}}
 #define KIT_SK_NET_OFF  {{sk_net_off}}
 #define KIT_NET_INUM_OFF {{net_inum_off}}
+/* raw tracepoint rung: struct sock offsets from BTF, and whether TP_PROTO has err */
+#define KIT_RAW_HAS_ERR  {{raw_has_err}}
+#define KIT_SK_FAMILY_OFF {{sk_family_off}}
+#define KIT_SK_STATE_OFF  {{sk_state_off}}
+#define KIT_SK_NUM_OFF    {{sk_num_off}}
+#define KIT_SK_DPORT_OFF  {{sk_dport_off}}
+#define KIT_SK_DADDR_OFF  {{sk_daddr_off}}
+#define KIT_SK_SADDR_OFF  {{sk_saddr_off}}
+#define KIT_SK_DADDR6_OFF {{sk_daddr6_off}}
+#define KIT_SK_SADDR6_OFF {{sk_saddr6_off}}
 
 struct flow_key {
     u8 saddr[16];
@@ -54,6 +67,66 @@ static __always_inline u32 sk_netns(const void *sk)
 #endif
 }
 
+/* Filter, then count one retransmit (or failed attempt) of the flow in key. */
+static __always_inline int record(struct flow_key *key, const void *sk, int err)
+{
+    if (KIT_PORT && key->sport != KIT_PORT && key->dport != KIT_PORT) {
+        kit_count(KIT_FILTERED);
+        return 0;
+    }
+#if KIT_ADDR_FAMILY
+    union kit_addr want = {.b = {{addr}}};
+    union kit_addr s, d;
+    __builtin_memcpy(&s, key->saddr, 16);
+    __builtin_memcpy(&d, key->daddr, 16);
+    if (key->family != KIT_ADDR_FAMILY ||
+        ((s.w[0] != want.w[0] || s.w[1] != want.w[1]) && (d.w[0] != want.w[0] || d.w[1] != want.w[1]))) {
+        kit_count(KIT_FILTERED);
+        return 0;
+    }
+#endif
+    key->netns = sk_netns(sk);
+    if (KIT_NETNS && key->netns != KIT_NETNS) {
+        kit_count(KIT_FILTERED);
+        return 0;
+    }
+    struct flow_val zero = {};
+    struct flow_val *v = flows.lookup_or_try_init(key, &zero);
+    if (!v) {
+        kit_count(KIT_MAP_FULL);
+        return 0;
+    }
+    if (err)
+        __sync_fetch_and_add(&v->failed, 1);
+    else
+        __sync_fetch_and_add(&v->count, 1);
+    kit_count(KIT_EVENTS);
+    return 0;
+}
+
+#ifdef KIT_HOOK_RAW_TRACEPOINT
+RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
+{
+    const char *sk = (const char *)ctx->args[0];
+    struct flow_key key = {};
+    u8 state = 0;
+    u16 dport = 0;
+    bpf_probe_read_kernel(&key.family, sizeof(key.family), sk + KIT_SK_FAMILY_OFF);
+    bpf_probe_read_kernel(&state, sizeof(state), sk + KIT_SK_STATE_OFF);
+    bpf_probe_read_kernel(&key.sport, sizeof(key.sport), sk + KIT_SK_NUM_OFF);  /* host order */
+    bpf_probe_read_kernel(&dport, sizeof(dport), sk + KIT_SK_DPORT_OFF);        /* network order */
+    key.state = state;
+    key.dport = __builtin_bswap16(dport);
+    if (key.family == 2 /* AF_INET */) {
+        bpf_probe_read_kernel(key.saddr, 4, sk + KIT_SK_SADDR_OFF);
+        bpf_probe_read_kernel(key.daddr, 4, sk + KIT_SK_DADDR_OFF);
+    } else {
+        bpf_probe_read_kernel(key.saddr, 16, sk + KIT_SK_SADDR6_OFF);
+        bpf_probe_read_kernel(key.daddr, 16, sk + KIT_SK_DADDR6_OFF);
+    }
+    return record(&key, sk, KIT_RAW_HAS_ERR ? (int)ctx->args[2] : 0);
+}
+#else
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
 {
     struct flow_key key = {};
@@ -68,40 +141,10 @@ TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)
         __builtin_memcpy(key.saddr, args->saddr_v6, 16);
         __builtin_memcpy(key.daddr, args->daddr_v6, 16);
     }
-    if (KIT_PORT && key.sport != KIT_PORT && key.dport != KIT_PORT) {
-        kit_count(KIT_FILTERED);
-        return 0;
-    }
-#if KIT_ADDR_FAMILY
-    union kit_addr want = {.b = {{addr}}};
-    union kit_addr s, d;
-    __builtin_memcpy(&s, key.saddr, 16);
-    __builtin_memcpy(&d, key.daddr, 16);
-    if (key.family != KIT_ADDR_FAMILY ||
-        ((s.w[0] != want.w[0] || s.w[1] != want.w[1]) && (d.w[0] != want.w[0] || d.w[1] != want.w[1]))) {
-        kit_count(KIT_FILTERED);
-        return 0;
-    }
-#endif
-    key.netns = sk_netns(args->skaddr);
-    if (KIT_NETNS && key.netns != KIT_NETNS) {
-        kit_count(KIT_FILTERED);
-        return 0;
-    }
-    struct flow_val zero = {};
-    struct flow_val *v = flows.lookup_or_try_init(&key, &zero);
-    if (!v) {
-        kit_count(KIT_MAP_FULL);
-        return 0;
-    }
 #if KIT_HAS_ERR
-    if (args->err) {
-        __sync_fetch_and_add(&v->failed, 1);
-        kit_count(KIT_EVENTS);
-        return 0;
-    }
+    return record(&key, args->skaddr, args->err);
+#else
+    return record(&key, args->skaddr, 0);
 #endif
-    __sync_fetch_and_add(&v->count, 1);
-    kit_count(KIT_EVENTS);
-    return 0;
 }
+#endif

@@ -14,9 +14,12 @@ def _ns(tag):
     return f"kit-t-{tag}-{os.getpid()}"
 
 
-def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel, no_leftovers):
+@pytest.mark.parametrize("hook, host", [("raw_tracepoint", "127.0.0.1"), ("tracepoint", "127.0.0.1"),
+                                        ("raw_tracepoint", "::1"), ("tracepoint", "::1")])
+def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel, no_leftovers, hook, host):
     with retrans.netns(_ns("a")) as ns:
-        kit = KitProc("run", "tcpretrans", "--netns", ns, "--for", "9s", "--json")
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        kit = KitProc("run", "tcpretrans", "--netns", ns, "--hook", hook, "--for", "9s", "--json")
         kit.wait_attached()
         seen = {}
 
@@ -26,16 +29,19 @@ def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel,
             seen["pid"] = pid
             kit.finish()
 
-        cport, delta = retrans.provoke(ns, port=5601, hold=hold)
+        cport, delta = retrans.provoke(ns, port=5601, hold=hold, host=host)
     res = kit.json()
     assert kit.code == 0, kit.stderr
+    assert res["hook"].startswith(hook + " ")
     assert delta >= 3, f"the workload should provoke retransmits, kernel counted {delta}"
     flows = [r for r in res["rows"] if r["sport"] == cport and r["dport"] == 5601]
     assert len(flows) == 1, res["rows"]
     assert flows[0]["count"] == delta
-    assert flows[0]["saddr"] == "127.0.0.1" and flows[0]["state"] == "ESTABLISHED"
+    assert flows[0]["saddr"] == host and flows[0]["daddr"] == host and flows[0]["state"] == "ESTABLISHED"
+    assert flows[0]["family"] == (6 if ":" in host else 4)
     assert (flows[0]["pid"], flows[0]["comm"]) == (seen["pid"], seen["comm"])
-    assert res["lost_events"] == 0 and res["scope"] == {"netns": ns} or res["scope"]["netns"]
+    assert res["lost_events"] == 0
+    assert res["scope"] == {"netns": inode}
 
 
 def test_port_scope_filters_in_the_kernel(kernel, no_leftovers):

@@ -9,16 +9,29 @@ TCP_STATES = ["?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT
               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE"]
 
 
+# struct sock members the raw tracepoint rung reads, and the netns scope needs.
+SOCK_FIELDS = {
+    "sk_net_off": ("sock", "__sk_common.skc_net"), "net_inum_off": ("net", "ns.inum"),
+    "sk_family_off": ("sock", "__sk_common.skc_family"), "sk_state_off": ("sock", "__sk_common.skc_state"),
+    "sk_num_off": ("sock", "__sk_common.skc_num"), "sk_dport_off": ("sock", "__sk_common.skc_dport"),
+    "sk_daddr_off": ("sock", "__sk_common.skc_daddr"), "sk_saddr_off": ("sock", "__sk_common.skc_rcv_saddr"),
+    "sk_daddr6_off": ("sock", "__sk_common.skc_v6_daddr"), "sk_saddr6_off": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+}
+
+
 def extra(ctx):
-    fields = features.tracepoint_format(ctx.hook.target) or []
+    raw = ctx.hook.type == "raw_tracepoint"
     addr = ctx.value("addr")
-    offs = {"sk_net_off": 0, "net_inum_off": 0}
+    offs = dict.fromkeys(SOCK_FIELDS, 0)
     if features.btf_available():
-        offs = btf.offsets({"sk_net_off": ("sock", "__sk_common.skc_net"), "net_inum_off": ("net", "ns.inum")})
-    elif ctx.value("netns") is not None:
+        offs = btf.offsets(SOCK_FIELDS)
+    elif raw or ctx.value("netns") is not None:
         btf.offsets({})  # raises Unsupported with the reason
+    fields = [] if raw else (features.tracepoint_format(ctx.hook.target) or [])
+    nargs = btf.kernel().raw_tracepoint_args(ctx.hook.target) if raw else 0
     return {
         "has_err": int("err" in fields),
+        "raw_has_err": int(bool(nargs) and nargs >= 3),
         "addr_family": 0 if addr is None else (socket.AF_INET if addr.version == 4 else socket.AF_INET6),
         **offs,
     }

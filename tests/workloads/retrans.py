@@ -1,6 +1,6 @@
 """Provokes TCP retransmits on loopback inside a network namespace it creates.
 
-A client sends to a server on 127.0.0.1 in the namespace; while an nftables
+A client sends to a server on 127.0.0.1 (or ::1) in the namespace; while an nftables
 rule drops the client's segments on the *input* hook (an output drop fails
 locally and is never retransmitted), the client's unacknowledged data is
 retransmitted by the kernel's timer. The namespace's TcpRetransSegs counter
@@ -15,10 +15,11 @@ import time
 
 CHILD = r"""
 import socket, sys, time
-port, seconds = int(sys.argv[1]), float(sys.argv[2])
-srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port)); srv.listen(1)
-cli = socket.create_connection(("127.0.0.1", port)); conn, _ = srv.accept()
+port, seconds, host = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+srv = socket.socket(fam); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((host, port)); srv.listen(1)
+cli = socket.create_connection((host, port)); conn, _ = srv.accept()
 cli.setblocking(False)
 print(cli.getsockname()[1], flush=True)
 sys.stdin.readline()          # parent says: drop rule is in
@@ -71,12 +72,12 @@ def retrans_segs(ns):
     raise RuntimeError(f"no TcpRetransSegs in nstat output: {out!r}")
 
 
-def provoke(ns, port=5599, drop_seconds=2.5, hold=None):
+def provoke(ns, port=5599, drop_seconds=2.5, hold=None, host="127.0.0.1"):
     """Runs the client/server in ns, drops for drop_seconds, recovers.
     hold(child_pid), if given, runs while the sockets are still open.
     Returns (client port, TcpRetransSegs delta over the whole episode)."""
     before = retrans_segs(ns)
-    child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CHILD, str(port), str(drop_seconds)],
+    child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CHILD, str(port), str(drop_seconds), host],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         cport = int(child.stdout.readline())
