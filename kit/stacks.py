@@ -58,12 +58,24 @@ def human_text(result, top=10, value="total_us"):
         out.append(f"  {_ms(us):>10}  {100.0 * us / total:5.1f}%  {n:>6} blocks  {comm} (pid {pid}, tid {tid})")
     if len(threads) > top:
         out.append(f"  ... {len(threads) - top} more threads")
+    # the same stack in several threads of a process reads best as one entry
+    groups = {}
+    for r in rows:
+        g = groups.setdefault((r["pid"], r["comm"], tuple(r.get("kernel_stack") or []),
+                               tuple(r.get("user_stack") or [])), dict(r, tids=set(), **{value: 0, "count": 0,
+                                                                                         "in_progress": 0}))
+        g[value] += r[value]
+        g["count"] += r["count"]
+        g["in_progress"] += r.get("in_progress") or 0
+        g["tids"].add(r["tid"])
+    rows = sorted(groups.values(), key=lambda g: -g[value])
     out.append("")
     out.append(f"top {min(top, len(rows))} of {len(rows)} stacks, by off-CPU time (frames innermost first):")
     for i, r in enumerate(rows[:top], 1):
+        who = f"tid {r['tid']}" if len(r["tids"]) == 1 else f"{len(r['tids'])} threads"
         out.append("")
         out.append(f"#{i} {_ms(r[value])} in {r['count']} blocks ({100.0 * r[value] / total:.1f}%)  "
-                   f"{r['comm']} (pid {r['pid']}, tid {r['tid']})"
+                   f"{r['comm']} (pid {r['pid']}, {who})"
                    + (f"  [{r['in_progress']} still blocked at the end]" if r.get("in_progress") else ""))
         out.append("    kernel: " + " < ".join(wait_path(r.get("kernel_stack") or [])[:8]))
         rec = r.get("recovered") or 0

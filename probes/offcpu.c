@@ -134,7 +134,6 @@ static __always_inline int ask(void *ctx, struct hint_key *k, struct start_t *s,
     u8 one = 1;
     if (unwind_asked.lookup(k))
         return 0;
-    unwind_asked.update(k, &one);
     int zero = 0;
     struct learn_t *l = learn_buf.lookup(&zero);
     if (!l)
@@ -151,7 +150,10 @@ static __always_inline int ask(void *ctx, struct hint_key *k, struct start_t *s,
         if (bpf_probe_read_user(l->words, 16 * 8, (void *)sp))
             return 0;
     }
-    unwind_learn.perf_submit(ctx, l, sizeof(*l));
+    /* marked as asked only once delivered: until kit has opened the buffer, keep asking */
+    if (unwind_learn.perf_submit(ctx, l, sizeof(*l)))
+        return 0;
+    unwind_asked.update(k, &one);
     offcpu_count(OFFCPU_LEARN_SENT, 1);
     return 1;
 }
@@ -267,10 +269,9 @@ static __always_inline void switch_out(void *ctx, int dying)
     unwind(ctx, &s, tid);
 #endif
     u32 tgid = s.tgid;
-    if (!seen.lookup(&tgid)) {
+    if (!seen.lookup(&tgid) && !first_sight.perf_submit(ctx, &tgid, sizeof(tgid))) {
         u8 one = 1;
-        seen.update(&tgid, &one);
-        first_sight.perf_submit(ctx, &tgid, sizeof(tgid));
+        seen.update(&tgid, &one);  /* once delivered; kit may not have opened the buffer yet */
     }
     s.ts = bpf_ktime_get_ns();
     if (start.update(&tid, &s))
