@@ -176,3 +176,23 @@ def test_unscoped_offcpu_is_refused_with_exit_4_and_a_scope_hint(kernel, no_left
     assert p.returncode == 4, p.stderr
     assert "hot path" in p.stderr and "--comm" in p.stderr and "--pid" in p.stderr
     assert p.stderr.count("\n") == 1
+
+
+def test_sigterm_mid_run_prints_partial_results_and_detaches(kernel, no_leftovers, binaries):
+    import signal
+    import time
+    main, _ = binaries
+    proc = work.start(main, rounds=200, wait=True)
+    try:
+        kit = KitProc("run", "offcpu", "--pid", str(proc.pid), "--for", "60s", "--json")
+        kit.wait_attached()
+        work.release(proc)
+        time.sleep(2)
+        kit.p.send_signal(signal.SIGTERM)
+        res = kit.finish().json()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert kit.code == 143, kit.stderr
+    assert res["stopped_by"] == "SIGTERM" and res["rows"]
+    assert all(r["pid"] == proc.pid for r in res["rows"])

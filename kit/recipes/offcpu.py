@@ -82,6 +82,7 @@ class Watcher:
         self.learner = hidden_frames.Learner(self.sym)
         self.lost_sightings = 0
         self.lost_learn = 0
+        self.errors = 0
         self.asked = {}  # (tid, kstack, ustack) -> [chain computed from the block that asked, ...]
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -100,7 +101,10 @@ class Watcher:
 
     def _on_sight(self, cpu, data, size):
         tgid = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32)).contents.value
-        self.sym.see(tgid)
+        try:
+            self.sym.see(tgid)
+        except Exception:  # one odd process must not stop the watcher; its frames show as [unknown]
+            self.errors += 1
 
     def _on_lost_sight(self, n):
         self.lost_sightings += n
@@ -108,7 +112,11 @@ class Watcher:
     def _on_learn(self, cpu, data, size):
         ev = ctypes.cast(data, ctypes.POINTER(_Learn)).contents
         n = min(ev.nwords, WINDOW_WORDS)
-        chain = self.learner.learn(ev.tgid, ev.ip, ev.sp, list(ev.words[:n]))
+        try:
+            chain = self.learner.learn(ev.tgid, ev.ip, ev.sp, list(ev.words[:n]))
+        except Exception:  # an unreadable unwind table: that site stays unrecovered
+            self.errors += 1
+            chain = None
         self.asked.setdefault((ev.tid, ev.kstack, ev.ustack), []).append(chain)
 
     def _on_lost_learn(self, n):
@@ -272,7 +280,7 @@ def collect(ctx, bpf):
     samples = [(k, int(v.total_ns), int(v.count), 0) for k, v in bpf["blocks"].items()]
     for tid, s in bpf["start"].items():  # blocks still in progress: count their time so far
         delta = now - int(s.ts)
-        if delta >= min_ns:
+        if delta >= min_ns and os.path.exists(f"/proc/{s.tgid}/task/{tid.value}"):  # not a thread gone since
             k = bpf["blocks"].Key()
             for f in ("tgid", "kstack", "ustack", "unwind", "nhidden", "bp_unsure"):
                 setattr(k, f, getattr(s, f))
