@@ -1,28 +1,63 @@
-"""The main job: run a kit recipe against a bundled demo target and show the answer.
+"""The main job: run kit against the bundled demo service and show the answer.
 
-Starts the demo target, runs kit against it in the foreground (so the output
-is exactly what an on-call engineer sees), then stops the target.
+`./demo.sh` builds demo/pay_svc.c (a fake payment service that is slow
+because its threads wait), starts it, and runs the first command of the SEV
+story against it in the foreground, exactly as an on-call engineer would:
+
+    kit run offcpu --comm pay-svc --for 10s
+
+(10 s instead of the usual 20 s, to keep the demo short.) It then stops the
+service. `./demo.sh tcpretrans` runs the second demo instead: retransmits in
+a network namespace that drops packets.
 """
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from workloads import retrans  # noqa: E402
+DEMO_FOR = "10s"
 
 
-def kit(*args):
-    return subprocess.Popen([sys.executable, "-m", "kit", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+def kit(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "kit", *args], cwd=ROOT, **kw)
+
+
+def build_pay_svc(directory):
+    out = os.path.join(directory, "pay-svc")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    subprocess.run([cc, "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o", out,
+                    os.path.join(ROOT, "demo", "pay_svc.c")], check=True)
+    return out
+
+
+def demo_offcpu():
+    with tempfile.TemporaryDirectory(prefix="kit-demo-") as d:
+        svc = subprocess.Popen([build_pay_svc(d)], stdout=subprocess.PIPE, text=True)
+        try:
+            print(svc.stdout.readline().strip(), flush=True)
+            print(f"$ kit run offcpu --comm pay-svc --for {DEMO_FOR}   # pay-svc is slow but not busy: where does it wait?",
+                  flush=True)
+            svg = os.path.join(ROOT, "demo", "pay-svc-offcpu.svg")
+            p = kit("run", "offcpu", "--comm", "pay-svc", "--for", DEMO_FOR, "--svg", svg)
+            code = p.wait()
+        finally:
+            svc.terminate()
+            svc.wait()
+        print(f"(open {os.path.relpath(svg, ROOT)} in a browser for the flame graph)")
+        return code
 
 
 def demo_tcpretrans():
+    from workloads import retrans
     ns = f"kit-demo-{os.getpid()}"
     with retrans.netns(ns):
         print(f"$ kit run tcpretrans --netns {ns} --for 10s   # a demo service in {ns} is losing packets", flush=True)
-        p = kit("run", "tcpretrans", "--netns", ns, "--for", "10s")
+        p = kit("run", "tcpretrans", "--netns", ns, "--for", "10s", stderr=subprocess.PIPE, text=True)
         for line in p.stderr:
             sys.stderr.write(line)
             if " attached to " in line:
@@ -33,5 +68,10 @@ def demo_tcpretrans():
         return p.returncode
 
 
+DEMOS = {"offcpu": demo_offcpu, "tcpretrans": demo_tcpretrans}
+
 if __name__ == "__main__":
-    sys.exit(demo_tcpretrans())
+    which = sys.argv[1] if len(sys.argv) > 1 else "offcpu"
+    if which not in DEMOS:
+        sys.exit(f"usage: ./demo.sh [{'|'.join(DEMOS)}]")
+    sys.exit(DEMOS[which]())

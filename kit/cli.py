@@ -67,7 +67,24 @@ def recipe_parser(recipe, cmd):
         p.add_argument("--hook", default=None, choices=[h.type for h in recipe.hooks],
                        help="use this rung of the hook ladder")
         p.add_argument("--progress", action="store_true", default=None, help="progress line even when not a tty")
+    if cmd == "run" and recipe.output == "stacks":
+        _stack_output_options(p)
     return p
+
+
+def _stack_output_options(p):
+    p.add_argument("--folded", action="store_true",
+                   help="folded stacks on stdout (comm;frame;frame VALUE), for flamegraph.pl, speedscope, inferno")
+    p.add_argument("--svg", metavar="FILE", default=None, help="also write a flame graph to FILE (open it in a browser)")
+
+
+def _stack_outputs(recipe, ns, values):
+    """Checks --svg before anything is attached; returns the path or None."""
+    svg = getattr(ns, "svg", None)
+    if svg is None:
+        return None
+    from kit.catalog import ParamSpec
+    return ptypes.TYPES["outpath"].parse(svg, ParamSpec(name="svg", type="outpath"))
 
 
 def parse_values(recipe, ns):
@@ -146,12 +163,17 @@ def cmd_run(args, out, err, dry_run=False):
     from kit import output, run
     recipe, ns, values = _recipe_args(args, "run")
     opts = _options(recipe, ns, args, dry_run)
+    svg = _stack_outputs(recipe, ns, values)
     result, code = run.execute(recipe, values, opts, err=err)
     if opts.dry_run:
         output.to_json(result, out) if opts.json else out.write(_estimate_text(result))
         return code
+    if svg:
+        output.write_flamegraph(result, recipe, svg, err)
     if opts.json:
         output.to_json(result, out)
+    elif getattr(ns, "folded", False):
+        output.folded(result, out)
     else:
         output.human(result, recipe, out)
     return code

@@ -110,9 +110,19 @@ def report():
     if not missing and tfs:
         for kind, (ok, detail) in try_attach().items():
             rows.append((kind, detail, ok))
-    rows.append(("frame pointers", "Debian's libc is built without them: user stacks through libc wrappers "
-                 "(usleep, read) skip the wrapper's caller; kit's offcpu recovers it where it can", True))
+    rows.append(_frame_pointer_row())
     return rows
+
+
+def _frame_pointer_row():
+    from kit.recipes import offcpu
+    text = ("Debian's libc is built without them: a frame-pointer stack walk from inside a libc wrapper "
+            "(usleep, read, pthread_mutex_lock) skips the function that called the wrapper")
+    if offcpu.unwind_supported():
+        return ("frame pointers", text + "; kit's offcpu recovers that caller from libc's .eh_frame "
+                "(bpf_task_pt_regs is available)", True)
+    return ("frame pointers", text + "; this kernel lacks bpf_task_pt_regs, so offcpu cannot recover it "
+            "(build your code with -fno-omit-frame-pointer and read stacks that end in libc with care)", False)
 
 
 def main(out):

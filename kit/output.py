@@ -29,7 +29,10 @@ def human(result, recipe, stream, top=20):
       f"{', '.join(f'{k}={v}' for k, v in result['scope'].items()) or 'none'}\n\n")
     cols = [f.name for f in recipe.fields]
     rows = result.get("rows") or []
-    if rows and recipe.output in ("table", "stacks"):
+    if recipe.output == "stacks":
+        from kit import stacks
+        w(stacks.human_text(result, top=top // 2, value=result.get("stack_value", "total_us")))
+    elif rows and recipe.output == "table":
         heads = [f"{f.name} ({f.unit})" if f.unit else f.name for f in recipe.fields]
         body = [[_cell(r.get(c)) for c in cols] for r in rows[:top]]
         w(tabulate(body, headers=heads, tablefmt="simple") + "\n")
@@ -62,3 +65,18 @@ def _cell(v):
     if isinstance(v, list):
         return ";".join(map(str, v))
     return "" if v is None else v
+
+
+def folded(result, stream):
+    """Folded stacks, one per line, for flame graph tools (kit.stacks.folded_lines)."""
+    from kit import stacks
+    for line in stacks.folded_lines(result.get("rows") or [], result.get("stack_value", "total_us")):
+        stream.write(line + "\n")
+
+
+def write_flamegraph(result, recipe, path, err):
+    from kit import flamegraph
+    scope = ", ".join(f"{k}={v}" for k, v in result.get("scope", {}).items()) or "no scope"
+    title = f"kit {recipe.name}: off-CPU time, {scope}, {result.get('duration_s', 0):.0f}s"
+    flamegraph.write(path, result.get("rows") or [], title=title, value=result.get("stack_value", "total_us"))
+    err.write(f"kit: flame graph written to {path}\n")

@@ -219,23 +219,42 @@ class Netns(ParamType):
         return f"{int(value)}U"
 
 
+def cgroup2_root(mounts="/proc/mounts"):
+    """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a unified host,
+    /sys/fs/cgroup/unified on a hybrid one. None without cgroup v2."""
+    try:
+        with open(mounts) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "cgroup2":
+                    return parts[1]
+    except OSError:
+        pass
+    return None
+
+
 class Cgroup(ParamType):
     """A cgroup v2 directory; its inode number is the id bpf_get_current_cgroup_id returns."""
     name = "cgroup"
-    ROOT = "/sys/fs/cgroup"
 
     def parse(self, text, spec):
         s = str(text)
         if "\0" in s:
             raise BadInput("--cgroup contains a NUL byte", "give a directory under /sys/fs/cgroup")
-        path = s if s.startswith("/sys/fs/cgroup") else os.path.join(self.ROOT, s.lstrip("/"))
+        root = cgroup2_root()
+        if root is None:
+            raise BadInput("--cgroup needs cgroup v2, and none is mounted", "scope by --comm or --pid instead")
+        path = os.path.realpath(s if s.startswith("/sys/fs/cgroup") else os.path.join(root, s.lstrip("/")))
+        if path != root and not path.startswith(root.rstrip("/") + "/"):
+            raise BadInput(f"--cgroup {s[:80]!r} is not in the cgroup v2 hierarchy at {root}",
+                           f"give a directory under {root}, e.g. system.slice/nginx.service")
         try:
             st = os.stat(path)
         except OSError:
             raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {path[:120]}",
-                           "give a directory under /sys/fs/cgroup, e.g. system.slice/nginx.service") from None
+                           f"give a directory under {root}, e.g. system.slice/nginx.service") from None
         if not stat.S_ISDIR(st.st_mode):
-            raise BadInput(f"--cgroup {path[:120]} is not a cgroup directory", "give a directory under /sys/fs/cgroup")
+            raise BadInput(f"--cgroup {path[:120]} is not a cgroup directory", f"give a directory under {root}")
         return st.st_ino
 
     def emit(self, value):

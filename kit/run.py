@@ -151,6 +151,8 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             if stopper.signal and stopped_by not in ("SIGINT", "SIGTERM", "SIGHUP"):
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
+            if bpf is not None and hasattr(mod, "detach"):
+                mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
             if bpf is not None:
                 bpf.cleanup()
             if hasattr(mod, "cleanup"):

@@ -1,0 +1,167 @@
+"""User-space symbols for live processes and for processes that have exited.
+
+BCC's per-pid symbol cache reads /proc/PID/maps and the mapped files when it
+is asked, so it cannot name frames of a process that exited during the run.
+kit instead snapshots /proc/PID/maps as soon as it first sees a process and
+opens every mapped ELF file then (through /proc/PID/map_files, so a file
+deleted or in another mount namespace still resolves). The open files are
+what resolve the frames later, after the process is gone.
+"""
+
+import os
+import re
+
+from kit import elf as elfmod
+
+_MAPS = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)")
+
+
+class Mapping:
+    __slots__ = ("start", "end", "offset", "dev", "inode", "path")
+
+    def __init__(self, start, end, offset, dev, inode, path):
+        self.start, self.end, self.offset, self.dev, self.inode, self.path = start, end, offset, dev, inode, path
+
+    @property
+    def name(self):
+        return os.path.basename(self.path.replace(" (deleted)", "")) or self.path
+
+
+def read_maps(pid):
+    """Executable mappings of a live process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        m = _MAPS.match(line)
+        if not m or m.group(3)[2] != "x":
+            continue
+        out.append(Mapping(int(m.group(1), 16), int(m.group(2), 16), int(m.group(4), 16),
+                           (int(m.group(5), 16), int(m.group(6), 16)), int(m.group(7)), m.group(8)))
+    return out
+
+
+class ElfCache:
+    """One open ElfFile per (device, inode), shared by every process that maps it."""
+
+    def __init__(self):
+        self.files = {}
+
+    def get(self, pid, m):
+        key = (m.dev, m.inode)
+        if key in self.files:
+            return self.files[key]
+        found = None
+        if m.inode and m.path.startswith("/"):
+            plain = m.path.replace(" (deleted)", "")
+            for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{plain}", plain):
+                try:
+                    f = open(cand, "rb")
+                except OSError:
+                    continue
+                try:
+                    if os.fstat(f.fileno()).st_ino == m.inode:
+                        found = elfmod.ElfFile(f)
+                        break
+                except (OSError, elfmod.NotELF):
+                    pass
+                f.close()
+        self.files[key] = found
+        return found
+
+    def close(self):
+        for e in self.files.values():
+            if e is not None:
+                e.f.close()
+        self.files.clear()
+
+
+class ProcessImage:
+    """What kit keeps of one process to resolve its user addresses, live or exited."""
+
+    def __init__(self, pid, cache):
+        self.pid = pid
+        self.cache = cache
+        self.maps = []
+        self.alive = True
+        self.snapshots = 0
+
+    def refresh(self):
+        """Re-read the maps while the process lives (it may have loaded libraries). False once it is gone."""
+        if not self.alive:
+            return False
+        maps = read_maps(self.pid)
+        if maps is None:
+            self.alive = False
+            return False
+        known = {(m.start, m.end, m.inode) for m in self.maps}
+        for m in maps:
+            if (m.start, m.end, m.inode) not in known:
+                self.cache.get(self.pid, m)  # open the file now, while /proc/PID still exists
+        # keep old mappings that were unmapped since: stacks may still point into them
+        keep = [m for m in self.maps if not any(n.start < m.end and m.start < n.end for n in maps)]
+        self.maps = sorted(maps + keep, key=lambda m: m.start)
+        self.snapshots += 1
+        return True
+
+    def find(self, addr):
+        for m in self.maps:
+            if m.start <= addr < m.end:
+                return m
+        return None
+
+    def locate(self, addr):
+        """(mapping, ElfFile or None, ELF virtual address or None) for a user address."""
+        m = self.find(addr)
+        if m is None:
+            return None, None, None
+        e = self.cache.get(self.pid, m)
+        if e is None:
+            return m, None, None
+        return m, e, e.offset_to_vaddr(addr - m.start + m.offset)
+
+    def symbol(self, addr, is_return=False):
+        """Frame name for a user address. Return addresses are looked up at addr-1 (the call)."""
+        m, e, vaddr = self.locate(addr - 1 if is_return else addr)
+        if m is None:
+            return "[unknown]"
+        if e is None or vaddr is None:
+            return f"[{m.name}]"
+        sym = e.symbol(vaddr)
+        return sym[0] if sym else f"[{m.name}]"
+
+    def module(self, addr):
+        m = self.find(addr)
+        return m.name if m else None
+
+
+class Symbolizer:
+    """ProcessImage per tgid, kept after the process exits."""
+
+    def __init__(self):
+        self.cache = ElfCache()
+        self.procs = {}
+
+    def see(self, pid):
+        """First sight of a process: snapshot it now. Returns False if it had already exited."""
+        p = self.procs.get(pid)
+        if p is None:
+            p = self.procs[pid] = ProcessImage(pid, self.cache)
+            return p.refresh()
+        return p.alive
+
+    def refresh_live(self):
+        for p in self.procs.values():
+            if p.alive:
+                p.refresh()
+
+    def image(self, pid):
+        return self.procs.get(pid)
+
+    def close(self):
+        self.cache.close()
