@@ -71,7 +71,7 @@ class Hook:
     target: str = ""
     attach: list = dataclasses.field(default_factory=list)
     binary: str = ""    # uprobes: name of the parameter that gives the binary
-    requires: tuple = ()  # extra kernel facts this rung needs, e.g. ("btf",)
+    requires: tuple = ()  # extra kernel facts this rung needs: btf, kernel_read (bpf_probe_read_kernel)
     line: int = 0
 
 
@@ -185,7 +185,10 @@ class _Checker:
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def load(path=DEFAULT_CATALOG, probes_dir=PROBES_DIR):
+def load(path=DEFAULT_CATALOG, probes_dir=None):
+    """A catalog's templates live in probes/ beside it (for the shipped catalog, kit's own probes/)."""
+    if probes_dir is None:
+        probes_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "probes")
     try:
         with open(path) as f:
             text = f.read()
@@ -324,7 +327,7 @@ def _hooks(c, r, params):
         elif not hook.target:
             c.fail(h.line, f"a {htype} hook needs a target")
         for req in hook.requires:
-            if req not in ("btf",):
-                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf")
+            if req not in ("btf", "kernel_read"):
+                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf, kernel_read")
         hooks.append(hook)
     return hooks

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from kit import features, guard, render
+from kit import features, guard, render, uprobes
 from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
 
 TICK = 0.25
@@ -61,6 +61,7 @@ def prepare(recipe, values, hook_type=None):
     mod = recipe_module(recipe)
     if hasattr(mod, "prepare"):
         mod.prepare(ctx)
+    uprobes.check_symbols(ctx)
     if hasattr(mod, "extra"):
         ctx.extra = mod.extra(ctx)
     text = render.render(recipe, hook, ctx.values, ctx.extra)
@@ -114,12 +115,12 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.duration > recipe.duration_max:
         raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
                        f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
-    missing = features.missing_caps()
+    missing = features.missing_caps(tracefs_needed=all(h.type == "tracepoint" for h in recipe.hooks))
     if missing:
-        raise Unsupported(f"kit needs {' and '.join(missing)} to load and attach probes",
+        raise Unsupported(f"kit needs {', '.join(missing[:-1]) + ' and ' if len(missing) > 1 else ''}{missing[-1]}"
+                          " to load and attach probes",
                           "run as root, or grant them: capsh --caps='cap_bpf,cap_perfmon,cap_dac_read_search+eip' ...")
-    if recipe.hooks[0].type == "tracepoint" or any(h.type == "tracepoint" for h in recipe.hooks):
-        features.need_tracefs()
+    # choose_hook (in prepare) refuses a tracepoint rung when tracefs is missing, unreadable or locked down
     ctx, text = prepare(recipe, values, opts.hook)
     estimate = guard.check_before(ctx, opts, err)
     if opts.dry_run:
@@ -169,7 +170,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
     """Sleeps in ticks until the time box ends, a signal arrives, the guardrail trips or the target exits."""
     show = err.isatty() if opts.progress is None else opts.progress
     last_line = 0.0
-    pid = ctx.values.get("pid")
+    pid = ctx.values.get("pid") or ctx.values.get("tid")
+    born = _start_time(pid) if pid else None
     try:
         while True:
             now = clock()
@@ -178,8 +180,9 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return signal.Signals(stopper.signal).name
             if left <= 0:
                 return "timeout"
-            if pid and not os.path.exists(f"/proc/{pid}"):
-                ctx.notes.append(f"target process {pid} exited {now - started:.1f}s into the run; ended early")
+            if pid and (born is None or _start_time(pid) != born):  # gone, a zombie, or its id reused
+                what = "process" if ctx.values.get("pid") else "thread"
+                ctx.notes.append(f"target {what} {pid} exited {now - started:.1f}s into the run; ended early")
                 return "target_exit"
             trip = meter.tick(now - started)
             if trip:
@@ -197,6 +200,16 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
     finally:
         if show and err.isatty():
             err.write("\n")
+
+
+def _start_time(pid):
+    """The task's start time in clock ticks while it lives (not a zombie), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
