@@ -41,7 +41,7 @@ def _did_you_mean(parser, message):
     if not m:
         return None
     flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1)
+    close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.75)
     return f"did you mean {close[0]}? (see `{parser.prog} --help`)" if close else None
 
 

@@ -148,6 +148,8 @@ class Duration(ParamType):
         v = float(m.group(1)) * cls.UNITS[m.group(2) or "s"]
         if v <= 0:
             raise BadInput(f"{what} must be longer than zero", "write it like 20s, 500ms or 2m")
+        if v > 7 * 86400:  # also catches digit strings so long that float() gives inf
+            raise BadInput(f"{what} {str(text).strip()[:20]} is far too long", "write it like 20s, 500ms or 2m")
         return v
 
     def parse(self, text, spec):

@@ -102,7 +102,7 @@ class _Stopper:
 
 def read_stats(bpf):
     """Sum kit's per-CPU self-accounting counters."""
-    names = ("events", "filtered", "map_full", "stack_lost", "lost_other")
+    names = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
     table = bpf["kit_stats"]
     out = {}
     for i, name in enumerate(names):
@@ -190,7 +190,7 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
                 stats = read_stats(bpf)
-                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"]
+                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"] + stats["buffer_lost"]
                 line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
                         f" | {lost} lost | {meter.progress()}")
                 err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
@@ -217,7 +217,8 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
-    lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "other": stats["lost_other"]}
+    lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
+            "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
