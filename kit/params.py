@@ -45,6 +45,18 @@ def _int(text, what, lo, hi, fix):
     return v
 
 
+def _path_text(text, flag, fix):
+    """A path-like argument the OS can take: no NUL, encodable, not absurdly long."""
+    s = str(text)
+    try:
+        ok = bool(s) and "\0" not in s and len(os.fsencode(s)) <= 4096
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise BadInput(f"--{flag} is not a usable path", fix)
+    return s
+
+
 def _proc_status(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -217,15 +229,14 @@ class Netns(ParamType):
 
     def parse(self, text, spec):
         s = str(text)
-        if re.fullmatch(r"[0-9]+", s):
+        if re.fullmatch(r"[0-9]{1,10}", s):
             path = f"/proc/{s}/ns/net"
         elif re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
             path = f"/run/netns/{s}"
         else:
             path = s
         fix = "give a name from `ip netns list`, a pid, or /proc/PID/ns/net"
-        if "\0" in s or len(s) > 4096:
-            raise BadInput(f"--{spec.flag} is not a usable name or path", fix)
+        _path_text(s, spec.flag, fix)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
@@ -275,8 +286,7 @@ class Cgroup(ParamType):
                               "mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or scope by --pid or --comm")
         root = roots[0]
         fix = f"give a directory under {root}, e.g. system.slice/nginx.service (from /proc/PID/cgroup)"
-        if "\0" in s or not s or len(s) > 4096:
-            raise BadInput("--cgroup is not a usable path", fix)
+        _path_text(s, spec.flag, fix)
         under = [r for r in roots if s == r or s.startswith(r.rstrip("/") + "/")]
         path = s if under or s.startswith("/sys/") else os.path.join(root, s.lstrip("/"))
         real = os.path.realpath(path)
@@ -299,9 +309,7 @@ class Binary(ParamType):
     c_emitter = False
 
     def parse(self, text, spec):
-        s = str(text)
-        if "\0" in s or not s or len(s) > 4096:
-            raise BadInput(f"--{spec.flag} is not a usable path", "give the path of an executable or library")
+        s = _path_text(text, spec.flag, "give the path of an executable or library")
         try:
             st = os.stat(s)
             if stat.S_ISDIR(st.st_mode):
@@ -373,11 +381,7 @@ class OutPath(ParamType):
     c_emitter = False
 
     def parse(self, text, spec):
-        s = str(text)
-        if "\0" in s or not s:
-            raise BadInput(f"--{spec.flag} is not a usable path", "give a file name like /tmp/offcpu.svg")
-        if len(s) > 4096:
-            raise BadInput(f"--{spec.flag} is too long", "give a file name like /tmp/offcpu.svg")
+        s = _path_text(text, spec.flag, "give a file name like /tmp/offcpu.svg")
         d = os.path.dirname(os.path.abspath(s))
         if not os.path.isdir(d):
             raise BadInput(f"--{spec.flag}: directory {d[:120]} does not exist", "write to an existing directory")

@@ -1,32 +1,40 @@
 /*
- * target: a process with a named function to put uprobes on.
- * usage: target [SECONDS]   calls kit_target_fn() every millisecond, for SECONDS (default: until killed),
- * then prints how many calls it made. Its comm is "kit-target".
+ * target: a process with a named function to put uprobes on; it counts its own calls.
+ * usage: target CALLS [COMM]
+ *   CALLS > 0: prints "ready", waits for a line on stdin, calls kit_target_fn() CALLS times,
+ *              prints "done CALLS", waits for a line on stdin, exits.
+ *   CALLS = 0: calls kit_target_fn() every millisecond until killed.
+ * COMM (default "kit-target") is set with prctl(PR_SET_NAME): any bytes but NUL, at most 15.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
-#include <time.h>
 #include <unistd.h>
 
 volatile long sink;
 
-__attribute__((noinline)) void kit_target_fn(long i) { sink += i; }
+__attribute__((noinline)) void kit_target_fn(long i) { sink += i; __asm__ volatile(""); }
 
 int main(int argc, char **argv)
 {
-    double seconds = argc > 1 ? atof(argv[1]) : 0;
-    struct timespec t0, now;
-    long n = 0;
-    prctl(PR_SET_NAME, "kit-target");
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (;;) {
-        kit_target_fn(n++);
-        usleep(1000);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (seconds > 0 && (now.tv_sec - t0.tv_sec) + (now.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
-            break;
+    long calls = argc > 1 ? atol(argv[1]) : 0;
+    char line[16];
+    prctl(PR_SET_NAME, argc > 2 ? argv[2] : "kit-target");
+    if (calls == 0) {
+        for (long n = 0;; n++) {
+            kit_target_fn(n);
+            usleep(1000);
+        }
     }
-    printf("%ld\n", n);
+    printf("ready\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin))
+        return 1;
+    for (long n = 0; n < calls; n++)
+        kit_target_fn(n);
+    printf("done %ld\n", calls);
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin))
+        return 1;
     return 0;
 }
