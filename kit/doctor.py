@@ -5,7 +5,7 @@ import os
 
 from tabulate import tabulate
 
-from kit import btf, features
+from kit import btf, features, teardown
 from kit.errors import ExitCode
 
 KINDS = ("tracepoint", "raw_tracepoint", "kprobe", "uprobe", "uretprobe")
@@ -65,7 +65,7 @@ def try_attach():
             except Exception as e:
                 out[kind] = (False, str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__)
     finally:
-        b.cleanup()
+        teardown.detach_all(b)
     try:
         with _quiet_stderr():
             k = BPF(text='KFUNC_PROBE(do_sys_openat2) { return 0; }')

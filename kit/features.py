@@ -103,10 +103,10 @@ def raw_tracepoints_available():
         return False
 
 
-def lockdown():
-    """'none', 'integrity', 'confidentiality', or None when securityfs is not mounted."""
+def lockdown(path="/sys/kernel/security/lockdown"):
+    """'none', 'integrity', 'confidentiality', or None when securityfs is not mounted (or not readable)."""
     try:
-        with open("/sys/kernel/security/lockdown") as f:
+        with open(path) as f:
             m = re.search(r"\[(\w+)\]", f.read())
             return m.group(1) if m else None
     except OSError:

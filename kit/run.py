@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from kit import features, guard, render, uprobes
+from kit import features, guard, render, teardown, uprobes
 from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
 
 TICK = 0.25
@@ -153,7 +153,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
             if bpf is not None:
-                bpf.cleanup()
+                problems = teardown.detach_all(bpf)
+                if result is not None:
+                    result["notes"] += [f"detach: {p}" for p in problems]
             if hasattr(mod, "cleanup"):
                 mod.cleanup(ctx)
     return result, code
