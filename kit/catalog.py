@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from kit import trust
 from kit.errors import CatalogError
 from kit.params import TYPES, Duration
 
@@ -194,6 +195,7 @@ def load(path=DEFAULT_CATALOG, probes_dir=None):
             text = f.read()
     except OSError as e:
         raise CatalogError(f"cannot read catalog {path}: {e.strerror}", "check the path given to --catalog") from None
+    trust.check(path, "catalog")
     return parse(text, path, probes_dir)
 
 
@@ -291,6 +293,7 @@ def _recipe(c, r, source, probes_dir):
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
+    trust.check(template, "template")
     return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
                   guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
                   next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,

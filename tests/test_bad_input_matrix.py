@@ -12,6 +12,7 @@ and the test catalog, so recipes merged later are covered without edits.
 import io
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -91,6 +92,14 @@ def _broken_catalogs(d):
         (d / f"{name}.yaml").write_text(t)
         out[name] = str(d / f"{name}.yaml")
     out["first_recipe"] = first.group(1)
+    shared = d / "shared"  # a catalog, then a template, that other users could rewrite
+    shutil.copytree(catalog.PROBES_DIR, shared / "probes")
+    (shared / "incident_recipes.yaml").write_text(text)
+    os.chmod(shared / "probes" / f"{first.group(1)}.c", 0o666)
+    out["template_writable_by_others"] = str(shared / "incident_recipes.yaml")
+    (d / "writable.yaml").write_text(text)
+    os.chmod(d / "writable.yaml", 0o666)
+    out["writable_by_others"] = str(d / "writable.yaml")
     return out
 
 
@@ -186,7 +195,9 @@ FIXED = [
                                                r["catalogs"]["first_recipe"]], ExitCode.CATALOG, words)
     for name, words in [("malformed_yaml", "malformed YAML"), ("unknown_key", "unknown key 'colour'"),
                         ("duplicate_recipe", "duplicate recipe"), ("missing_template", "missing template"),
-                        ("unsafe_tag", "malformed YAML"), ("not_a_mapping", "must be a mapping")]
+                        ("unsafe_tag", "malformed YAML"), ("not_a_mapping", "must be a mapping"),
+                        ("writable_by_others", "can be changed by other users"),
+                        ("template_writable_by_others", "can be changed by other users")]
 ]
 
 
