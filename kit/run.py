@@ -141,6 +141,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 started = clock()
                 stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
                 elapsed = clock() - started
+                _note_comm_gone(ctx)
             else:
                 started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
             stats = read_stats(bpf)
@@ -202,6 +203,21 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
     finally:
         if show and err.isatty():
             err.write("\n")
+
+
+def _note_comm_gone(ctx):
+    """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
+    comm = ctx.values.get("comm")
+    if comm is None:
+        return
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
+                    return
+        except OSError:
+            continue
+    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
 
 
 def _start_time(pid):

@@ -175,3 +175,19 @@ def test_two_runs_at_once_count_their_own_namespaces_and_a_killed_third_takes_no
     assert delta_a >= 3 and delta_b >= 3
     assert sum(r["count"] for r in res_a["rows"]) == delta_a and {r["dport"] for r in res_a["rows"]} == {5613}
     assert sum(r["count"] for r in res_b["rows"]) == delta_b and {r["dport"] for r in res_b["rows"]} == {5614}
+
+
+def test_comm_scoped_run_goes_on_when_its_process_exits_and_says_so(kernel, no_leftovers, target_bin):
+    calls = 200
+    w = Workload(target_bin, str(calls), "kit-h-gone")
+    try:
+        kit = ShimProc("run", "uprobed", "--binary", target_bin, "--symbol", "kit_target_fn", "--comm", "kit-h-gone",
+                       "--for", "4s", "--json")
+        _attached(kit)
+        assert w.go() == f"done {calls}"
+    finally:
+        w.end()  # exits well before the run's 4 s are up
+    res = kit.finish().json()
+    assert kit.code == 0 and res["stopped_by"] == "timeout" and res["duration_s"] >= 4
+    assert res["rows"] == [{"pid": w.pid, "calls": calls}]
+    assert any("no process named kit-h-gone is running any more" in n for n in res["notes"]), res["notes"]
