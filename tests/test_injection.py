@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, kit_cmd
+from conftest import ROOT
 from fixtures import kitshim
 from kit import catalog, params, run
 from kit.catalog import ParamSpec
