@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from kit import trust
 from kit.errors import CatalogError
 from kit.params import TYPES, Duration
 
@@ -71,7 +72,7 @@ class Hook:
     target: str = ""
     attach: list = dataclasses.field(default_factory=list)
     binary: str = ""    # uprobes: name of the parameter that gives the binary
-    requires: tuple = ()  # extra kernel facts this rung needs, e.g. ("btf",)
+    requires: tuple = ()  # extra kernel facts this rung needs: btf, kernel_read (bpf_probe_read_kernel)
     line: int = 0
 
 
@@ -185,12 +186,16 @@ class _Checker:
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def load(path=DEFAULT_CATALOG, probes_dir=PROBES_DIR):
+def load(path=DEFAULT_CATALOG, probes_dir=None):
+    """A catalog's templates live in probes/ beside it (for the shipped catalog, kit's own probes/)."""
+    if probes_dir is None:
+        probes_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "probes")
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
         raise CatalogError(f"cannot read catalog {path}: {e.strerror}", "check the path given to --catalog") from None
+    trust.check(path, "catalog")
     return parse(text, path, probes_dir)
 
 
@@ -288,6 +293,7 @@ def _recipe(c, r, source, probes_dir):
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
+    trust.check(template, "template")
     return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
                   guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
                   next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
@@ -324,7 +330,7 @@ def _hooks(c, r, params):
         elif not hook.target:
             c.fail(h.line, f"a {htype} hook needs a target")
         for req in hook.requires:
-            if req not in ("btf",):
-                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf")
+            if req not in ("btf", "kernel_read"):
+                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf, kernel_read")
         hooks.append(hook)
     return hooks

@@ -14,13 +14,17 @@
 #define KIT_SCOPE_COMM_ON {{scope_comm_on}}
 
 /* Self-accounting, read by kit for the progress line, the overhead meter and
- * the "lost" report. Per-CPU so counting never contends. */
+ * the "lost" report. Per-CPU so counting never contends. Every map insert,
+ * stack capture and buffer output that can fail checks its result and counts
+ * the failure here, so a loss is never silent (BCC's .increment() would drop
+ * it: templates use lookup_or_try_init and count instead). */
 enum kit_stat {
     KIT_EVENTS = 0,      /* events that passed the scope filter and were recorded */
     KIT_FILTERED = 1,    /* events the scope filter rejected */
     KIT_MAP_FULL = 2,    /* updates that failed because a map was full */
     KIT_STACK_LOST = 3,  /* stack captures that failed (-EFAULT, -EEXIST/-ENOMEM when the stack map is full) */
     KIT_LOST_OTHER = 4,  /* anything else a template could not record */
+    KIT_BUFFER_LOST = 5, /* perf/ring buffer outputs that failed: user space fell behind */
     KIT_STAT_MAX = 8,
 };
 BPF_PERCPU_ARRAY(kit_stats, u64, KIT_STAT_MAX);

@@ -188,12 +188,3 @@ def test_refuses_unscoped_sched_switch_on_busy_box():
 def test_a_scoped_run_passes_the_guardrail():
     recipe = catalog.load()["offcpu"]
     guard.check_before(_Ctx(recipe, {"comm": "pay-svc"}), _Opts(), io.StringIO())
-
-
-def test_cgroup_scope_resolves_in_the_cgroup2_mount(tmp_path):
-    from kit import params
-    mounts = tmp_path / "mounts"
-    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
-    assert params.cgroup2_root(str(mounts)) == "/sys/fs/cgroup/unified"
-    mounts.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")
-    assert params.cgroup2_root(str(mounts)) == "/sys/fs/cgroup"
