@@ -21,8 +21,8 @@ pays nothing, not even a trap and a filter.
 
 import dataclasses
 
-from kit import elf, targets
-from kit.errors import BadInput, CompileError
+from kit import elf, features, targets
+from kit.errors import BadInput, CompileError, Unsupported
 
 HOOK_TYPES = ("uprobe", "uretprobe")
 
@@ -77,6 +77,7 @@ class Probe:
     open_path: str     # what BCC and the kernel open
     shown: str         # the file as the target sees it
     addr: int          # the symbol's virtual address in that file
+    offset: int        # its file offset: what the kernel's uprobe is keyed on
     pid: int           # -1: every process mapping the file
     cost: str          # emulated / single-step / unknown
     insn: str          # first bytes, hex, for the record
@@ -188,9 +189,9 @@ def plan(ctx):
             sym = elf.function(found.open_path, name, found.shown)
             _syms, machine = elf.lookup(found.open_path, name)
             with elf.Elf(found.open_path) as e:
-                code = e.read_at(sym.addr, 16)
+                code, offset = e.read_at(sym.addr, 16), e.file_offset(sym.addr)
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
-                                addr=sym.addr, pid=pid, cost=first_insn_cost_class(code, machine),
+                                addr=sym.addr, offset=offset, pid=pid, cost=first_insn_cost_class(code, machine),
                                 insn=code[:8].hex(" ")))
     ctx.state["uprobes"] = probes
     for name in sorted(missing_optional):
@@ -202,25 +203,47 @@ def plan(ctx):
     return probes
 
 
+def _attach_fn():
+    """libbcc's bpf_attach_uprobe with its real signature. BCC 0.26's Python
+    binding declares six arguments where the C function takes seven, so
+    ref_ctr_offset is whatever lies on the stack (iovisor/bcc#5236): the kernel
+    then refuses the probe when another tool holds the same address with 0
+    ("ref_ctr_offset mismatch" in dmesg), or takes the stray value for a USDT
+    semaphore to increment in the target. kit passes 0."""
+    import ctypes as ct
+    from bcc import libbcc
+    f = libbcc.lib["bpf_attach_uprobe"]  # a fresh function object: BCC's own binding is left alone
+    f.restype = ct.c_int
+    f.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_ulonglong, ct.c_int, ct.c_uint32]
+    return f
+
+
 def attach(ctx, bpf):
-    """Attaches the planned probes through BCC (perf_event_open on the uprobe PMU).
-    A process that exited since planning is skipped; anything else is an error
-    (the run engine then detaches whatever did attach)."""
+    """Attaches the planned probes by perf_event_open on the uprobe PMU (through
+    libbcc); BCC's cleanup() closes them. A process that exited since planning
+    is skipped; anything else is an error (the run engine then detaches
+    whatever did attach)."""
     import os
+    from bcc import BPF
+    if not features.pmu("uprobe"):
+        # libbcc would fall back to named events in tracefs, which a kill -9 leaves behind
+        raise Unsupported("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
+                          "kit attaches uprobes only by file descriptor; use a kernel >= 4.17")
+    attach_uprobe = _attach_fn()
     done, gone = [], set()
-    for p in ctx.state["uprobes"]:
-        kw = dict(name=p.open_path.encode(), addr=p.addr, fn_name=p.fn.encode(), pid=p.pid)
-        try:
-            if p.at == "return":
-                bpf.attach_uretprobe(**kw)
-            else:
-                bpf.attach_uprobe(**kw)
-        except Exception as e:
+    for i, p in enumerate(ctx.state["uprobes"]):
+        ret = p.at == "return"
+        fn = bpf.load_func(p.fn.encode(), BPF.KPROBE)
+        path = p.open_path.encode()
+        ev_name = b"kit_%s%d_%s_0x%x" % (b"r" if ret else b"p", i, p.fn.encode(), p.offset)  # BCC's key for cleanup
+        fd = attach_uprobe(fn.fd, 1 if ret else 0, ev_name, path, p.offset, p.pid, 0)
+        if fd < 0:
             if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
                 gone.add(p.pid)
                 continue
-            raise CompileError(f"could not attach a uprobe to {p.symbol} in {p.shown}: {e}",
-                               "run `kit doctor`; check the file is not on a noexec or FUSE mount") from e
+            raise CompileError(f"could not attach a uprobe to {p.symbol} in {p.shown} (pid {p.pid})",
+                               "run `kit doctor`; `dmesg | tail` may say why the kernel refused it")
+        bpf._add_uprobe_fd(ev_name, fd)  # so BPF.cleanup() closes it
         done.append(p)
     for pid in sorted(gone):
         ctx.notes.append(f"process {pid} exited before kit attached; it is not traced")
