@@ -17,17 +17,20 @@ LIBPTHREAD_RE = re.compile(r"^(libpthread\.so\.0|libpthread-[0-9.]+\.so)$")
 @dataclasses.dataclass(frozen=True)
 class Mapping:
     """One executable file mapped by a process (or named by the user)."""
-    path: str        # as the process sees it (or as the user gave it)
-    open_path: str   # a path kit and the kernel can open from here
+    path: str        # as /proc/PID/maps shows it to kit (or as the user gave it)
+    open_path: str   # a path kit and the kernel can open from here that names that very inode
     dev: int
     ino: int
-    pid: int = -1    # whose view `path` is in; -1: kit's own
+    pid: int = -1    # whose mapping this is; -1: kit's own or the user's
     is_exe: bool = False
+    via: str = "path"  # path | root (the process's own root) | map_files (the file was replaced)
 
     @property
     def shown(self):
-        if self.pid > 0 and not same_root(self.pid):
+        if self.via == "root":
             return f"{self.path} (in the root of pid {self.pid})"
+        if self.via == "map_files":
+            return f"{self.path} (the copy pid {self.pid} maps, via /proc/{self.pid}/map_files)"
         return self.path
 
     @property
@@ -73,35 +76,35 @@ def _read(path):
         return None
 
 
-def same_root(pid):
-    """Does pid see the same filesystem root as kit (no chroot or mount namespace root change)?"""
+def _same_inode(path, line, check_dev=True):
     try:
-        a, b = os.stat(f"/proc/{pid}/root"), os.stat("/")
+        st = os.stat(path)
     except OSError:
-        return True
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        return False
+    # overlayfs may report the lower file's device in maps: then the inode alone decides
+    return st.st_ino == line.ino and (st.st_dev == line.dev or not check_dev)
 
 
 def _open_path(pid, line):
-    """A path to the very file `line` maps: through the process's root if that still
-    names the same inode, else through map_files (the file was replaced or deleted)."""
-    rooted = f"/proc/{pid}/root{line.path}" if pid != "self" else line.path
+    """(path, via) naming the very file `line` maps, or None. maps shows paths
+    relative to the reader's root: a chrooted process's files appear under
+    kit's root as they are, a container's (another mount namespace) as the
+    container sees them, so they are reached through /proc/PID/root. A file
+    replaced since it was mapped (an upgraded libc) is reached through
+    map_files."""
     if not line.deleted:
-        try:
-            st = os.stat(rooted)
-            if st.st_ino == line.ino and st.st_dev == line.dev:
-                return rooted
-        except OSError:
-            pass
-        # overlayfs reports the lower file's device in maps; trust the inode if only the device differs
-        try:
-            if os.stat(rooted).st_ino == line.ino:
-                return rooted
-        except OSError:
-            pass
+        candidates = [(line.path, "path")]
+        if pid != "self":
+            candidates.append((f"/proc/{pid}/root{line.path}", "root"))
+        for path, via in candidates:
+            if _same_inode(path, line):
+                return path, via
+        for path, via in reversed(candidates):  # inode only: the process's own view first
+            if _same_inode(path, line, check_dev=False):
+                return path, via
     mf = f"/proc/{pid}/map_files/{line.start:x}-{line.end:x}"
     if os.path.exists(mf):
-        return mf
+        return mf, "map_files"
     return None
 
 
@@ -122,9 +125,10 @@ def mapped_files(pid):
         if "x" not in line.perms or (line.dev, line.ino) in seen:
             continue
         seen.add((line.dev, line.ino))
-        opened = _open_path(pid, line)
-        if opened is None:
+        found = _open_path(pid, line)
+        if found is None:
             continue
+        opened, via = found
         pid_num = os.getpid() if pid == "self" else int(pid)
         is_exe = False
         if exe:
@@ -134,7 +138,7 @@ def mapped_files(pid):
             except OSError:
                 pass
         out.append(Mapping(line.path, opened, line.dev, line.ino, pid=-1 if pid == "self" else pid_num,
-                           is_exe=is_exe))
+                           is_exe=is_exe, via=via))
     out.sort(key=lambda m: not m.is_exe)
     return out
 

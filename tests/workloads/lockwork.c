@@ -128,6 +128,11 @@ static void hold(int what, struct name_job *j)
     pool_unlock(&the_pool);
 }
 
+/* Named call paths, so a holder stack says which kind of hold it was. */
+__attribute__((noinline)) void fast_path(void) { hold(0, NULL); __asm__ volatile("" ::: "memory"); }
+__attribute__((noinline)) void slow_path(void) { hold(1, NULL); __asm__ volatile("" ::: "memory"); }
+__attribute__((noinline)) void lookup_path(struct name_job *j) { hold(2, j); __asm__ volatile("" ::: "memory"); }
+
 static void *worker(void *arg)
 {
     long idx = (long)arg;
@@ -135,12 +140,12 @@ static void *worker(void *arg)
     if (read(go_pipe[0], &c, 1) != 1)
         return NULL;
     for (long i = idx; i < nfast; i += nthreads)
-        hold(0, NULL);
+        fast_path();
     for (long i = idx; i < nslow; i += nthreads)
-        hold(1, NULL);
+        slow_path();
     for (int k = 0; k < njobs; k++)
         for (long i = idx; i < jobs[k].count; i += nthreads)
-            hold(2, &jobs[k]);
+            lookup_path(&jobs[k]);
     if (write(done_pipe[1], "d", 1) != 1)
         return NULL;
     return NULL;
