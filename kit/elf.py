@@ -162,6 +162,24 @@ class Elf:
                 out.setdefault(st_value, Symbol(name, st_value, st_size, kind, table))
         return list(out.values())
 
+    def functions(self):
+        """Every defined function symbol as sorted [(addr, size, name)], for symbolizing addresses."""
+        fmt = self.end + ("IBBHQQ" if self.is64 else "IIIBBH")
+        out = {}
+        for _idx, _table, soff, size, entsize, (_t, str_off, str_size, _l, _e) in self._sym_tables():
+            strtab = self._m[str_off:str_off + str_size]
+            for i in range(size // entsize):
+                if self.is64:
+                    st_name, st_info, _o, st_shndx, st_value, st_size = struct.unpack_from(fmt, self._m, soff + i * entsize)
+                else:
+                    st_name, st_value, st_size, st_info, _o, st_shndx = struct.unpack_from(fmt, self._m, soff + i * entsize)
+                if st_shndx == SHN_UNDEF or not st_value or (st_info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
+                    continue
+                if st_value not in out or out[st_value][1] < st_size:
+                    end = strtab.find(b"\0", st_name)
+                    out[st_value] = (st_value, st_size, strtab[st_name:end].decode("utf-8", "replace"))
+        return sorted(out.values())
+
     def file_offset(self, addr):
         for s in self.segments:
             if s.vaddr <= addr < s.vaddr + s.filesz:
@@ -217,3 +235,26 @@ def function(path, name, shown=None):
         raise BadInput(f"{name!r} in {shown} is an IFUNC (its address is a resolver run once at load time)",
                        "probe the implementation the resolver picks instead (see `nm -D` for variants)")
     return sym
+
+
+class Symbolizer:
+    """Address -> 'name+0xoff [file]' for one ELF loaded at `base` in a process
+    that may have exited (so /proc cannot help any more)."""
+
+    def __init__(self, path, base, shown=None):
+        import bisect
+        self._bisect = bisect.bisect_right
+        with Elf(path) as e:
+            self.funcs = e.functions()
+        self.starts = [f[0] for f in self.funcs]
+        self.base = base
+        self.name = os.path.basename(shown or path)
+
+    def __call__(self, addr):
+        rel = addr - self.base
+        i = self._bisect(self.starts, rel) - 1
+        if i >= 0:
+            start, size, name = self.funcs[i]
+            if rel < start + max(size, 1):
+                return f"{name}+{rel - start:#x} [{self.name}]"
+        return None

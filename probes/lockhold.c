@@ -71,6 +71,10 @@ struct stack_val {
 
 BPF_STACK_TRACE(stacks, 4096);
 BPF_HASH(hold_stacks, struct stack_key, struct stack_val, 4096);
+/* Where the lock function runs in each process: with its address in the
+ * file, kit derives the load base and can name frames in that file even
+ * after the process exited. */
+BPF_HASH(lock_ips, u32, u64, 4096);
 #endif
 
 static __always_inline void count_unmatched(int which)
@@ -85,11 +89,12 @@ static __always_inline void record(u32 tgid, u32 kind, u64 ns)
     struct stat_key key = {.tgid = tgid, .kind = kind};
     struct stat_val zero = {};
     struct stat_val *v = stats.lookup_or_try_init(&key, &zero);
-    if (kind == KIND_HOLD)
+    if (kind == KIND_HOLD) {
         hold_hist.atomic_increment(kit_log2_slot(ns / 1000));
-    else
+        kit_count(KIT_EVENTS);  /* one event per lock/unlock cycle: what the uprobe_pair cost is per */
+    } else {
         wait_hist.atomic_increment(kit_log2_slot(ns / 1000));
-    kit_count(KIT_EVENTS);
+    }
     if (!v) {
         kit_count(KIT_MAP_FULL);
         return;
@@ -106,8 +111,16 @@ int lock_entry(struct pt_regs *ctx)
 {
     if (!kit_in_scope())
         return 0;
-    u32 tid = bpf_get_current_pid_tgid();
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = id;
     struct wait_val w = {.ts = bpf_ktime_get_ns(), .lock = KIT_MATCH_THREAD ? 0 : PT_REGS_PARM1(ctx)};
+#if KIT_STACKS
+    u32 tgid = id >> 32;
+    if (!lock_ips.lookup(&tgid)) {
+        u64 ip = PT_REGS_IP(ctx);
+        lock_ips.update(&tgid, &ip);
+    }
+#endif
     if (waiting.update(&tid, &w) < 0)
         kit_count(KIT_MAP_FULL);
     return 0;

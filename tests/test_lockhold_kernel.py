@@ -96,24 +96,42 @@ def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processe
     assert any("single-steps" in n for n in res["notes"])
 
 
-def test_stacks_name_the_code_path_that_holds_the_lock_longest(kernel, no_leftovers, binary):
-    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS, gate=True, hold_gate=True)
-    try:
-        kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
-                      "--stacks", "--for", "6s", "--json")
-        kit.wait_attached()
-        w.go()
-        book = w.wait_report()
-        kit.finish()
-    finally:
-        w.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+def _check_top_stack(res, pid, book, slow):
     top = res["stacks"][0]
-    assert top["pid"] == w.pid and top["count"] == 3
-    assert any(f.startswith("slow_path") for f in top["frames"]), top["frames"]
+    assert top["pid"] == pid and top["count"] == slow
+    assert any(f.startswith("slow_path+") for f in top["frames"]), top["frames"]
     assert sum(s["count"] for s in res["stacks"]) == book["holds"]
     assert res["lost"]["stack_lost"] == 0
+
+
+def test_stacks_name_the_holder_of_a_process_that_exited_before_the_end(kernel, no_leftovers, binary):
+    # --pid: kit reads the process's symbols when it attaches, so names survive the exit
+    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS, gate=True)
+    kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--stacks", "--for", "20s", "--json")
+    kit.wait_attached()
+    w.go()
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0 and res["stopped_by"] == "target_exit", kit.stderr
+    _check_top_stack(res, w.pid, book, 3)
+
+
+def test_stacks_name_the_holder_of_a_process_kit_never_saw_alive(kernel, no_leftovers, binary):
+    # --binary: the process starts after attach and exits before the end; frames in the probed
+    # file are named from its symbol table and the load base the probe saw
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--stacks", "--for", "8s", "--json")
+    kit.wait_attached()
+    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS)
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    _check_top_stack(res, w.pid, book, 3)
 
 
 def test_comm_resolves_to_the_running_processes_and_their_own_libc(kernel, no_leftovers, binary, tmp_path):

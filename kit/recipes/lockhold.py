@@ -1,6 +1,8 @@
 """lockhold: the lock-pair policy that is not data, and reading the maps."""
 
-from kit import histo, targets, uprobes
+import os
+
+from kit import elf, histo, targets, uprobes
 from kit.errors import Refused
 
 STACKS_TOP = 10
@@ -17,6 +19,34 @@ def prepare(ctx):
                       "across the box",
                       "scope it with --pid PID or --comm NAME (kit finds the libc the process maps); "
                       "`kit run lockhold --force` traces every process anyway")
+
+
+def attach(ctx, bpf):
+    desc = uprobes.attach(ctx, bpf)
+    if ctx.value("stacks"):
+        for pid in sorted({p.pid for p in ctx.state["uprobes_attached"] if p.pid > 0}):
+            _warm_symbols(bpf, pid, ctx.state["uprobes_attached"])
+    return desc
+
+
+def _warm_symbols(bpf, pid, probes):
+    """BCC reads a process's maps and a module's symbols the first time it
+    symbolizes there; doing it now for the executable and the probed files
+    keeps their names for a process that exits before the run ends."""
+    text = targets._read(f"/proc/{pid}/maps") or ""
+    inodes = set()
+    try:
+        inodes.add(os.stat(f"/proc/{pid}/exe").st_ino)
+    except OSError:
+        pass
+    for p in probes:
+        try:
+            inodes.add(os.stat(p.open_path).st_ino)
+        except OSError:
+            pass
+    for line in targets.parse_maps(text):
+        if "x" in line.perms and line.ino in inodes:
+            bpf.sym(line.start, pid)
 
 
 def _comm(pid, stored):
@@ -49,24 +79,51 @@ def collect(ctx, bpf):
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
            "uprobes": uprobes.summary(ctx), "notes": notes}
     if ctx.value("stacks"):
-        out["stacks"] = _stacks(bpf)
+        out["stacks"] = _stacks(ctx, bpf)
         out["text"] = [_stacks_text(out["stacks"])]
     return out
 
 
-def _stacks(bpf):
-    """Top holder stacks by total hold, symbolized while the processes still exist."""
+def _fallback_symbolizer(ctx, bpf, pid):
+    """For a process that is gone: name frames in the file that defines the lock
+    function, from its load base (where the lock function ran, minus its
+    address in the file) and the file's own symbol table."""
+    lock = next((p for p in ctx.state.get("uprobes_attached", []) if p.fn == "lock_entry"), None)
+    ips = bpf["lock_ips"]
+    try:
+        ip = ips[ips.Key(pid)].value
+    except KeyError:
+        return None
+    if lock is None or not os.path.exists(lock.open_path):
+        return None
+    try:
+        return elf.Symbolizer(lock.open_path, ip - lock.addr, lock.shown.split(" (")[0])
+    except elf.ElfError:
+        return None
+
+
+def _stacks(ctx, bpf):
+    """Top holder stacks by total hold, symbolized by BCC (live or warmed
+    processes) or, for frames BCC cannot name, from the probed file."""
     entries = sorted(bpf["hold_stacks"].items(), key=lambda kv: -kv[1].total_ns)[:STACKS_TOP]
     table = bpf["stacks"]
+    fallbacks = {}
     out = []
     for k, v in entries:
         pid = int(k.tgid)
         frames = []
         try:
-            for addr in table.walk(k.stackid):
-                frames.append(bpf.sym(addr, pid, show_module=True, show_offset=True).decode("utf-8", "replace"))
+            addrs = list(table.walk(k.stackid))
         except KeyError:
+            addrs = []
             frames.append("[stack evicted]")
+        for addr in addrs:
+            name = bpf.sym(addr, pid, show_module=True, show_offset=True).decode("utf-8", "replace")
+            if name.startswith("[unknown]"):
+                if pid not in fallbacks:
+                    fallbacks[pid] = _fallback_symbolizer(ctx, bpf, pid)
+                name = (fallbacks[pid] and fallbacks[pid](addr)) or f"{addr:#x}"
+            frames.append(name)
         out.append({"pid": pid, "comm": targets.comm_of(pid) or "", "count": int(v.count),
                     "total_us": round(v.total_ns / 1000.0, 1), "max_us": round(v.max_ns / 1000.0, 1),
                     "frames": frames})
