@@ -176,3 +176,41 @@ def test_sigkill_leaves_no_probe_in_tracefs_and_no_program_loaded(kernel, no_lef
             break
         time.sleep(0.1)
     assert orphan_progs(before) == set()
+
+
+def test_nested_locks_are_paired_by_lock_object_and_a_full_map_is_counted_exactly(kernel, no_leftovers, binary):
+    nested = 10240 + 60  # 60 more held locks than the holding map's 10240 entries
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--for", "10s", "--json")
+    kit.wait_attached()
+    w = lockwork.Workload(binary, threads=1, fast=5, slow=0, slow_ms=1, nested=nested)
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    assert book["nested"] == nested and book["holds"] == 5
+    hold = next(r for r in res["rows"] if r["what"] == "hold")
+    wait = next(r for r in res["rows"] if r["what"] == "wait")
+    assert wait["count"] == 5 + nested                      # every lock call was measured
+    assert hold["count"] == 5 + 10240                       # every hold that fit in the map
+    assert res["lost"]["map_full"] == 60                    # the rest were counted, not silently dropped
+    assert res["unmatched"]["unlock_without_hold"] == 60
+    assert any("60 unlocks had no recorded hold" in n for n in res["notes"])
+
+
+def test_sigint_prints_what_was_measured_and_detaches(kernel, no_leftovers, binary):
+    w = lockwork.Workload(binary, threads=2, fast=300, slow=0, slow_ms=1, gate=True, hold_gate=True)
+    try:
+        kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
+                      "--for", "60s", "--json")
+        kit.wait_attached()
+        w.go()
+        book = w.wait_report()
+        kit.p.send_signal(signal.SIGINT)
+        kit.finish()
+    finally:
+        w.finish()
+    res = kit.json()
+    assert kit.code == 130 and res["stopped_by"] == "SIGINT"
+    assert next(r for r in res["rows"] if r["what"] == "hold")["count"] == book["holds"]

@@ -187,3 +187,27 @@ def test_the_catalog_declares_lockhold_a_scoped_hot_path(recipes):
     g = recipes["lockhold"].guard
     assert (g.hot_path, g.scope_required, g.cost_class) == (True, True, "uprobe_pair")
     assert recipes["getaddrinfo"].guard.hot_path is False
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["show", "lockhold", "--binary", "/nonexistent/app"], ExitCode.BAD_INPUT, "No such file"),
+    (["show", "lockhold", "--binary", "/etc/hostname"], ExitCode.BAD_INPUT, "is not an ELF binary"),
+    (["show", "lockhold", "--binary", "{wl}", "--lock", "pool_lok", "--unlock", "pool_unlock"], ExitCode.BAD_INPUT,
+     "symbol 'pool_lok' is not defined in {wl}"),
+    (["show", "lockhold", "--binary", "{wl}", "--lock", "pool_lock;x", "--unlock", "pool_unlock"], ExitCode.BAD_INPUT,
+     "is not a symbol name"),
+    (["show", "lockhold", "--binary", LIBC], ExitCode.REFUSED, "mapped by every process"),
+    (["show", "lockhold", "--comm", "kit-no-such"], ExitCode.BAD_INPUT, "no running process is named"),
+    (["show", "lockhold", "--pid", "4194303"], ExitCode.BAD_INPUT, "no process with id 4194303"),
+    (["show", "lockhold", "--match", "mutex"], ExitCode.BAD_INPUT, "is not one of lock, thread"),
+    (["show", "getaddrinfo", "--host", "a;b"], ExitCode.BAD_INPUT, "is not a host name"),
+])
+def test_bad_uprobe_input_is_one_line_with_a_fix_and_its_exit_code(argv, code, words, workload):
+    import io
+    from kit.cli import main
+    argv = [a.replace("{wl}", workload) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    assert main(argv, out=out, err=err) == code, err.getvalue()
+    e = err.getvalue()
+    assert words.replace("{wl}", workload) in e
+    assert e.count("\n") == 1 and e.startswith("kit: error: ") and " — " in e and out.getvalue() == ""

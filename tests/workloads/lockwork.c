@@ -9,10 +9,12 @@
  * (after pool_lock returns, before pool_unlock is called), and every lookup is
  * counted per name, so the test has ground truth kit did not produce.
  *
- * Usage: lockwork [--gate] [--hold-gate] THREADS FAST SLOW SLOW_MS [NAME:COUNT[:ghbn|:fail]...]
+ * Usage: lockwork [--gate] [--hold-gate] [--nested=N] THREADS FAST SLOW SLOW_MS [NAME:COUNT[:ghbn|:fail]...]
  *   --gate       wait for a line on stdin before starting the work (so a
  *                process can exist before kit attaches, and work after)
  *   --hold-gate  after the report, wait for stdin to close before exiting
+ *   --nested=N   then, in the main thread, take N different pool locks one
+ *                inside the other and release them in reverse order
  * The report is one JSON object on stdout.
  */
 #define _GNU_SOURCE
@@ -154,11 +156,14 @@ static void *worker(void *arg)
 int main(int argc, char **argv)
 {
     int gate = 0, hold_gate = 0, a = 1;
+    long nested = 0;
     for (; a < argc && argv[a][0] == '-'; a++) {
         if (!strcmp(argv[a], "--gate"))
             gate = 1;
         else if (!strcmp(argv[a], "--hold-gate"))
             hold_gate = 1;
+        else if (!strncmp(argv[a], "--nested=", 9))
+            nested = atol(argv[a] + 9);
     }
     if (argc - a < 4) {
         fprintf(stderr, "usage: lockwork [--gate] [--hold-gate] THREADS FAST SLOW SLOW_MS [NAME:COUNT[:ghbn|:fail]...]\n");
@@ -199,10 +204,19 @@ int main(int argc, char **argv)
         if (read(done_pipe[0], &c, 1) != 1)
             return 1;
     }
+    if (nested > 0) {
+        struct pool *pools = calloc(nested, sizeof(*pools));
+        for (long i = 0; i < nested; i++)
+            pthread_mutex_init(&pools[i].mu, NULL);
+        for (long i = 0; i < nested; i++)
+            pool_lock(&pools[i]);
+        for (long i = nested - 1; i >= 0; i--)
+            pool_unlock(&pools[i]);
+    }
     /* the report: the workload's own books */
-    printf("{\"holds\": %ld, \"waits\": %ld, \"hold_total_us\": %.3f, \"hold_max_us\": %.3f,"
+    printf("{\"nested\": %ld, \"holds\": %ld, \"waits\": %ld, \"hold_total_us\": %.3f, \"hold_max_us\": %.3f,"
            " \"wait_total_us\": %.3f, \"wait_max_us\": %.3f, \"hold_slots\": {",
-           holds, waits, hold_total_ns / 1000.0, hold_max_ns / 1000.0, wait_total_ns / 1000.0, wait_max_ns / 1000.0);
+           nested, holds, waits, hold_total_ns / 1000.0, hold_max_ns / 1000.0, wait_total_ns / 1000.0, wait_max_ns / 1000.0);
     int first = 1;
     for (int i = 0; i < SLOTS; i++)
         if (hold_slot[i]) {

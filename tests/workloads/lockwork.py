@@ -31,13 +31,14 @@ class Workload:
     its report until finish()."""
 
     def __init__(self, binary, threads, fast, slow, slow_ms, lookups=(), gate=False, hold_gate=False, chroot=None,
-                 container=None):
+                 container=None, nested=0):
         argv = [binary]
         if chroot:
             argv = ["chroot", chroot, "/bin/" + os.path.basename(binary)]
         if container:
             argv = container_argv(*container, "/bin/" + os.path.basename(binary))
-        flags = (["--gate"] if gate else []) + (["--hold-gate"] if hold_gate else [])
+        flags = (["--gate"] if gate else []) + (["--hold-gate"] if hold_gate else []) + \
+            ([f"--nested={nested}"] if nested else [])
         argv += flags + [str(threads), str(fast), str(slow), str(slow_ms), *lookups]
         self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         first = json.loads(self.p.stdout.readline())
