@@ -218,32 +218,37 @@ def _attach_fn():
     return f
 
 
-def attach(ctx, bpf):
-    """Attaches the planned probes by perf_event_open on the uprobe PMU (through
-    libbcc); BCC's cleanup() closes them. A process that exited since planning
-    is skipped; anything else is an error (the run engine then detaches
-    whatever did attach)."""
-    import os
+def attach_one(bpf, path, offset, fn_name, ret=False, pid=-1, tag=""):
+    """One uprobe (or uretprobe) at a file offset, by perf_event_open on the
+    uprobe PMU through libbcc; registered with BCC so cleanup() closes it.
+    Returns False if the kernel refused it."""
     from bcc import BPF
     if not features.pmu("uprobe"):
         # libbcc would fall back to named events in tracefs, which a kill -9 leaves behind
         raise Unsupported("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
                           "kit attaches uprobes only by file descriptor; use a kernel >= 4.17")
-    attach_uprobe = _attach_fn()
+    fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
+    ev_name = b"kit_%s%s_%s_0x%x" % (b"r" if ret else b"p", tag.encode(), fn_name.encode(), offset)
+    fd = _attach_fn()(fn.fd, 1 if ret else 0, ev_name, path.encode(), offset, pid, 0)
+    if fd < 0:
+        return False
+    bpf._add_uprobe_fd(ev_name, fd)  # BCC's key for cleanup()
+    return True
+
+
+def attach(ctx, bpf):
+    """Attaches the planned probes. A process that exited since planning is
+    skipped; anything else is an error (the run engine then detaches whatever
+    did attach)."""
+    import os
     done, gone = [], set()
     for i, p in enumerate(ctx.state["uprobes"]):
-        ret = p.at == "return"
-        fn = bpf.load_func(p.fn.encode(), BPF.KPROBE)
-        path = p.open_path.encode()
-        ev_name = b"kit_%s%d_%s_0x%x" % (b"r" if ret else b"p", i, p.fn.encode(), p.offset)  # BCC's key for cleanup
-        fd = attach_uprobe(fn.fd, 1 if ret else 0, ev_name, path, p.offset, p.pid, 0)
-        if fd < 0:
+        if not attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i)):
             if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
                 gone.add(p.pid)
                 continue
             raise CompileError(f"could not attach a uprobe to {p.symbol} in {p.shown} (pid {p.pid})",
                                "run `kit doctor`; `dmesg | tail` may say why the kernel refused it")
-        bpf._add_uprobe_fd(ev_name, fd)  # so BPF.cleanup() closes it
         done.append(p)
     for pid in sorted(gone):
         ctx.notes.append(f"process {pid} exited before kit attached; it is not traced")
