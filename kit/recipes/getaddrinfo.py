@@ -25,4 +25,5 @@ def collect(ctx, bpf):
         })
     rows.sort(key=lambda r: (-r["total_us"], -r["count"]))
     return {"rows": rows, "histograms": {"latency_us": histo.from_table(bpf["latency_hist"])},
-            "uprobes": uprobes.summary(ctx)}
+            "uprobes": uprobes.summary(ctx),
+            "cost_ns_per_lookup": uprobes.cycle_cost_ns(ctx.state.get("uprobes_attached", []), {"getaddrinfo"})}

@@ -69,7 +69,10 @@ def collect(ctx, bpf):
     rows.sort(key=lambda r: (r["what"] != "hold", -r["total_us"]))
     unmatched = bpf["unmatched"]
     no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
-    notes = []
+    attached = ctx.state.get("uprobes_attached", [])
+    cost_ns = uprobes.cycle_cost_ns(attached)
+    notes = [f"each lock/unlock cost the traced threads ~{cost_ns / 1000:.1f} us in probes "
+             f"(x {totals['hold']['count']} holds = ~{cost_ns * totals['hold']['count'] / 1e6:.1f} ms)"]
     if no_hold:
         notes.append(f"{no_hold} unlocks had no recorded hold (taken before the run, by trylock, "
                      "or not paired by the first argument: try --match thread)")
@@ -77,7 +80,7 @@ def collect(ctx, bpf):
            "histograms": {"hold_us": histo.from_table(bpf["hold_hist"]),
                           "wait_us": histo.from_table(bpf["wait_hist"])},
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
-           "uprobes": uprobes.summary(ctx), "notes": notes}
+           "uprobes": uprobes.summary(ctx), "cost_ns_per_lock": cost_ns, "notes": notes}
     if ctx.value("stacks"):
         out["stacks"] = _stacks(ctx, bpf)
         out["text"] = [_stacks_text(out["stacks"])]
