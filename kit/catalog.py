@@ -64,6 +64,7 @@ class Attach:
     fn: str            # C function in the template
     symbol: str = ""   # uprobes: name of the symbol parameter (or a literal symbol after '=')
     at: str = "entry"  # entry or return
+    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname
 
 
 @dataclasses.dataclass
@@ -313,7 +314,7 @@ def _hooks(c, r, params):
         hook = Hook(type=htype, target=c.typed(h, "target", str, ""), binary=c.typed(h, "binary", str, ""),
                     requires=tuple(c.typed(h, "requires", list, [])), line=h.line)
         for a in c.typed(h, "attach", list, []):
-            c.keys(a, ("fn",), ("symbol", "at"))
+            c.keys(a, ("fn",), ("symbol", "at", "optional"))
             at = c.typed(a, "at", str, "entry")
             if at not in ("entry", "return"):
                 c.fail(a.lines["at"], f"attach 'at' must be entry or return, got {at!r}")
@@ -321,7 +322,8 @@ def _hooks(c, r, params):
             if sym and not sym.startswith("=") and sym not in params:
                 c.fail(a.lines["symbol"], f"attach symbol refers to unknown parameter {sym!r}",
                        "name a symbol parameter, or write =literal_symbol")
-            hook.attach.append(Attach(fn=c.typed(a, "fn", str), symbol=sym, at=at))
+            hook.attach.append(Attach(fn=c.typed(a, "fn", str), symbol=sym, at=at,
+                                      optional=c.typed(a, "optional", bool, False)))
         if htype in ("uprobe", "uretprobe"):
             if not hook.attach:
                 c.fail(h.line, "a uprobe hook needs attach points")

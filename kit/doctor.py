@@ -34,6 +34,16 @@ def _libc():
     return "c"
 
 
+def _uprobe(b, fn_name, ret):
+    """Through kit's own attach: BCC 0.26's attach_uprobe passes a stray ref_ctr_offset."""
+    from kit import elf, uprobes
+    libc = _libc()
+    with elf.Elf(libc) as e:
+        offset = e.file_offset(elf.function(libc, "getpid").addr)
+    if not uprobes.attach_one(b, libc, offset, fn_name, ret=ret):
+        raise RuntimeError("the kernel refused the uprobe (dmesg may say why)")
+
+
 def try_attach():
     """{kind: (ok, detail)} by loading one tiny program and attaching it each way."""
     out = {}
@@ -50,8 +60,8 @@ def try_attach():
         "tracepoint": lambda: b.attach_tracepoint(tp="sched:sched_process_exec", fn_name="kit_doctor_tracepoint"),
         "raw_tracepoint": lambda: b.attach_raw_tracepoint(tp="sched_process_exec", fn_name="kit_doctor_raw_tracepoint"),
         "kprobe": lambda: b.attach_kprobe(event="do_sys_openat2", fn_name="kit_doctor_kprobe"),
-        "uprobe": lambda: b.attach_uprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uprobe"),
-        "uretprobe": lambda: b.attach_uretprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uretprobe"),
+        "uprobe": lambda: _uprobe(b, "kit_doctor_uprobe", False),
+        "uretprobe": lambda: _uprobe(b, "kit_doctor_uretprobe", True),
     }
     if features.tracefs_problem():  # BCC finds a tracepoint's id in tracefs; the other kinds do not need it
         out["tracepoint"] = (False, features.tracefs_problem())

@@ -343,6 +343,31 @@ class Symbol(ParamType):
         return s
 
 
+class Hostname(ParamType):
+    """A host name as a program passes it to the resolver (or an address
+    literal), matched byte for byte in the kernel. Emitted as a zero-padded
+    byte initializer of HOST_LEN bytes, never as C text."""
+    name = "hostname"
+    HOST_LEN = 256  # a DNS name is at most 253 bytes
+
+    def parse(self, text, spec):
+        s = str(text)
+        if not 1 <= len(s) <= 253:
+            raise BadInput(f"--{spec.flag} must be 1 to 253 characters, got {len(s)}",
+                           "give the name exactly as the program resolves it, e.g. db.internal")
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", s, re.ASCII):  # checked as text: nothing else reaches bytes
+            raise BadInput(f"--{spec.flag} {s[:60]!r} is not a host name",
+                           "use letters, digits, '.', '-', '_' (or an address literal)")
+        return s
+
+    def emit(self, value):
+        raw = value.encode().ljust(self.HOST_LEN, b"\0")
+        return "{" + ", ".join(str(b) for b in raw) + "}"
+
+    def off(self):
+        return "{" + ", ".join(["0"] * self.HOST_LEN) + "}"
+
+
 class Enum(ParamType):
     """One of an allow-list; the C token comes from the catalog, not the user."""
     name = "enum"
@@ -405,7 +430,7 @@ def open_output(path):
 
 
 TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup,
-                                Binary, Symbol, Enum, Flag, OutPath)}
+                                Binary, Symbol, Enum, Flag, OutPath, Hostname)}
 
 
 def emit(spec, value):

@@ -61,7 +61,8 @@ def prepare(recipe, values, hook_type=None):
     mod = recipe_module(recipe)
     if hasattr(mod, "prepare"):
         mod.prepare(ctx)
-    uprobes.check_symbols(ctx)
+    if hook.type in uprobes.HOOK_TYPES and "uprobes" not in ctx.state:
+        uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hasattr(mod, "extra"):
         ctx.extra = mod.extra(ctx)
     text = render.render(recipe, hook, ctx.values, ctx.extra)
@@ -135,7 +136,12 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     with _Stopper() as stopper:
         try:
             bpf = compile_program(text, opts.debug)
-            attached = mod.attach(ctx, bpf) if hasattr(mod, "attach") else _auto_attached(bpf)
+            if hasattr(mod, "attach"):
+                attached = mod.attach(ctx, bpf)
+            elif "uprobes" in ctx.state:
+                attached = uprobes.attach(ctx, bpf)
+            else:
+                attached = _auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "

@@ -92,3 +92,20 @@ static __always_inline int kit_in_scope(void)
     kit_count(KIT_FILTERED);
     return 0;
 }
+
+/* log2 histogram slot of v: 0 holds v == 0, slot k >= 1 holds [2^(k-1), 2^k - 1]
+ * (bpftrace's hist() buckets; kit.histo turns slots back into ranges). */
+#define KIT_LOG2_SLOTS 65
+static __always_inline int kit_log2_slot(u64 v)
+{
+    int r = 0;
+    if (!v)
+        return 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8)  { v >>= 8;  r += 8; }
+    if (v >> 4)  { v >>= 4;  r += 4; }
+    if (v >> 2)  { v >>= 2;  r += 2; }
+    if (v >> 1)  { r += 1; }
+    return r + 1;
+}

@@ -35,7 +35,7 @@ CATALOGS = {"shipped": catalog.DEFAULT_CATALOG, "test": kitshim.CATALOG}
 BAD_VALUE = {
     "int": "ten", "pid": "-1", "tid": "0", "comm": "x" * 16, "duration": "0s", "micros": "soon",
     "port": "0", "ipaddr": "1.2.3", "netns": "/etc/passwd", "cgroup": "../../../etc", "binary": "/etc/passwd",
-    "symbol": "a b", "enum": "__nope__", "outpath": "/nonexistent-dir/x", "flag": None,
+    "symbol": "a b", "enum": "__nope__", "outpath": "/nonexistent-dir/x", "flag": None, "hostname": "db;rm",
 }
 
 
@@ -170,7 +170,17 @@ FIXED = [
     C("binary_unreadable", lambda r: TEST + ["run", "uprobed", "--binary", "/proc/self/mem"], ExitCode.BAD_INPUT,
       "Input/output error"),
     C("symbol_not_in_binary", lambda r: TEST + ["run", "uprobed", "--binary", r["target"], "--symbol", "no_such_fn"],
-      ExitCode.BAD_INPUT, "no function of that name"),
+      ExitCode.BAD_INPUT, "symbol 'no_such_fn' is not defined in"),
+    C("lock_symbol_not_in_target", lambda r: ["run", "lockhold", "--pid", str(os.getpid()), "--lock", "no_such_fn"],
+      ExitCode.BAD_INPUT, "symbol 'no_such_fn' is not defined in process"),
+    C("lockhold_binary_not_elf", lambda r: ["run", "lockhold", "--binary", "/etc/passwd", "--pid", str(os.getpid())],
+      ExitCode.BAD_INPUT, "is not an ELF binary"),
+    C("lockhold_binary_not_mapped", lambda r: ["run", "lockhold", "--binary", r["target"], "--pid", str(os.getpid()),
+                                              "--lock", "kit_target_fn", "--unlock", "kit_target_fn"],
+      ExitCode.BAD_INPUT, "does not map"),
+    C("offcpu_pid_kernel_thread", lambda r: ["run", "offcpu", "--pid", "2"], ExitCode.BAD_INPUT, "is a kernel thread"),
+    C("getaddrinfo_host_not_a_name", lambda r: ["run", "getaddrinfo", "--host", "db;rm -rf"],
+      ExitCode.BAD_INPUT, "is not a host name"),
     C("symbol_not_a_name", lambda r: TEST + ["run", "uprobed", "--binary", r["target"], "--symbol", "f(); x"],
       ExitCode.BAD_INPUT, "is not a symbol name"),
     C("cgroup_that_does_not_exist", lambda r: TEST + ["run", "uprobed", "--cgroup", "no/such.slice"],

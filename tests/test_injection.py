@@ -35,7 +35,8 @@ nasty_text = st.one_of(
     st.text(alphabet="0123456789", min_size=1, max_size=60),
     st.text(min_size=1000, max_size=3000),
 )
-LITERAL = re.compile(r"\d+(?:ULL|U)?|\{(?:\d{1,3}, ){15}\d{1,3}\}")
+# integers, or byte initializers of a comm/address (16 bytes) or a host name (256 bytes)
+LITERAL = re.compile(r"\d+(?:ULL|U)?|\{(?:\d{1,3}, ){15}\d{1,3}\}|\{(?:\d{1,3}, ){255}\d{1,3}\}")
 ALL_TYPES = sorted(params.TYPES)
 
 
@@ -77,8 +78,12 @@ def recipes():
 
 
 def base_values(recipe):
-    """The values a recipe cannot render without (a binary and its symbols), valid and benign."""
-    return {p.name: params.TYPES[p.type].parse(GOOD[p.type], p) for p in recipe.params.values() if p.type in GOOD}
+    """The values a recipe cannot render without (a binary and its symbols, and a process mapping that
+    binary, which a hot-path uprobe recipe needs as its scope), valid and benign."""
+    base = {p.name: params.TYPES[p.type].parse(GOOD[p.type], p) for p in recipe.params.values() if p.type in GOOD}
+    if "binary" in base and "pid" in recipe.params:
+        base["pid"] = os.getpid()  # this test process maps GOOD["binary"], libc
+    return base
 
 
 def shape(text):
@@ -101,7 +106,10 @@ def test_rendered_c_keeps_its_shape_whatever_each_parameter_is_given(kernel, rec
                          "system.slice", "/", "1", str(elf)]:
         try:
             value = params.TYPES[spec.type].parse(text, spec)
-            _ctx, rendered = run.prepare(recipe, {**base, spec.name: value})
+            values = {**base, spec.name: value}
+            if spec.type == "binary":  # a binary alone is a scope; the base pid does not map this copy
+                values.pop("pid", None)
+            _ctx, rendered = run.prepare(recipe, values)
         except KitError as e:
             assert e.line().isprintable()
             continue
@@ -124,6 +132,8 @@ def test_string_parameters_through_the_cli_are_refused_or_escaped(kernel, recipe
     pre = [] if recipe.source == catalog.DEFAULT_CATALOG else ["--catalog", kitshim.CATALOG]
     shim = [sys.executable, os.path.join(ROOT, "tests", "fixtures", "kitshim.py")]
     base = [a for p in recipe.params.values() if p.type in GOOD for a in (f"--{p.flag}", GOOD[p.type])]
+    if "--binary" in base and "pid" in recipe.params and spec.name != "pid":
+        base += ["--pid", str(os.getpid())]  # this process maps GOOD["binary"]: a scope for hot-path uprobes
 
     def show(*extra):
         return subprocess.run(shim + pre + ["show", recipe.name, *base, *extra], cwd=ROOT, capture_output=True,

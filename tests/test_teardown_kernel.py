@@ -103,13 +103,16 @@ def test_sigint_at_any_moment_of_start_up_leaves_nothing(kernel, no_leftovers, d
 def _run_args(recipe, target_bin, target_pid):
     """Arguments that make any recipe attach against the target workload."""
     args = []
+    symbols = [p for p in recipe.params.values() if p.type == "symbol"]
     for p in recipe.params.values():
-        if p.type == "binary":
+        if p.type == "binary" and symbols:  # a recipe with its own symbols probes them in the target
             args += [f"--{p.flag}", target_bin]
         elif p.type == "symbol":
             args += [f"--{p.flag}", "kit_target_fn"]
-    if recipe.guard.scope_required:
-        args += ["--pid", str(target_pid)] if "pid" in recipe.params else ["--comm", "kit-target"]
+    if "pid" in recipe.params:
+        args += ["--pid", str(target_pid)]
+    elif recipe.guard.scope_required:
+        args += ["--comm", "kit-target"]
     return args
 
 
