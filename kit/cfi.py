@@ -13,6 +13,8 @@ rather than guess.
 import bisect
 import struct
 
+from kit.elf import EM_X86_64
+
 RBP, RSP, RA = 6, 7, 16
 
 # DW_EH_PE pointer encodings
@@ -108,17 +110,18 @@ class _CIE:
 
 
 class EhFrame:
-    """CFI lookup for one ELF file (kit.elf_unwind.ElfFile)."""
+    """CFI lookup for one x86-64 ELF file (a kit.elf.Elf)."""
 
     def __init__(self, elf):
-        found = elf.eh_frame()
-        if not found:
+        hdr, eh = elf.section(".eh_frame_hdr"), elf.section(".eh_frame")
+        if hdr is None or eh is None:
             raise CFIError("no .eh_frame_hdr")
-        hdr, eh = found
+        if elf.machine != EM_X86_64 or elf.end != "<":
+            raise CFIError("CFI rules are read for x86-64 only")
         self.elf = elf
-        self.hdr_addr = hdr["addr"]
-        h = elf._read(hdr["offset"], hdr["size"])
-        self.eh_addr, self.eh_off, self.eh_size = eh["addr"], eh["offset"], eh["size"]
+        self.hdr_addr = hdr.addr
+        h = elf.section_data(hdr)
+        self.eh_section, self.eh_addr = eh, eh.addr
         version, ptr_enc, cnt_enc, tbl_enc = h[0], h[1], h[2], h[3]
         if version != 1:
             raise CFIError(f".eh_frame_hdr version {version}")
@@ -135,7 +138,7 @@ class EhFrame:
 
     def _data(self):
         if self._eh is None:
-            self._eh = self.elf._read(self.eh_off, self.eh_size)
+            self._eh = self.elf.section_data(self.eh_section)
         return self._eh
 
     def _entry(self, addr):

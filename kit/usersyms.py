@@ -11,7 +11,7 @@ what resolve the frames later, after the process is gone.
 import os
 import re
 
-from kit import elf_unwind as elfmod
+from kit import elf
 
 _MAPS = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)")
 
@@ -47,7 +47,7 @@ def read_maps(pid):
 
 
 class ElfCache:
-    """One open ElfFile per (device, inode), shared by every process that maps it."""
+    """One open Elf per (device, inode), shared by every process that maps it."""
 
     def __init__(self):
         self.files = {}
@@ -61,23 +61,19 @@ class ElfCache:
             plain = m.path.replace(" (deleted)", "")
             for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{plain}", plain):
                 try:
-                    f = open(cand, "rb")
-                except OSError:
-                    continue
-                try:
-                    if os.fstat(f.fileno()).st_ino == m.inode:
-                        found = elfmod.ElfFile(f)
-                        break
-                except (OSError, elfmod.NotELF):
+                    with open(cand, "rb") as f:
+                        if os.fstat(f.fileno()).st_ino == m.inode:
+                            found = elf.Elf(f)  # keeps its own descriptor of the file
+                            break
+                except (OSError, elf.ElfError):
                     pass
-                f.close()
         self.files[key] = found
         return found
 
     def close(self):
         for e in self.files.values():
             if e is not None:
-                e.f.close()
+                e.close()
         self.files.clear()
 
 
@@ -116,7 +112,7 @@ class ProcessImage:
         return None
 
     def locate(self, addr):
-        """(mapping, ElfFile or None, ELF virtual address or None) for a user address."""
+        """(mapping, Elf or None, ELF virtual address or None) for a user address."""
         m = self.find(addr)
         if m is None:
             return None, None, None
