@@ -46,7 +46,8 @@ class Row:
         return f"Row(cfa={self.cfa}, rules={self.rules})"
 
 
-def _uleb(d, i):
+def _leb128(d, i, signed):
+    """(value, index after it) of the LEB128 number at d[i]."""
     r = shift = 0
     while True:
         b = d[i]
@@ -54,20 +55,17 @@ def _uleb(d, i):
         r |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
+            if signed and b & 0x40:
+                r -= 1 << shift
             return r, i
+
+
+def _uleb(d, i):
+    return _leb128(d, i, False)
 
 
 def _sleb(d, i):
-    r = shift = 0
-    while True:
-        b = d[i]
-        i += 1
-        r |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b & 0x40:
-                r -= 1 << shift
-            return r, i
+    return _leb128(d, i, True)
 
 
 def _ptr(d, i, enc, pc_base, data_base=0):
