@@ -22,6 +22,8 @@ _PE_ABS, _PE_ULEB, _PE_U2, _PE_U4, _PE_U8 = 0x00, 0x01, 0x02, 0x03, 0x04
 _PE_SLEB, _PE_S2, _PE_S4, _PE_S8 = 0x09, 0x0A, 0x0B, 0x0C
 _PE_PCREL, _PE_DATAREL = 0x10, 0x30
 _PE_OMIT = 0xFF
+# the fixed-size encodings, as struct formats
+_PE_FIXED = {_PE_ABS: "<Q", _PE_U8: "<Q", _PE_S8: "<q", _PE_U4: "<I", _PE_S4: "<i", _PE_U2: "<H", _PE_S2: "<h"}
 
 
 class CFIError(ValueError):
@@ -73,24 +75,11 @@ def _ptr(d, i, enc, pc_base, data_base=0):
     if enc == _PE_OMIT:
         return None, i
     fmt = enc & 0x0F
-    if fmt == _PE_ABS or fmt == _PE_U8:
-        v, n = struct.unpack_from("<Q", d, i)[0], 8
-    elif fmt == _PE_S8:
-        v, n = struct.unpack_from("<q", d, i)[0], 8
-    elif fmt == _PE_U4:
-        v, n = struct.unpack_from("<I", d, i)[0], 4
-    elif fmt == _PE_S4:
-        v, n = struct.unpack_from("<i", d, i)[0], 4
-    elif fmt == _PE_U2:
-        v, n = struct.unpack_from("<H", d, i)[0], 2
-    elif fmt == _PE_S2:
-        v, n = struct.unpack_from("<h", d, i)[0], 2
-    elif fmt == _PE_ULEB:
-        v, j = _uleb(d, i)
-        n = j - i
-    elif fmt == _PE_SLEB:
-        v, j = _sleb(d, i)
-        n = j - i
+    if fmt in _PE_FIXED:
+        v = struct.unpack_from(_PE_FIXED[fmt], d, i)[0]
+        j = i + struct.calcsize(_PE_FIXED[fmt])
+    elif fmt in (_PE_ULEB, _PE_SLEB):
+        v, j = _leb128(d, i, fmt == _PE_SLEB)
     else:
         raise CFIError(f"pointer encoding {enc:#x}")
     app = enc & 0x70
@@ -100,7 +89,7 @@ def _ptr(d, i, enc, pc_base, data_base=0):
         v += data_base
     elif app != 0:
         raise CFIError(f"pointer application {enc:#x}")
-    return v & 0xFFFFFFFFFFFFFFFF, i + n
+    return v & 0xFFFFFFFFFFFFFFFF, j
 
 
 class _CIE:
