@@ -64,7 +64,7 @@ class Learner:
         self.learned = 0
 
     def _ehframe(self, m, e):
-        key = (m.dev, m.inode)
+        key = (m.dev, m.ino)
         if key not in self._eh:
             try:
                 self._eh[key] = cfimod.EhFrame(e)

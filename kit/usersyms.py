@@ -9,41 +9,16 @@ what resolve the frames later, after the process is gone.
 """
 
 import os
-import re
 
-from kit import elf
-
-_MAPS = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)")
-
-
-class Mapping:
-    __slots__ = ("start", "end", "offset", "dev", "inode", "path")
-
-    def __init__(self, start, end, offset, dev, inode, path):
-        self.start, self.end, self.offset, self.dev, self.inode, self.path = start, end, offset, dev, inode, path
-
-    @property
-    def name(self):
-        return os.path.basename(self.path.replace(" (deleted)", "")) or self.path
+from kit import elf, targets
 
 
 def read_maps(pid):
-    """Executable mappings of a live process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    """Executable mappings (targets.MapsLine) of a live process, or None if it is gone."""
+    text = targets._read(f"/proc/{pid}/maps")
+    if text is None:
         return None
-    except OSError:
-        return None
-    out = []
-    for line in text.splitlines():
-        m = _MAPS.match(line)
-        if not m or m.group(3)[2] != "x":
-            continue
-        out.append(Mapping(int(m.group(1), 16), int(m.group(2), 16), int(m.group(4), 16),
-                           (int(m.group(5), 16), int(m.group(6), 16)), int(m.group(7)), m.group(8)))
-    return out
+    return [m for m in targets.parse_maps(text, files_only=False) if m.perms[2] == "x"]
 
 
 class ElfCache:
@@ -53,16 +28,15 @@ class ElfCache:
         self.files = {}
 
     def get(self, pid, m):
-        key = (m.dev, m.inode)
+        key = (m.dev, m.ino)
         if key in self.files:
             return self.files[key]
         found = None
-        if m.inode and m.path.startswith("/"):
-            plain = m.path.replace(" (deleted)", "")
-            for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{plain}", plain):
+        if m.ino and m.path.startswith("/"):
+            for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{m.path}", m.path):
                 try:
                     with open(cand, "rb") as f:
-                        if os.fstat(f.fileno()).st_ino == m.inode:
+                        if os.fstat(f.fileno()).st_ino == m.ino:
                             found = elf.Elf(f)  # keeps its own descriptor of the file
                             break
                 except (OSError, elf.ElfError):
@@ -95,9 +69,9 @@ class ProcessImage:
         if maps is None:
             self.alive = False
             return False
-        known = {(m.start, m.end, m.inode) for m in self.maps}
+        known = {(m.start, m.end, m.ino) for m in self.maps}
         for m in maps:
-            if (m.start, m.end, m.inode) not in known:
+            if (m.start, m.end, m.ino) not in known:
                 self.cache.get(self.pid, m)  # open the file now, while /proc/PID still exists
         # keep old mappings that were unmapped since: stacks may still point into them
         keep = [m for m in self.maps if not any(n.start < m.end and m.start < n.end for n in maps)]
