@@ -84,7 +84,8 @@ def test_the_guest_runs_debians_kernel_locked_down_at_boot_with_matching_headers
     assert env["build"] == f"/usr/src/linux-headers-{env['release']}"
 
 
-def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_not_raw_tracepoints_uprobes_or_stacks(guest):
+def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_not_raw_tracepoints_uprobes_stacks_or_buffers(
+        guest):
     """Measured without kit: the facts kit's claims must match."""
     f = step(guest, "facts")
     # tracefs: mounted, but its files were never made (lockdown was on before tracefs)
@@ -102,6 +103,8 @@ def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_not_raw_tracepo
     assert f["uprobe calls"] == "20000 of 20000"
     # kernel stack ids work and kallsyms names them: the target blocked reading its stdin pipe
     assert {"pipe_read", "schedule", "vfs_read"} <= set(f["kernel stack frames"]), f["kernel stack frames"]
+    # user stack ids and the perf buffer work too (doctor says so)
+    assert "kit_target_fn" in f["user stack frames"] and f["perf buffer events"] == "5 of 5"
     assert f["kallsyms"] == "ok" and f["BTF"] == "ok" and f["kcore"] == "refused: EPERM"
     assert {"use of bpf to read kernel RAM is restricted", "use of tracefs is restricted"} <= {
         re.sub(r"^Lockdown: [^:]+: |;.*$", "", line) for line in f["dmesg lockdown"]}, f["dmesg lockdown"]

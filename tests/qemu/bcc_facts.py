@@ -26,8 +26,10 @@ TEXT = r"""
 BPF_ARRAY(counts, u64, 2);               /* 0: target switched out, 1: target calls */
 BPF_STACK_TRACE(stacks, 64);
 BPF_HASH(kstacks, int, u64, 64);
+BPF_HASH(ustacks, int, u64, 64);
+BPF_PERF_OUTPUT(events);
 
-static void bump(int i) { u64 *v = counts.lookup(&i); if (v) __sync_fetch_and_add(v, 1); }
+static u64 bump(int i) { u64 *v = counts.lookup(&i); return v ? __sync_fetch_and_add(v, 1) : 0; }
 
 /* raw tracepoint: at sched_switch the current task is the one switched out */
 int on_switch(struct bpf_raw_tracepoint_args *ctx) {
@@ -38,7 +40,14 @@ int on_switch(struct bpf_raw_tracepoint_args *ctx) {
     if (id >= 0) { u64 zero = 0, *n = kstacks.lookup_or_try_init(&id, &zero); if (n) (*n)++; }
     return 0;
 }
-int on_call(struct pt_regs *ctx) { bump(1); return 0; }
+int on_call(struct pt_regs *ctx) {
+    u64 n = bump(1);
+    int id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    if (id >= 0) { u64 zero = 0, *c = ustacks.lookup_or_try_init(&id, &zero); if (c) (*c)++; }
+    if (n < 5)
+        events.perf_submit(ctx, &n, sizeof(n));
+    return 0;
+}
 int read_kernel(struct bpf_raw_tracepoint_args *ctx) {
     u64 x = 0; bpf_probe_read_kernel(&x, sizeof(x), (void *)ctx->args[0]); return x != 0; }
 int read_kernel_str(struct bpf_raw_tracepoint_args *ctx) {
@@ -134,6 +143,8 @@ def main(target):
                 out[f"attach {name}"] = "ok"
             except Exception as e:
                 out[f"attach {name}"] = "refused: " + err_text(e)
+        submitted = []
+        b["events"].open_perf_buffer(lambda cpu, data, size: submitted.append(size))
         before = switches(w.pid)
         w.stdin.write("go\n")
         w.stdin.flush()
@@ -148,6 +159,12 @@ def main(target):
         for k, _ in b["kstacks"].items():
             frames.update(b.ksym(a).decode() for a in b["stacks"].walk(k.value))
         out["kernel stack frames"] = sorted(frames)
+        frames = set()
+        for k, _ in b["ustacks"].items():
+            frames.update(b.sym(a, w.pid).decode() for a in b["stacks"].walk(k.value))
+        out["user stack frames"] = sorted(frames)
+        b.perf_buffer_poll(timeout=1000)
+        out["perf buffer events"] = f"{len(submitted)} of 5"
         try:
             b.cleanup()
             out["bcc cleanup"] = "ok"
