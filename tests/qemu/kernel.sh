@@ -44,4 +44,8 @@ common=${build%-"$arch"}-common
 [ -d "$common" ] && ln -sfn "$common" "$tmp/root/lib/modules/$abi/source"
 rm -rf "$dest"
 mv "$tmp/root" "$dest"
+# Images for headers no longer installed are dead weight (~400 MB each).
+for d in .cache/kernel/*/; do
+  [ "${d%/}" = "$dest" ] || rm -rf "$d"
+done
 echo "$kimg"

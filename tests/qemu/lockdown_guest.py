@@ -67,6 +67,14 @@ def lockdown_lines(lines):
     return sorted({line.split("] ", 1)[-1] for line in lines if "Lockdown:" in line})
 
 
+def facts(out):
+    r = run([sys.executable, os.path.join(HERE, "bcc_facts.py"), os.path.join(out, "target")])
+    try:
+        return json.loads(r["stdout"])
+    except ValueError:
+        raise RuntimeError(f"bcc_facts.py exited {r['code']}: {r['stderr'][-2000:]}") from None
+
+
 def environment():
     with open("/sys/kernel/security/lockdown") as f:
         level = f.read().strip()
@@ -159,8 +167,7 @@ def main(out):
     res = Results(out)
     res.step("environment", environment)
     res.step("progs_before", prog_ids)
-    res.step("facts", lambda: json.loads(run([sys.executable, os.path.join(HERE, "bcc_facts.py"),
-                                               os.path.join(out, "target")])["stdout"]))
+    res.step("facts", lambda: facts(out))
     res.step("doctor", lambda: run(KIT + ["doctor"]))
     res.step("list", lambda: run(KIT + ["list"]))
     res.step("run_tcpretrans", lambda: blocked_run(out, "tcpretrans", "--for", "5s"))
