@@ -22,6 +22,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# A second kernel under qemu (tests/test_lockdown_qemu_kernel.py): virtme-ng (from .venv) boots
+# it with qemu, builds its initramfs with busybox and kmod's depmod/modprobe.
+vm_pkgs=(qemu-system-x86 busybox-static kmod)
+missing=()
+for p in "${vm_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 # BCC reads tracepoint formats from tracefs; doctor reads lockdown from securityfs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
@@ -58,3 +70,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   echo "$want" > "$stamp"
 fi
+
+# The Debian kernel matching the installed headers, unpacked in .cache/ (git-ignored) for qemu.
+# Without it only tests/test_lockdown_qemu_kernel.py fails (it tries again); the rest can run.
+tests/qemu/kernel.sh >/dev/null || log "no kernel for qemu: tests/test_lockdown_qemu_kernel.py will fail"

@@ -132,12 +132,8 @@ def cmd_list(args, out):
     from kit import features
     rows = []
     for r in _load(args).values():
-        why = None
-        for h in r.hooks:
-            why = features.hook_supported(h)
-            if why is None:
-                hook = h
-                break
+        why = features.why_not(r)  # every rung's reason: one may be fixable (mount tracefs), another not
+        hook = None if why else next(h for h in r.hooks if features.hook_supported(h) is None)
         scopes = ",".join(p.name for p in r.scope_params()) or "-"
         need = "scope required" if r.guard.scope_required else ""
         rows.append([r.name, r.summary, scopes, need, f"yes ({hook.type})" if why is None else f"no: {why}"])

@@ -86,8 +86,11 @@ def try_attach():
         if "super-user" in why:  # BCC's wording for any EPERM at load
             why = "the kernel refused to load a tracing (fentry) program (EPERM)"
         out["fentry"] = (False, why)
-    if out.get("kprobe", (True,))[0] is False and not features.kprobes_available():
-        out["kprobe"] = (False, "compiled out (CONFIG_KPROBES is not set)")
+    if out.get("kprobe", (True,))[0] is False:
+        if not features.kprobes_available():
+            out["kprobe"] = (False, "compiled out (CONFIG_KPROBES is not set)")
+        elif features.kprobes_locked_down():  # BCC's own words blame the function ("not traceable")
+            out["kprobe"] = (False, features.kprobes_locked_down())
     return out
 
 
@@ -102,9 +105,7 @@ def report(recipes=None):
     rows.append(("lockdown", lock or "unknown (securityfs not mounted: mount -t securityfs nodev /sys/kernel/security)",
                  lock in ("none", "integrity")))
     if lock == "confidentiality":
-        rows.append(("", "confidentiality blocks tracefs (so every tracepoint rung) and bpf_probe_read_kernel "
-                         "(rungs that read kernel structs at BTF offsets); raw tracepoints and uprobes still work",
-                     False))
+        rows.append(("", _confidentiality_text(), False))
     tfs = features.tracefs()
     why = features.tracefs_problem()
     rows.append(("tracefs", tfs if why is None else why, why is None))
@@ -128,11 +129,22 @@ def report(recipes=None):
             rows.append((kind, detail, ok))
     if recipes is not None:
         ok = features.runnable(recipes)
-        blocked = [f"{r.name} ({features.hook_supported(r.hooks[0])})" for r in recipes.values() if r.name not in ok]
+        blocked = [f"{r.name} ({features.why_not(r)})" for r in recipes.values() if r.name not in ok]
         rows.append(("recipes", ("runnable here: " + (", ".join(ok) or "none"))
                      + (f"; blocked: {'; '.join(blocked)}" if blocked else ""), not blocked))
     rows.append(_frame_pointer_row())
     return rows
+
+
+def _confidentiality_text():
+    """What confidentiality blocks, as measured on Debian's 6.1 under qemu (docs/hardening.md)."""
+    blocked = ["bpf_probe_read_kernel (rungs that read kernel structs at BTF offsets)", "kprobes"]
+    works = "raw tracepoints and uprobes still work, with kernel and user stack ids and perf buffers"
+    if features.tracefs_problem():
+        blocked.insert(0, "tracefs (so every tracepoint rung)")
+    else:
+        works += "; tracepoints too (tracefs was filled before lockdown was raised)"
+    return f"confidentiality blocks {', '.join(blocked[:-1])} and {blocked[-1]}; {works}"
 
 
 def _frame_pointer_row():

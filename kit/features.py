@@ -34,11 +34,17 @@ def tracefs_unreadable():
 
 
 def tracefs_problem():
-    """Why tracepoints cannot be used through tracefs here, or None."""
-    if lockdown() == "confidentiality":
-        return "lockdown=confidentiality blocks tracefs, which tracepoints need"
+    """Why tracepoints cannot be used through tracefs here, or None.
+
+    Measured on Debian's 6.1 (tests/test_lockdown_qemu_kernel.py): lockdown=confidentiality
+    set at boot leaves tracefs empty (its files are never made), while confidentiality
+    raised after boot leaves the files made before it readable (formats, ids: tracepoints
+    attach) and refuses only opening the writable ones (uprobe_events). So it is the files,
+    not the level, that decide."""
     if tracefs() is not None:
         return None
+    if lockdown() == "confidentiality":
+        return "lockdown=confidentiality blocks tracefs, which tracepoints need"
     d = tracefs_unreadable()
     if d:
         return f"tracefs at {d} is readable only by root: kit needs CAP_DAC_READ_SEARCH to read tracepoint formats"
@@ -174,12 +180,20 @@ def hook_supported(hook):
             return f"no raw tracepoint {hook.target} on this kernel"
         return None
     if t in ("kprobe", "kretprobe"):
-        return None if kprobes_available() else "kprobes are compiled out of this kernel (CONFIG_KPROBES is not set)"
+        if not kprobes_available():
+            return "kprobes are compiled out of this kernel (CONFIG_KPROBES is not set)"
+        return kprobes_locked_down()
     if t in ("uprobe", "uretprobe"):
         return None if uprobes_available() else "uprobes are not available (CONFIG_UPROBE_EVENTS)"
     if t in ("fentry", "fexit"):
         return "fentry/fexit are not used by kit on BCC 0.26 (they need matching kernel headers)"
     return f"hook type {t} is not supported by kit"
+
+
+def kprobes_locked_down():
+    """Lockdown integrity (and so confidentiality) refuses every kprobe, by perf PMU or tracefs alike."""
+    level = lockdown()
+    return f"lockdown={level} blocks kprobes" if level in ("integrity", "confidentiality") else None
 
 
 def reads_kernel_memory(hook):
@@ -190,6 +204,17 @@ def reads_kernel_memory(hook):
 def runnable(recipes):
     """Names of the recipes with at least one hook rung this kernel and process can use."""
     return [r.name for r in recipes.values() if any(hook_supported(h) is None for h in r.hooks)]
+
+
+def why_not(recipe):
+    """Why no rung of the recipe can run here, every rung named; None if one can."""
+    reasons = []
+    for hook in recipe.hooks:
+        why = hook_supported(hook)
+        if why is None:
+            return None
+        reasons.append(f"{hook.type}: {why}")
+    return reasons[0].split(": ", 1)[1] if len(reasons) == 1 else "; ".join(reasons)
 
 
 def choose_hook(recipe, forced=None):

@@ -1,15 +1,17 @@
 """Lockdown in confidentiality mode, at the unit level.
 
-Raising lockdown on this host is irreversible, and the second kernel under qemu
-is not used here, so the kernel-level confidentiality test is NOT done. What is
-tested: the reading of /sys/kernel/security/lockdown, and — with that reading
-injected as "confidentiality" — that kit refuses exactly the rungs the kernel
-would refuse (tracefs for tracepoints: LOCKDOWN_TRACEFS; bpf_probe_read_kernel
-for rungs that read kernel structs: LOCKDOWN_BPF_READ_KERNEL), keeps raw
-tracepoints and uprobes, and says in `run`, `list` and `doctor` what is blocked
-and which recipes still work.
+Raising lockdown on the test host is irreversible, so here the reading of
+/sys/kernel/security/lockdown is injected. The real-kernel counterpart is
+tests/test_lockdown_qemu_kernel.py: Debian's 6.1 booted under qemu with
+lockdown=confidentiality, where kit's claims below were measured against what
+that kernel refuses. What is tested here: the reading of the lockdown file, and
+— with that reading injected — that kit refuses exactly the rungs the kernel
+refuses (tracefs for tracepoints: LOCKDOWN_TRACEFS; bpf_probe_read_kernel for
+rungs that read kernel structs: LOCKDOWN_BPF_READ_KERNEL; kprobes:
+LOCKDOWN_KPROBES, already at integrity), keeps raw tracepoints and uprobes,
+says in `run`, `list` and `doctor` what is blocked (every rung's reason) and
+which recipes still work, and detaches uprobes without BCC's tracefs step.
 """
-
 import io
 
 import pytest
@@ -38,7 +40,9 @@ def test_unreadable_lockdown_is_unknown(tmp_path):
 
 @pytest.fixture
 def confidentiality(monkeypatch):
+    """Set at boot: tracefs is mounted but empty (measured on 6.1 under qemu), so no events/ directory."""
     monkeypatch.setattr(features, "lockdown", lambda *a: "confidentiality")
+    monkeypatch.setattr(features, "tracefs", lambda: None)
     monkeypatch.setattr(features, "missing_caps", lambda *a, **k: [])  # isolate from who runs the test
 
 
@@ -46,12 +50,14 @@ def confidentiality(monkeypatch):
     (Hook(type="tracepoint", target="sched:sched_switch"), "blocks tracefs"),
     (Hook(type="raw_tracepoint", target="sched_switch", requires=("btf",)), "bpf_probe_read_kernel"),
     (Hook(type="raw_tracepoint", target="sched_switch", requires=("kernel_read",)), "bpf_probe_read_kernel"),
+    (Hook(type="kprobe", target="tcp_retransmit_skb"), "blocks kprobes"),
     (Hook(type="uprobe", binary="binary"), None),
     (Hook(type="raw_tracepoint", target="sched_switch"), None),
 ])
-def test_confidentiality_blocks_tracefs_and_kernel_reads_only(confidentiality, monkeypatch, hook, blocked):
+def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_only(confidentiality, monkeypatch, hook, blocked):
     monkeypatch.setattr(features, "raw_tracepoints_available", lambda: True)
     monkeypatch.setattr(features, "uprobes_available", lambda: True)
+    monkeypatch.setattr(features, "kprobes_available", lambda: True)
     why = features.hook_supported(hook)
     if blocked is None:
         assert why is None
@@ -77,7 +83,67 @@ def test_shipped_recipes_under_confidentiality(confidentiality, monkeypatch):
     assert "lockdown=confidentiality blocks tracefs" in err.getvalue()
     listing = io.StringIO()
     main(["list"], out=listing, err=io.StringIO())
-    assert "no: lockdown=confidentiality blocks tracefs" in listing.getvalue()
+    row = next(line for line in listing.getvalue().splitlines() if line.startswith("tcpretrans"))
+    # both rungs named: a reader must not think that mounting tracefs would help
+    assert ("no: raw_tracepoint: lockdown=confidentiality blocks bpf_probe_read_kernel, which this rung needs; "
+            "tracepoint: lockdown=confidentiality blocks tracefs") in row
+
+
+@pytest.mark.parametrize("level, blocked", [("integrity", True), ("confidentiality", True), ("none", False)])
+def test_kprobes_are_blocked_from_integrity_up_when_compiled_in(monkeypatch, level, blocked):
+    monkeypatch.setattr(features, "lockdown", lambda *a: level)
+    monkeypatch.setattr(features, "kprobes_available", lambda: True)
+    why = features.hook_supported(Hook(type="kprobe", target="tcp_retransmit_skb"))
+    assert why == (f"lockdown={level} blocks kprobes" if blocked else None)
+
+
+def test_kprobes_compiled_out_is_said_before_lockdown(monkeypatch):
+    monkeypatch.setattr(features, "lockdown", lambda *a: "integrity")
+    monkeypatch.setattr(features, "kprobes_available", lambda: False)
+    assert "compiled out" in features.hook_supported(Hook(type="kprobe", target="tcp_retransmit_skb"))
+
+
+class FakeBPF:
+    """What detach_all touches of a BCC object: its uprobe fds and cleanup()."""
+
+    def __init__(self, fds):
+        self.uprobe_fds = dict(fds)
+        self.cleaned = False
+
+    def _del_uprobe_fd(self, ev):
+        del self.uprobe_fds[ev]
+
+    def cleanup(self):
+        if self.uprobe_fds:  # BCC 0.26 writes to uprobe_events per probe; locked-down tracefs refuses it
+            raise Exception("Failed to detach BPF from uprobe")
+        self.cleaned = True
+
+
+def test_confidentiality_raised_after_boot_keeps_tracepoints_whose_formats_stay_readable(monkeypatch):
+    """Raised after boot, tracefs keeps the files it had (measured on 6.1): tracepoints work, kernel reads do not."""
+    monkeypatch.setattr(features, "lockdown", lambda *a: "confidentiality")
+    monkeypatch.setattr(features, "tracefs", lambda: "/sys/kernel/tracing")
+    monkeypatch.setattr(features, "tracepoint_format", lambda target: ["skaddr"])
+    assert features.tracefs_problem() is None
+    assert features.hook_supported(Hook(type="tracepoint", target="tcp:tcp_retransmit_skb")) is None
+    assert "bpf_probe_read_kernel" in features.hook_supported(
+        Hook(type="raw_tracepoint", target="tcp_retransmit_skb", requires=("btf",)))
+    text = doctor._confidentiality_text()
+    assert "blocks bpf_probe_read_kernel" in text and "tracepoints too" in text and "blocks tracefs" not in text
+
+
+def test_detach_closes_uprobes_itself_under_confidentiality_even_with_tracefs_files(monkeypatch):
+    """Raised after boot, tracefs keeps its files but refuses opening uprobe_events (measured on 6.1), where
+    BCC's cleanup would stop at the first uprobe: BCC's tracefs step is skipped."""
+    from bcc import lib
+    from kit import teardown
+    closed = []
+    monkeypatch.setattr(features, "lockdown", lambda *a: "confidentiality")
+    monkeypatch.setattr(features, "tracefs", lambda: "/sys/kernel/tracing")
+    monkeypatch.setattr(lib, "bpf_close_perf_event_fd", lambda fd: closed.append(fd) or 0)
+    b = FakeBPF({b"kit_p0": 11, b"kit_r1": 12})
+    assert teardown.detach_all(b) == []
+    assert closed == [11, 12] and b.cleaned
 
 
 def test_doctor_under_confidentiality_names_blocked_recipes_and_what_works(confidentiality, monkeypatch):
@@ -87,5 +153,6 @@ def test_doctor_under_confidentiality_names_blocked_recipes_and_what_works(confi
     rows = {k: (v, ok) for k, v, ok in doctor.report(catalog.load(kitshim.CATALOG))}
     assert rows["lockdown"] == ("confidentiality", False)
     assert "confidentiality blocks tracefs" in rows[""][0] and "uprobes still work" in rows[""][0]
+    assert "and kprobes" in rows[""][0]
     assert rows["tracefs"][1] is False and "confidentiality" in rows["tracefs"][0]
     assert rows["recipes"][0].startswith("runnable here: uprobed; blocked: fillup (lockdown=confidentiality")
