@@ -123,7 +123,8 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     ctx, text = prepare(recipe, values, opts.hook)
     estimate = guard.check_before(ctx, opts, err)
     if opts.dry_run:
-        return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, ExitCode.OK
+        code = ExitCode.REFUSED if estimate.get("verdict") == "refuse" else ExitCode.OK
+        return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, code
     mod = recipe_module(recipe)
     result = None
     code = ExitCode.OK
@@ -133,7 +134,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             bpf = compile_program(text, opts.debug)
             attached = mod.attach(ctx, bpf) if hasattr(mod, "attach") else _auto_attached(bpf)
             if stopper.signal is None:
-                meter = guard.Meter(ctx, opts, bpf, estimate)
+                meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
                 err.flush()

@@ -1,0 +1,220 @@
+"""Loads that make a hook hot, with their own ground truth.
+
+Run as a process (so it has its own pid and comm):
+
+  python load.py syscalls --comm NAME [--calls N] [--seconds S] [--pace PER_S]
+      getppid() in a loop: exactly one getppid syscall per call, a syscall
+      Python never makes on its own. --pace spreads the calls evenly over
+      time (a moderate, steady rate) instead of as fast as possible.
+  python load.py pingpong --comm NAME [--seconds S]
+      two threads bouncing a byte over two pipes: a context switch and a
+      read and a write per half round trip (sched_switch and syscalls hot).
+  python load.py idle --comm NAME
+      sleeps: a quiet process to scope to.
+  python load.py mixed --comm NAME --calls N --sleeps K --sleep-us US
+      exactly N getppid() calls, N close(-1) calls (each fails with EBADF)
+      and K nanosleeps of US microseconds, timing each sleep itself: ground
+      truth for counts, errors and latency.
+
+Protocol: prints {"ready": pid} and waits for a line on stdin, then runs,
+printing one JSON line per SAMPLE_S with its own counters
+({"t", "calls", "cpu_ns"}: calls made, thread CPU time), and a final
+{"done": true, "calls", "cpu_ns", "wall_ns"}. Closing stdin early stops it.
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import sys
+import threading
+import time
+
+SAMPLE_S = 0.5
+
+
+def set_comm(name):
+    libc = ctypes.CDLL(None)
+    libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME: this thread's comm
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def stdin_closed():
+    r, _, _ = select.select([sys.stdin], [], [], 0)
+    return bool(r) and not sys.stdin.readline()
+
+
+def syscalls(args):
+    getppid = os.getppid
+    calls, t_start = 0, time.monotonic()
+    cpu0 = time.thread_time_ns()
+    next_sample = t_start + SAMPLE_S
+    batch = 1000 if not args.pace else max(1, int(args.pace * 0.01))
+    while True:
+        now = time.monotonic()
+        if args.calls and calls >= args.calls:
+            break
+        if args.seconds and now - t_start >= args.seconds:
+            break
+        n = batch if not args.calls else min(batch, args.calls - calls)
+        for _ in range(n):
+            getppid()
+        calls += n
+        if args.pace:
+            ahead = calls / args.pace - (time.monotonic() - t_start)
+            if ahead > 0:
+                time.sleep(ahead)
+        if now >= next_sample:
+            emit({"t": round(now - t_start, 3), "calls": calls, "cpu_ns": time.thread_time_ns() - cpu0})
+            next_sample += SAMPLE_S
+            if stdin_closed():
+                break
+    return calls, time.thread_time_ns() - cpu0, time.monotonic() - t_start
+
+
+def pingpong(args):
+    a_r, a_w = os.pipe()
+    b_r, b_w = os.pipe()
+    stop = threading.Event()
+    rounds = [0]
+
+    def echo():
+        set_comm(args.comm)
+        while not stop.is_set():
+            if os.read(a_r, 1) == b"q":
+                break
+            os.write(b_w, b"x")
+
+    t = threading.Thread(target=echo)
+    t.start()
+    t_start = time.monotonic()
+    cpu0 = time.thread_time_ns()
+    next_sample = t_start + SAMPLE_S
+    while time.monotonic() - t_start < args.seconds:
+        for _ in range(200):
+            os.write(a_w, b"x")
+            os.read(b_r, 1)
+        rounds[0] += 200
+        now = time.monotonic()
+        if now >= next_sample:
+            emit({"t": round(now - t_start, 3), "calls": rounds[0], "cpu_ns": time.thread_time_ns() - cpu0})
+            next_sample += SAMPLE_S
+            if stdin_closed():
+                break
+    stop.set()
+    os.write(a_w, b"q")
+    t.join()
+    return rounds[0], time.thread_time_ns() - cpu0, time.monotonic() - t_start
+
+
+def idle(args):
+    t_start = time.monotonic()
+    while not stdin_closed() and time.monotonic() - t_start < args.seconds:
+        time.sleep(0.2)
+    return 0, 0, time.monotonic() - t_start
+
+
+def mixed(args):
+    t_start = time.monotonic()
+    for _ in range(args.calls):
+        os.getppid()
+        try:
+            os.close(-1)
+        except OSError:
+            pass
+    slept = 0
+    for _ in range(args.sleeps):
+        t0 = time.monotonic_ns()
+        time.sleep(args.sleep_us / 1e6)
+        slept += time.monotonic_ns() - t0
+    return args.calls, slept, time.monotonic() - t_start
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=("syscalls", "pingpong", "idle", "mixed"))
+    p.add_argument("--comm", required=True)
+    p.add_argument("--calls", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=0)
+    p.add_argument("--pace", type=float, default=0, help="calls per second (0: as fast as possible)")
+    p.add_argument("--sleeps", type=int, default=0)
+    p.add_argument("--sleep-us", type=int, default=1000)
+    args = p.parse_args()
+    if args.kind in ("pingpong", "idle") and not args.seconds:
+        args.seconds = 600
+    set_comm(args.comm)
+    emit({"ready": os.getpid()})
+    if not sys.stdin.readline():
+        return
+    calls, cpu_ns, wall = {"syscalls": syscalls, "pingpong": pingpong, "idle": idle, "mixed": mixed}[args.kind](args)
+    key = "slept_ns" if args.kind == "mixed" else "cpu_ns"
+    emit({"done": True, "calls": calls, key: cpu_ns, "wall_ns": int(wall * 1e9)})
+
+
+if __name__ == "__main__":
+    main()
+
+
+class Load:
+    """A load process driven from a test: start(), go(), then finish() for its own counters."""
+
+    def __init__(self, kind, comm, **opts):
+        import subprocess
+        argv = [sys.executable, os.path.abspath(__file__), kind, "--comm", comm]
+        for k, v in opts.items():
+            argv += [f"--{k.replace('_', '-')}", str(v)]
+        self.comm = comm
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.samples = []
+        first = json.loads(self.p.stdout.readline())
+        self.pid = first["ready"]
+
+    def go(self):
+        self.p.stdin.write("go\n")
+        self.p.stdin.flush()
+        return self
+
+    def sample(self):
+        """The next periodic sample line ({"t", "calls", "cpu_ns"}), or the final one."""
+        line = self.p.stdout.readline()
+        obj = json.loads(line) if line else {"done": True}
+        self.samples.append(obj)
+        return obj
+
+    def finish(self, stop=True, timeout=120):
+        """Its final counters; stop=True ends it now, stop=False lets it run its course."""
+        import subprocess
+        if not stop:
+            while not self.samples or not self.samples[-1].get("done"):
+                if not self.p.stdout.readable() or self.sample() == {"done": True}:
+                    break
+        try:
+            self.p.stdin.close()
+        except OSError:
+            pass
+        self.p.stdin = None
+        try:
+            out, _ = self.p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        for line in out.splitlines():
+            self.samples.append(json.loads(line))
+        done = [s for s in self.samples if s.get("done") and "calls" in s]
+        return done[-1] if done else None
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
