@@ -2,11 +2,12 @@
 
 Run as a process (so it has its own pid and comm):
 
-  python load.py syscalls --comm NAME [--calls N] [--seconds S] [--pace PER_S]
+  python load.py syscalls --comm NAME [--calls N] [--seconds S] [--pace PER_S] [--delay S]
       getppid() in a loop: exactly one getppid syscall per call, a syscall
       Python never makes on its own. --pace spreads the calls evenly over
-      time (a moderate, steady rate) instead of as fast as possible.
-  python load.py pingpong --comm NAME [--seconds S]
+      time (a moderate, steady rate) instead of as fast as possible; --delay
+      sleeps first (quiet, then hot).
+  python load.py pingpong --comm NAME [--seconds S] [--pace ROUNDS_PER_S]
       two threads bouncing a byte over two pipes: a context switch and a
       read and a write per half round trip (sched_switch and syscalls hot).
   python load.py idle --comm NAME
@@ -18,7 +19,8 @@ Run as a process (so it has its own pid and comm):
 
 Protocol: prints {"ready": pid} and waits for a line on stdin, then runs,
 printing one JSON line per SAMPLE_S with its own counters
-({"t", "calls", "cpu_ns"}: calls made, thread CPU time), and a final
+({"t", "mono", "calls", "cpu_ns"}: seconds since go, CLOCK_MONOTONIC, calls
+made, this thread's CPU time), and a final
 {"done": true, "calls", "cpu_ns", "wall_ns"}. Closing stdin early stops it.
 """
 
@@ -51,6 +53,8 @@ def stdin_closed():
 
 def syscalls(args):
     getppid = os.getppid
+    if args.delay:
+        time.sleep(args.delay)
     calls, t_start = 0, time.monotonic()
     cpu0 = time.thread_time_ns()
     next_sample = t_start + SAMPLE_S
@@ -70,7 +74,7 @@ def syscalls(args):
             if ahead > 0:
                 time.sleep(ahead)
         if now >= next_sample:
-            emit({"t": round(now - t_start, 3), "calls": calls, "cpu_ns": time.thread_time_ns() - cpu0})
+            emit({"t": round(now - t_start, 3), "mono": now, "calls": calls, "cpu_ns": time.thread_time_ns() - cpu0})
             next_sample += SAMPLE_S
             if stdin_closed():
                 break
@@ -95,14 +99,20 @@ def pingpong(args):
     t_start = time.monotonic()
     cpu0 = time.thread_time_ns()
     next_sample = t_start + SAMPLE_S
+    batch = 200 if not args.pace else max(1, int(args.pace * 0.01))
     while time.monotonic() - t_start < args.seconds:
-        for _ in range(200):
+        for _ in range(batch):
             os.write(a_w, b"x")
             os.read(b_r, 1)
-        rounds[0] += 200
+        rounds[0] += batch
+        if args.pace:
+            ahead = rounds[0] / args.pace - (time.monotonic() - t_start)
+            if ahead > 0:
+                time.sleep(ahead)
         now = time.monotonic()
         if now >= next_sample:
-            emit({"t": round(now - t_start, 3), "calls": rounds[0], "cpu_ns": time.thread_time_ns() - cpu0})
+            emit({"t": round(now - t_start, 3), "mono": now, "calls": rounds[0],
+                  "cpu_ns": time.thread_time_ns() - cpu0})
             next_sample += SAMPLE_S
             if stdin_closed():
                 break
@@ -142,6 +152,7 @@ def main():
     p.add_argument("--calls", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0)
     p.add_argument("--pace", type=float, default=0, help="calls per second (0: as fast as possible)")
+    p.add_argument("--delay", type=float, default=0, help="seconds to sleep after go, before the loop")
     p.add_argument("--sleeps", type=int, default=0)
     p.add_argument("--sleep-us", type=int, default=1000)
     args = p.parse_args()
@@ -161,7 +172,8 @@ if __name__ == "__main__":
 
 
 class Load:
-    """A load process driven from a test: start(), go(), then finish() for its own counters."""
+    """A load process driven from a test: start it, go(), then finish() for its own counters.
+    After go() its sample lines are collected in the background into .samples."""
 
     def __init__(self, kind, comm, **opts):
         import subprocess
@@ -171,41 +183,38 @@ class Load:
         self.comm = comm
         self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.samples = []
+        self._reader = None
         first = json.loads(self.p.stdout.readline())
         self.pid = first["ready"]
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.samples.append(json.loads(line))
 
     def go(self):
         self.p.stdin.write("go\n")
         self.p.stdin.flush()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         return self
 
-    def sample(self):
-        """The next periodic sample line ({"t", "calls", "cpu_ns"}), or the final one."""
-        line = self.p.stdout.readline()
-        obj = json.loads(line) if line else {"done": True}
-        self.samples.append(obj)
-        return obj
+    def between(self, t0, t1):
+        """Periodic samples taken between two CLOCK_MONOTONIC times."""
+        return [s for s in self.samples if "mono" in s and t0 <= s["mono"] <= t1]
 
     def finish(self, stop=True, timeout=120):
         """Its final counters; stop=True ends it now, stop=False lets it run its course."""
-        import subprocess
-        if not stop:
-            while not self.samples or not self.samples[-1].get("done"):
-                if not self.p.stdout.readable() or self.sample() == {"done": True}:
-                    break
-        try:
+        if stop:
             self.p.stdin.close()
-        except OSError:
-            pass
-        self.p.stdin = None
         try:
-            out, _ = self.p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            self.p.wait(timeout=timeout)
+        finally:
             self.kill()
-            raise
-        for line in out.splitlines():
-            self.samples.append(json.loads(line))
-        done = [s for s in self.samples if s.get("done") and "calls" in s]
+        if self._reader:
+            self._reader.join(timeout=10)
+        if not stop:
+            self.p.stdin.close()
+        done = [s for s in self.samples if s.get("done")]
         return done[-1] if done else None
 
     def kill(self):

@@ -1,0 +1,185 @@
+"""The guardrail on the real kernel, under loads the tests create.
+
+Each recipe on a hot path gets one row in CASES: the load that makes its rate
+hook hot (as fast as it goes) and a steady, moderate one. Every test runs for
+every row, so a new hot-path recipe is covered by adding its row.
+
+Ground truth is the load itself: its own comm for the suggestions, and its own
+thread CPU time per call, before and while kit is attached, for what the probe
+really costs it. Estimate and measurement are compared on the same load in
+the same test; nothing is compared with a constant.
+"""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from conftest import KitProc, run_kit
+from workloads.load import Load
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+
+@dataclasses.dataclass
+class Case:
+    recipe: str
+    hot: tuple          # (load kind, options): the rate hook as hot as this load can make it
+    steady: tuple       # (load kind, options): a moderate, steady rate on the same hook
+    args: tuple = ()    # what else the recipe needs (a binary, a symbol)
+
+    def __str__(self):
+        return self.recipe
+
+
+CASES = [
+    Case("syscalls", hot=("syscalls", {"seconds": 120}), steady=("syscalls", {"seconds": 120, "pace": 20000})),
+    # When they land (see the report): offcpu with ("pingpong", {"seconds": 120}) /
+    # ("pingpong", {"seconds": 120, "pace": 2000}); lockhold and getaddrinfo with their own workloads'
+    # kinds here and their binary/symbol in args.
+]
+
+
+def _comm(tag):
+    return f"kit-g{tag}{os.getpid() % 100000}"[:15]
+
+
+def _load(spec, tag, **more):
+    kind, opts = spec
+    return Load(kind, _comm(tag), **{**opts, **more})
+
+
+def _bpf_stats_sysctl():
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        return f.read().strip()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_refuses_unscoped_hot_hook_and_suggests_the_busiest_comm(case, kernel, no_leftovers):
+    with _load(case.hot, "h") as hot:
+        hot.go()
+        p = run_kit("run", case.recipe, *case.args, "--for", "5s")
+        est = run_kit("estimate", case.recipe, *case.args, "--json")
+        hot.finish()
+    assert p.returncode == 4, p.stderr
+    assert f"kit run {case.recipe} --comm {hot.comm}" in p.stderr, p.stderr
+    for words in ("needs a scope", "box-wide", "ns per event", "% of 2 CPUs", "budget 2%", "--force"):
+        assert words in p.stderr, (words, p.stderr)
+    assert p.stdout == ""
+    # `kit estimate` says the same without attaching, as data.
+    assert est.returncode == 4, est.stderr
+    e = json.loads(est.stdout)["estimate"]
+    assert e["verdict"] == "refuse" and e["busiest_comms"][0]["comm"] == hot.comm
+    assert e["suggestions"][0]["command"].endswith(f"--comm {hot.comm} --json")
+    assert e["events_per_s"] >= e["busiest_comms"][0]["events_per_s"] > 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_accepts_a_quiet_scope_and_refuses_a_scope_over_budget(case, kernel, no_leftovers):
+    with _load(case.steady, "s") as load, Load("idle", _comm("q")) as quiet:
+        load.go()
+        quiet.go()
+        over = run_kit("run", case.recipe, *case.args, "--comm", load.comm, "--budget", "0.05", "--for", "3s")
+        ok = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--for", "3s")
+        load.finish()
+        quiet.finish()
+    assert over.returncode == 4, over.stderr
+    assert "would cost more than its budget" in over.stderr and "budget 0.05%" in over.stderr
+    assert ok.returncode == 0, ok.stderr
+    # The human result ends with what the run cost, the pre-attach estimate beside it.
+    last = ok.stdout.rstrip("\n").splitlines()[-1]
+    assert last.startswith("cost: ") and "estimated" in last and "budget 2%" in last, ok.stdout
+
+
+def _cpu_per_call(samples):
+    """CPU ns per call across consecutive samples of the load."""
+    calls = samples[-1]["calls"] - samples[0]["calls"]
+    return (samples[-1]["cpu_ns"] - samples[0]["cpu_ns"]) / calls, calls
+
+
+@pytest.mark.parametrize("which", ["hot", "steady"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_loads_own_cpu(
+        case, which, kernel, no_leftovers):
+    import time
+    stats_before = _bpf_stats_sysctl()
+    with _load(getattr(case, which), "f") as load:
+        load.go()
+        time.sleep(2.5)  # a baseline of the load's CPU per call before anything is attached
+        t_start = time.monotonic()
+        kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--for", "6s", "--budget", "100",
+                      "--json")
+        kit.wait_attached()
+        t_attached = time.monotonic()
+        kit.finish()
+        t_end = time.monotonic()
+        load.finish()
+    assert kit.code == 0, kit.stderr
+    ov = kit.json()["overhead"]
+    est, measured = ov["estimate_cpu_pct"], ov["cpu_pct"]
+    assert est > 0 and measured > 0, ov
+    assert 0.5 <= measured / est <= 2.0, f"estimate {est}% vs measured {measured}%: {json.dumps(ov)[:2000]}"
+
+    # Ground truth: the load's own CPU time per call, without and with the probe.
+    before = load.between(0, t_start)[1:]
+    during = load.between(t_attached + 1.0, t_end - 0.5)
+    assert len(before) >= 3 and len(during) >= 3, (load.samples, t_start, t_attached, t_end)
+    base, _ = _cpu_per_call(before)
+    with_probe, calls = _cpu_per_call(during)
+    wall = during[-1]["mono"] - during[0]["mono"]
+    truth = (with_probe - base) * calls / wall / 1e9 / ov["estimate"]["ncpu"] * 100  # % of the machine
+    in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ov["estimate"]["ncpu"] * 100
+    assert truth > 0, (base, with_probe)
+    assert 0.5 <= in_scope / truth <= 2.0, f"meter (in scope) {in_scope:.3f}% vs the load's own {truth:.3f}%"
+
+    # The kernel's run count agrees with kit's counters, and statistics were switched off again.
+    st = ov["bpf_stats"]
+    assert st["run_cnt"] > 0 and abs(st["runs_per_event"] - st["expected_runs_per_event"]) < 0.1 * \
+        st["expected_runs_per_event"], st
+    assert _bpf_stats_sysctl() == stats_before
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftovers):
+    # Quiet when kit estimates, hot a few seconds after it attaches.
+    kind, opts = case.hot
+    with _load(case.hot, "b", delay=4) as load:
+        load.go()
+        kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--budget", "1", "--for", "60s",
+                      "--json")
+        kit.wait_attached()
+        kit.finish()
+        load.finish()
+    assert kit.code == 7, kit.stderr
+    res = kit.json()
+    assert res["stopped_by"] == "breaker" and res["duration_s"] < 60
+    assert any("stopped by the guardrail" in n and "budget 1%" in n for n in res["notes"]), res["notes"]
+    assert res["overhead"]["estimate"]["verdict"] == "accept"
+    assert res["overhead"]["peak_cpu_pct"] > 1
+    assert res["rows"] and all(r["comm"] == load.comm for r in res["rows"]), "partial results are printed"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_force_overrides_a_refusal_and_is_recorded(case, kernel, no_leftovers):
+    with _load(case.steady, "o") as load:
+        load.go()
+        p = run_kit("run", case.recipe, *case.args, "--force", "--budget", "100", "--for", "2s", "--json")
+        load.finish()
+    assert p.returncode == 0, p.stderr
+    assert "warning: running despite the guardrail because of --force" in p.stderr
+    res = json.loads(p.stdout)
+    assert res["forced"] is True and res["overhead"]["forced"] is True
+    assert res["overhead"]["estimate"]["verdict"] == "forced"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_dry_run_prints_the_estimate_and_attaches_nothing(case, kernel, no_leftovers):
+    with Load("idle", _comm("d")) as quiet:
+        quiet.go()
+        p = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--dry-run")
+        quiet.finish()
+    assert p.returncode == 0, p.stderr
+    assert "estimate only, nothing attached" in p.stdout and "verdict: would attach" in p.stdout
+    assert "ns per event in scope" in p.stdout and "box-wide" in p.stdout
+    assert " attached to " not in p.stderr
