@@ -12,6 +12,9 @@ being descheduled costs the workload nothing.
 - Uprobes, per kind of first instruction (kit/insn.py), on tiny functions
   kit writes into a memfd and a throwaway Python process calls through
   ctypes; the probe is attached to that process only.
+- A perf counting event on the same tracepoint: what the guardrail's own
+  rate measurement costs per event, so it can undo the slowdown it causes
+  in a thread that is already busy on a whole CPU (kit/rate.py).
 - The program body as the kernel times it (BPF_ENABLE_STATS), in separate
   short runs so the statistics' own cost does not leak into the numbers
   above; the guardrail compares a running probe's body time against these.
@@ -260,7 +263,7 @@ def measure(rounds=5, log=None):
     from bcc import BPF
     log = log or (lambda msg: None)
     bpf = BPF(text=program_text(), cflags=["-Wno-unused-function"])
-    samples = {name: [] for name in TP_CONFIGS}
+    samples = {name: [] for name in list(TP_CONFIGS) + ["perf_tracepoint"]}
     events = 2 * DD_BYTES
     try:
         log(f"tracepoints: dd bs=1 x {DD_BYTES}, {rounds} rounds")
@@ -271,6 +274,12 @@ def measure(rounds=5, log=None):
                 with _Attached(bpf, family, progs):
                     cpu = dd_cpu_ns()
                 samples[name].append((cpu - base[-1]) / events)
+            # What kit's own rate measurement (a perf counting event, no BPF) costs per event.
+            base.append(dd_cpu_ns())
+            with perfevent.CpuEvents(*perfevent.tracepoint_attr(HOOKS[("tp", "enter")])) as ev:
+                ev.enable()
+                cpu = dd_cpu_ns()
+            samples["perf_tracepoint"].append((cpu - base[-1]) / events)
         body = {}
         for name, (family, progs) in TP_CONFIGS.items():
             with _Attached(bpf, family, progs):

@@ -28,6 +28,7 @@ DEFAULT_NS = {
     "raw_tracepoint_pair": 561, "raw_tracepoint_pair_filter": 207,
     "stack": 1704,
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
+    "perf_tracepoint": 120,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -36,6 +37,7 @@ DEFAULT_BODY_NS = {
     "raw_tracepoint_empty": 54, "raw_tracepoint_hash": 96, "raw_tracepoint_filter": 105,
     "raw_tracepoint_pair": 516, "raw_tracepoint_pair_filter": 184,
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
+    "perf_tracepoint": 0,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -62,6 +64,7 @@ class Costs:
     terms: dict          # primitive -> ns, what in/out were built from
     kind: str = ""       # uprobes: kind of the target's first instruction
     note: str = ""
+    measure_ns: float = 0.0  # what kit's rate measurement (a perf event on the hook) adds per event
 
     def as_dict(self):
         d = {"in_ns": round(self.in_ns), "out_ns": round(self.out_ns), "source": self.source,
@@ -154,5 +157,10 @@ def for_class(cost_class, hook_type, kind="", cal=None, note=""):
     out_ns, body_out = total(outs)
     source = "calibration" if calibrated and all(calibrated) else (
         "calibration + cost class defaults" if any(calibrated) else "cost class defaults")
+    if cost_class.startswith("uprobe"):
+        trap, body, _ = _primitive("uprobe", cal, kind)
+        measure_ns = max(trap - body, 0.0)  # a perf uprobe event pays the trap, not the program
+    else:
+        measure_ns = _primitive("perf_tracepoint", cal, kind)[0]
     return Costs(in_ns=in_ns, out_ns=out_ns, progs_per_event=progs, body_in_ns=body_in, body_out_ns=body_out,
-                 source=source, terms=terms, kind=kind, note=note)
+                 source=source, terms=terms, kind=kind, note=note, measure_ns=measure_ns)

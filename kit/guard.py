@@ -103,7 +103,7 @@ def estimate(ctx, opts):
     try:
         hook = rate.rate_hook(ctx)
         c = run_costs(ctx, hook)
-        r = rate.for_run(ctx)
+        r = rate.for_run(ctx, measure_ns=c.measure_ns)
     except (perfevent.PerfError, Unsupported) as e:
         c = run_costs(ctx)
         est.costs = c

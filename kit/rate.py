@@ -10,8 +10,11 @@ belong to: the share in scope (matched the way kit_prelude.h matches: pid
 is the tgid, comm the thread's name, cgroup the thread's cgroup id) and the
 busiest comms and processes for the guardrail's suggestions.
 3. read the busiest threads' CPU time (/proc/PID/task/TID/schedstat) over
-   UTIL_S: a thread already using a whole CPU cannot pay for the probe on top,
-   it slows down instead, and the guardrail prices it that way.
+   UTIL_S, the event still enabled: a thread already using a whole CPU cannot
+   pay for a probe on top, it slows down instead, and the guardrail prices it
+   that way. Such a thread was also slowed by the perf event itself while it
+   was counted; knowing what the event costs per hit (kit calibrate), its
+   rate without the event is recovered (unperturbed()).
 
 Which hook is counted: the recipe's `guard.rate_hook`, else the chosen
 rung's target. A tracepoint or raw tracepoint is counted as the tracepoint
@@ -36,6 +39,7 @@ TARGET_SAMPLES = 500  # per CPU; the ring holds about 2000
 UTIL_S = 0.1          # how long the busiest threads' CPU use is measured, after the sampling window
 MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
 MAX_UTIL = 32         # threads whose CPU use is measured
+BUSY = 0.9            # a thread using this much of a CPU is taken to be CPU-bound
 
 
 @dataclasses.dataclass
@@ -62,7 +66,8 @@ class Thread:
     comm: str
     rate: float               # events/s this thread triggers
     in_scope: bool
-    util: float = None        # share of one CPU it used just after the window (None: not measured)
+    util: float = None        # share of one CPU it uses (None: not measured)
+    measured_rate: float = None  # before undoing the measurement's own slowdown
 
 
 @dataclasses.dataclass
@@ -118,6 +123,7 @@ class Rate:
             "busiest_comms": [{"comm": t.comm, "events_per_s": round(t.rate, 1), "pids": t.pids[:5]}
                               for t in self.by_comm[:top]],
             "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "events_per_s": round(t.rate, 1),
+                                 "while_counted_per_s": None if t.measured_rate is None else round(t.measured_rate, 1),
                                  "cpu_util": None if t.util is None else round(t.util, 3), "in_scope": t.in_scope}
                                 for t in self.threads[:top]],
         }
@@ -251,9 +257,22 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
     return out
 
 
+def unperturbed(r, util, measure_ns):
+    """(rate, CPU use) of a thread as they are without kit's perf event on the hook.
+    The event costs each hit measure_ns: a thread with slack keeps its rate and pays in CPU; a thread
+    already busy on a whole CPU pays in rate: 1/r = b + m, so its own rate is 1/b = r / (1 - r m)."""
+    if util is None or not measure_ns:
+        return r, util
+    load = r * measure_ns * 1e-9
+    if util >= BUSY and load < BUSY:
+        return r / (1.0 - load), 1.0
+    return r, max(util - load, 0.0)
+
+
 def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S, sample_s=SAMPLE_S,
-            sleep=time.sleep):
-    """Rate of `hook`; `match(pid, tid)` says whether an event is in scope (None: all are)."""
+            measure_ns=0.0, sleep=time.sleep):
+    """Rate of `hook`; `match(pid, tid)` says whether an event is in scope (None: all are).
+    measure_ns: what the perf event itself costs per hit (kit/costs.py), to undo its slowdown."""
     attr, keep = hook.attr()
     with perfevent.CpuEvents(attr, keep) as ev:
         ev.enable()
@@ -269,29 +288,37 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         window = max(time.monotonic() - t0, 1e-3)
         counts = ev.counts()
         samples = ev.samples()
+        # The busiest threads' CPU use, with the event still costing them what it cost while sampling.
+        busiest = _weights(samples, counts, window).most_common(MAX_THREADS)
+        ev.enable()
+        utils = thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], sleep=sleep)
+        ev.disable()
     total = sum(counts.values()) / window
-    weight = collections.Counter()  # (pid, tid) -> events/s it stands for
-    n_samples = lost = 0
-    for cpu, (got, lost_cpu) in samples.items():
-        lost += lost_cpu
-        n_samples += len(got)
-        if not got:
-            continue
-        w = counts[cpu] / len(got) / window
-        for pid, tid in got:
-            weight[(pid, tid)] += w
-    busiest = weight.most_common(MAX_THREADS)  # bounds the /proc reads on boxes with many busy threads
-    utils = thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], sleep=sleep)
     threads = []
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
-        threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=r, in_scope=in_scope,
-                              util=utils.get((pid, tid))))
+        own, util = unperturbed(r, utils.get((pid, tid)), measure_ns)
+        total += own - r
+        threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
+                              util=util, measured_rate=r))
     attributed = sum(t.rate for t in threads)
     rest = max(total - attributed, 0.0)
     in_scope = sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0)
+    n_samples = sum(len(got) for got, _ in samples.values())
+    lost = sum(lost for _, lost in samples.values())
     return Rate(hook=hook, window_s=window, total=total, in_scope=in_scope, scope_measured=scope_measured,
                 scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost)
+
+
+def _weights(samples, counts, window):
+    """(pid, tid) -> events/s each sample stands for (its CPU's count spread over that CPU's samples)."""
+    weight = collections.Counter()
+    for cpu, (got, _lost) in samples.items():
+        if got:
+            w = counts[cpu] / len(got) / window
+            for pid, tid in got:
+                weight[(pid, tid)] += w
+    return weight
 
 
 def for_run(ctx, **kw):

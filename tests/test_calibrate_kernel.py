@@ -1,0 +1,67 @@
+"""`kit calibrate` on the real kernel, checked against what the kernel itself reports.
+
+Calibration is a measurement, so its numbers are not compared with constants. What can be checked:
+the kernel's own timing of the program bodies (bpf_stats) is part of what calibration measured, so it
+can never be larger than the whole (within the statistics' own clock reads); the per-kind uprobe costs
+split into the two groups the kernel's emulation decides (kit/insn.py); and the guardrail uses the
+result.
+"""
+
+import json
+import os
+
+import pytest
+
+from conftest import run_kit
+from kit import costs, insn
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cal") / "calibration.json")
+    p = run_kit("calibrate", "--rounds", "3", "--json", env=dict(os.environ, KIT_CALIBRATION=path), timeout=300)
+    return p, path
+
+
+def test_calibrate_writes_a_calibration_for_this_host(kernel, calibration):
+    p, path = calibration
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(p.stdout)
+    assert cal["path"] == path and os.path.isfile(path)
+    loaded, note = costs.load_calibration(path)
+    assert loaded is not None and loaded["host"] == costs.host_key(), note
+    for name in costs.DEFAULT_NS:
+        if name.startswith("uprobe_"):
+            continue
+        assert loaded["ns"][name] > 0, name
+    assert set(loaded["uprobe"]) == set(insn.KINDS)
+
+
+def test_the_kernels_body_time_is_a_part_of_the_calibrated_cost(kernel, calibration):
+    cal = json.loads(calibration[0].stdout)
+    floor = 60  # bpf_stats' own two clock reads per run, which the calibrated runs did not pay
+    for name, body in cal["body_ns"].items():
+        progs = 2 if "pair" in name else 1
+        assert body <= cal["ns"][name] + progs * floor, (name, body, cal["ns"][name])
+        assert body > 0, name
+
+
+def test_single_stepped_first_instructions_cost_more_than_emulated_ones(kernel, calibration):
+    up = json.loads(calibration[0].stdout)["uprobe"]
+    cheapest_stepped = min(v for k, v in up.items() if not insn.emulated(k))
+    dearest_emulated = max(v for k, v in up.items() if insn.emulated(k))
+    # The groups are an order of magnitude apart on this kernel; a factor of 3 leaves room for a busy box.
+    assert cheapest_stepped > 3 * dearest_emulated, up
+
+
+def test_estimate_uses_the_calibration(kernel, calibration):
+    _, path = calibration
+    p = run_kit("estimate", "syscalls", "--comm", "nobody-here", "--json", env=dict(os.environ, KIT_CALIBRATION=path))
+    assert p.returncode == 0, p.stderr
+    est = json.loads(p.stdout)["estimate"]
+    cal = json.load(open(path))
+    assert est["cost"]["source"] == "calibration"
+    assert est["cost"]["in_ns"] == round(cal["ns"]["raw_tracepoint_pair"])
+    assert est["cost"]["out_ns"] == round(cal["ns"]["raw_tracepoint_pair_filter"])

@@ -1,0 +1,78 @@
+"""The guardrail's rate measurement (perf counting and sampling, no BPF) against the workload's own
+counts: exact for a uprobe only the test's process can hit, and the share of a box-wide tracepoint that a
+load with a known rate causes."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from kit import catalog, costs, perfevent, rate
+from kit.calibrate import _Target
+from workloads.load import Load
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+
+def test_uprobe_counting_sees_every_call_exactly(kernel):
+    t = _Target()  # a process calling kit's sample functions from a memfd nobody else maps
+    try:
+        hook = rate.RateHook("uprobe", "calibration:push", path=t.path, offset=t.offsets["push"])
+        attr, keep = hook.attr()
+        with perfevent.CpuEvents(attr, keep) as ev:
+            ev.enable()
+            t.run("push", 12345)
+            t.run("jmp", 1000)  # another function in the same file: not counted
+            ev.disable()
+            counts = ev.counts()
+    finally:
+        t.close()
+    assert sum(counts.values()) == 12345
+
+
+def test_uprobe_rate_is_attributed_to_the_calling_process(kernel):
+    t = _Target()
+    try:
+        hook = rate.RateHook("uprobe", "calibration:push", path=t.path, offset=t.offsets["push"])
+        worker = threading.Thread(target=t.run, args=("push", 10_000_000))
+        worker.start()
+        time.sleep(0.2)
+        r = rate.measure(hook, match=lambda pid, tid: pid == t.p.pid)
+        worker.join()
+    finally:
+        t.close()
+    assert r.total > 0 and r.in_scope == pytest.approx(r.total)
+    assert r.threads[0].pid == t.p.pid
+
+
+def _own_rate(load, t0, t1):
+    s = load.between(t0 - 0.6, t1 + 0.6)
+    return (s[-1]["calls"] - s[0]["calls"]) / (s[-1]["mono"] - s[0]["mono"]), \
+        (s[-1]["cpu_ns"] - s[0]["cpu_ns"]) / (s[-1]["mono"] - s[0]["mono"]) / 1e9
+
+
+@pytest.mark.parametrize("pace", [20000, 0], ids=["steady", "as-fast-as-it-goes"])
+def test_tracepoint_rate_in_scope_and_cpu_use_match_the_loads_own(pace, kernel):
+    comm = f"kit-r{os.getpid() % 100000}"
+    recipe = catalog.load()["syscalls"]
+    match, _ = rate.scope_matcher(recipe, {"comm": comm})
+    hook = rate.RateHook("tracepoint", "raw_syscalls:sys_enter")
+    cal, _ = costs.load_calibration()
+    m = costs.for_class("tracepoint_pair", "raw_tracepoint", cal=cal).measure_ns
+    with Load("syscalls", comm, seconds=60, pace=pace) as load:
+        load.go()
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        r = rate.measure(hook, match=match, measure_ns=m)
+        t1 = time.monotonic()
+        time.sleep(1.2)
+        load.finish()
+    own_rate, own_util = _own_rate(load, t0, t1)
+    assert r.in_scope == pytest.approx(own_rate, rel=0.3), (r.in_scope, own_rate)
+    assert r.total >= r.in_scope
+    mine = [t for t in r.threads if t.comm == comm]
+    assert len(mine) == 1 and mine[0].in_scope and mine[0].pid == load.pid
+    assert mine[0].util == pytest.approx(own_util, abs=0.2), (mine[0].util, own_util)
+    if not pace:
+        assert r.by_comm[0].comm == comm
