@@ -42,10 +42,10 @@ def test_calibrate_writes_a_calibration_for_this_host(kernel, calibration):
 def test_the_kernels_body_time_is_a_part_of_the_calibrated_cost(kernel, calibration):
     cal = json.loads(calibration[0].stdout)
     floor = 60  # bpf_stats' own two clock reads per run, which the calibrated runs did not pay
+    slack = 1.3  # the two are measured in different runs on a box other tests share
     for name, body in cal["body_ns"].items():
         progs = 2 if "pair" in name else 1
-        assert body <= cal["ns"][name] + progs * floor, (name, body, cal["ns"][name])
-        assert body > 0, name
+        assert 0 < body <= slack * cal["ns"][name] + progs * floor, (name, body, cal["ns"][name], cal["spread"])
 
 
 def test_single_stepped_first_instructions_cost_more_than_emulated_ones(kernel, calibration):
