@@ -12,6 +12,7 @@ import os
 
 import pytest
 
+from calibration import calibrate
 from conftest import run_kit
 from kit import costs, insn
 
@@ -19,10 +20,8 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def calibration(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("cal") / "calibration.json")
-    p = run_kit("calibrate", "--rounds", "3", "--json", env=dict(os.environ, KIT_CALIBRATION=path), timeout=300)
-    return p, path
+def calibration(kernel):
+    return calibrate()
 
 
 def test_calibrate_writes_a_calibration_for_this_host(kernel, calibration):

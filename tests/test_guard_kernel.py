@@ -16,6 +16,7 @@ import os
 
 import pytest
 
+from calibration import calibrated_env
 from conftest import KitProc, run_kit
 from workloads.load import Load
 
@@ -39,6 +40,18 @@ CASES = [
     # ("pingpong", {"seconds": 120, "pace": 2000}); lockhold and getaddrinfo with their own workloads'
     # kinds here and their binary/symbol in args.
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def calibrated(kernel):
+    """This host's costs, from one `kit calibrate` per session, for every kit this module starts."""
+    saved = os.environ.get("KIT_CALIBRATION")
+    cal = calibrated_env(os.environ)
+    yield cal
+    if saved is None:
+        os.environ.pop("KIT_CALIBRATION", None)
+    else:
+        os.environ["KIT_CALIBRATION"] = saved
 
 
 def _comm(tag):
