@@ -71,6 +71,10 @@ class Window:
         self.before, self.t0 = self._sum(), now
         return self.fd is not None
 
+    def restart(self, now):
+        """Forget what was collected so far; keep statistics on."""
+        self.before, self.t0 = self._sum(), now
+
     def stop(self, now):
         self.after, self.t1 = self._sum(), now
         if self.fd is not None:

@@ -30,7 +30,9 @@ from kit.errors import Refused, Unsupported
 
 DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
 BREAKER_S = 3.0        # measured overhead must stay over budget this long to trip
-STATS_S = 1.0          # how long the kernel's run-time statistics stay on after attach
+STATS_S = 1.0          # the kernel's run-time statistics stay on this long once events flow...
+STATS_MIN_EVENTS = 5000  # ...and until this many events were counted (a quiet window says nothing),
+STATS_MAX_S = 10.0     # but never longer than this: while on, every BPF program on the box pays for them
 RUN_SCALE_SLACK = 1.25  # kernel runs / counted runs above this: kit's counters undercount
 SUGGESTIONS = 3
 
@@ -188,10 +190,14 @@ def _why(ctx, est):
     if est.rate is None:
         return f"its event rate could not be measured ({est.get('rate_error')})"
     r = est.rate
-    where = "in scope" if est["scoped"] else "unscoped"
-    return (f"{r.hook.label} fires {_fmt_rate(r.total)} box-wide ({_fmt_rate(r.in_scope)} {where}); "
+    scope = f", {_fmt_rate(r.in_scope)} in scope" if est["scoped"] else ""
+    return (f"{r.hook.label} fires {_fmt_rate(r.total)} box-wide{scope}; "
             f"at {c.in_ns:.0f} ns per event and {c.out_ns:.0f} ns per filtered event ({c.source}) "
-            f"that is ~{est['cpu_pct']:.2f}% of {est['ncpu']} CPUs, budget {est['budget_pct']:g}%")
+            f"that is ~{_pct(est['cpu_pct'])} of {est['ncpu']} CPUs, budget {est['budget_pct']:g}%")
+
+
+def _pct(v):
+    return f"{v:.2f}%" if v >= 0.1 else f"{v:.3f}%"
 
 
 def verdict(ctx, est):
@@ -205,13 +211,20 @@ def verdict(ctx, est):
     return None
 
 
-def _hint(sugg):
+def _hint(sugg, est=None):
     lines = []
+    floor = (est or {}).get("filtered_pct") if est and est["scoped"] else None
+    if floor is not None and floor > est["budget_pct"]:
+        busiest = ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}" for t in est.get("busiest_comms", [])[:2])
+        lines.append(f"even filtered out, this hook's events cost ~{_pct(floor)} ({busiest}): no scope fits a "
+                     f"{est['budget_pct']:g}% budget while they last; raise --budget above {floor:.2g}, "
+                     "or wait for the hook to quieten, or --force (recorded in the result)")
+        return "\n".join(lines)
     if sugg:
         lines.append("scope it to one of the busiest on that hook:")
         for s in sugg:
             fit = "" if s["fits"] else ", over budget: add --budget or pick a quieter scope"
-            lines.append(f"  {s['command']}    # {_fmt_rate(s['events_per_s'])}, ~{s['cpu_pct']:.2f}% of CPU{fit}")
+            lines.append(f"  {s['command']}    # {_fmt_rate(s['events_per_s'])}, ~{_pct(s['cpu_pct'])} of CPU{fit}")
         lines.append("or raise --budget, or --force to run anyway (recorded in the result)")
     else:
         lines.append("narrow the scope, raise --budget, or --force to run anyway (recorded in the result)")
@@ -233,7 +246,7 @@ def check_before(ctx, opts, err):
     if getattr(opts, "dry_run", False):
         return est
     if not opts.force:
-        raise Refused(why, _hint(sugg))
+        raise Refused(why, _hint(sugg, est))
     est["verdict"] = "forced"
     err.write(f"kit: warning: running despite the guardrail because of --force: {why}\n")
     return est
@@ -265,7 +278,7 @@ def format_estimate(result):
                                                for t in est["busiest_comms"]))
     if est.get("verdict") == "refuse":
         lines.append(f"  verdict: refused: {est['reason']}")
-        lines += ["  " + line for line in _hint(est.get("suggestions")).splitlines()]
+        lines += ["  " + line for line in _hint(est.get("suggestions"), est).splitlines()]
     else:
         lines.append("  verdict: would attach")
     return "\n".join(lines) + "\n"
@@ -293,6 +306,7 @@ class Meter:
         self.stats = None
         self.stats_result = None if kernel_check else {"skipped": True}
         self._stats_at = None
+        self._stats_since = 0.0
         self._finalizer = None
 
     # -- the kernel's check -------------------------------------------------
@@ -318,7 +332,9 @@ class Meter:
         res.update(events=events, filtered=filtered, programs=len(w.fds))
         if res["run_cnt"]:
             res["ns_per_run"] = round(res["run_time_ns"] / res["run_cnt"], 1)
-        if counted:
+        if counted < STATS_MIN_EVENTS:
+            res["note"] = f"only {counted} events while statistics were on: too few to check the price"
+        elif counted:
             expected_body = (events * c.body_in_ns + filtered * c.body_out_ns) / counted
             body = res["run_time_ns"] / counted
             ratio = res["run_cnt"] / (counted * c.progs_per_event)
@@ -327,7 +343,7 @@ class Meter:
             res.update(runs_per_event=round(res["run_cnt"] / counted, 3), expected_runs_per_event=c.progs_per_event,
                        body_ns_per_event=round(body, 1), expected_body_ns_per_event=round(expected_body, 1),
                        correction_ns_per_event=round(self.excess_ns, 1), run_scale=round(self.run_scale, 3))
-        elif res["run_cnt"]:
+        if not counted and res["run_cnt"] >= STATS_MIN_EVENTS:
             res["warning"] = (f"the kernel ran kit's programs {res['run_cnt']} times but kit's counters saw no "
                               "event: the template does not count its events, so the meter reads low")
         self.stats_result = res
@@ -353,8 +369,16 @@ class Meter:
         """Called every loop tick; returns a reason string when the breaker trips, else None."""
         if self.stats is None and self.stats_result is None:
             self._stats_start(elapsed)
+            self._stats_since = elapsed
         elif self.stats is not None and elapsed - self._stats_at[0] >= STATS_S:
-            self._stats_stop(elapsed)
+            s = self._read()
+            _, s0 = self._stats_at
+            counted = s["events"] + s["filtered"] - s0["events"] - s0["filtered"]
+            if counted >= STATS_MIN_EVENTS or elapsed - self._stats_since >= STATS_MAX_S:
+                self._stats_stop(elapsed)
+            else:  # too quiet to check anything yet: start the window again from here
+                self.stats.restart(elapsed)
+                self._stats_at = (elapsed, s)
         t0, e0, f0 = self.last
         if elapsed - t0 < 1.0:
             return None

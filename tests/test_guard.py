@@ -231,3 +231,13 @@ def test_every_sample_function_is_classified_as_its_own_kind():
     assert set(offsets) == set(insn.KINDS)
     for k, off in offsets.items():
         assert insn.kind(code[off:off + 16]) == k
+
+
+def test_when_filtering_alone_is_over_budget_the_hint_says_no_scope_fits(monkeypatch):
+    c = ctx({"comm": "quiet"})
+    est = _estimate(c, a_rate([thread("storm", 1e6, 10, in_scope=False)], scoped=True))  # 10% just filtering
+    monkeypatch.setattr(guard, "estimate", lambda ctx, opts: est)
+    with pytest.raises(Refused) as e:
+        guard.check_before(c, Options(duration=10.0), io.StringIO())
+    assert "no scope fits a 2% budget" in e.value.hint and "storm 1.00M/s" in e.value.hint
+    assert "raise --budget above 10" in e.value.hint
