@@ -59,13 +59,23 @@ def saturated(extra, util):
     return extra / (util + extra)
 
 
+def thread_cost(t, ns):
+    """CPU-seconds per second a probe costing ns per event takes from thread t.
+    A CPU-bound thread keeps the CPU share it gets and spends ns/(b + ns) of it on the probe, b being
+    its own CPU time per event; any other thread pays rate x ns, up to a whole CPU."""
+    if t.busy and t.rate > 0 and t.util:
+        b = t.util / t.rate * 1e9
+        return t.util * ns / (b + ns)
+    return saturated(t.rate * ns * 1e-9, t.util)
+
+
 def project(r, c, in_scope=None, cpus=None):
     """(in-scope %, filtered %) of the machine's CPU the rate r would cost at costs c.
     in_scope(thread) overrides the measured scope (for suggestions)."""
     cpu_in = cpu_out = 0.0
     for t in r.threads:
         inside = t.in_scope if in_scope is None else in_scope(t)
-        x = saturated(t.rate * (c.in_ns if inside else c.out_ns) * 1e-9, t.util)
+        x = thread_cost(t, c.in_ns if inside else c.out_ns)
         if inside:
             cpu_in += x
         else:

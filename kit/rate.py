@@ -1,16 +1,19 @@
 """How often a recipe's hook fires on this box right now, box-wide and inside
 the requested scope, measured without running the recipe.
 
-Two short phases on per-CPU perf events (kit/perfevent.py), no BPF:
-1. count hits for COUNT_S, to learn each CPU's rate;
+Three short phases on per-CPU perf events (kit/perfevent.py), no BPF:
+1. count hits for COUNT_S, to learn each CPU's rate (after PROBE_S, the
+   windows shrink if measuring would cost the box more than MEASURE_CPU_S:
+   a perf uprobe event pays the whole trap, 10 us when single-stepped);
 2. count again for SAMPLE_S while sampling every Nth hit's pid and tid, N
    chosen per CPU so each ring holds about TARGET_SAMPLES records.
 Counts are exact; samples, weighted by their CPU's count, say who the events
 belong to: the share in scope (matched the way kit_prelude.h matches: pid
 is the tgid, comm the thread's name, cgroup the thread's cgroup id) and the
 busiest comms and processes for the guardrail's suggestions.
-3. read the busiest threads' CPU time (/proc/PID/task/TID/schedstat) over
-   UTIL_S, the event still enabled: a thread already using a whole CPU cannot
+3. read the busiest threads' CPU time and run-queue wait
+   (/proc/PID/task/TID/schedstat) over UTIL_S, the event still enabled: a
+   CPU-bound thread (one that wants a whole CPU, running or waiting) cannot
    pay for a probe on top, it slows down instead, and the guardrail prices it
    that way. Such a thread was also slowed by the perf event itself while it
    was counted; knowing what the event costs per hit (kit calibrate), its
@@ -37,6 +40,10 @@ COUNT_S = 0.05
 SAMPLE_S = 0.2
 TARGET_SAMPLES = 500  # per CPU; the ring holds about 2000
 UTIL_S = 0.1          # how long the busiest threads' CPU use is measured, after the sampling window
+PROBE_S = 0.005       # a first look at the rate, to know what measuring it longer would cost
+MEASURE_CPU_S = 0.05  # what the whole measurement may cost the box, CPU-seconds
+MIN_WINDOW_S = 0.005
+MIN_UTIL_S = 0.03     # schedstat moves at scheduler ticks (4 ms at HZ=250): shorter is too coarse
 MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
 MAX_UTIL = 32         # threads whose CPU use is measured
 BUSY = 0.9            # a thread using this much of a CPU is taken to be CPU-bound
@@ -66,7 +73,8 @@ class Thread:
     comm: str
     rate: float               # events/s this thread triggers
     in_scope: bool
-    util: float = None        # share of one CPU it uses (None: not measured)
+    util: float = None        # share of one CPU it runs (None: not measured)
+    busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
     measured_rate: float = None  # before undoing the measurement's own slowdown
 
 
@@ -124,7 +132,8 @@ class Rate:
                               for t in self.by_comm[:top]],
             "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "events_per_s": round(t.rate, 1),
                                  "while_counted_per_s": None if t.measured_rate is None else round(t.measured_rate, 1),
-                                 "cpu_util": None if t.util is None else round(t.util, 3), "in_scope": t.in_scope}
+                                 "cpu_util": None if t.util is None else round(t.util, 3), "cpu_bound": t.busy,
+                                 "in_scope": t.in_scope}
                                 for t in self.threads[:top]],
         }
 
@@ -235,38 +244,48 @@ def _thread_cgroup_id(pid, tid):
     return None
 
 
-def _runtime_ns(pid, tid):
+def _sched(pid, tid):
+    """(ns on CPU, ns waiting for a CPU) of a thread from /proc/.../schedstat, or None."""
     text = _read(f"/proc/{pid}/task/{tid}/schedstat")
     try:
-        return int(text.split()[0])
+        f = text.split()
+        return int(f[0]), int(f[1])
     except (AttributeError, IndexError, ValueError):
         return None
 
 
 def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
-    """Share of one CPU each (pid, tid) runs, over `seconds`, from /proc/.../schedstat."""
-    before = {t: _runtime_ns(*t) for t in threads}
+    """{(pid, tid): (share of a CPU it ran, share of the time it wanted one)} over `seconds`.
+    The second counts time spent runnable but waiting, so a thread that is CPU-bound on a box busy
+    with other work still shows it wants a whole CPU."""
+    before = {t: _sched(*t) for t in threads}
     t0 = time.monotonic()
     sleep(seconds)
-    dt = max(time.monotonic() - t0, 1e-3)
+    dt = max(time.monotonic() - t0, 1e-3) * 1e9
     out = {}
     for t, b in before.items():
-        a = _runtime_ns(*t)
+        a = _sched(*t)
         if a is not None and b is not None:
-            out[t] = min(max((a - b) / (dt * 1e9), 0.0), 1.0)
+            ran, waited = a[0] - b[0], a[1] - b[1]
+            out[t] = (min(max(ran / dt, 0.0), 1.0), min(max((ran + waited) / dt, 0.0), 1.0))
     return out
 
 
 def unperturbed(r, util, measure_ns):
-    """(rate, CPU use) of a thread as they are without kit's perf event on the hook.
-    The event costs each hit measure_ns: a thread with slack keeps its rate and pays in CPU; a thread
-    already busy on a whole CPU pays in rate: 1/r = b + m, so its own rate is 1/b = r / (1 - r m)."""
-    if util is None or not measure_ns:
-        return r, util
-    load = r * measure_ns * 1e-9
-    if util >= BUSY and load < BUSY:
-        return r / (1.0 - load), 1.0
-    return r, max(util - load, 0.0)
+    """(rate, share of a CPU, CPU-bound?) of a thread as they are without kit's perf event on the hook.
+    util = (share it ran, share it wanted). The event costs each hit measure_ns: a thread with slack keeps
+    its rate and pays in CPU; a CPU-bound thread pays in rate: each event took b + m of its CPU instead
+    of b, so with the same share of a CPU its own rate is share / b."""
+    if util is None:
+        return r, None, False
+    ran, wanted = util
+    m = measure_ns * 1e-9
+    if wanted >= BUSY and r > 0 and ran > 0:
+        b = ran / r - m
+        if b <= 0.05 * ran / r:  # the event cannot have cost more than the thread did: distrust m
+            b = ran / r
+        return ran / b, ran, True
+    return r, max(ran - r * m, 0.0), False
 
 
 def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S, sample_s=SAMPLE_S,
@@ -274,11 +293,23 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
     """Rate of `hook`; `match(pid, tid)` says whether an event is in scope (None: all are).
     measure_ns: what the perf event itself costs per hit (kit/costs.py), to undo its slowdown."""
     attr, keep = hook.attr()
+    util_s = UTIL_S
     with perfevent.CpuEvents(attr, keep) as ev:
+        t0 = time.monotonic()
         ev.enable()
-        sleep(count_s)
+        sleep(PROBE_S)
+        probe = sum(ev.counts().values()) / max(time.monotonic() - t0, 1e-3)
+        # Counting is not free (a uprobe event pays the whole trap): shorten the windows on a hook so hot
+        # that measuring it for the usual third of a second would cost more than MEASURE_CPU_S.
+        cost = probe * measure_ns * 1e-9 * (count_s + sample_s + util_s)
+        if cost > MEASURE_CPU_S:
+            scale = MEASURE_CPU_S / cost
+            count_s, sample_s = (max(x * scale, MIN_WINDOW_S) for x in (count_s, sample_s))
+            util_s = max(util_s * scale, MIN_UTIL_S)
+        sleep(max(count_s - PROBE_S, 0.0))
         ev.disable()
         first = ev.counts()
+        count_s = max(time.monotonic() - t0, 1e-3)
     periods = {cpu: max(1, math.ceil(n * sample_s / count_s / TARGET_SAMPLES)) for cpu, n in first.items()}
     with perfevent.CpuEvents(attr, keep, periods=periods) as ev:
         t0 = time.monotonic()
@@ -291,19 +322,20 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         # The busiest threads' CPU use, with the event still costing them what it cost while sampling.
         busiest = _weights(samples, counts, window).most_common(MAX_THREADS)
         ev.enable()
-        utils = thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], sleep=sleep)
+        utils = thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], seconds=util_s, sleep=sleep)
         ev.disable()
     total = sum(counts.values()) / window
     threads = []
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
-        own, util = unperturbed(r, utils.get((pid, tid)), measure_ns)
+        own, util, busy = unperturbed(r, utils.get((pid, tid)), measure_ns)
         total += own - r
         threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
-                              util=util, measured_rate=r))
+                              util=util, busy=busy, measured_rate=r))
     attributed = sum(t.rate for t in threads)
-    rest = max(total - attributed, 0.0)
-    in_scope = sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0)
+    total = max(total, attributed)  # the same events summed two ways: keep rounding from showing
+    rest = total - attributed
+    in_scope = min(sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0), total)
     n_samples = sum(len(got) for got, _ in samples.values())
     lost = sum(lost for _, lost in samples.values())
     return Rate(hook=hook, window_s=window, total=total, in_scope=in_scope, scope_measured=scope_measured,

@@ -24,8 +24,8 @@ def ctx(values=None, name="syscalls", hook_type=None):
     return Context(recipe=r, hook=hook, values=vals)
 
 
-def thread(comm, r, pid, util=None, in_scope=True, tid=None):
-    return rate.Thread(pid=pid, tid=tid or pid, comm=comm, rate=r, in_scope=in_scope, util=util)
+def thread(comm, r, pid, util=None, in_scope=True, tid=None, busy=False):
+    return rate.Thread(pid=pid, tid=tid or pid, comm=comm, rate=r, in_scope=in_scope, util=util, busy=busy)
 
 
 def a_rate(threads, total=None, scoped=False):
@@ -93,6 +93,22 @@ def test_a_thread_already_on_a_whole_cpu_slows_down_instead_of_paying_on_top():
     assert guard.saturated(0.3, None) == pytest.approx(0.3)
     r = a_rate([thread("loop", 4e6, 10, util=1.0)])
     assert sum(guard.project(r, FLAT, cpus=2)) == pytest.approx(100 * (2 / 3) / 2)
+
+
+def test_a_cpu_bound_thread_spends_its_share_of_a_cpu_in_proportion():
+    # 250 ns of its own per event plus 500 ns of probe: the probe gets 2/3 of whatever CPU it gets.
+    assert guard.thread_cost(thread("loop", 4e6, 10, util=1.0, busy=True), 500) == pytest.approx(2 / 3)
+    assert guard.thread_cost(thread("loop", 2e6, 10, util=0.5, busy=True), 500) == pytest.approx(1 / 3)
+
+
+def test_the_counting_events_own_slowdown_is_undone_only_for_cpu_bound_threads():
+    # Counted at 120 ns per hit, a CPU-bound thread made 1/(180+120 ns) events per CPU-second: it makes 1/180.
+    r, util, busy = rate.unperturbed(1e9 / 300, (1.0, 1.0), 120)
+    assert (r, util, busy) == (pytest.approx(1e9 / 180), 1.0, True)
+    r, util, busy = rate.unperturbed(0.5e9 / 300, (0.5, 1.0), 120)  # half a CPU on a crowded box
+    assert (r, util, busy) == (pytest.approx(0.5e9 / 180), 0.5, True)
+    r, util, busy = rate.unperturbed(1e5, (0.2, 0.25), 120)  # slack: keeps its rate, paid 1.2% of a CPU
+    assert (r, util, busy) == (1e5, pytest.approx(0.2 - 0.012), False)
 
 
 def test_events_not_attributed_to_a_thread_are_in_scope_only_when_unscoped():
