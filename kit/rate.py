@@ -175,7 +175,7 @@ def resolve(binary, symbol):
     """(path, file offset) of a symbol, as BCC resolves it for attach_uprobe."""
     from bcc import BPF
     try:
-        path, offset = BPF._check_path_symbol(binary, symbol, None, -1)
+        path, offset = BPF._check_path_symbol(os.fsencode(binary), symbol.encode(), None, -1)
     except Exception:
         raise Unsupported(f"cannot find symbol {symbol} in {binary}",
                           "check it with `nm -D BINARY | grep SYMBOL` (stripped binaries need a symbol table)") from None

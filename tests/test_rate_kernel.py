@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from kit import catalog, costs, perfevent, rate
+from kit import catalog, costs, insn, perfevent, rate
 from kit.calibrate import _Target
 from workloads.load import Load
 
@@ -84,3 +84,44 @@ def test_tracepoint_rate_in_scope_and_cpu_use_match_the_loads_own(pace, kernel):
         assert r.by_comm[0].comm == comm
         assert mine[0].busy, mine[0]
         assert r.in_scope / mine[0].util == pytest.approx(per_cpu_s, rel=0.3), (r.in_scope, mine[0], per_cpu_s)
+
+
+def _objdump_first(path, offset):
+    import subprocess
+    out = subprocess.run(["objdump", "-D", "-b", "binary", "-mi386:x86-64", f"--start-address={offset}",
+                          f"--stop-address={offset + 16}", path], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 3 and parts[0].strip().endswith(":"):
+            return parts[2].split()[0]
+    raise AssertionError(out)
+
+
+def _expected_kind(mnemonic):
+    if mnemonic.startswith("push"):
+        return "push"
+    if mnemonic.startswith("nop"):
+        return "nop"
+    if mnemonic in ("jmp", "call", "endbr64"):
+        return mnemonic
+    if mnemonic.startswith("j"):
+        return "jcc"
+    return "other"
+
+
+def test_uprobe_targets_first_instruction_kind_agrees_with_objdump(kernel):
+    import subprocess
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    if not os.path.exists(libc):
+        libc = os.path.realpath(subprocess.run(["sh", "-c", "ldd /bin/true | awk '/libc.so/ {print $3}'"],
+                                               capture_output=True, text=True).stdout.strip())
+    names = subprocess.run(["nm", "-D", "--defined-only", libc], capture_output=True, text=True, check=True).stdout
+    funcs = sorted({ln.split()[2].split("@")[0] for ln in names.splitlines() if ln.split()[1:2] == ["T"]})
+    picked = funcs[::max(1, len(funcs) // 60)] + ["getaddrinfo", "malloc", "pthread_mutex_lock", "read"]
+    seen = set()
+    for sym in picked:
+        path, offset = rate.resolve(libc, sym)
+        want = _expected_kind(_objdump_first(path, offset))
+        assert insn.symbol_kind(path, offset) == want, (sym, hex(offset), want)
+        seen.add(want)
+    assert {"push", "other"} <= seen
