@@ -73,7 +73,7 @@ class Thread:
     comm: str
     rate: float               # events/s this thread triggers
     in_scope: bool
-    util: float = None        # share of one CPU it runs (None: not measured)
+    util: float = None        # share of one CPU it runs; for a CPU-bound one, wants (None: not measured)
     busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
     measured_rate: float = None  # before undoing the measurement's own slowdown
 
@@ -275,7 +275,7 @@ def unperturbed(r, util, measure_ns):
     """(rate, share of a CPU, CPU-bound?) of a thread as they are without kit's perf event on the hook.
     util = (share it ran, share it wanted). The event costs each hit measure_ns: a thread with slack keeps
     its rate and pays in CPU; a CPU-bound thread pays in rate: each event took b + m of its CPU instead
-    of b, so with the same share of a CPU its own rate is share / b."""
+    of b. A CPU-bound thread is described at the CPU it wants (its rate then is wanted / b)."""
     if util is None:
         return r, None, False
     ran, wanted = util
@@ -284,7 +284,8 @@ def unperturbed(r, util, measure_ns):
         b = ran / r - m
         if b <= 0.05 * ran / r:  # the event cannot have cost more than the thread did: distrust m
             b = ran / r
-        return ran / b, ran, True
+        # Priced at the CPU it wants, not at the share a crowded box happened to give it just now.
+        return wanted / b, wanted, True
     return r, max(ran - r * m, 0.0), False
 
 

@@ -185,6 +185,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
             trip = meter.tick(now - started)
             if trip:
                 ctx.notes.append(trip)
+                err.write(f"\nkit: {trip}; detaching, partial results follow\n" if show and err.isatty()
+                          else f"kit: {trip}; detaching, partial results follow\n")
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
                 stats = read_stats(bpf)

@@ -132,7 +132,6 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
     ov = kit.json()["overhead"]
     est, measured = ov["estimate_cpu_pct"], ov["cpu_pct"]
     assert est > 0 and measured > 0, ov
-    assert 0.5 <= measured / est <= 2.0, f"estimate {est}% vs measured {measured}%: {json.dumps(ov)[:2000]}"
 
     # Ground truth: the load's own CPU time per call, without and with the probe.
     before = load.between(0, t_start)[1:]
@@ -141,6 +140,13 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
     base, _ = _cpu_per_call(before)
     with_probe, calls = _cpu_per_call(during)
     wall = during[-1]["mono"] - during[0]["mono"]
+
+    # A CPU-bound load pays for the probe out of the CPU it gets, and the estimate assumes it gets the
+    # whole CPU it wants. On a box other tests share it may get less; compare per CPU it actually got.
+    got = (during[-1]["cpu_ns"] - during[0]["cpu_ns"]) / wall / 1e9 if which == "hot" else 1.0
+    assert 0.5 <= measured / got / est <= 2.0, \
+        f"estimate {est}% vs measured {measured}% ({got:.2f} CPU): {json.dumps(ov)[:2000]}"
+
     truth = (with_probe - base) * calls / wall / 1e9 / ov["estimate"]["ncpu"] * 100  # % of the machine
     in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ov["estimate"]["ncpu"] * 100
     assert truth > 0, (base, with_probe)

@@ -80,7 +80,7 @@ def test_tracepoint_rate_in_scope_and_cpu_use_match_the_loads_own(pace, kernel):
         assert mine[0].util == pytest.approx(util, abs=0.15), (mine[0].util, util)
     else:
         # As fast as it goes: it is the busiest, and on a box other tests share its rate per second of
-        # CPU is what it keeps (the counting event's own slowdown undone).
+        # CPU is what it keeps (the counting event's own slowdown undone); util is the CPU it wants.
         assert r.by_comm[0].comm == comm
         assert mine[0].busy, mine[0]
         assert r.in_scope / mine[0].util == pytest.approx(per_cpu_s, rel=0.3), (r.in_scope, mine[0], per_cpu_s)
