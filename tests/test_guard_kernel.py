@@ -94,7 +94,9 @@ def test_accepts_a_quiet_scope_and_refuses_a_scope_over_budget(case, kernel, no_
         load.go()
         quiet.go()
         over = run_kit("run", case.recipe, *case.args, "--comm", load.comm, "--budget", "0.05", "--for", "3s")
-        ok = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--for", "3s")
+        # 5%: other tests on this box run syscall storms of their own, and filtering those is paid by any
+        # scope; 5% leaves room for a few hundred thousand syscalls a second of them.
+        ok = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--for", "3s", "--budget", "5")
         load.finish()
         quiet.finish()
     assert over.returncode == 4, over.stderr
@@ -102,7 +104,7 @@ def test_accepts_a_quiet_scope_and_refuses_a_scope_over_budget(case, kernel, no_
     assert ok.returncode == 0, ok.stderr
     # The human result ends with what the run cost, the pre-attach estimate beside it.
     last = ok.stdout.rstrip("\n").splitlines()[-1]
-    assert last.startswith("cost: ") and "estimated" in last and "budget 2%" in last, ok.stdout
+    assert last.startswith("cost: ") and "estimated" in last and "budget 5%" in last, ok.stdout
 
 
 def _cpu_per_call(samples):
@@ -141,14 +143,24 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
     with_probe, calls = _cpu_per_call(during)
     wall = during[-1]["mono"] - during[0]["mono"]
 
-    # A CPU-bound load pays for the probe out of the CPU it gets, and the estimate assumes it gets the
-    # whole CPU it wants. On a box other tests share it may get less; compare per CPU it actually got.
+    # The load's part: what the estimate put in scope against what the meter counted in scope. A CPU-bound
+    # load pays for the probe out of the CPU it gets, and the estimate assumes it gets the whole CPU it
+    # wants; on a box other tests share it may get less, so compare per CPU it actually got.
     got = (during[-1]["cpu_ns"] - during[0]["cpu_ns"]) / wall / 1e9 if which == "hot" else 1.0
-    assert 0.5 <= measured / got / est <= 2.0, \
-        f"estimate {est}% vs measured {measured}% ({got:.2f} CPU): {json.dumps(ov)[:2000]}"
+    ncpu = ov["estimate"]["ncpu"]
+    est_in = ov["estimate"]["in_scope_pct"]
+    in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ncpu * 100
+    detail = f"({got:.2f} CPU): {json.dumps(ov)[:2500]}"
+    assert 0.5 <= in_scope / got / est_in <= 2.0, f"in scope: estimate {est_in}% vs measured {in_scope:.3f}% {detail}"
+    # The whole: the same, plus filtering everybody else's events. Other tests on this box start and stop
+    # syscall storms at will, so the whole is compared when the rest of the box kept the rate it had when
+    # the estimate was made.
+    others_then = ov["estimate"]["events_per_s"] - ov["estimate"]["in_scope_per_s"]
+    others_now = ov["filtered"] / ov["seconds"]
+    if 0.5 <= (others_now + 1000) / (others_then + 1000) <= 2.0:
+        assert 0.5 <= measured / got / est <= 2.0, f"whole: estimate {est}% vs measured {measured}% {detail}"
 
     truth = (with_probe - base) * calls / wall / 1e9 / ov["estimate"]["ncpu"] * 100  # % of the machine
-    in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ov["estimate"]["ncpu"] * 100
     assert truth > 0, (base, with_probe)
     assert 0.5 <= in_scope / truth <= 2.0, f"meter (in scope) {in_scope:.3f}% vs the load's own {truth:.3f}%"
 
@@ -162,10 +174,9 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftovers):
     # Quiet when kit estimates, hot a few seconds after it attaches.
-    kind, opts = case.hot
     with _load(case.hot, "b", delay=4) as load:
         load.go()
-        kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--budget", "1", "--for", "60s",
+        kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--budget", "5", "--for", "60s",
                       "--json")
         kit.wait_attached()
         kit.finish()
@@ -173,9 +184,9 @@ def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftov
     assert kit.code == 7, kit.stderr
     res = kit.json()
     assert res["stopped_by"] == "breaker" and res["duration_s"] < 60
-    assert any("stopped by the guardrail" in n and "budget 1%" in n for n in res["notes"]), res["notes"]
+    assert any("stopped by the guardrail" in n and "budget 5%" in n for n in res["notes"]), res["notes"]
     assert res["overhead"]["estimate"]["verdict"] == "accept"
-    assert res["overhead"]["peak_cpu_pct"] > 1
+    assert res["overhead"]["peak_cpu_pct"] > 5
     assert res["rows"] and all(r["comm"] == load.comm for r in res["rows"]), "partial results are printed"
 
 
@@ -196,7 +207,7 @@ def test_force_overrides_a_refusal_and_is_recorded(case, kernel, no_leftovers):
 def test_dry_run_prints_the_estimate_and_attaches_nothing(case, kernel, no_leftovers):
     with Load("idle", _comm("d")) as quiet:
         quiet.go()
-        p = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--dry-run")
+        p = run_kit("run", case.recipe, *case.args, "--comm", quiet.comm, "--budget", "5", "--dry-run")
         quiet.finish()
     assert p.returncode == 0, p.stderr
     assert "estimate only, nothing attached" in p.stdout and "verdict: would attach" in p.stdout
