@@ -46,7 +46,8 @@ def test_port_scope_filters_in_the_kernel(kernel, no_leftovers):
     res = kit.json()
     assert delta >= 3
     assert res["rows"] == []
-    assert res["events"] == 0 and res["filtered"] == delta
+    # Other tests on the box may retransmit in their own namespaces meanwhile: those are filtered too.
+    assert res["events"] == 0 and res["filtered"] >= delta
 
 
 def test_netns_scope_excludes_other_namespaces(kernel, no_leftovers):
