@@ -6,18 +6,21 @@ Before attaching (check_before):
                      + events/s filtered out x ns per filtered event) / (CPUs x 1e9) x 100
 with the rates measured on this box just now (kit/rate.py: perf counting and
 sampling on the recipe's rate hook, no BPF) and the costs from this host's
-calibration or the recipe's cost class (kit/costs.py). A run is refused when
+calibration or the recipe's cost class (kit/costs.py). The sum runs per
+thread: a CPU-bound thread cannot pay on top of a whole CPU, it slows down,
+and is priced that way (thread_cost). A run is refused when
 the projection exceeds the budget, or when a hot-path recipe has no scope;
 the refusal names the busiest comms on that hook as ready-to-paste commands.
 --force overrides a refusal (a warning, and `forced` in the result); it does
 not switch off the breaker: --budget says what the user will pay.
 
 While running (Meter): kit's own per-CPU counters (events in scope,
-events filtered) priced with the same costs, every second. For the first
-STATS_S the kernel's own run count and run time (BPF_ENABLE_STATS, released
-afterwards) check those counters and that price: more program runs than the
-counters explain, or a body slower than calibrated, raise the price for the
-rest of the run. Over budget for BREAKER_S seconds in a row trips the breaker.
+events filtered) priced with the same costs, every second. From attach until
+STATS_S and STATS_MIN_EVENTS have passed, the kernel's own run count and run
+time (BPF_ENABLE_STATS, released afterwards) check those counters and that
+price: more program runs than the counters explain, or a body slower than
+calibrated, raise the price for the rest of the run. Over budget for
+BREAKER_S seconds in a row trips the breaker.
 """
 
 import os
