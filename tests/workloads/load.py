@@ -7,9 +7,12 @@ Run as a process (so it has its own pid and comm):
       Python never makes on its own. --pace spreads the calls evenly over
       time (a moderate, steady rate) instead of as fast as possible; --delay
       sleeps first (quiet, then hot).
-  python load.py pingpong --comm NAME [--seconds S] [--pace ROUNDS_PER_S]
+  python load.py pingpong --comm NAME [--seconds S] [--pace ROUNDS_PER_S] [--delay S]
       two threads bouncing a byte over two pipes: a context switch and a
       read and a write per half round trip (sched_switch and syscalls hot).
+  python load.py mutex|resolve --comm NAME [--seconds S] [--pace PER_S] [--delay S]
+      libc pthread_mutex_lock/unlock on a private mutex, or libc getaddrinfo
+      of localhost, in a loop like `syscalls` (uprobe recipes' hooks hot).
   python load.py idle --comm NAME
       sleeps: a quiet process to scope to.
   python load.py mixed --comm NAME --calls N --sleeps K --sleep-us US
@@ -51,14 +54,14 @@ def stdin_closed():
     return bool(r) and not sys.stdin.readline()
 
 
-def syscalls(args):
-    getppid = os.getppid
+def _loop(args, one, batch_fast=1000):
+    """Calls one() in batches, paced or as fast as it goes, sampling its own counters."""
     if args.delay:
         time.sleep(args.delay)
     calls, t_start = 0, time.monotonic()
     cpu0 = time.thread_time_ns()
     next_sample = t_start + SAMPLE_S
-    batch = 1000 if not args.pace else max(1, int(args.pace * 0.01))
+    batch = batch_fast if not args.pace else max(1, int(args.pace * 0.01))
     while True:
         now = time.monotonic()
         if args.calls and calls >= args.calls:
@@ -67,7 +70,7 @@ def syscalls(args):
             break
         n = batch if not args.calls else min(batch, args.calls - calls)
         for _ in range(n):
-            getppid()
+            one()
         calls += n
         if args.pace:
             ahead = calls / args.pace - (time.monotonic() - t_start)
@@ -79,6 +82,28 @@ def syscalls(args):
             if stdin_closed():
                 break
     return calls, time.thread_time_ns() - cpu0, time.monotonic() - t_start
+
+
+def syscalls(args):
+    return _loop(args, os.getppid)
+
+
+def mutex(args):
+    """pthread_mutex_lock + unlock on a private mutex through libc: one lock/unlock pair per call."""
+    libc = ctypes.CDLL("libc.so.6")
+    m = ctypes.create_string_buffer(64)  # a zeroed pthread_mutex_t is PTHREAD_MUTEX_INITIALIZER
+    lock, unlock = libc.pthread_mutex_lock, libc.pthread_mutex_unlock
+
+    def one():
+        lock(m)
+        unlock(m)
+    return _loop(args, one)
+
+
+def resolve(args):
+    """libc getaddrinfo("localhost") (answered from /etc/hosts): one call per call."""
+    import socket
+    return _loop(args, lambda: socket.getaddrinfo("localhost", None, socket.AF_INET), batch_fast=20)
 
 
 def pingpong(args):
@@ -96,6 +121,8 @@ def pingpong(args):
 
     t = threading.Thread(target=echo)
     t.start()
+    if args.delay:
+        time.sleep(args.delay)
     t_start = time.monotonic()
     cpu0 = time.thread_time_ns()
     next_sample = t_start + SAMPLE_S
@@ -147,7 +174,7 @@ def mixed(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=("syscalls", "pingpong", "idle", "mixed"))
+    p.add_argument("kind", choices=("syscalls", "pingpong", "idle", "mixed", "mutex", "resolve"))
     p.add_argument("--comm", required=True)
     p.add_argument("--calls", type=int, default=0)
     p.add_argument("--seconds", type=float, default=0)
@@ -162,7 +189,9 @@ def main():
     emit({"ready": os.getpid()})
     if not sys.stdin.readline():
         return
-    calls, cpu_ns, wall = {"syscalls": syscalls, "pingpong": pingpong, "idle": idle, "mixed": mixed}[args.kind](args)
+    kinds = {"syscalls": syscalls, "pingpong": pingpong, "idle": idle, "mixed": mixed, "mutex": mutex,
+             "resolve": resolve}
+    calls, cpu_ns, wall = kinds[args.kind](args)
     key = "slept_ns" if args.kind == "mixed" else "cpu_ns"
     emit({"done": True, "calls": calls, key: cpu_ns, "wall_ns": int(wall * 1e9)})
 
