@@ -125,3 +125,50 @@ def test_uprobe_targets_first_instruction_kind_agrees_with_objdump(kernel):
         assert insn.symbol_kind(path, offset) == want, (sym, hex(offset), want)
         seen.add(want)
     assert {"push", "other"} <= seen
+
+
+UPROBE_RECIPE = """\
+apiVersion: kit/v1
+kind: RecipeCatalog
+recipes:
+  - name: lockprobe
+    summary: a uprobe recipe made up for this test
+    example: kit run lockprobe
+    scopes: [comm, pid]
+    hooks:
+      - type: uprobe
+        binary: binary
+        attach:
+          - {fn: on_lock, symbol: "=pthread_mutex_lock"}
+          - {fn: on_unlock, symbol: "=pthread_mutex_unlock"}
+    params:
+      binary: {type: binary, default: LIBC, help: the C library}
+    duration: {default: 10s, max: 1m}
+    guard: {hot_path: true, cost_class: uprobe_pair, scope_required: true, rate_hook: on_unlock}
+    output: table
+    fields: [{name: n, help: h}]
+    runbook: r
+"""
+
+
+def test_uprobe_recipe_estimate_counts_its_rate_hook_symbol_and_prices_its_first_instruction(kernel, tmp_path):
+    from kit import guard
+    from kit.run import Context, Options
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    (tmp_path / "lockprobe.c").write_text("/* not compiled by this test */\n")
+    r = catalog.parse(UPROBE_RECIPE.replace("LIBC", libc), "test.yaml", probes_dir=str(tmp_path))["lockprobe"]
+    comm = f"kit-u{os.getpid() % 100000}"
+    ctx = Context(recipe=r, hook=r.hooks[0], values={"comm": comm, "pid": None, "binary": None})
+    with Load("mutex", comm, seconds=60, pace=2000) as load:
+        load.go()
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        est = guard.estimate(ctx, Options(duration=10.0))
+        t1 = time.monotonic()
+        time.sleep(1.2)
+        load.finish()
+    per_s, _, _ = _own(load, t0, t1)
+    assert est["hook"] == f"uprobe {os.path.realpath(libc)}:pthread_mutex_unlock", est.get("rate_error")
+    assert est["cost"]["uprobe_first_insn"] == insn.symbol_kind(*rate.resolve(libc, "pthread_mutex_unlock"))
+    assert est["in_scope_per_s"] == pytest.approx(per_s, rel=0.3), (est["in_scope_per_s"], per_s)
+    assert est["busiest_threads"][0]["in_scope"] or est["in_scope_per_s"] < est["events_per_s"]

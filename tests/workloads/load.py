@@ -90,7 +90,7 @@ def syscalls(args):
 
 def mutex(args):
     """pthread_mutex_lock + unlock on a private mutex through libc: one lock/unlock pair per call."""
-    libc = ctypes.CDLL("libc.so.6")
+    libc = ctypes.PyDLL("libc.so.6")  # keeps the GIL: CDLL would add the GIL's own mutex calls per call
     m = ctypes.create_string_buffer(64)  # a zeroed pthread_mutex_t is PTHREAD_MUTEX_INITIALIZER
     lock, unlock = libc.pthread_mutex_lock, libc.pthread_mutex_unlock
 
