@@ -41,12 +41,13 @@ SAMPLE_S = 0.2
 TARGET_SAMPLES = 500  # per CPU; the ring holds about 2000
 UTIL_S = 0.1          # how long the busiest threads' CPU use is measured, after the sampling window
 PROBE_S = 0.005       # a first look at the rate, to know what measuring it longer would cost
-MEASURE_CPU_S = 0.05  # what the whole measurement may cost the box, CPU-seconds
+MEASURE_CPU_S = 0.1   # what the whole measurement may cost the box, CPU-seconds
 MIN_WINDOW_S = 0.005
-MIN_UTIL_S = 0.03     # schedstat moves at scheduler ticks (4 ms at HZ=250): shorter is too coarse
+MIN_UTIL_S = 0.08     # schedstat moves at scheduler ticks and run-queue waits count when they end
 MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
 MAX_UTIL = 32         # threads whose CPU use is measured
 BUSY = 0.9            # a thread using this much of a CPU is taken to be CPU-bound
+MIN_OWN_SHARE = 0.4   # of a CPU-bound thread's time per event, at least this much is taken to be its own
 
 
 @dataclasses.dataclass
@@ -258,6 +259,10 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
     """{(pid, tid): (share of a CPU it ran, share of the time it wanted one)} over `seconds`.
     The second counts time spent runnable but waiting, so a thread that is CPU-bound on a box busy
     with other work still shows it wants a whole CPU."""
+    return _thread_utils(threads, seconds, sleep)[0]
+
+
+def _thread_utils(threads, seconds, sleep):
     before = {t: _sched(*t) for t in threads}
     t0 = time.monotonic()
     sleep(seconds)
@@ -268,7 +273,7 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
         if a is not None and b is not None:
             ran, waited = a[0] - b[0], a[1] - b[1]
             out[t] = (min(max(ran / dt, 0.0), 1.0), min(max((ran + waited) / dt, 0.0), 1.0))
-    return out
+    return out, dt / 1e9
 
 
 def unperturbed(r, util, measure_ns):
@@ -281,9 +286,8 @@ def unperturbed(r, util, measure_ns):
     ran, wanted = util
     m = measure_ns * 1e-9
     if wanted >= BUSY and r > 0 and ran > 0:
-        b = ran / r - m
-        if b <= 0.05 * ran / r:  # the event cannot have cost more than the thread did: distrust m
-            b = ran / r
+        # ran and r must come from the same window: on a crowded box the CPU a thread gets moves fast.
+        b = max(ran / r - m, MIN_OWN_SHARE * ran / r)  # never credit the event with most of the thread's time
         # Priced at the CPU it wants, not at the share a crowded box happened to give it just now.
         return wanted / b, wanted, True
     return r, max(ran - r * m, 0.0), False
@@ -320,16 +324,23 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         window = max(time.monotonic() - t0, 1e-3)
         counts = ev.counts()
         samples = ev.samples()
-        # The busiest threads' CPU use, with the event still costing them what it cost while sampling.
+        # The busiest threads' CPU use, with the event still costing them what it cost while sampling,
+        # and their event rates over that same window (the ring keeps filling).
         busiest = _weights(samples, counts, window).most_common(MAX_THREADS)
         ev.enable()
-        utils = thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], seconds=util_s, sleep=sleep)
+        utils, util_window = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
         ev.disable()
+        later = ev.counts()
+        more = {cpu: (got[len(samples[cpu][0]):], lost) for cpu, (got, lost) in ev.samples().items()}
+        rates_then = _weights(more, {cpu: later[cpu] - counts[cpu] for cpu in later}, util_window)
     total = sum(counts.values()) / window
     threads = []
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
-        own, util, busy = unperturbed(r, utils.get((pid, tid)), measure_ns)
+        util = utils.get((pid, tid))
+        own, util, busy = unperturbed(rates_then.get((pid, tid), 0.0) if util else r, util, measure_ns)
+        if not busy:
+            own = r
         total += own - r
         threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
                               util=util, busy=busy, measured_rate=r))
