@@ -44,7 +44,7 @@ def one(name, kind, opts):
     ov = json.loads(run.stdout)["overhead"]
     before = load.between(0, t_start)[1:]
     during = load.between(t_start + 3.0, t_end - 0.5)
-    per_call = [(s[-1]["cpu_ns"] - s[0]["cpu_ns"]) / (s[-1]["calls"] - s[0]["calls"]) for s in (before, during)]
+    per_call = [(s[-1]["sys_ns"] - s[0]["sys_ns"]) / (s[-1]["calls"] - s[0]["calls"]) for s in (before, during)]
     wall = during[-1]["mono"] - during[0]["mono"]
     calls_s = (during[-1]["calls"] - during[0]["calls"]) / wall
     share = (during[-1]["cpu_ns"] - during[0]["cpu_ns"]) / wall / 1e9  # CPU the load got while probed

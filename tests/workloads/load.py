@@ -22,8 +22,8 @@ Run as a process (so it has its own pid and comm):
 
 Protocol: prints {"ready": pid} and waits for a line on stdin, then runs,
 printing one JSON line per SAMPLE_S with its own counters
-({"t", "mono", "calls", "cpu_ns"}: seconds since go, CLOCK_MONOTONIC, calls
-made, this thread's CPU time), and a final
+({"t", "mono", "calls", "cpu_ns", "sys_ns"}: seconds since go,
+CLOCK_MONOTONIC, calls made, this thread's CPU time and system time), and a final
 {"done": true, "calls", "cpu_ns", "wall_ns"}. Closing stdin early stops it.
 """
 
@@ -31,6 +31,7 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import select
 import sys
 import threading
@@ -42,6 +43,11 @@ SAMPLE_S = 0.1
 def set_comm(name):
     libc = ctypes.CDLL(None)
     libc.prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)  # PR_SET_NAME: this thread's comm
+
+
+def sys_ns():
+    """This thread's system time: where a probe's cost lands (syscall paths, traps, context switches)."""
+    return int(resource.getrusage(resource.RUSAGE_THREAD).ru_stime * 1e9)
 
 
 def emit(obj):
@@ -81,7 +87,8 @@ def _loop(args, one, batch_fast=1000):
             elif ahead < -0.02:
                 due = time.monotonic()  # fell behind on a crowded box: never burst to catch up
         if now >= next_sample:
-            emit({"t": round(now - t_start, 3), "mono": now, "calls": calls, "cpu_ns": time.thread_time_ns() - cpu0})
+            emit({"t": round(now - t_start, 3), "mono": now, "calls": calls, "cpu_ns": time.thread_time_ns() - cpu0,
+                  "sys_ns": sys_ns()})
             next_sample += SAMPLE_S
             if stdin_closed():
                 break
@@ -143,7 +150,7 @@ def pingpong(args):
         now = time.monotonic()
         if now >= next_sample:
             emit({"t": round(now - t_start, 3), "mono": now, "calls": rounds[0],
-                  "cpu_ns": time.thread_time_ns() - cpu0})
+                  "cpu_ns": time.thread_time_ns() - cpu0, "sys_ns": sys_ns()})
             next_sample += SAMPLE_S
             if stdin_closed():
                 break
