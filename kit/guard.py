@@ -431,6 +431,7 @@ class Meter:
             "ns_per_filtered": round(c.out_ns * self.run_scale + self.excess_ns),
             "cost_source": c.source,
             "cpu_pct": round(self._pct(events, filtered, seconds), 4),
+            "calibrated_cpu_pct": round(cpu_pct(events / seconds, filtered / seconds, c), 4),  # before the check
             "peak_cpu_pct": round(self.peak, 4),
             "budget_pct": self.budget,
             "estimate_cpu_pct": self.est.get("cpu_pct"),

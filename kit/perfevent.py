@@ -147,7 +147,8 @@ class CpuEvents:
         return {cpu: struct.unpack("Q", os.read(fd, 8))[0] for cpu, fd in self.fds.items()}
 
     def samples(self):
-        """{cpu: ([(pid, tid), ...], lost records)} read from each ring after disable()."""
+        """{cpu: ([(pid, tid), ...], lost records)} read from each ring after disable(); the records
+        read are consumed (the ring's tail moves on), so the next call returns only newer ones."""
         out = {}
         for cpu, ring in self.rings.items():
             head = struct.unpack_from("Q", ring, 1024)[0]
@@ -166,6 +167,7 @@ class CpuEvents:
                 elif rtype == PERF_RECORD_LOST and len(body) >= 16:
                     lost += struct.unpack_from("QQ", body)[1]
                 tail += size
+            struct.pack_into("Q", ring, 1032, tail)  # data_tail: hand the space back to the kernel
             out[cpu] = (got, lost)
         return out
 

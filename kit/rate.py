@@ -262,17 +262,31 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
     return _thread_utils(threads, seconds, sleep)[0]
 
 
-def _thread_utils(threads, seconds, sleep):
+def _state(pid, tid):
+    text = _read(f"/proc/{pid}/task/{tid}/stat")
+    try:
+        return text.rsplit(")", 1)[1].split()[0]
+    except (AttributeError, IndexError):
+        return None
+
+
+def _thread_utils(threads, seconds, sleep, polls=8):
     before = {t: _sched(*t) for t in threads}
+    running = dict.fromkeys(threads, 0)
     t0 = time.monotonic()
-    sleep(seconds)
+    for _ in range(polls):
+        sleep(seconds / polls)
+        for t in threads:  # a CPU-bound thread is always running or waiting for a CPU (state R)
+            running[t] += _state(*t) == "R"
     dt = max(time.monotonic() - t0, 1e-3) * 1e9
     out = {}
     for t, b in before.items():
         a = _sched(*t)
         if a is not None and b is not None:
             ran, waited = a[0] - b[0], a[1] - b[1]
-            out[t] = (min(max(ran / dt, 0.0), 1.0), min(max((ran + waited) / dt, 0.0), 1.0))
+            # schedstat counts a run-queue wait only once it ends; the polls see one in progress.
+            wanted = max((ran + waited) / dt, running[t] / polls)
+            out[t] = (min(max(ran / dt, 0.0), 1.0), min(max(wanted, 0.0), 1.0))
     return out, dt / 1e9
 
 
@@ -331,8 +345,7 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         utils, util_window = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
         ev.disable()
         later = ev.counts()
-        more = {cpu: (got[len(samples[cpu][0]):], lost) for cpu, (got, lost) in ev.samples().items()}
-        rates_then = _weights(more, {cpu: later[cpu] - counts[cpu] for cpu in later}, util_window)
+        rates_then = _weights(ev.samples(), {cpu: later[cpu] - counts[cpu] for cpu in later}, util_window)
     total = sum(counts.values()) / window
     threads = []
     for (pid, tid), r in busiest:

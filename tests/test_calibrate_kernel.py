@@ -41,10 +41,18 @@ def test_calibrate_writes_a_calibration_for_this_host(kernel, calibration):
 def test_the_kernels_body_time_is_a_part_of_the_calibrated_cost(kernel, calibration):
     cal = json.loads(calibration[0].stdout)
     floor = 60  # bpf_stats' own two clock reads per run, which the calibrated runs did not pay
-    slack = 1.3  # the two are measured in different runs on a box other tests share
+    slack = 2.0  # the two are measured in different runs, on cores other tests crowd at will
     for name, body in cal["body_ns"].items():
         progs = 2 if "pair" in name else 1
         assert 0 < body <= slack * cal["ns"][name] + progs * floor, (name, body, cal["ns"][name], cal["spread"])
+
+
+def test_more_work_per_event_costs_more(kernel, calibration):
+    ns = json.loads(calibration[0].stdout)["ns"]
+    for f in ("tracepoint", "raw_tracepoint"):
+        assert ns[f"{f}_pair"] > ns[f"{f}_hash"], ns        # a latency pair runs two programs and four map ops
+        assert ns[f"{f}_pair"] > ns[f"{f}_pair_filter"], ns  # ...and filtered out, one compare and one lookup
+    assert ns["stack"] > ns["tracepoint_hash"], ns           # walking two stacks is more than one map update
 
 
 def test_single_stepped_first_instructions_cost_more_than_emulated_ones(kernel, calibration):
@@ -57,7 +65,8 @@ def test_single_stepped_first_instructions_cost_more_than_emulated_ones(kernel, 
 
 def test_estimate_uses_the_calibration(kernel, calibration):
     _, path = calibration
-    p = run_kit("estimate", "syscalls", "--comm", "nobody-here", "--json", env=dict(os.environ, KIT_CALIBRATION=path))
+    p = run_kit("estimate", "syscalls", "--comm", "nobody-here", "--budget", "100", "--json",
+                env=dict(os.environ, KIT_CALIBRATION=path))
     assert p.returncode == 0, p.stderr
     est = json.loads(p.stdout)["estimate"]
     cal = json.load(open(path))
