@@ -196,12 +196,13 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftovers):
-    # Quiet when kit estimates, hot a few seconds after it attaches.
+    # Quiet when kit estimates, hot a few seconds after it attaches. --force: other tests' syscall storms
+    # may start between the budget's choice and the estimate; this test is about the breaker.
     with _load(case.hot, "b", delay=6) as load:
         load.go()
         budget = _budget_above_others(case, load.comm, times=1.5)
         kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--budget", budget, "--for", "60s",
-                      "--json")
+                      "--json", "--force")
         kit.wait_attached()
         kit.finish()
         load.finish()
@@ -209,7 +210,7 @@ def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftov
     res = kit.json()
     assert res["stopped_by"] == "breaker" and res["duration_s"] < 60
     assert any("stopped by the guardrail" in n and f"budget {budget}%" in n for n in res["notes"]), res["notes"]
-    assert res["overhead"]["estimate"]["verdict"] == "accept"
+    assert res["overhead"]["estimate"]["verdict"] in ("accept", "forced")
     assert res["overhead"]["peak_cpu_pct"] > float(budget)
     assert res["rows"] and all(r["comm"] == load.comm for r in res["rows"]), "partial results are printed"
 

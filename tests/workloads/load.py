@@ -6,7 +6,7 @@ Run as a process (so it has its own pid and comm):
       getppid() in a loop: exactly one getppid syscall per call, a syscall
       Python never makes on its own. --pace spreads the calls evenly over
       time (a moderate, steady rate, never above it) instead of as fast as
-      possible; --delay sleeps first (quiet, then hot).
+      possible; --delay makes it quiet first (20 calls a second), then hot.
   python load.py pingpong --comm NAME [--seconds S] [--pace ROUNDS_PER_S] [--delay S]
       two threads bouncing a byte over two pipes: a context switch and a
       read and a write per half round trip (sched_switch and syscalls hot).
@@ -55,11 +55,19 @@ def stdin_closed():
     return bool(r) and not sys.stdin.readline()
 
 
+def _quiet(seconds, one):
+    """A few calls a second for `seconds`: quiet, but not silent."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        one()
+        time.sleep(0.05)
+
+
 def _loop(args, one, batch_fast=1000):
     """Calls one() in batches, paced or as fast as it goes, sampling its own counters: besides the
     totals, the CPU time spent inside the calls (not in pacing, sampling or printing)."""
     if args.delay:
-        time.sleep(args.delay)
+        _quiet(args.delay, one)
     calls, calls_ns, t_start = 0, 0, time.monotonic()
     cpu0 = time.thread_time_ns()
     next_sample = t_start + SAMPLE_S
