@@ -6,18 +6,19 @@ Three short phases on per-CPU perf events (kit/perfevent.py), no BPF:
    windows shrink if measuring would cost the box more than MEASURE_CPU_S:
    a perf uprobe event pays the whole trap, 10 us when single-stepped);
 2. count again for SAMPLE_S while sampling every Nth hit's pid and tid, N
-   chosen per CPU so each ring holds about TARGET_SAMPLES records.
+   chosen per CPU so each ring holds about TARGET_SAMPLES records;
+3. keep counting and sampling for UTIL_S while reading the busiest threads'
+   CPU time and run-queue wait (/proc/PID/task/TID/schedstat) and polling
+   their state.
 Counts are exact; samples, weighted by their CPU's count, say who the events
 belong to: the share in scope (matched the way kit_prelude.h matches: pid
 is the tgid, comm the thread's name, cgroup the thread's cgroup id) and the
-busiest comms and processes for the guardrail's suggestions.
-3. read the busiest threads' CPU time and run-queue wait
-   (/proc/PID/task/TID/schedstat) over UTIL_S, the event still enabled: a
-   CPU-bound thread (one that wants a whole CPU, running or waiting) cannot
-   pay for a probe on top, it slows down instead, and the guardrail prices it
-   that way. Such a thread was also slowed by the perf event itself while it
-   was counted; knowing what the event costs per hit (kit calibrate), its
-   rate without the event is recovered (unperturbed()).
+busiest comms and processes for the guardrail's suggestions. A CPU-bound
+thread (one that wants a whole CPU, running or waiting) cannot pay for a
+probe on top, it slows down instead, and the guardrail prices it that way.
+Such a thread was also slowed by the perf event itself while it was
+counted; knowing what the event costs per hit (kit calibrate), its rate
+without the event is recovered from phase 3 (unperturbed()).
 
 Which hook is counted: the recipe's `guard.rate_hook`, else the chosen
 rung's target. A tracepoint or raw tracepoint is counted as the tracepoint
