@@ -23,8 +23,8 @@ Run as a process (so it has its own pid and comm):
 Protocol: prints {"ready": pid} and waits for a line on stdin, then runs,
 printing one JSON line per SAMPLE_S with its own counters
 ({"t", "mono", "calls", "cpu_ns"}: seconds since go, CLOCK_MONOTONIC, calls
-made, this thread's CPU time; the looping kinds add "calls_ns", CPU time
-inside the calls themselves), and a final
+made, this thread's CPU time, and "calls_ns": CPU time inside the calls
+themselves, for pingpong both threads'), and a final
 {"done": true, "calls", "cpu_ns", "wall_ns"}. Closing stdin early stops it.
 """
 
@@ -143,12 +143,15 @@ def pingpong(args):
         time.sleep(args.delay)
     t_start = time.monotonic()
     cpu0 = time.thread_time_ns()
+    calls_ns = 0
     next_sample = t_start + SAMPLE_S
     batch = 200 if not args.pace else max(1, int(args.pace * 0.01))
     while time.monotonic() - t_start < args.seconds:
+        c0 = time.process_time_ns()  # both threads: each round trip costs the echo thread as much
         for _ in range(batch):
             os.write(a_w, b"x")
             os.read(b_r, 1)
+        calls_ns += time.process_time_ns() - c0
         rounds[0] += batch
         if args.pace:
             ahead = rounds[0] / args.pace - (time.monotonic() - t_start)
@@ -157,7 +160,7 @@ def pingpong(args):
         now = time.monotonic()
         if now >= next_sample:
             emit({"t": round(now - t_start, 3), "mono": now, "calls": rounds[0],
-                  "cpu_ns": time.thread_time_ns() - cpu0})
+                  "cpu_ns": time.thread_time_ns() - cpu0, "calls_ns": calls_ns})
             next_sample += SAMPLE_S
             if stdin_closed():
                 break
