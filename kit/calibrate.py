@@ -19,8 +19,10 @@ being descheduled costs the workload nothing.
   short runs so the statistics' own cost does not leak into the numbers
   above; the guardrail compares a running probe's body time against these.
 
-Each measurement is repeated `--rounds` times, interleaved with its bare
-run, and the median is kept.
+Each measurement is a pair of back-to-back runs, bare and probed, in
+alternating order, repeated (`--rounds`, 4 tracepoint pairs per round); the
+median of the pairs' differences is kept. The kernel's body timing is a
+floor under each cost.
 """
 
 import datetime
@@ -35,8 +37,10 @@ from kit import bpfstats, costs, features, insn, perfevent, render
 from kit import params as ptypes
 from kit.errors import BadInput, ExitCode, KitError, Unsupported
 
-DD_BYTES = 100_000
+DD_BYTES = 25_000  # short runs, many pairs: a crowded moment spoils fewer of them
+PAIRS_PER_ROUND = 4
 NO_SUCH_COMM = "kit-calib-none"
+STATS_CLOCK_NS = 60  # what bpf_stats' own clock reads add to a run's measured body on this kind of VM
 WORKLOAD_COMM = "dd"
 
 PROGRAMS = r"""
@@ -259,46 +263,74 @@ def _body(bpf, fds, work, events=None):
     return len(w.fds) * r["run_time_ns"] / r["run_cnt"] if r["run_cnt"] else None
 
 
+def paired(pairs, per):
+    """Cost per event from (bare, probed) CPU times of back-to-back runs: the median of the differences.
+    Other work on the same cores adds to both runs of a pair alike, and the median drops the pairs a
+    crowded moment hit on one side only."""
+    return statistics.median((p - b) / per for b, p in pairs)
+
+
+def _pair(bare, probed, flip):
+    """(bare, probed) CPU times of one pair, run in alternating order so neither side is always first."""
+    if flip:
+        p = probed()
+        return bare(), p
+    b = bare()
+    return b, probed()
+
+
 def measure(rounds=5, log=None):
     from bcc import BPF
     log = log or (lambda msg: None)
     bpf = BPF(text=program_text(), cflags=["-Wno-unused-function"])
-    samples = {name: [] for name in list(TP_CONFIGS) + ["perf_tracepoint"]}
+    runs = {name: [] for name in list(TP_CONFIGS) + ["perf_tracepoint"]}  # name -> [(bare, probed)]
     events = 2 * DD_BYTES
+
+    def with_prog(family, progs):
+        def run():
+            with _Attached(bpf, family, progs):
+                return dd_cpu_ns(DD_BYTES)
+        return run
+
+    def with_perf_event():  # what kit's own rate measurement (a perf counting event, no BPF) costs
+        with perfevent.CpuEvents(*perfevent.tracepoint_attr(HOOKS[("tp", "enter")])) as ev:
+            ev.enable()
+            return dd_cpu_ns(DD_BYTES)
+
+    def bare():
+        return dd_cpu_ns(DD_BYTES)
+
     try:
-        log(f"tracepoints: dd bs=1 x {DD_BYTES}, {rounds} rounds")
-        for r in range(rounds):
-            base = []
+        log(f"tracepoints: dd bs=1 x {DD_BYTES}, {PAIRS_PER_ROUND * rounds} pairs each")
+        for i in range(PAIRS_PER_ROUND * rounds):
             for name, (family, progs) in TP_CONFIGS.items():
-                base.append(dd_cpu_ns())
-                with _Attached(bpf, family, progs):
-                    cpu = dd_cpu_ns()
-                samples[name].append((cpu - base[-1]) / events)
-            # What kit's own rate measurement (a perf counting event, no BPF) costs per event.
-            base.append(dd_cpu_ns())
-            with perfevent.CpuEvents(*perfevent.tracepoint_attr(HOOKS[("tp", "enter")])) as ev:
-                ev.enable()
-                cpu = dd_cpu_ns()
-            samples["perf_tracepoint"].append((cpu - base[-1]) / events)
+                runs[name].append(_pair(bare, with_prog(family, progs), i % 2))
+            runs["perf_tracepoint"].append(_pair(bare, with_perf_event, i % 2))
         body = {}
         for name, (family, progs) in TP_CONFIGS.items():
             with _Attached(bpf, family, progs):
-                body[name] = _body(bpf, set(progs.values()), lambda: dd_cpu_ns(DD_BYTES // 4))
+                body[name] = _body(bpf, set(progs.values()), lambda: dd_cpu_ns(DD_BYTES))
         ups, up_body, pair, pair_body = _uprobes(bpf, rounds, log)
     finally:
         bpf.cleanup()
-    ns = {name: statistics.median(v) for name, v in samples.items()}
-    stack = [s - h for s, h in zip(samples["tracepoint_stack"], samples["tracepoint_hash"])]
-    ns["stack"] = statistics.median(stack)
-    spread = {name: [min(v), max(v)] for name, v in samples.items()}
+    ns = {name: paired(v, events) for name, v in runs.items()}
+    ns["stack"] = ns["tracepoint_stack"] - ns["tracepoint_hash"]
     if body.get("tracepoint_stack") and body.get("tracepoint_hash"):
         body["stack"] = body["tracepoint_stack"] - body["tracepoint_hash"]
+    # The kernel's own timing of a program's body is a floor under its whole cost (less the clock reads
+    # statistics add per run): never let a crowded moment price a program below it.
+    for name, (_family, progs) in TP_CONFIGS.items():
+        if body.get(name):
+            ns[name] = max(ns[name], body[name] - len(progs) * STATS_CLOCK_NS)
+    spread = {name: [min((p - b) / events for b, p in v), max((p - b) / events for b, p in v)]
+              for name, v in runs.items()}
     cal = {
         "version": costs.CALIBRATION_VERSION,
         "host": costs.host_key(),
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "rounds": rounds,
-        "method": "extra CPU time per event (median of rounds): dd bs=1 for tracepoints, ctypes calls for uprobes",
+        "method": "extra CPU time per event, median of back-to-back bare/probed pairs: dd bs=1 for "
+                  "tracepoints, ctypes calls for uprobes",
         "ns": {k: max(1.0, round(v, 1)) for k, v in ns.items() if k != "tracepoint_stack"},
         "body_ns": {k: round(v, 1) for k, v in body.items() if v is not None and k != "tracepoint_stack"},
         "uprobe": {k: max(1.0, round(v, 1)) for k, v in ups.items()},
@@ -338,13 +370,11 @@ def _uprobes(bpf, rounds, log):
                 for pfd in pfds:
                     os.close(pfd)
 
-        for _ in range(rounds):
+        for i in range(rounds):
             for k in kinds:
-                base = t.run(k, n_for(k))
-                samples[k].append((probed(k, [(count_fd, False)]) - base) / n_for(k))
-            base = t.run("push", n_for("push"))
-            both = probed("push", [(entry_fd, False), (ret_fd, True)])
-            pair.append((both - base) / n_for("push") - samples["push"][-1])
+                samples[k].append(_pair(lambda: t.run(k, n_for(k)), lambda: probed(k, [(count_fd, False)]), i % 2))
+            pair.append(_pair(lambda: t.run("push", n_for("push")),
+                              lambda: probed("push", [(entry_fd, False), (ret_fd, True)]), i % 2))
         body = {}
         for k in kinds:
             w = bpfstats.Window({"up_count": count_fd})
@@ -373,7 +403,11 @@ def _uprobes(bpf, rounds, log):
                 os.close(pfd)
     finally:
         t.close()
-    return {k: statistics.median(v) for k, v in samples.items()}, body, statistics.median(pair), pair_body
+    ups = {k: paired(v, n_for(k)) for k, v in samples.items()}
+    for k, b in body.items():
+        if b:
+            ups[k] = max(ups[k], b - STATS_CLOCK_NS)
+    return ups, body, paired(pair, n_for("push")) - ups["push"], pair_body
 
 
 def report(cal, path):
