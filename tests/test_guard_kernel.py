@@ -125,11 +125,14 @@ def _budget_above_others(case, comm, times=3):
 
 def probe_cost_per_call(before, during, after):
     """What the probe added to each of the load's calls, from the load's own CPU time inside its calls:
-    with the probe, minus the mean of without it before and after (so a drift in how crowded the cores
-    are, while other tests come and go, does not pass for the probe's cost)."""
+    the median over its tenth-of-a-second samples with the probe, minus the median without it, before and
+    after (so neither a drift nor a burst of other tests crowding the cores passes for the probe's cost)."""
     def per_call(s):
-        return (s[-1]["calls_ns"] - s[0]["calls_ns"]) / (s[-1]["calls"] - s[0]["calls"])
-    return per_call(during) - (per_call(before) + per_call(after)) / 2, during[-1]["calls"] - during[0]["calls"]
+        return [(b["calls_ns"] - a["calls_ns"]) / (b["calls"] - a["calls"])
+                for a, b in zip(s, s[1:]) if b["calls"] > a["calls"]]
+    import statistics
+    extra = statistics.median(per_call(during)) - statistics.median(per_call(before) + per_call(after))
+    return extra, during[-1]["calls"] - during[0]["calls"]
 
 
 @pytest.mark.parametrize("which", ["hot", "steady"])
