@@ -47,7 +47,8 @@ MIN_WINDOW_S = 0.005
 MIN_UTIL_S = 0.08     # schedstat moves at scheduler ticks and run-queue waits count when they end
 MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
 MAX_UTIL = 32         # threads whose CPU use is measured
-BUSY = 0.9            # a thread using this much of a CPU is taken to be CPU-bound
+BUSY = 0.9            # a thread wanting this much of a CPU (running or runnable) is taken to be CPU-bound...
+BUSY_RAN = 0.2        # ...if it also ran this much of it
 MIN_OWN_SHARE = 0.4   # of a CPU-bound thread's time per event, at least this much is taken to be its own
 
 
@@ -300,7 +301,9 @@ def unperturbed(r, util, measure_ns):
         return r, None, False
     ran, wanted = util
     m = measure_ns * 1e-9
-    if wanted >= BUSY and r > 0 and ran > 0:
+    # Runnable all the time is not enough on a box so crowded that a thread waking every few ms waits
+    # that long for a CPU: a CPU-bound thread also gets a fair part of one when it runs.
+    if wanted >= BUSY and ran >= BUSY_RAN and r > 0:
         # ran and r must come from the same window: on a crowded box the CPU a thread gets moves fast.
         b = max(ran / r - m, MIN_OWN_SHARE * ran / r)  # never credit the event with most of the thread's time
         # Priced at the CPU it wants, not at the share a crowded box happened to give it just now.

@@ -109,6 +109,9 @@ def test_the_counting_events_own_slowdown_is_undone_only_for_cpu_bound_threads()
     assert (r, util, busy) == (pytest.approx(1e9 / 180), 1.0, True)
     r, util, busy = rate.unperturbed(1e5, (0.2, 0.25), 120)  # slack: keeps its rate, paid 1.2% of a CPU
     assert (r, util, busy) == (1e5, pytest.approx(0.2 - 0.012), False)
+    # Runnable all along on a crowded box but running 2% of the time: a paced thread waiting for a CPU.
+    r, util, busy = rate.unperturbed(2000, (0.02, 0.97), 10_000)
+    assert (r, busy) == (2000, False)
 
 
 def test_events_not_attributed_to_a_thread_are_in_scope_only_when_unscoped():
