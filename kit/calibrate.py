@@ -39,6 +39,7 @@ from kit.errors import BadInput, ExitCode, KitError, Unsupported
 
 DD_BYTES = 25_000  # short runs, many pairs: a crowded moment spoils fewer of them
 PAIRS_PER_ROUND = 4
+SETTLE_S = 0.03  # after a detach: a perf tracepoint goes away asynchronously, and the next bare run must not pay
 NO_SUCH_COMM = "kit-calib-none"
 STATS_CLOCK_NS = 60  # what bpf_stats' own clock reads add to a run's measured body on this kind of VM
 WORKLOAD_COMM = "dd"
@@ -289,13 +290,17 @@ def measure(rounds=5, log=None):
     def with_prog(family, progs):
         def run():
             with _Attached(bpf, family, progs):
-                return dd_cpu_ns(DD_BYTES)
+                cpu = dd_cpu_ns(DD_BYTES)
+            time.sleep(SETTLE_S)
+            return cpu
         return run
 
     def with_perf_event():  # what kit's own rate measurement (a perf counting event, no BPF) costs
         with perfevent.CpuEvents(*perfevent.tracepoint_attr(HOOKS[("tp", "enter")])) as ev:
             ev.enable()
-            return dd_cpu_ns(DD_BYTES)
+            cpu = dd_cpu_ns(DD_BYTES)
+        time.sleep(SETTLE_S)
+        return cpu
 
     def bare():
         return dd_cpu_ns(DD_BYTES)
