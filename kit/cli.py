@@ -59,7 +59,8 @@ def _base_parser():
         s.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("doctor", help="what this kernel and these privileges support")
     c = sub.add_parser("calibrate", help="measure this host's per-event probe costs")
-    c.add_argument("--rounds", type=int, default=5)
+    c.add_argument("--rounds", type=int, default=5, help="repetitions of each measurement (median kept)")
+    c.add_argument("--json", action="store_true", help="the calibration as JSON on stdout")
     return p
 
 
@@ -206,10 +207,8 @@ def cmd_run(args, out, err, dry_run=False):
 
 
 def _estimate_text(result):
-    est = result.get("estimate") or {}
-    lines = [f"{result['recipe']} via {result['hook']}: estimate (nothing attached)"]
-    lines += [f"  {k}: {v}" for k, v in est.items()]
-    return "\n".join(lines) + "\n"
+    from kit.guard import format_estimate
+    return format_estimate(result)
 
 
 def main(argv=None, out=None, err=None):

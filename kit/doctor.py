@@ -40,8 +40,9 @@ def _uprobe(b, fn_name, ret):
     libc = _libc()
     with elf.Elf(libc) as e:
         offset = e.file_offset(elf.function(libc, "getpid").addr)
-    if not uprobes.attach_one(b, libc, offset, fn_name, ret=ret):
-        raise RuntimeError("the kernel refused the uprobe (dmesg may say why)")
+    e = uprobes.attach_one(b, libc, offset, fn_name, ret=ret)
+    if e is not None:
+        raise RuntimeError(f"the kernel refused the uprobe: {e.strerror or e}; {uprobes.refusal_hint(e)}")
 
 
 def try_attach():

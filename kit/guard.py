@@ -1,84 +1,424 @@
-"""The guardrail: refuse what would hurt the box before attaching, and stop a
-run whose measured overhead stays over budget.
+"""The guardrail: price a run before attaching it, refuse what would hurt the
+box, and stop a running probe whose measured overhead stays over budget.
 
-Cost per event comes from the recipe's cost class (measured on this kind of
-box, see COST_NS); `kit calibrate` may replace it with this host's numbers.
+Before attaching (check_before):
+  projected CPU % = (events/s in scope x ns per event in scope
+                     + events/s filtered out x ns per filtered event) / (CPUs x 1e9) x 100
+with the rates measured on this box just now (kit/rate.py: perf counting and
+sampling on the recipe's rate hook, no BPF) and the costs from this host's
+calibration or the recipe's cost class (kit/costs.py). The sum runs per
+thread: a CPU-bound thread cannot pay on top of a whole CPU, it slows down,
+and is priced that way (thread_cost). A run is refused when
+the projection exceeds the budget, or when a hot-path recipe has no scope;
+the refusal names the busiest comms on that hook as ready-to-paste commands.
+--force overrides a refusal (a warning, and `forced` in the result); it does
+not switch off the breaker: --budget says what the user will pay.
+
+While running (Meter): kit's own per-CPU counters (events in scope,
+events filtered) priced with the same costs, every second. From attach until
+STATS_S and STATS_MIN_EVENTS have passed, the kernel's own run count and run
+time (BPF_ENABLE_STATS, released afterwards) check those counters and that
+price: more program runs than the counters explain, or a body slower than
+calibrated, raise the price for the rest of the run. Over budget for
+BREAKER_S seconds in a row trips the breaker.
 """
 
+import dataclasses
 import os
+import shlex
+import time
+import weakref
 
-from kit.errors import Refused
+from kit import bpfstats, costs, insn, perfevent, rate
+from kit.errors import Refused, Unsupported
 
-DEFAULT_BUDGET = 2.0   # percent of the machine's CPU
-BREAKER_SECONDS = 3.0  # overhead must stay over budget this long to trip
-# Wall-clock cost per recorded event, ns, measured on a 2-core 6.18 VM (see NOTES).
-COST_NS = {
-    "tracepoint_count": 220, "tracepoint_hash": 310, "tracepoint_stack": 3500,
-    "uprobe_count": 1000, "uprobe_pair": 2400, "uprobe_pair_stack": 4000,
-}
-FILTER_NS = {"tracepoint": 290, "raw_tracepoint": 200, "uprobe": 950, "uretprobe": 1600}
+DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
+BREAKER_S = 3.0        # measured overhead must stay over budget this long to trip
+STATS_S = 1.0          # the kernel's run-time statistics stay on this long once events flow...
+STATS_MIN_EVENTS = 5000  # ...and until this many events were counted (a quiet window says nothing),
+STATS_MAX_S = 10.0     # but never longer than this: while on, every BPF program on the box pays for them
+RUN_SCALE_SLACK = 1.25  # kernel runs / counted runs above this: kit's counters undercount
+SUGGESTIONS = 3
 
 
 def ncpu():
-    return os.cpu_count() or 1
+    return len(perfevent.online_cpus()) or os.cpu_count() or 1
+
+
+def budget_of(opts):
+    return opts.budget if getattr(opts, "budget", None) is not None else DEFAULT_BUDGET
+
+
+def cpu_pct(in_rate, out_rate, c, cpus=None):
+    """Share of the machine's CPU that events at these rates cost, percent (what the meter uses)."""
+    ns_per_s = in_rate * c.in_ns + out_rate * c.out_ns
+    return 100.0 * ns_per_s / ((cpus or ncpu()) * 1e9)
+
+
+def saturated(extra, util):
+    """CPU-seconds per second a probe costs a thread that used `util` of a CPU and would need `extra` more.
+    Past one CPU the thread cannot pay on top: it slows down, and the probe gets extra/(util+extra) of it."""
+    if util is None or util + extra <= 1.0:
+        return extra
+    return extra / (util + extra)
+
+
+def thread_cost(t, ns):
+    """CPU-seconds per second a probe costing ns per event takes from thread t.
+    A CPU-bound thread keeps the CPU share it gets and spends ns/(b + ns) of it on the probe, b being
+    its own CPU time per event; any other thread pays rate x ns, up to a whole CPU."""
+    if t.busy and t.rate > 0 and t.util:
+        b = t.util / t.rate * 1e9
+        return t.util * ns / (b + ns)
+    return saturated(t.rate * ns * 1e-9, t.util)
+
+
+def project(r, c, in_scope=None, cpus=None):
+    """(in-scope %, filtered %) of the machine's CPU the rate r would cost at costs c.
+    in_scope(thread) overrides the measured scope (for suggestions)."""
+    cpu_in = cpu_out = 0.0
+    for t in r.threads:
+        inside = t.in_scope if in_scope is None else in_scope(t)
+        x = thread_cost(t, c.in_ns if inside else c.out_ns)
+        if inside:
+            cpu_in += x
+        else:
+            cpu_out += x
+    rest = r.unattributed
+    if r.scoped and r.scope_measured or in_scope is not None:
+        cpu_out += rest * c.out_ns * 1e-9
+    else:
+        cpu_in += rest * c.in_ns * 1e-9
+    scale = 100.0 / (cpus or ncpu())
+    return cpu_in * scale, cpu_out * scale
 
 
 def is_scoped(ctx):
     return any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
 
 
-def suggest(ctx):
-    return f"kit run {ctx.recipe.name} --comm NAME (or --pid PID)"
+def run_costs(ctx, hook=None):
+    """Costs for this run's hook, priced by this host's calibration when there is one."""
+    cal, note = costs.load_calibration()
+    kind = ""
+    if ctx.hook.type in ("uprobe", "uretprobe") and hook is not None and hook.path:
+        kind = insn.symbol_kind(hook.path, hook.offset) if insn.machine_supported() else "other"
+    return costs.for_class(ctx.recipe.guard.cost_class, ctx.hook.type, kind=kind, cal=cal, note=note)
+
+
+def attached_per_process(ctx):
+    """True when every uprobe goes into the scoped processes only (kit/uprobes.py plans a hot-path
+    recipe per process): the kernel installs the breakpoint in those processes, so the others'
+    calls never trap and cost nothing to filter."""
+    planned = ctx.state.get("uprobes")
+    return bool(planned) and all(p.pid > 0 for p in planned)
+
+
+class Estimate(dict):
+    """The pre-attach estimate: a JSON-able dict, plus the objects the meter needs."""
+    costs = None
+    rate = None
+
+
+def estimate(ctx, opts):
+    """Measure the rate, price it, and compare with the budget. Never raises for budget reasons."""
+    budget = budget_of(opts)
+    est = Estimate(budget_pct=budget, ncpu=ncpu(), scoped=is_scoped(ctx))
+    try:
+        hook = rate.rate_hook(ctx)
+        c = run_costs(ctx, hook)
+        if attached_per_process(ctx):
+            c = dataclasses.replace(c, out_ns=0.0, body_out_ns=0.0)
+        r = rate.for_run(ctx, measure_ns=c.measure_ns)
+    except (perfevent.PerfError, Unsupported) as e:
+        c = run_costs(ctx)
+        est.costs = c
+        est.update(cost=c.as_dict(), cost_note=c.note, rate_error=str(e))
+        return est
+    return priced(est, r, c)
+
+
+def priced(est, r, c, cpus=None):
+    """Fills the estimate with the rate r priced at costs c."""
+    est.costs, est.rate = c, r
+    p_in, p_out = project(r, c, cpus=cpus)
+    est.update(r.as_dict())
+    est.update(cost=c.as_dict(), cost_note=c.note, cpu_pct=round(p_in + p_out, 4),
+               in_scope_pct=round(p_in, 4), filtered_pct=round(p_out, 4),
+               linear_cpu_pct=round(cpu_pct(r.in_scope, max(r.total - r.in_scope, 0.0), c, cpus), 4))
+    return est
+
+
+def _fmt_rate(v):
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M/s"
+    if v >= 1e4:
+        return f"{v / 1e3:.0f}k/s"
+    return f"{v:.0f}/s"
+
+
+def _arg_text(spec, v):
+    if spec.type == "flag":
+        return [f"--{spec.flag}"] if v else []
+    if spec.type == "duration":
+        return [f"--{spec.flag}", f"{v:g}s"]
+    return [f"--{spec.flag}", str(v)]
+
+
+def command(ctx, opts, scope_flag, scope_value):
+    """A ready-to-paste `kit run` line: the user's own arguments, with the scope replaced."""
+    words = ["kit", "run", ctx.recipe.name]
+    for spec in ctx.recipe.params.values():
+        v = ctx.values.get(spec.name)
+        if v is None or spec.scope:
+            continue
+        words += _arg_text(spec, v)
+    words += [f"--{scope_flag}", str(scope_value)]
+    if opts.duration != ctx.recipe.duration_default:
+        words += ["--for", f"{opts.duration:g}s"]
+    if getattr(opts, "budget", None) is not None:
+        words += ["--budget", f"{opts.budget:g}"]
+    if getattr(opts, "hook", None):
+        words += ["--hook", opts.hook]
+    if getattr(opts, "json", False):
+        words.append("--json")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def suggestions(ctx, opts, est):
+    """[{command, events_per_s, cpu_pct, fits}] for the busiest comms (or pids) on the hook."""
+    r, c = est.rate, est.costs
+    if r is None:
+        return []
+    params = ctx.recipe.params
+    out = []
+    me = os.getpid()
+    if "comm" in params:
+        cands = [(t.comm, t.rate, lambda th, comm=t.comm: th.comm == comm)
+                 for t in r.by_comm if t.comm != "?" and me not in t.pids]
+        flag = "comm"
+    elif "pid" in params:
+        cands = [(p, rt, lambda th, pid=p: th.pid == pid) for p, _comm, rt in r.by_pid if p != me]
+        flag = "pid"
+    else:
+        return []
+    for value, rt, inside in cands[:SUGGESTIONS]:
+        pct = sum(project(r, c, in_scope=inside))
+        out.append({"command": command(ctx, opts, flag, value), "events_per_s": round(rt, 1),
+                    "cpu_pct": round(pct, 3), "fits": pct <= est["budget_pct"]})
+    return out
+
+
+def _why(ctx, est):
+    c = est.costs
+    if est.rate is None:
+        return f"its event rate could not be measured ({est.get('rate_error')})"
+    r = est.rate
+    scope = f", {_fmt_rate(r.in_scope)} in scope" if est["scoped"] else ""
+    return (f"{r.hook.label} fires {_fmt_rate(r.total)} box-wide{scope}; "
+            f"at {c.in_ns:.0f} ns per event and {c.out_ns:.0f} ns per filtered event ({c.source}) "
+            f"that is ~{_pct(est['cpu_pct'])} of {est['ncpu']} CPUs, budget {est['budget_pct']:g}%")
+
+
+def _pct(v):
+    return f"{v:.2f}%" if v >= 0.1 else f"{v:.3f}%"
+
+
+def verdict(ctx, est):
+    """None when the run may attach, else the reason it may not."""
+    g = ctx.recipe.guard
+    if g.scope_required and not est["scoped"]:
+        scopes = ", ".join("--" + p.flag for p in ctx.recipe.scope_params())
+        return f"{ctx.recipe.name} hooks a hot path and needs a scope ({scopes}): " + _why(ctx, est)
+    if "cpu_pct" in est and est["cpu_pct"] > est["budget_pct"]:
+        return f"{ctx.recipe.name} would cost more than its budget: " + _why(ctx, est)
+    return None
+
+
+def _hint(sugg, est=None):
+    lines = []
+    floor = (est or {}).get("filtered_pct") if est and est["scoped"] else None
+    if floor is not None and floor > est["budget_pct"]:
+        busiest = ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}" for t in est.get("busiest_comms", [])[:2])
+        lines.append(f"even filtered out, this hook's events cost ~{_pct(floor)} ({busiest}): no scope fits a "
+                     f"{est['budget_pct']:g}% budget while they last; raise --budget above {floor:.2g}, "
+                     "or wait for the hook to quieten, or --force (recorded in the result)")
+        return "\n".join(lines)
+    if sugg:
+        lines.append("scope it to one of the busiest on that hook:")
+        for s in sugg:
+            fit = "" if s["fits"] else ", over budget: add --budget or pick a quieter scope"
+            lines.append(f"  {s['command']}    # {_fmt_rate(s['events_per_s'])}, ~{_pct(s['cpu_pct'])} of CPU{fit}")
+        lines.append("or raise --budget, or --force to run anyway (recorded in the result)")
+    else:
+        lines.append("narrow the scope, raise --budget, or --force to run anyway (recorded in the result)")
+    return "\n".join(lines)
 
 
 def check_before(ctx, opts, err):
-    """Refuse a hot-path recipe without scope. Returns the pre-attach estimate."""
-    g = ctx.recipe.guard
-    budget = opts.budget if opts.budget is not None else DEFAULT_BUDGET
-    estimate = {"budget_pct": budget, "cost_ns": COST_NS[g.cost_class], "source": "cost_class"}
-    if g.scope_required and not is_scoped(ctx):
-        scopes = ", ".join("--" + p.flag for p in ctx.recipe.scope_params())
-        msg = (f"{ctx.recipe.name} hooks a hot path ({ctx.hook.target or ctx.hook.type}) and needs a scope "
-               f"({scopes})")
-        if not opts.force:
-            raise Refused(msg, f"try: {suggest(ctx)}; or --force to run unscoped anyway")
-        err.write(f"kit: warning: {msg}; running unscoped because of --force\n")
-    return estimate
+    """The pre-attach estimate; raises Refused unless --force (or --dry-run, which reports the verdict)."""
+    est = estimate(ctx, opts)
+    why = verdict(ctx, est)
+    if est.get("rate_error"):
+        err.write(f"kit: warning: the guardrail could not measure the event rate ({est['rate_error']}); "
+                  "only the scope rule applies\n")
+    if why is None:
+        est["verdict"] = "accept"
+        return est
+    sugg = suggestions(ctx, opts, est)
+    est.update(verdict="refuse", reason=why, suggestions=sugg)
+    if getattr(opts, "dry_run", False):
+        return est
+    if not opts.force:
+        raise Refused(why, _hint(sugg, est))
+    est["verdict"] = "forced"
+    err.write(f"kit: warning: running despite the guardrail because of --force: {why}\n")
+    return est
+
+
+def format_estimate(result):
+    """Text for `kit estimate` / `kit run --dry-run`."""
+    est = result.get("estimate") or {}
+    lines = [f"{result['recipe']} via {result['hook']}: estimate only, nothing attached"]
+    if "events_per_s" in est:
+        lines.append(f"  rate:   {est['hook']}: {_fmt_rate(est['events_per_s'])} box-wide, "
+                     f"{_fmt_rate(est['in_scope_per_s'])} in scope"
+                     + ("" if est.get("scope_measured", True) else " (scope not measurable from the task: all counted)")
+                     + f" (measured {est['window_s']:.2f}s, {est['samples']} samples)")
+    else:
+        lines.append(f"  rate:   not measured ({est.get('rate_error')})")
+    c = est.get("cost", {})
+    lines.append(f"  cost:   {c.get('in_ns')} ns per event in scope, {c.get('out_ns')} ns per filtered event "
+                 f"({c.get('source')}" + (f"; uprobe first instruction: {c['uprobe_first_insn']}"
+                                          if c.get("uprobe_first_insn") else "") + ")")
+    if est.get("cost_note"):
+        lines.append(f"          {est['cost_note']}")
+    if "cpu_pct" in est:
+        lines.append(f"  total:  ~{est['cpu_pct']:.3f}% of {est['ncpu']} CPUs "
+                     f"(in scope {est['in_scope_pct']:.3f}%, filtered {est['filtered_pct']:.3f}%), "
+                     f"budget {est['budget_pct']:g}%")
+    if est.get("busiest_comms"):
+        lines.append("  busiest: " + ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}"
+                                               for t in est["busiest_comms"]))
+    if est.get("verdict") == "refuse":
+        lines.append(f"  verdict: refused: {est['reason']}")
+        lines += ["  " + line for line in _hint(est.get("suggestions"), est).splitlines()]
+    else:
+        lines.append("  verdict: would attach")
+    return "\n".join(lines) + "\n"
 
 
 class Meter:
-    """Measures the run's overhead from kit's own event counters × cost per event."""
+    """The run's measured overhead, from kit's counters x the estimate's costs, checked by the kernel."""
 
-    def __init__(self, ctx, opts, bpf, estimate):
-        self.ctx, self.bpf = ctx, bpf
-        self.budget = opts.budget if opts.budget is not None else DEFAULT_BUDGET
-        self.cost_ns = estimate.get("cost_ns", COST_NS[ctx.recipe.guard.cost_class])
-        self.filter_ns = FILTER_NS.get(ctx.hook.type, 300)
-        self.estimate = estimate
-        self.over_since = None
-        self.last = (0.0, 0, 0)
+    def __init__(self, ctx, opts, bpf, est, clock=time.monotonic, read=None, kernel_check=True):
+        if read is None:
+            from kit.run import read_stats
+            read = lambda: read_stats(bpf)  # noqa: E731
+        self._read = read
+        self.ctx, self.bpf, self.est, self.clock = ctx, bpf, est, clock
+        self.budget = budget_of(opts)
+        self.forced = bool(opts.force)
+        self.costs = getattr(est, "costs", None) or run_costs(ctx)
+        self.t0 = clock()
+        self.last = (0.0, 0, 0)   # (elapsed, events, filtered) at the last interval
         self.pct = 0.0
+        self.peak = 0.0
+        self.over_since = None
+        self.excess_ns = 0.0      # per counted event, from the kernel's body time
+        self.run_scale = 1.0      # kernel runs / runs kit's counters explain
+        self.stats = None
+        self.stats_result = None if kernel_check else {"skipped": True}
+        self._stats_at = None
+        self._stats_since = 0.0
+        self._finalizer = None
+
+    # -- the kernel's check -------------------------------------------------
+    def _stats_start(self, elapsed):
+        fds = bpfstats.program_fds(self.bpf)
+        w = bpfstats.Window(fds)
+        self._stats_at = (elapsed, self._read())
+        if w.start(elapsed):
+            self.stats = w
+            self._finalizer = weakref.finalize(self, w.close)
+        else:
+            self.stats_result = {"error": "BPF_ENABLE_STATS refused by this kernel"}
+
+    def _stats_stop(self, elapsed):
+        w, self.stats = self.stats, None
+        w.stop(elapsed)
+        s1 = self._read()
+        _, s0 = self._stats_at
+        res = w.result()
+        events, filtered = s1["events"] - s0["events"], s1["filtered"] - s0["filtered"]
+        counted = events + filtered
+        c = self.costs
+        res.update(events=events, filtered=filtered, programs=len(w.fds))
+        if res["run_cnt"]:
+            res["ns_per_run"] = round(res["run_time_ns"] / res["run_cnt"], 1)
+        if counted < STATS_MIN_EVENTS:
+            res["note"] = f"only {counted} events while statistics were on: too few to check the price"
+        elif counted:
+            expected_body = (events * c.body_in_ns + filtered * c.body_out_ns) / counted
+            body = res["run_time_ns"] / counted
+            ratio = res["run_cnt"] / (counted * c.progs_per_event)
+            self.excess_ns = max(0.0, body - expected_body)
+            self.run_scale = ratio if ratio > RUN_SCALE_SLACK else 1.0
+            res.update(runs_per_event=round(res["run_cnt"] / counted, 3), expected_runs_per_event=c.progs_per_event,
+                       body_ns_per_event=round(body, 1), expected_body_ns_per_event=round(expected_body, 1),
+                       correction_ns_per_event=round(self.excess_ns, 1), run_scale=round(self.run_scale, 3))
+        if not counted and res["run_cnt"] >= STATS_MIN_EVENTS:
+            res["warning"] = (f"the kernel ran kit's programs {res['run_cnt']} times but kit's counters saw no "
+                              "event: the template does not count its events, so the meter reads low")
+        self.stats_result = res
+
+    def close(self):
+        if self.stats is not None:
+            self._stats_stop(self.clock() - self.t0)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+
+    # -- pricing ----------------------------------------------------------
+    def _ns(self, events, filtered):
+        c = self.costs
+        return (events * c.in_ns + filtered * c.out_ns) * self.run_scale + (events + filtered) * self.excess_ns
 
     def _pct(self, events, filtered, seconds):
         if seconds <= 0:
             return 0.0
-        ns = events * self.cost_ns + filtered * self.filter_ns
-        return 100.0 * ns / (seconds * 1e9 * ncpu())
+        return 100.0 * self._ns(events, filtered) / (seconds * 1e9 * ncpu())
 
     def tick(self, elapsed):
-        """Returns a reason string when the breaker trips, else None."""
-        from kit.run import read_stats
+        """Called every loop tick; returns a reason string when the breaker trips, else None."""
+        if self.stats is None and self.stats_result is None:
+            self._stats_start(elapsed)
+            self._stats_since = elapsed
+        elif self.stats is not None and elapsed - self._stats_at[0] >= STATS_S:
+            s = self._read()
+            _, s0 = self._stats_at
+            counted = s["events"] + s["filtered"] - s0["events"] - s0["filtered"]
+            if counted >= STATS_MIN_EVENTS or elapsed - self._stats_since >= STATS_MAX_S:
+                self._stats_stop(elapsed)
+            else:  # too quiet to check anything yet: start the window again from here
+                self.stats.restart(elapsed)
+                self._stats_at = (elapsed, s)
         t0, e0, f0 = self.last
         if elapsed - t0 < 1.0:
             return None
-        s = read_stats(self.bpf)
+        s = self._read()
         self.pct = self._pct(s["events"] - e0, s["filtered"] - f0, elapsed - t0)
+        self.peak = max(self.peak, self.pct)
         self.last = (elapsed, s["events"], s["filtered"])
         if self.pct > self.budget:
-            self.over_since = self.over_since if self.over_since is not None else t0
-            if elapsed - self.over_since >= BREAKER_SECONDS:
-                return (f"stopped by the guardrail: overhead {self.pct:.2f}% of CPU stayed over the budget "
-                        f"{self.budget:g}% for {elapsed - self.over_since:.0f}s")
+            if self.over_since is None:
+                self.over_since = t0
+            if elapsed - self.over_since >= BREAKER_S:
+                return (f"stopped by the guardrail: measured overhead {self.pct:.2f}% of {ncpu()} CPUs stayed over "
+                        f"the budget {self.budget:g}% for {elapsed - self.over_since:.0f}s "
+                        f"({_fmt_rate((s['events'] - e0) / (elapsed - t0))} events in scope, "
+                        f"{_fmt_rate((s['filtered'] - f0) / (elapsed - t0))} filtered); "
+                        "narrow the scope or raise --budget")
         else:
             self.over_since = None
         return None
@@ -87,12 +427,38 @@ class Meter:
         return f"overhead {self.pct:.2f}% (budget {self.budget:g}%)"
 
     def summary(self, stats):
-        seconds = max(self.last[0], 1e-9)
+        """The result's `overhead`: what the run cost, with the pre-attach estimate beside it."""
+        self.close()
+        seconds = max(self.clock() - self.t0, 1e-9)
+        c = self.costs
+        events, filtered = stats["events"], stats["filtered"]
+        est = {k: v for k, v in self.est.items() if k not in ("suggestions",)}
         return {
-            "events": stats["events"],
-            "filtered": stats["filtered"],
-            "ns_per_event": self.cost_ns,
-            "cpu_pct": round(self._pct(stats["events"], stats["filtered"], seconds), 4),
+            "events": events,
+            "filtered": filtered,
+            "seconds": round(seconds, 3),
+            "events_per_s": round((events + filtered) / seconds, 1),
+            "ns_per_event": round(c.in_ns * self.run_scale + self.excess_ns),
+            "ns_per_filtered": round(c.out_ns * self.run_scale + self.excess_ns),
+            "cost_source": c.source,
+            "cpu_pct": round(self._pct(events, filtered, seconds), 4),
+            "calibrated_cpu_pct": round(cpu_pct(events / seconds, filtered / seconds, c), 4),  # before the check
+            "peak_cpu_pct": round(self.peak, 4),
             "budget_pct": self.budget,
-            "estimate": self.estimate,
+            "estimate_cpu_pct": self.est.get("cpu_pct"),
+            "forced": self.forced,
+            "bpf_stats": self.stats_result,
+            "estimate": est,
         }
+
+
+def summary_line(ov):
+    """The last line of a human result: what the run cost."""
+    if "cpu_pct" not in ov:
+        return ""
+    est = ov.get("estimate_cpu_pct")
+    est_txt = f"; estimated {est:.3f}% before attaching" if est is not None else ""
+    forced = " (guardrail overridden with --force)" if ov.get("forced") else ""
+    return (f"cost: {ov['events']} events x {ov['ns_per_event']} ns + {ov['filtered']} filtered x "
+            f"{ov['ns_per_filtered']} ns = {ov['cpu_pct']:.3f}% of CPU over {ov['seconds']:.1f}s "
+            f"(peak {ov['peak_cpu_pct']:.3f}%, budget {ov['budget_pct']:g}%){est_txt}{forced}\n")

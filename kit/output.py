@@ -56,14 +56,12 @@ def human(result, recipe, stream, top=20):
       f" | stopped by {result['stopped_by']}\n")
     if result.get("lost_events"):
         w(lost_warning(result) + "\n")
-    if "cpu_pct" in ov:
-        est = ov.get("estimate", {})
-        est_txt = f", estimated {est['cpu_pct']:.2f}%" if "cpu_pct" in est else ""
-        w(f"cost: ~{ov['ns_per_event']} ns/event, {ov['cpu_pct']:.3f}% of CPU{est_txt} (budget {ov['budget_pct']:g}%)\n")
     if result.get("forced"):
         w("warning: the guardrail was overridden with --force\n")
     if recipe.next:
         w("next: " + " | ".join(recipe.next) + "\n")
+    from kit.guard import summary_line
+    w(summary_line(ov))
 
 
 def lost_warning(result):

@@ -84,3 +84,13 @@ def _fill(text, fills, fname, recipe, must_use):
     if re.search(r"\{\{\s*[A-Za-z_]", out):
         raise CatalogError(f"recipe {recipe.name!r}: {fname} has a malformed placeholder", "write it as {{name}}")
     return out
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def prelude(literals, probes_dir=PROBES_DIR, who="kit"):
+    """The shared prelude alone, filled with scope literals (for kit's own probes, e.g. calibration)."""
+    return _fill(_read(os.path.join(probes_dir, PRELUDE)), literals, PRELUDE, _Named(who), {})

@@ -128,7 +128,8 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
         features.need_tracefs()
     estimate = guard.check_before(ctx, opts, err)
     if opts.dry_run:
-        return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, ExitCode.OK
+        code = ExitCode.REFUSED if estimate.get("verdict") == "refuse" else ExitCode.OK
+        return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, code
     mod = recipe_module(recipe)
     result = None
     code = ExitCode.OK
@@ -143,7 +144,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             else:
                 attached = _auto_attached(bpf)
             if stopper.signal is None:
-                meter = guard.Meter(ctx, opts, bpf, estimate)
+                meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
                 err.flush()
@@ -203,6 +204,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
             trip = meter.tick(now - started)
             if trip:
                 ctx.notes.append(trip)
+                err.write(f"\nkit: {trip}; detaching, partial results follow\n" if show and err.isatty()
+                          else f"kit: {trip}; detaching, partial results follow\n")
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
                 stats = read_stats(bpf)

@@ -20,8 +20,10 @@ pays nothing, not even a trap and a filter.
 """
 
 import dataclasses
+import errno
+import os
 
-from kit import elf, features, targets
+from kit import elf, features, perfevent, targets
 from kit.errors import BadInput, CompileError, Unsupported
 
 HOOK_TYPES = ("uprobe", "uretprobe")
@@ -227,52 +229,63 @@ def plan(ctx):
     return probes
 
 
-def _attach_fn():
-    """libbcc's bpf_attach_uprobe with its real signature. BCC 0.26's Python
-    binding declares six arguments where the C function takes seven, so
-    ref_ctr_offset is whatever lies on the stack (iovisor/bcc#5236): the kernel
-    then refuses the probe when another tool holds the same address with 0
-    ("ref_ctr_offset mismatch" in dmesg), or takes the stray value for a USDT
-    semaphore to increment in the target. kit passes 0."""
-    import ctypes as ct
-    from bcc import libbcc
-    f = libbcc.lib["bpf_attach_uprobe"]  # a fresh function object: BCC's own binding is left alone
-    f.restype = ct.c_int
-    f.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_ulonglong, ct.c_int, ct.c_uint32]
-    return f
+IOC_SET_BPF = 0x40042408  # _IOW('$', 8, u32)
 
 
 def attach_one(bpf, path, offset, fn_name, ret=False, pid=-1, tag=""):
-    """One uprobe (or uretprobe) at a file offset, by perf_event_open on the
-    uprobe PMU through libbcc; registered with BCC so cleanup() closes it.
-    Returns False if the kernel refused it."""
+    """One uprobe (or uretprobe) at a file offset: perf_event_open on the uprobe
+    PMU, the program set on it by ioctl, and the fd registered with BCC so
+    cleanup() closes it. kit opens the event itself rather than through libbcc,
+    whose bpf_attach_uprobe falls back to writing a named event into tracefs
+    when the PMU refuses (a kill -9 then leaves it behind) and whose Python
+    binding in 0.26 passes a stray ref_ctr_offset (iovisor/bcc#5236).
+    Returns None, or the OSError the kernel answered."""
     from bcc import BPF
     if not features.pmu("uprobe"):
-        # libbcc would fall back to named events in tracefs, which a kill -9 leaves behind
         raise Unsupported("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
                           "kit attaches uprobes only by file descriptor; use a kernel >= 4.17")
     fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
+    attr, keep = perfevent.uprobe_attr(path, offset, retprobe=ret)  # ref_ctr_offset (config:32-63) stays 0
+    attr.sample_period, attr.wakeup_events = 1, 1
+    try:
+        # a uprobe fires on every CPU; perf wants cpu 0 when it is not tied to one pid
+        fd = perfevent.open_event(attr, pid if pid > 0 else -1, -1 if pid > 0 else 0)
+    except OSError as e:
+        return e
+    finally:
+        del keep
+    try:
+        perfevent.ioctl(fd, IOC_SET_BPF, fn.fd)
+        perfevent.ioctl(fd, perfevent.IOC_ENABLE, 0)
+    except OSError as e:
+        os.close(fd)
+        return e
     ev_name = b"kit_%s%s_%s_0x%x" % (b"r" if ret else b"p", tag.encode(), fn_name.encode(), offset)
-    fd = _attach_fn()(fn.fd, 1 if ret else 0, ev_name, path.encode(), offset, pid, 0)
-    if fd < 0:
-        return False
-    bpf._add_uprobe_fd(ev_name, fd)  # BCC's key for cleanup()
-    return True
+    bpf._add_uprobe_fd(ev_name, fd)  # BCC's key for cleanup(), which closes the fd
+    return None
+
+
+def refusal_hint(e):
+    """What to do when the kernel refuses a uprobe."""
+    if e.errno == errno.EINVAL:
+        return ("another tool may hold a uprobe at this address with a USDT semaphore offset (dmesg: "
+                "'ref_ctr_offset mismatch'; BCC 0.26's own tools do, iovisor/bcc#5236): stop it and rerun kit")
+    return "run `kit doctor`; `dmesg | tail` may say why the kernel refused it"
 
 
 def attach(ctx, bpf):
     """Attaches the planned probes. A process that exited since planning is
     skipped; anything else is an error (the run engine then detaches whatever
     did attach)."""
-    import os
     done, gone = [], set()
     for i, p in enumerate(ctx.state["uprobes"]):
-        if not attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i)):
+        e = attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i))
+        if e is not None:
             if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
                 gone.add(p.pid)
                 continue
-            raise CompileError(f"could not attach a uprobe to {p.symbol} in {p.shown} (pid {p.pid})",
-                               "run `kit doctor`; `dmesg | tail` may say why the kernel refused it")
+            raise CompileError(f"the kernel refused a uprobe on {p.symbol} in {p.shown} (pid {p.pid}): "
+                               f"{e.strerror or e}", refusal_hint(e))
         done.append(p)
     for pid in sorted(gone):
         ctx.notes.append(f"process {pid} exited before kit attached; it is not traced")

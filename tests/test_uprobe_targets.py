@@ -159,14 +159,6 @@ def test_binary_libc_without_a_process_scope_is_refused_as_the_box_wide_hot_path
     assert e.value.code == ExitCode.REFUSED and "--pid" in e.value.hint
 
 
-def test_unscoped_lockhold_is_refused_by_the_guardrail(recipes):
-    from kit import guard
-    ctx, _ = _prepare(recipes, "lockhold")
-    opts = run.Options(duration=5)
-    with pytest.raises(Refused, match="needs a scope"):
-        guard.check_before(ctx, opts, err=None)
-
-
 def test_comm_with_no_running_process_is_an_error_for_the_hot_path(recipes):
     with pytest.raises(BadInput, match="no running process is named 'kit-no-such'"):
         _prepare(recipes, "lockhold", comm="kit-no-such")

@@ -1,0 +1,168 @@
+"""What one event costs: the recipe's cost class, priced from this host's
+calibration (`kit calibrate`) or, without one, from defaults measured on the
+development VM.
+
+Costs are per event of the recipe's rate hook (what kit/rate.py counts):
+`in_ns` for an event in scope (the whole program runs), `out_ns` for an event
+the in-kernel filter rejects. Both are built from primitives: the cost of a
+program of a given shape on a hook type (empty, hash counter, rejecting
+filter), a stack capture, and a uprobe priced by the kind of its target's
+first instruction (kit/insn.py).
+"""
+
+import dataclasses
+import json
+import os
+import platform
+
+from kit import insn
+
+CALIBRATION_VERSION = 1
+
+# ns per event: `kit calibrate` on the 2-core 6.18 development VM (extra CPU time per event, medians of 5
+# rounds). Used when this host has no calibration of its own.
+DEFAULT_NS = {
+    "tracepoint_empty": 104, "tracepoint_hash": 146, "tracepoint_filter": 163,
+    "tracepoint_pair": 668, "tracepoint_pair_filter": 278,
+    "raw_tracepoint_empty": 79, "raw_tracepoint_hash": 113, "raw_tracepoint_filter": 120,
+    "raw_tracepoint_pair": 561, "raw_tracepoint_pair_filter": 207,
+    "stack": 1704,
+    "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
+    "perf_tracepoint": 120,
+}
+# What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
+DEFAULT_BODY_NS = {
+    "tracepoint_empty": 55, "tracepoint_hash": 95, "tracepoint_filter": 100,
+    "tracepoint_pair": 560, "tracepoint_pair_filter": 192,
+    "raw_tracepoint_empty": 54, "raw_tracepoint_hash": 96, "raw_tracepoint_filter": 105,
+    "raw_tracepoint_pair": 516, "raw_tracepoint_pair_filter": 184,
+    "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
+    "perf_tracepoint": 0,
+}
+
+# cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
+# "{f}" is the hook family actually attached (tracepoint or raw_tracepoint); "uprobe" is priced by instruction kind.
+CLASSES = {
+    "tracepoint_count": (("{f}_empty",), ("{f}_filter",), 1),
+    "tracepoint_hash": (("{f}_hash",), ("{f}_filter",), 1),
+    "tracepoint_pair": (("{f}_pair",), ("{f}_pair_filter",), 2),
+    "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
+    "uprobe_count": (("uprobe",), ("uprobe",), 1),
+    "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
+    "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),
+    # lock entry + its return + unlock entry, per lock/unlock cycle (lockhold)
+    "uprobe_lock_cycle": (("uprobe", "uretprobe_extra", "uprobe"), ("uprobe", "uretprobe_extra", "uprobe"), 3),
+}
+
+
+@dataclasses.dataclass
+class Costs:
+    in_ns: float
+    out_ns: float
+    progs_per_event: int
+    body_in_ns: float
+    body_out_ns: float
+    source: str          # "calibration" or "cost class defaults"
+    terms: dict          # primitive -> ns, what in/out were built from
+    kind: str = ""       # uprobes: kind of the target's first instruction
+    note: str = ""
+    measure_ns: float = 0.0  # what kit's rate measurement (a perf event on the hook) adds per event
+
+    def as_dict(self):
+        d = {"in_ns": round(self.in_ns), "out_ns": round(self.out_ns), "source": self.source,
+             "terms": {k: round(v) for k, v in self.terms.items()}}
+        if self.kind:
+            d["uprobe_first_insn"] = self.kind
+        return d
+
+
+def cache_path():
+    env = os.environ.get("KIT_CALIBRATION")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "/var/cache/kit/calibration.json"
+    return os.path.join(os.path.expanduser("~"), ".cache", "kit", "calibration.json")
+
+
+def host_key():
+    """What a calibration is valid for: the same kernel on the same CPUs."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"kernel": platform.release(), "machine": platform.machine(), "cpu": model, "ncpu": os.cpu_count() or 1}
+
+
+def load_calibration(path=None):
+    """(calibration dict or None, note). A calibration for another kernel or CPU is ignored."""
+    path = path or cache_path()
+    try:
+        with open(path) as f:
+            cal = json.load(f)
+    except FileNotFoundError:
+        return None, "no calibration for this host: costs are the cost-class defaults (run `kit calibrate`)"
+    except (OSError, ValueError) as e:
+        return None, f"calibration {path} is unreadable ({e}); using cost-class defaults"
+    if cal.get("version") != CALIBRATION_VERSION or cal.get("host") != host_key():
+        return None, f"calibration {path} is for another kernel or CPU; run `kit calibrate` again"
+    return cal, f"calibrated {cal.get('created', '?')}"
+
+
+def save_calibration(cal, path=None):
+    path = path or cache_path()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(cal, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _primitive(name, cal, kind):
+    """(ns, body ns, from calibration?) of one primitive."""
+    if name == "uprobe":
+        default = "uprobe_emulated" if insn.emulated(kind or "other") else "uprobe_stepped"
+        if cal:
+            up = cal.get("uprobe", {})
+            k = kind if kind in up else ("other" if "other" in up else None)
+            if k:
+                return up[k], cal.get("uprobe_body", {}).get(k, DEFAULT_BODY_NS[default]), True
+        return DEFAULT_NS[default], DEFAULT_BODY_NS[default], False
+    if cal and name in cal.get("ns", {}):
+        return cal["ns"][name], cal.get("body_ns", {}).get(name, DEFAULT_BODY_NS[name]), True
+    return DEFAULT_NS[name], DEFAULT_BODY_NS[name], False
+
+
+def for_class(cost_class, hook_type, kind="", cal=None, note=""):
+    ins, outs, progs = CLASSES[cost_class]
+    family = "raw_tracepoint" if hook_type == "raw_tracepoint" else "tracepoint"
+    terms, calibrated = {}, []
+
+    def total(names):
+        ns = body = 0.0
+        for n in names:
+            n = n.format(f=family)
+            v, b, c = _primitive(n, cal, kind)
+            label = f"uprobe[{kind or 'other'}]" if n == "uprobe" else n
+            terms[label] = v
+            calibrated.append(c)
+            ns, body = ns + v, body + b
+        return ns, body
+
+    in_ns, body_in = total(ins)
+    out_ns, body_out = total(outs)
+    source = "calibration" if calibrated and all(calibrated) else (
+        "calibration + cost class defaults" if any(calibrated) else "cost class defaults")
+    if cost_class.startswith("uprobe"):
+        trap, body, _ = _primitive("uprobe", cal, kind)
+        measure_ns = max(trap - body, 0.0)  # a perf uprobe event pays the trap, not the program
+    else:
+        measure_ns = _primitive("perf_tracepoint", cal, kind)[0]
+    return Costs(in_ns=in_ns, out_ns=out_ns, progs_per_event=progs, body_in_ns=body_in, body_out_ns=body_out,
+                 source=source, terms=terms, kind=kind, note=note, measure_ns=measure_ns)

@@ -1,0 +1,226 @@
+"""perf_event_open through ctypes: per-CPU counting and sampling events on a
+tracepoint or a uprobe, without loading any BPF program.
+
+The guardrail uses these to measure how often a hook fires before attaching
+anything (what `perf stat -e` and `perf record -e` do). A counting event
+costs the kernel an increment per hit; a sampling event also writes one small
+record (pid, tid) every `period` hits into a per-CPU ring buffer that is read
+once, after the window is closed.
+"""
+
+import ctypes
+import errno
+import mmap
+import os
+import platform
+import struct
+
+from kit import features
+
+PERF_TYPE_TRACEPOINT = 2
+PERF_SAMPLE_TID = 1 << 1
+PERF_RECORD_LOST = 2
+PERF_RECORD_SAMPLE = 9
+PERF_FLAG_FD_CLOEXEC = 1 << 3
+IOC_ENABLE = 0x2400
+IOC_DISABLE = 0x2401
+ATTR_DISABLED = 1 << 0
+ATTR_SIZE = 136  # PERF_ATTR_SIZE_VER8; older kernels accept a larger zero-tailed struct
+NR_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}.get(platform.machine(), 298)
+PAGE = mmap.PAGESIZE
+
+
+class Attr(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+        ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64), ("read_format", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32), ("bp_type", ctypes.c_uint32),
+        ("config1", ctypes.c_uint64), ("config2", ctypes.c_uint64), ("rest", ctypes.c_uint8 * (ATTR_SIZE - 72)),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class PerfError(OSError):
+    pass
+
+
+def _open(attr, pid, cpu):
+    fd = _libc.syscall(NR_PERF_EVENT_OPEN, ctypes.byref(attr), pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise PerfError(e, f"perf_event_open: {os.strerror(e)}")
+    return fd
+
+
+def open_event(attr, pid, cpu):
+    """perf_event_open(attr, pid, cpu): the fd, or PerfError (an OSError) with the kernel's errno."""
+    return _open(attr, pid, cpu)
+
+
+def ioctl(fd, request, arg):
+    if _libc.ioctl(fd, request, ctypes.c_ulong(arg)) < 0:
+        e = ctypes.get_errno()
+        raise PerfError(e, f"perf ioctl {request:#x}: {os.strerror(e)}")
+
+
+def online_cpus():
+    """CPU numbers from /sys/devices/system/cpu/online ('0-3,5')."""
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return cpus
+
+
+def tracepoint_id(target):
+    """The id of tracepoint 'category:name' from tracefs (what perf's config needs)."""
+    cat, _, name = target.partition(":")
+    d = features.need_tracefs()
+    try:
+        with open(os.path.join(d, "events", cat, name, "id")) as f:
+            return int(f.read())
+    except OSError:
+        raise PerfError(errno.ENOENT, f"no tracepoint {target} in {d}/events") from None
+
+
+def tracepoint_attr(target):
+    a = Attr(type=PERF_TYPE_TRACEPOINT, size=ATTR_SIZE, config=tracepoint_id(target))
+    return a, None
+
+
+def uprobe_attr(path, offset, retprobe=False):
+    """A uprobe through the perf 'uprobe' PMU: config1 points to the path, config2 is the file offset."""
+    base = "/sys/bus/event_source/devices/uprobe"
+    with open(f"{base}/type") as f:
+        ptype = int(f.read())
+    config = 0
+    if retprobe:
+        with open(f"{base}/format/retprobe") as f:  # e.g. "config:0"
+            config = 1 << int(f.read().strip().split(":")[1])
+    keep = ctypes.create_string_buffer(os.fsencode(path))
+    a = Attr(type=ptype, size=ATTR_SIZE, config=config, config1=ctypes.addressof(keep), config2=offset)
+    return a, keep
+
+
+class CpuEvents:
+    """One event per online CPU, box-wide (pid -1); counting, or sampling every `periods[cpu]` hits."""
+
+    def __init__(self, attr, keep=None, periods=None, pages=8):
+        self.cpus = online_cpus()
+        self.fds, self.rings = {}, {}
+        self.periods = periods or {}
+        self._keep = keep
+        try:
+            for cpu in self.cpus:
+                a = Attr.from_buffer_copy(attr)
+                a.flags = ATTR_DISABLED
+                if periods:
+                    a.sample_period = max(1, int(periods.get(cpu, 1)))
+                    a.sample_type = PERF_SAMPLE_TID
+                    a.wakeup_events = 1 << 30  # never wake anyone: the ring is read once, after disable
+                self.fds[cpu] = _open(a, -1, cpu)
+                if periods:
+                    self.rings[cpu] = self._map(self.fds[cpu], pages)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _map(fd, pages):
+        # Unprivileged users are limited by perf_event_mlock_kb: shrink the ring rather than fail.
+        while True:
+            try:
+                return mmap.mmap(fd, (1 + pages) * PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:
+                if pages == 1:
+                    raise
+                pages //= 2
+
+    def enable(self):
+        import fcntl
+        for fd in self.fds.values():
+            fcntl.ioctl(fd, IOC_ENABLE, 0)
+
+    def disable(self):
+        import fcntl
+        for fd in self.fds.values():
+            fcntl.ioctl(fd, IOC_DISABLE, 0)
+
+    def counts(self):
+        return {cpu: struct.unpack("Q", os.read(fd, 8))[0] for cpu, fd in self.fds.items()}
+
+    def samples(self):
+        """{cpu: ([(pid, tid), ...], lost records)} read from each ring after disable(); the records
+        read are consumed (the ring's tail moves on), so the next call returns only newer ones."""
+        out = {}
+        for cpu, ring in self.rings.items():
+            head = struct.unpack_from("Q", ring, 1024)[0]
+            data_off, data_size = struct.unpack_from("QQ", ring, 1040)
+            if not data_size:  # kernels before 4.1 do not fill these
+                data_off, data_size = PAGE, len(ring) - PAGE
+            tail = struct.unpack_from("Q", ring, 1032)[0]
+            got, lost = [], 0
+            while tail + 8 <= head:
+                rtype, _misc, size = struct.unpack("IHH", _ring_bytes(ring, data_off, data_size, tail, 8))
+                if size < 8:
+                    break
+                body = _ring_bytes(ring, data_off, data_size, tail + 8, size - 8)
+                if rtype == PERF_RECORD_SAMPLE and len(body) >= 8:
+                    got.append(struct.unpack_from("II", body))
+                elif rtype == PERF_RECORD_LOST and len(body) >= 16:
+                    lost += struct.unpack_from("QQ", body)[1]
+                tail += size
+            struct.pack_into("Q", ring, 1032, tail)  # data_tail: hand the space back to the kernel
+            out[cpu] = (got, lost)
+        return out
+
+    def close(self):
+        for ring in self.rings.values():
+            ring.close()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds, self.rings = {}, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _ring_bytes(ring, off, size, pos, n):
+    start = pos % size
+    if start + n <= size:
+        return ring[off + start:off + start + n]
+    first = size - start
+    return ring[off + start:off + size] + ring[off:off + n - first]
+
+
+IOC_SET_BPF = 0x40042408
+
+
+def attach_bpf(attr, keep, prog_fd, pid=-1, cpu=-1):
+    """Runs a loaded BPF program on every hit of the event (for `pid` only when given).
+    Returns the perf fd; closing it detaches. Used by `kit calibrate` for its own targets."""
+    import fcntl
+    a = Attr.from_buffer_copy(attr)
+    a.flags = ATTR_DISABLED
+    a.sample_period = 1
+    a.wakeup_events = 1
+    fd = _open(a, pid, cpu)
+    try:
+        fcntl.ioctl(fd, IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, IOC_ENABLE, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    del keep  # the kernel copied the path during perf_event_open
+    return fd

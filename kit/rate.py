@@ -1,0 +1,396 @@
+"""How often a recipe's hook fires on this box right now, box-wide and inside
+the requested scope, measured without running the recipe.
+
+Three short phases on per-CPU perf events (kit/perfevent.py), no BPF:
+1. count hits for COUNT_S, to learn each CPU's rate (after PROBE_S, the
+   windows shrink if measuring would cost the box more than MEASURE_CPU_S:
+   a perf uprobe event pays the whole trap, 10 us when single-stepped);
+2. count again for SAMPLE_S while sampling every Nth hit's pid and tid, N
+   chosen per CPU so each ring holds about TARGET_SAMPLES records;
+3. keep counting and sampling for UTIL_S while reading the busiest threads'
+   CPU time and run-queue wait (/proc/PID/task/TID/schedstat) and polling
+   their state.
+Counts are exact; samples, weighted by their CPU's count, say who the events
+belong to: the share in scope (matched the way kit_prelude.h matches: pid
+is the tgid, comm the thread's name, cgroup the thread's cgroup id) and the
+busiest comms and processes for the guardrail's suggestions. A CPU-bound
+thread (one that wants a whole CPU, running or waiting) cannot pay for a
+probe on top, it slows down instead, and the guardrail prices it that way.
+Such a thread was also slowed by the perf event itself while it was
+counted; knowing what the event costs per hit (kit calibrate), its rate
+without the event is recovered from phase 3 (unperturbed()).
+
+Which hook is counted: the recipe's `guard.rate_hook`, else the chosen
+rung's target. A tracepoint or raw tracepoint is counted as the tracepoint
+`category:name` (a raw tracepoint fires exactly when its tracepoint does);
+a uprobe is counted with the perf uprobe PMU on the resolved binary and
+offset of the attach point named by rate_hook (its `fn`, or its symbol), or
+the first attach point.
+"""
+
+import collections
+import dataclasses
+import math
+import os
+import time
+
+from kit import features, perfevent
+from kit.errors import Unsupported
+
+COUNT_S = 0.05
+SAMPLE_S = 0.2
+TARGET_SAMPLES = 500  # per CPU; the ring holds about 2000
+UTIL_S = 0.1          # how long the busiest threads' CPU use is measured, after the sampling window
+PROBE_S = 0.005       # a first look at the rate, to know what measuring it longer would cost
+MEASURE_CPU_S = 0.1   # what the whole measurement may cost the box, CPU-seconds
+MIN_WINDOW_S = 0.005
+MIN_UTIL_S = 0.08     # schedstat moves at scheduler ticks and run-queue waits count when they end
+MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
+MAX_UTIL = 32         # threads whose CPU use is measured
+BUSY = 0.9            # a thread wanting this much of a CPU (running or runnable) is taken to be CPU-bound...
+BUSY_RAN = 0.2        # ...if it also ran this much of it
+MIN_OWN_SHARE = 0.4   # of a CPU-bound thread's time per event, at least this much is taken to be its own
+
+
+@dataclasses.dataclass
+class RateHook:
+    kind: str      # "tracepoint" or "uprobe"
+    target: str    # category:name, or binary:symbol
+    path: str = ""
+    offset: int = 0
+
+    @property
+    def label(self):
+        return f"{self.kind} {self.target}"
+
+    def attr(self):
+        if self.kind == "tracepoint":
+            return perfevent.tracepoint_attr(self.target)
+        return perfevent.uprobe_attr(self.path, self.offset)
+
+
+@dataclasses.dataclass
+class Thread:
+    pid: int
+    tid: int
+    comm: str
+    rate: float               # events/s this thread triggers
+    in_scope: bool
+    util: float = None        # share of one CPU it runs; for a CPU-bound one, wants (None: not measured)
+    busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
+    measured_rate: float = None  # before undoing the measurement's own slowdown
+
+
+@dataclasses.dataclass
+class Task:
+    comm: str
+    rate: float
+    pids: list
+
+
+@dataclasses.dataclass
+class Rate:
+    hook: RateHook
+    window_s: float
+    total: float              # events/s, box-wide
+    in_scope: float           # events/s the scope admits (== total when unscoped)
+    scope_measured: bool      # False: the scope is not a task property, so all events count as in scope
+    scoped: bool
+    threads: list             # [Thread], busiest first (at most MAX_THREADS)
+    samples: int
+    lost: int
+
+    @property
+    def unattributed(self):
+        """Events/s not attributed to a listed thread (too few samples each)."""
+        return max(self.total - sum(t.rate for t in self.threads), 0.0)
+
+    @property
+    def by_comm(self):
+        comms = {}
+        for t in self.threads:
+            if t.pid == 0:
+                continue  # the idle task: nothing to scope to
+            task = comms.setdefault(t.comm, Task(t.comm, 0.0, []))
+            task.rate += t.rate
+            if t.pid not in task.pids:
+                task.pids.append(t.pid)
+        return sorted(comms.values(), key=lambda t: -t.rate)
+
+    @property
+    def by_pid(self):
+        pids = {}
+        for t in self.threads:
+            if t.pid:
+                e = pids.setdefault(t.pid, [t.pid, _thread_comm(t.pid, t.pid), 0.0])
+                e[2] += t.rate
+        return sorted((tuple(v) for v in pids.values()), key=lambda v: -v[2])
+
+    def as_dict(self, top=5):
+        return {
+            "hook": self.hook.label, "window_s": round(self.window_s, 3),
+            "events_per_s": round(self.total, 1), "in_scope_per_s": round(self.in_scope, 1),
+            "scope_measured": self.scope_measured, "samples": self.samples,
+            "busiest_comms": [{"comm": t.comm, "events_per_s": round(t.rate, 1), "pids": t.pids[:5]}
+                              for t in self.by_comm[:top]],
+            "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "events_per_s": round(t.rate, 1),
+                                 "while_counted_per_s": None if t.measured_rate is None else round(t.measured_rate, 1),
+                                 "cpu_util": None if t.util is None else round(t.util, 3), "cpu_bound": t.busy,
+                                 "in_scope": t.in_scope}
+                                for t in self.threads[:top]],
+        }
+
+
+def _tracepoint_for_raw(name):
+    d = features.need_tracefs()
+    events = os.path.join(d, "events")
+    for cat in sorted(os.listdir(events)):
+        if os.path.isfile(os.path.join(events, cat, name, "id")):
+            return f"{cat}:{name}"
+    raise Unsupported(f"no tracepoint named {name} to count the raw tracepoint's rate",
+                      "set guard.rate_hook to its category:name in the catalog")
+
+
+def rate_hook(ctx):
+    """The RateHook the guardrail counts for this run."""
+    hook, rh = ctx.hook, ctx.recipe.guard.rate_hook
+    if hook.type in ("tracepoint", "raw_tracepoint"):
+        if ":" in rh:
+            return RateHook("tracepoint", rh)
+        target = hook.target or rh
+        if ":" in target:
+            return RateHook("tracepoint", target)
+        return RateHook("tracepoint", _tracepoint_for_raw(target))
+    if hook.type in ("uprobe", "uretprobe"):
+        return _uprobe_hook(ctx, rh)
+    raise Unsupported(f"the guardrail cannot count {hook.type} hooks", "this is a catalog/guard gap: report it")
+
+
+def uprobe_target(ctx, attach):
+    """(binary path, symbol) of one uprobe attach point, from the run's values."""
+    binary = ctx.state.get("binary") or ctx.value(ctx.hook.binary)
+    sym = attach.symbol
+    symbol = sym[1:] if sym.startswith("=") else ctx.value(sym)
+    return binary, symbol
+
+
+def resolve(binary, symbol):
+    """(path, file offset) of a symbol, as BCC resolves it for attach_uprobe."""
+    from bcc import BPF
+    try:
+        path, offset = BPF._check_path_symbol(os.fsencode(binary), symbol.encode(), None, -1)
+    except Exception:
+        raise Unsupported(f"cannot find symbol {symbol} in {binary}",
+                          "check it with `nm -D BINARY | grep SYMBOL` (stripped binaries need a symbol table)") from None
+    return os.fsdecode(path), int(offset)
+
+
+def _uprobe_hook(ctx, rh):
+    planned = ctx.state.get("uprobes")  # kit/uprobes.plan: every attach point resolved to a file and offset
+    if planned:
+        chosen = next((p for p in planned if rh in (p.fn, p.symbol)), planned[0])
+        # The same file offset in every process (per-pid probes share it); a perf uprobe event
+        # without a pid counts them all, and the samples say which are in scope.
+        return RateHook("uprobe", f"{chosen.shown}:{chosen.symbol}", path=chosen.open_path, offset=chosen.offset)
+    points = ctx.hook.attach
+    chosen = points[0]
+    for a in points:
+        if rh and (a.fn == rh or a.symbol.lstrip("=") == rh or ctx.value(a.symbol.lstrip("=")) == rh):
+            chosen = a
+            break
+    binary, symbol = uprobe_target(ctx, chosen)
+    if not binary or not symbol:
+        raise Unsupported("the guardrail could not tell which binary and symbol to count",
+                          "give the recipe's binary and symbol parameters")
+    path, offset = resolve(binary, symbol)
+    return RateHook("uprobe", f"{path}:{symbol}", path=path, offset=offset)
+
+
+def scope_matcher(recipe, values):
+    """(match(pid, tid) -> bool, measurable) for the run's task scopes; None when unscoped."""
+    set_scopes = {p.name: values.get(p.name) for p in recipe.scope_params() if values.get(p.name) is not None}
+    if not set_scopes:
+        return None, True
+    if any(not recipe.params[n].task_scope for n in set_scopes):
+        return None, False  # e.g. a port or a netns: not knowable from who triggered the event
+    comm, pid, tid, cgroup = (set_scopes.get(k) for k in ("comm", "pid", "tid", "cgroup"))
+    want_comm = comm.encode("utf-8", "surrogateescape")[:15] if comm is not None else None
+
+    def match(p, t):
+        if pid is not None and p != pid:
+            return False
+        if tid is not None and t != tid:
+            return False
+        if want_comm is not None and _thread_comm(p, t).encode("utf-8", "surrogateescape") != want_comm:
+            return False
+        if cgroup is not None and _thread_cgroup_id(p, t) != cgroup:
+            return False
+        return True
+    return match, True
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _thread_comm(pid, tid):
+    c = _read(f"/proc/{pid}/task/{tid}/comm") or _read(f"/proc/{tid}/comm")
+    return c.rstrip("\n") if c is not None else ("swapper" if tid == 0 else "?")
+
+
+def _thread_cgroup_id(pid, tid):
+    text = _read(f"/proc/{pid}/task/{tid}/cgroup") or ""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            try:
+                return os.stat("/sys/fs/cgroup" + line[3:]).st_ino
+            except OSError:
+                return None
+    return None
+
+
+def _sched(pid, tid):
+    """(ns on CPU, ns waiting for a CPU) of a thread from /proc/.../schedstat, or None."""
+    text = _read(f"/proc/{pid}/task/{tid}/schedstat")
+    try:
+        f = text.split()
+        return int(f[0]), int(f[1])
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
+    """{(pid, tid): (share of a CPU it ran, share of the time it wanted one)} over `seconds`.
+    The second counts time spent runnable but waiting, so a thread that is CPU-bound on a box busy
+    with other work still shows it wants a whole CPU."""
+    return _thread_utils(threads, seconds, sleep)[0]
+
+
+def _state(pid, tid):
+    text = _read(f"/proc/{pid}/task/{tid}/stat")
+    try:
+        return text.rsplit(")", 1)[1].split()[0]
+    except (AttributeError, IndexError):
+        return None
+
+
+def _thread_utils(threads, seconds, sleep, polls=8):
+    before = {t: _sched(*t) for t in threads}
+    running = dict.fromkeys(threads, 0)
+    t0 = time.monotonic()
+    for _ in range(polls):
+        sleep(seconds / polls)
+        for t in threads:  # a CPU-bound thread is always running or waiting for a CPU (state R)
+            running[t] += _state(*t) == "R"
+    dt = max(time.monotonic() - t0, 1e-3) * 1e9
+    out = {}
+    for t, b in before.items():
+        a = _sched(*t)
+        if a is not None and b is not None:
+            ran, waited = a[0] - b[0], a[1] - b[1]
+            # schedstat counts a run-queue wait only once it ends; the polls see one in progress.
+            wanted = max((ran + waited) / dt, running[t] / polls)
+            out[t] = (min(max(ran / dt, 0.0), 1.0), min(max(wanted, 0.0), 1.0))
+    return out, dt / 1e9
+
+
+def unperturbed(r, util, measure_ns):
+    """(rate, share of a CPU, CPU-bound?) of a thread as they are without kit's perf event on the hook.
+    util = (share it ran, share it wanted). The event costs each hit measure_ns: a thread with slack keeps
+    its rate and pays in CPU; a CPU-bound thread pays in rate: each event took b + m of its CPU instead
+    of b. A CPU-bound thread is described at the CPU it wants (its rate then is wanted / b)."""
+    if util is None:
+        return r, None, False
+    ran, wanted = util
+    m = measure_ns * 1e-9
+    # Runnable all the time is not enough on a box so crowded that a thread waking every few ms waits
+    # that long for a CPU: a CPU-bound thread also gets a fair part of one when it runs.
+    if wanted >= BUSY and ran >= BUSY_RAN and r > 0:
+        # ran and r must come from the same window: on a crowded box the CPU a thread gets moves fast.
+        b = max(ran / r - m, MIN_OWN_SHARE * ran / r)  # never credit the event with most of the thread's time
+        # Priced at the CPU it wants, not at the share a crowded box happened to give it just now.
+        return wanted / b, wanted, True
+    return r, max(ran - r * m, 0.0), False
+
+
+def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S, sample_s=SAMPLE_S,
+            measure_ns=0.0, sleep=time.sleep):
+    """Rate of `hook`; `match(pid, tid)` says whether an event is in scope (None: all are).
+    measure_ns: what the perf event itself costs per hit (kit/costs.py), to undo its slowdown."""
+    attr, keep = hook.attr()
+    util_s = UTIL_S
+    with perfevent.CpuEvents(attr, keep) as ev:
+        t0 = time.monotonic()
+        ev.enable()
+        sleep(PROBE_S)
+        probe = sum(ev.counts().values()) / max(time.monotonic() - t0, 1e-3)
+        # Counting is not free (a uprobe event pays the whole trap): shorten the windows on a hook so hot
+        # that measuring it for the usual third of a second would cost more than MEASURE_CPU_S.
+        cost = probe * measure_ns * 1e-9 * (count_s + sample_s + util_s)
+        if cost > MEASURE_CPU_S:
+            scale = MEASURE_CPU_S / cost
+            count_s, sample_s = (max(x * scale, MIN_WINDOW_S) for x in (count_s, sample_s))
+            util_s = max(util_s * scale, MIN_UTIL_S)
+        sleep(max(count_s - PROBE_S, 0.0))
+        ev.disable()
+        first = ev.counts()
+        count_s = max(time.monotonic() - t0, 1e-3)
+    periods = {cpu: max(1, math.ceil(n * sample_s / count_s / TARGET_SAMPLES)) for cpu, n in first.items()}
+    with perfevent.CpuEvents(attr, keep, periods=periods) as ev:
+        t0 = time.monotonic()
+        ev.enable()
+        sleep(sample_s)
+        ev.disable()
+        window = max(time.monotonic() - t0, 1e-3)
+        counts = ev.counts()
+        samples = ev.samples()
+        # The busiest threads' CPU use, with the event still costing them what it cost while sampling,
+        # and their event rates over that same window (the ring keeps filling).
+        busiest = _weights(samples, counts, window).most_common(MAX_THREADS)
+        ev.enable()
+        utils, util_window = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
+        ev.disable()
+        later = ev.counts()
+        rates_then = _weights(ev.samples(), {cpu: later[cpu] - counts[cpu] for cpu in later}, util_window)
+    total = sum(counts.values()) / window
+    threads = []
+    for (pid, tid), r in busiest:
+        in_scope = match is None or (pid != 0 and match(pid, tid))
+        util = utils.get((pid, tid))
+        own, util, busy = unperturbed(rates_then.get((pid, tid), 0.0) if util else r, util, measure_ns)
+        if not busy:
+            own = r
+        total += own - r
+        threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
+                              util=util, busy=busy, measured_rate=r))
+    attributed = sum(t.rate for t in threads)
+    total = max(total, attributed)  # the same events summed two ways: keep rounding from showing
+    rest = total - attributed
+    in_scope = min(sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0), total)
+    n_samples = sum(len(got) for got, _ in samples.values())
+    lost = sum(lost for _, lost in samples.values())
+    return Rate(hook=hook, window_s=window, total=total, in_scope=in_scope, scope_measured=scope_measured,
+                scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost)
+
+
+def _weights(samples, counts, window):
+    """(pid, tid) -> events/s each sample stands for (its CPU's count spread over that CPU's samples)."""
+    weight = collections.Counter()
+    for cpu, (got, _lost) in samples.items():
+        if got:
+            w = counts[cpu] / len(got) / window
+            for pid, tid in got:
+                weight[(pid, tid)] += w
+    return weight
+
+
+def for_run(ctx, **kw):
+    """Measure the rate of the run's hook, with the run's scope."""
+    hook = rate_hook(ctx)
+    match, measurable = scope_matcher(ctx.recipe, ctx.values)
+    scoped = any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
+    return measure(hook, match=match, scope_measured=measurable, scoped=scoped, **kw)

@@ -1,0 +1,74 @@
+"""`kit calibrate` on the real kernel, checked against what the kernel itself reports.
+
+Calibration is a measurement, so its numbers are not compared with constants. What can be checked:
+programs that do more work per event cost more, and the kernel's own timing of their bodies (bpf_stats)
+says so too; the per-kind uprobe costs split into the two groups the kernel's emulation decides
+(kit/insn.py); and the guardrail uses the result.
+"""
+
+import json
+import os
+
+import pytest
+
+from calibration import calibrate
+from conftest import run_kit
+from kit import costs, insn
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def calibration(kernel):
+    return calibrate()
+
+
+def test_calibrate_writes_a_calibration_for_this_host(kernel, calibration):
+    p, path = calibration
+    assert p.returncode == 0, p.stderr
+    cal = json.loads(p.stdout)
+    assert cal["path"] == path and os.path.isfile(path)
+    loaded, note = costs.load_calibration(path)
+    assert loaded is not None and loaded["host"] == costs.host_key(), note
+    for name in costs.DEFAULT_NS:
+        if name.startswith("uprobe_"):
+            continue
+        assert loaded["ns"][name] > 0, name
+    assert set(loaded["uprobe"]) == set(insn.KINDS)
+
+
+def test_the_kernels_body_times_are_recorded_for_every_program(kernel, calibration):
+    cal = json.loads(calibration[0].stdout)
+    for name in ("tracepoint_hash", "raw_tracepoint_pair", "raw_tracepoint_pair_filter", "stack"):
+        assert cal["body_ns"][name] > 0, name
+    assert set(cal["uprobe_body"]) == set(insn.KINDS)
+    # A pair runs two programs per event, one of them four map operations: the kernel times more work.
+    assert cal["body_ns"]["raw_tracepoint_pair"] > cal["body_ns"]["raw_tracepoint_hash"]
+
+
+def test_more_work_per_event_costs_more(kernel, calibration):
+    ns = json.loads(calibration[0].stdout)["ns"]
+    for f in ("tracepoint", "raw_tracepoint"):
+        assert ns[f"{f}_pair"] > ns[f"{f}_hash"], ns        # a latency pair runs two programs and four map ops
+        assert ns[f"{f}_pair"] > ns[f"{f}_pair_filter"], ns  # ...and filtered out, one compare and one lookup
+    assert ns["stack"] > ns["tracepoint_hash"], ns           # walking two stacks is more than one map update
+
+
+def test_single_stepped_first_instructions_cost_more_than_emulated_ones(kernel, calibration):
+    up = json.loads(calibration[0].stdout)["uprobe"]
+    cheapest_stepped = min(v for k, v in up.items() if not insn.emulated(k))
+    dearest_emulated = max(v for k, v in up.items() if insn.emulated(k))
+    # The groups are an order of magnitude apart on this kernel; a factor of 3 leaves room for a busy box.
+    assert cheapest_stepped > 3 * dearest_emulated, up
+
+
+def test_estimate_uses_the_calibration(kernel, calibration):
+    _, path = calibration
+    p = run_kit("estimate", "syscalls", "--comm", "nobody-here", "--budget", "100", "--json",
+                env=dict(os.environ, KIT_CALIBRATION=path))
+    assert p.returncode == 0, p.stderr
+    est = json.loads(p.stdout)["estimate"]
+    cal = json.load(open(path))
+    assert est["cost"]["source"] == "calibration"
+    assert est["cost"]["in_ns"] == round(cal["ns"]["raw_tracepoint_pair"])
+    assert est["cost"]["out_ns"] == round(cal["ns"]["raw_tracepoint_pair_filter"])
