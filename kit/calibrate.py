@@ -15,6 +15,8 @@ being descheduled costs the workload nothing.
 - A perf counting event on the same tracepoint: what the guardrail's own
   rate measurement costs per event, so it can undo the slowdown it causes
   in a thread that is already busy on a whole CPU (kit/rate.py).
+- offcpu's whole in-scope path (stacks, caller recovery, aggregation), by
+  running the recipe itself around a ping-pong (kit/calibrate_offcpu.py).
 - The program body as the kernel times it (BPF_ENABLE_STATS), in separate
   short runs so the statistics' own cost does not leak into the numbers
   above; the guardrail compares a running probe's body time against these.
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from kit import bpfstats, costs, features, insn, perfevent, render
+from kit import bpfstats, calibrate_offcpu, costs, features, insn, perfevent, render
 from kit import params as ptypes
 from kit.errors import BadInput, ExitCode, KitError, Unsupported
 
@@ -318,6 +320,7 @@ def measure(rounds=5, log=None):
         ups, up_body, pair, pair_body = _uprobes(bpf, rounds, log)
     finally:
         bpf.cleanup()
+    offcpu_block = calibrate_offcpu.measure(max(3, rounds), log)
     ns = {name: paired(v, events) for name, v in runs.items()}
     ns["stack"] = ns["tracepoint_stack"] - ns["tracepoint_hash"]
     if body.get("tracepoint_stack") and body.get("tracepoint_hash"):
@@ -342,6 +345,8 @@ def measure(rounds=5, log=None):
         "uprobe_body": {k: round(v, 1) for k, v in up_body.items() if v is not None},
         "spread": {k: [round(a, 1), round(b, 1)] for k, (a, b) in spread.items()},
     }
+    if offcpu_block is not None:
+        cal["ns"]["offcpu_block"] = max(1.0, round(offcpu_block, 1))
     if pair is not None:
         cal["ns"]["uretprobe_extra"] = max(1.0, round(pair, 1))
     if pair_body is not None:

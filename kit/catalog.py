@@ -24,7 +24,7 @@ PROBES_DIR = os.path.join(ROOT, "probes")
 HOOK_TYPES = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "uprobe", "uretprobe",
               "perf_event")
 COST_CLASSES = ("tracepoint_count", "tracepoint_hash", "tracepoint_stack", "uprobe_pair", "uprobe_pair_stack",
-                "uprobe_count", "tracepoint_pair", "uprobe_lock_cycle")
+                "uprobe_count", "tracepoint_pair", "uprobe_lock_cycle", "offcpu_block")
 TASK_SCOPES = {
     "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
     "pid": dict(type="pid", help="process id (all its threads)"),

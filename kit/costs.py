@@ -29,6 +29,7 @@ DEFAULT_NS = {
     "stack": 1704,
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
     "perf_tracepoint": 120,
+    "offcpu_block": 4800,  # offcpu's in-scope path, measured on a Python ping-pong on this kind of VM
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -38,6 +39,7 @@ DEFAULT_BODY_NS = {
     "raw_tracepoint_pair": 516, "raw_tracepoint_pair_filter": 184,
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
     "perf_tracepoint": 0,
+    "offcpu_block": 3500,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -47,6 +49,8 @@ CLASSES = {
     "tracepoint_hash": (("{f}_hash",), ("{f}_filter",), 1),
     "tracepoint_pair": (("{f}_pair",), ("{f}_pair_filter",), 2),
     "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
+    # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole
+    "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),

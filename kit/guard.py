@@ -36,6 +36,7 @@ DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
 BREAKER_S = 3.0        # measured overhead must stay over budget this long to trip
 STATS_S = 1.0          # the kernel's run-time statistics stay on this long once events flow...
 STATS_MIN_EVENTS = 5000  # ...and until this many events were counted (a quiet window says nothing),
+STATS_MIN_IN_SCOPE = 200  # in-scope events enough to put the body time beyond the filter's on them
 STATS_MAX_S = 10.0     # but never longer than this: while on, every BPF program on the box pays for them
 RUN_SCALE_SLACK = 1.25  # kernel runs / counted runs above this: kit's counters undercount
 SUGGESTIONS = 3
@@ -326,6 +327,7 @@ class Meter:
         self.peak = 0.0
         self.over_since = None
         self.excess_ns = 0.0      # per counted event, from the kernel's body time
+        self.excess_in_ns = 0.0   # per in-scope event, from the kernel's body time beyond the filter's
         self.run_scale = 1.0      # kernel runs / runs kit's counters explain
         self.stats = None
         self.stats_result = None if kernel_check else {"skipped": True}
@@ -362,11 +364,18 @@ class Meter:
             expected_body = (events * c.body_in_ns + filtered * c.body_out_ns) / counted
             body = res["run_time_ns"] / counted
             ratio = res["run_cnt"] / (counted * c.progs_per_event)
-            self.excess_ns = max(0.0, body - expected_body)
+            excess = max(0.0, res["run_time_ns"] - events * c.body_in_ns - filtered * c.body_out_ns)
+            if events >= STATS_MIN_IN_SCOPE:
+                # The filter's body is a compare, calibrated; what the kernel timed beyond it is the
+                # in-scope work the cost class did not foresee (offcpu's unwind, lockhold's extra probe).
+                self.excess_in_ns = excess / events
+            else:
+                self.excess_ns = excess / counted
             self.run_scale = ratio if ratio > RUN_SCALE_SLACK else 1.0
             res.update(runs_per_event=round(res["run_cnt"] / counted, 3), expected_runs_per_event=c.progs_per_event,
                        body_ns_per_event=round(body, 1), expected_body_ns_per_event=round(expected_body, 1),
-                       correction_ns_per_event=round(self.excess_ns, 1), run_scale=round(self.run_scale, 3))
+                       correction_ns_per_event=round(self.excess_ns, 1),
+                       correction_ns_per_event_in_scope=round(self.excess_in_ns, 1), run_scale=round(self.run_scale, 3))
         if not counted and res["run_cnt"] >= STATS_MIN_EVENTS:
             res["warning"] = (f"the kernel ran kit's programs {res['run_cnt']} times but kit's counters saw no "
                               "event: the template does not count its events, so the meter reads low")
@@ -382,7 +391,8 @@ class Meter:
     # -- pricing ----------------------------------------------------------
     def _ns(self, events, filtered):
         c = self.costs
-        return (events * c.in_ns + filtered * c.out_ns) * self.run_scale + (events + filtered) * self.excess_ns
+        return ((events * c.in_ns + filtered * c.out_ns) * self.run_scale + (events + filtered) * self.excess_ns
+                + events * self.excess_in_ns)
 
     def _pct(self, events, filtered, seconds):
         if seconds <= 0:
@@ -400,9 +410,10 @@ class Meter:
             counted = s["events"] + s["filtered"] - s0["events"] - s0["filtered"]
             if counted >= STATS_MIN_EVENTS or elapsed - self._stats_since >= STATS_MAX_S:
                 self._stats_stop(elapsed)
-            else:  # too quiet to check anything yet: start the window again from here
+            elif counted == 0:  # nothing flows yet: start the window again from here
                 self.stats.restart(elapsed)
                 self._stats_at = (elapsed, s)
+            # else: events flow, but too few yet; keep collecting
         t0, e0, f0 = self.last
         if elapsed - t0 < 1.0:
             return None
@@ -438,7 +449,7 @@ class Meter:
             "filtered": filtered,
             "seconds": round(seconds, 3),
             "events_per_s": round((events + filtered) / seconds, 1),
-            "ns_per_event": round(c.in_ns * self.run_scale + self.excess_ns),
+            "ns_per_event": round(c.in_ns * self.run_scale + self.excess_ns + self.excess_in_ns),
             "ns_per_filtered": round(c.out_ns * self.run_scale + self.excess_ns),
             "cost_source": c.source,
             "cpu_pct": round(self._pct(events, filtered, seconds), 4),

@@ -90,7 +90,6 @@ static __always_inline void record(u32 tgid, u32 kind, u64 ns)
     struct stat_val zero = {};
     if (kind == KIND_HOLD) {
         hold_hist.atomic_increment(kit_log2_slot(ns / 1000));  /* an array: never full */
-        kit_count(KIT_EVENTS);  /* one event per lock/unlock cycle: what the uprobe_pair cost is per */
     } else {
         wait_hist.atomic_increment(kit_log2_slot(ns / 1000));
     }
@@ -111,6 +110,9 @@ int lock_entry(struct pt_regs *ctx)
 {
     if (!kit_in_scope())
         return 0;
+    /* one event per lock call, the guardrail's rate hook: a lock that is never released through
+     * the unlock symbol (a condition wait releases it inside libc) still paid for its probes */
+    kit_count(KIT_EVENTS);
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id;
     struct wait_val w = {.ts = bpf_ktime_get_ns(), .lock = KIT_MATCH_THREAD ? 0 : PT_REGS_PARM1(ctx)};

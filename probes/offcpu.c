@@ -247,12 +247,17 @@ static __always_inline void switch_out(void *ctx, int dying)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
-    if (tid == 0)  /* the idle task */
+    /* every run is counted once, as an event or as filtered: the guardrail prices runs by these */
+    if (tid == 0) {  /* the idle task */
+        kit_count(KIT_FILTERED);
         return;
+    }
     if (!offcpu_in_scope())
         return;
-    if (dying)  /* its last switch: it never comes back */
+    if (dying) {  /* its last switch: it never comes back (priced like a filtered run) */
+        kit_count(KIT_FILTERED);
         return;
+    }
     struct start_t s = {};
     struct block_t *b = &s.block;
     b->tgid = id >> 32;

@@ -38,6 +38,12 @@ def kernel():
         pytest.fail(f"kernel test cannot run: {why}")
 
 
+# Tests of what kit measures pass this budget: on a box crowded by other work, filtering everybody
+# else's events can cost more than the default 2% and the guardrail would (rightly) refuse or stop the
+# run. The guardrail itself is tested with the default budget in test_guard_kernel.py.
+ACCURACY_BUDGET = ("--budget", "50")
+
+
 def kit_cmd(*args):
     return [sys.executable, "-m", "kit", *args]
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import KitProc, orphan_progs, loaded_prog_ids
+from conftest import ACCURACY_BUDGET, KitProc, orphan_progs, loaded_prog_ids
 from kit import features, histo
 from workloads import lockwork
 
@@ -120,7 +120,7 @@ def test_sigkill_leaves_no_probe_in_tracefs_and_no_program_loaded(kernel, no_lef
     events = os.path.join(features.tracefs(), "uprobe_events")
     with open(events) as f:
         ev_before = f.read()
-    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+    kit = KitProc("run", "lockhold", *ACCURACY_BUDGET, "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
                   "--for", "60s")
     kit.wait_attached()
     with open(events) as f:
@@ -157,7 +157,7 @@ def test_nested_locks_are_paired_by_lock_object_and_a_full_map_is_counted_exactl
 def test_sigint_prints_what_was_measured_and_detaches(kernel, no_leftovers, binary):
     w = lockwork.Workload(binary, threads=2, fast=300, slow=0, slow_ms=1, gate=True, hold_gate=True)
     try:
-        kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
+        kit = KitProc("run", "lockhold", *ACCURACY_BUDGET, "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
                       "--for", "60s", "--json")
         kit.wait_attached()
         w.go()

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import KitProc
+from conftest import ACCURACY_BUDGET, KitProc
 from workloads import offcpu as work
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -33,7 +33,7 @@ def _assert_within_10pct(rows, truth):
 
 def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_leftovers, binaries):
     main, other = binaries
-    kit = KitProc("run", "offcpu", "--comm", "offcpu-work", "--for", "8s", "--json")
+    kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--comm", "offcpu-work", "--for", "8s", "--json")
     kit.wait_attached()
     unrelated = work.start(other, rounds=25)
     proc = work.start(main, rounds=25)
@@ -62,7 +62,7 @@ def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_le
 
 def test_recovers_the_caller_libc_hides_from_the_frame_pointer_walk(kernel, no_leftovers, binaries):
     main, _ = binaries
-    kit = KitProc("run", "offcpu", "--comm", "offcpu-work", "--for", "6s", "--json")
+    kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--comm", "offcpu-work", "--for", "6s", "--json")
     kit.wait_attached()
     truth = work.finish(work.start(main, rounds=25))
     res = kit.finish().json()
@@ -92,7 +92,7 @@ def test_pid_scope_on_the_tracepoint_rung_ends_with_the_process_and_drops_short_
     proc = work.start(main, rounds=20, wait=True)
     bystander = work.start(main, rounds=20, wait=True)  # same comm, other pid
     svg = tmp_path / "fg.svg"
-    kit = KitProc("run", "offcpu", "--pid", str(proc.pid), "--hook", "tracepoint", "--min-block", "30ms",
+    kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--pid", str(proc.pid), "--hook", "tracepoint", "--min-block", "30ms",
                   "--for", "20s", "--json", "--svg", str(svg))
     kit.wait_attached()
     work.release(proc)
@@ -127,7 +127,7 @@ def test_cgroup_scope_is_filtered_in_the_kernel(kernel, no_leftovers, binaries):
         outside = work.start(main, rounds=15, wait=True)  # same binary and comm, other cgroup
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
             f.write(str(inside.pid))
-        kit = KitProc("run", "offcpu", "--cgroup", cg, "--for", "6s", "--json")
+        kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--cgroup", cg, "--for", "6s", "--json")
         kit.wait_attached()
         work.release(inside)
         work.release(outside)
@@ -148,7 +148,7 @@ def test_cgroup_scope_is_filtered_in_the_kernel(kernel, no_leftovers, binaries):
 def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
     main, _ = binaries
     proc = work.start(main, rounds=10, wait=True)
-    kit = KitProc("run", "offcpu", "--pid", str(proc.pid), "--for", "20s", "--folded")
+    kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--pid", str(proc.pid), "--for", "20s", "--folded")
     kit.wait_attached()
     work.release(proc)
     truth = work.finish(proc)
@@ -184,7 +184,7 @@ def test_sigterm_mid_run_prints_partial_results_and_detaches(kernel, no_leftover
     main, _ = binaries
     proc = work.start(main, rounds=200, wait=True)
     try:
-        kit = KitProc("run", "offcpu", "--pid", str(proc.pid), "--for", "60s", "--json")
+        kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--pid", str(proc.pid), "--for", "60s", "--json")
         kit.wait_attached()
         work.release(proc)
         time.sleep(2)

@@ -167,4 +167,4 @@ def test_offcpu_declares_sched_switch_a_hot_path_that_needs_a_scope():
     """The data the guardrail reads (tests/test_guard_kernel.py refuses it unscoped on a busy box)."""
     recipe = catalog.load()["offcpu"]
     assert recipe.guard.hot_path and recipe.guard.scope_required
-    assert recipe.guard.cost_class == "tracepoint_stack"
+    assert recipe.guard.cost_class == "offcpu_block"

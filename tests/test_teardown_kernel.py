@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import KitProc
+from conftest import ACCURACY_BUDGET, KitProc
 from fixtures import kitshim
 from harness import ShimProc, Workload
 import leaks
@@ -125,7 +125,7 @@ KILL_CASES = [(path, name) for path in (catalog.DEFAULT_CATALOG, kitshim.CATALOG
 def test_sigkill_leaves_no_program_map_perf_event_or_probe_behind(kernel, no_leftovers, forever, target_bin,
                                                                   catalog_path, name):
     recipe = catalog.load(catalog_path)[name]
-    args = ["run", name, *_run_args(recipe, target_bin, forever.pid), "--for", "60s"]
+    args = ["run", name, *_run_args(recipe, target_bin, forever.pid), *ACCURACY_BUDGET, "--for", "60s"]
     kit = KitProc(*args) if catalog_path == catalog.DEFAULT_CATALOG else ShimProc(*args)
     progs, maps = _attached(kit)
     time.sleep(0.5)  # let it be in the middle of its run

@@ -188,7 +188,7 @@ def test_bad_host_names_are_refused(host):
 
 def test_the_catalog_declares_lockhold_a_scoped_hot_path(recipes):
     g = recipes["lockhold"].guard
-    assert (g.hot_path, g.scope_required, g.cost_class) == (True, True, "uprobe_pair")
+    assert (g.hot_path, g.scope_required, g.cost_class) == (True, True, "uprobe_lock_cycle")
     assert recipes["getaddrinfo"].guard.hot_path is False
 
 

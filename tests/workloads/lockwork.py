@@ -83,10 +83,10 @@ def under_kit(kit_args, workload, peer=None, also=()):
     hold_gate (so its exit adds nothing to what kit measured); on an error, all are finished.
     Returns (kit's result, the workload's report, the peer's output or None, the workload).
     """
-    from conftest import KitProc  # tests/ is on sys.path under pytest
+    from conftest import ACCURACY_BUDGET, KitProc  # tests/ is on sys.path under pytest
     runs = [w for w in (workload, *also) if isinstance(w, Workload)]
     try:
-        kit = KitProc("run", *kit_args, "--json")
+        kit = KitProc("run", *kit_args, *ACCURACY_BUDGET, "--json")
         kit.wait_attached()
         peer = Bpftrace(peer) if peer else None
         for w in runs:
