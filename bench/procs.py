@@ -1,0 +1,143 @@
+"""A probe tool under test (kit, bpftrace, a bcc tool, an empty program) as a
+child process: started, timed to its "ready" line, measured, and stopped.
+
+Each output stream is drained by a thread that stamps every line as it
+arrives, so the ready time is when the line reached us, and a chatty tool
+never blocks on a full pipe.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class ToolFailed(RuntimeError):
+    pass
+
+
+class _Lines(threading.Thread):
+    def __init__(self, stream, t0, ready_re, ready_event, sink):
+        super().__init__(daemon=True)
+        self.stream, self.t0, self.ready_re, self.ready_event, self.sink = stream, t0, ready_re, ready_event, sink
+        self.lines = []
+
+    def run(self):
+        for line in iter(self.stream.readline, ""):
+            t = time.monotonic() - self.t0
+            self.lines.append(line)
+            if self.ready_re and not self.ready_event.is_set() and self.ready_re.search(line):
+                self.sink.append(t)
+                self.ready_event.set()
+        self.stream.close()
+
+
+class Tool:
+    """A command that prints a line matching `ready` once its probes are attached."""
+
+    def __init__(self, label, argv, ready, env=None, cwd=None):
+        self.label, self.argv, self.ready = label, list(argv), re.compile(ready)
+        self.env = dict(os.environ, **(env or {}))
+        self.cwd = cwd
+        self.p = None
+        self.ready_s = None
+        self.rusage = None
+        self.code = None
+
+    def start(self, timeout=60):
+        """Starts the tool and waits for its ready line; returns seconds from exec to that line."""
+        ready = threading.Event()
+        hit = []
+        t0 = time.monotonic()
+        self.p = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.cwd,
+                                  errors="replace")
+        self._out = _Lines(self.p.stdout, t0, self.ready, ready, hit)
+        self._err = _Lines(self.p.stderr, t0, self.ready, ready, hit)
+        self._out.start()
+        self._err.start()
+        deadline = time.monotonic() + timeout
+        while not ready.wait(0.05):
+            exited = self._reap()
+            if exited or time.monotonic() > deadline:
+                self.stop()
+                why = "exited" if exited else "timed out"
+                raise ToolFailed(f"{self.label} {why} before it was ready (exit {self.code}): "
+                                 f"{self.stderr.strip()[-400:] or self.stdout.strip()[-400:]}")
+        self.ready_s = hit[0]
+        return self.ready_s
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def cpu_s(self):
+        """User + system CPU seconds the process has used so far (its threads included)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+    def stop(self, grace=1.5, tries=5):
+        """SIGINT (repeated: bpftrace 0.17 loses one that arrives just after it is ready),
+        then SIGTERM, then SIGKILL. Reaps the child with its rusage. Idempotent."""
+        if self._reap():
+            return self.code
+        sigs = [signal.SIGINT] * tries + [signal.SIGTERM, signal.SIGKILL]
+        for sig in sigs:
+            try:
+                self.p.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + (grace if sig != signal.SIGKILL else 30)
+            while time.monotonic() < deadline:
+                if self._reap():
+                    return self.code
+                time.sleep(0.02)
+        raise ToolFailed(f"{self.label} (pid {self.p.pid}) did not exit")
+
+    def _reap(self):
+        """Reaps the child if it has exited, keeping its rusage (Popen.poll would drop it)."""
+        if self.code is not None:
+            return True
+        pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+        if not pid:
+            return False
+        self.rusage = ru
+        self.code = os.waitstatus_to_exitcode(status)
+        self.p.returncode = self.code
+        self._out.join(5)
+        self._err.join(5)
+        return True
+
+    @property
+    def stdout(self):
+        return "".join(self._out.lines) if self.p else ""
+
+    @property
+    def stderr(self):
+        return "".join(self._err.lines) if self.p else ""
+
+    def peak_rss_mb(self):
+        """Peak resident memory, from the reaped child's rusage (ru_maxrss is in KiB on Linux)."""
+        return self.rusage.ru_maxrss / 1024.0 if self.rusage else None
+
+    def total_cpu_s(self):
+        return (self.rusage.ru_utime + self.rusage.ru_stime) if self.rusage else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.p is not None and self.code is None:
+            self.stop()
+
+
+def run_json(argv, timeout=600, **kw):
+    """Runs a workload that prints one JSON object; returns it."""
+    import json
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True, **kw).stdout
+    return json.loads(out.strip().splitlines()[-1])

@@ -1,0 +1,257 @@
+"""Writes bench/RESULTS.md from the cases' results: the machine, the targets
+at a glance (met or missed, and why), then every figure with its median and
+spread and the ratio kit / peer taken inside each repetition."""
+
+import datetime
+import os
+import platform
+import subprocess
+
+from bench import explain
+from bench.stats import Figure, noise_bound, paired_ratio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(*argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    pkgs = _cmd("dpkg-query", "-W", "-f=${Package} ${Version}\\n", "python3-bpfcc", "bpftrace")
+    return {
+        "kernel": f"{platform.release()} ({platform.machine()})",
+        "cpu": f"{cpu}, {os.cpu_count()} CPUs",
+        "memory": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "packages": ", ".join(pkgs.splitlines()),
+        "python": platform.python_version(),
+        "kit": _cmd("git", "-C", ROOT, "describe", "--always", "--dirty"),
+    }
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Verdicts:
+    """The targets table: each row says met, missed, or not measurable here, and why."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, target, case, kit, peer, ratio, limit, key, lower_is_better=True, noisy=False):
+        if noisy:
+            verdict = "not resolved (within noise)"
+        elif not ratio:
+            verdict = "n/a"
+        else:
+            ok = ratio.median <= limit if lower_is_better else ratio.median >= limit
+            verdict = "met" if ok else "**missed**"
+        self.rows.append({"target": target, "case": case, "kit": kit, "peer": peer, "ratio": ratio,
+                          "limit": limit, "verdict": verdict, "key": key})
+
+    def missed(self):
+        return [r for r in self.rows if r["verdict"] == "**missed**"]
+
+
+def _ratio_cell(fig):
+    return fig.fmt(2) if fig else "n/a"
+
+
+def hook_section(res, verdicts, out):
+    c = res.case
+    w = out.append
+    w(f"### {c.name}\n")
+    w(f"Workload: {explain.WORKLOAD[c.name]} Bare run: {res.bare_seconds().fmt()} for "
+      f"{res.events().fmt(0)} {c.workload.units}. kit's hook here: `{c.hook}`.\n")
+    kit_body, kit_added = res.body_ns(c.kit_label), res.added_ns(c.kit_label)
+    w("| tool | program body per event (bpf_stats) | time added per event (wall clock) | workload slowdown "
+      "| kit / tool, body | kit / tool, added |")
+    w("|---|---|---|---|---|---|")
+    for label in [c.kit_label, *c.peers]:
+        if label in res.failed and not res.body_ns(label):
+            w(f"| {label} | cannot run here: {explain.failure(label, res.failed[label])} | | | | |")
+            continue
+        body, added = res.body_ns(label), res.added_ns(label)
+        rb = paired_ratio(kit_body, body) if label != c.kit_label else None
+        ra = paired_ratio(kit_added, added) if label != c.kit_label else None
+        noisy = " (within noise)" if noise_bound(added) else ""
+        w(f"| {label} | {body.fmt()} | {added.fmt()}{noisy} | {res.slowdown_pct(label).fmt(1)} "
+          f"| {_ratio_cell(rb) if rb is not None else '—'} | {_ratio_cell(ra) if ra is not None else '—'} |")
+        if label == "bpftrace":
+            verdicts.add("per-event cost ≤ the bpftrace equivalent (program body)", c.name, body_fmt(kit_body),
+                         body_fmt(body), rb, 1.0, ("per_event_body", c.name))
+            verdicts.add("per-event cost ≤ the bpftrace equivalent (time added to the workload)", c.name,
+                         kit_added.fmt(), added.fmt(), ra, 1.0, ("per_event_added", c.name),
+                         noisy=noise_bound(kit_added) or noise_bound(added))
+    w("")
+    w(f"An event kit's scope filters out, against an empty program on the same hook (`{c.hook}`):\n")
+    w("| tool | program body per event | time added per event | × empty, body | × empty, added |")
+    w("|---|---|---|---|---|")
+    empty_body, empty_added = res.body_ns(c.empty_label), res.added_ns(c.empty_label)
+    w(f"| {c.empty_label} | {empty_body.fmt()} | {empty_added.fmt()}"
+      f"{' (within noise)' if noise_bound(empty_added) else ''} | 1 | 1 |")
+    for label in c.filtered:
+        body, added = res.body_ns(label), res.added_ns(label)
+        rb, ra = paired_ratio(body, empty_body), paired_ratio(added, empty_added)
+        w(f"| {label} | {body.fmt()} | {added.fmt()}{' (within noise)' if noise_bound(added) else ''} "
+          f"| {_ratio_cell(rb)} | {_ratio_cell(ra)} |")
+        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (body; {label.split(', ', 1)[-1]})", c.name,
+                     body.fmt(), empty_body.fmt(), rb, 1.2, ("filtered_body", c.name))
+        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (time added; "
+                     f"{label.split(', ', 1)[-1]})", c.name, added.fmt(), empty_added.fmt(), ra, 1.2,
+                     ("filtered_added", c.name), noisy=noise_bound(added) or noise_bound(empty_added))
+    w("")
+    checks = []
+    for label in res.labels():
+        rpe = res.runs_per_event(label)
+        if rpe:
+            checks.append(f"{label} {rpe.fmt(2)}")
+    w(f"Check, program runs per workload event while timed (≥ 1 means the program saw every event; "
+      f"the rest is the box's other {c.workload.units}): " + "; ".join(checks) + ".")
+    seen = res.kit_seen(c.kit_label)
+    filt = [(label, res.kit_seen(label, "kit_filtered")) for label in c.filtered]
+    w(f"Check against the workload's own count: kit recorded {seen.fmt(3)} of the workload's events "
+      f"(its `events` over the workload's count, both runs); the filtering runs rejected "
+      + "; ".join(f"{f.fmt(3)} ({label})" for label, f in filt) + " of them (`filtered`).\n")
+
+
+def body_fmt(fig):
+    return fig.fmt()
+
+
+def start_section(results, verdicts, out):
+    w = out.append
+    w("| recipe | tool | exec → attached | kit / tool |")
+    w("|---|---|---|---|")
+    for name, res in results.items():
+        figs = res["figures"]
+        kit = figs.get("kit")
+        for label, fig in figs.items():
+            if not fig and label in res["failed"]:
+                continue
+            ratio = paired_ratio(kit, fig) if label != "kit" and kit else None
+            w(f"| {name} | {label} | {fig.fmt(2)} | {_ratio_cell(ratio) if ratio is not None else '—'} |")
+            if label.startswith("bcc ") and ratio is not None:
+                verdicts.add(f"start to attached ≤ bcc's own tool ({label})", name, kit.fmt(2), fig.fmt(2), ratio,
+                             1.0, ("start_bcc", name))
+            if label == "bpftrace" and ratio is not None:
+                verdicts.add("start to attached, toward bpftrace's (reported, no limit)", name, kit.fmt(2),
+                             fig.fmt(2), ratio, float("inf"), ("start_bpftrace", name))
+        for label, why in res["failed"].items():
+            w(f"| {name} | {label} | cannot run here: {explain.failure(label, why)} | |")
+    w("")
+
+
+def footprint_section(results, verdicts, out):
+    w = out.append
+    w("| recipe | tool | CPU while aggregating (% of one core) | CPU in all, start-up included | peak memory "
+      "(RSS) | kit / tool, memory | events kit aggregated |")
+    w("|---|---|---|---|---|---|---|")
+    for name, res in results.items():
+        kit_mem = res.fig("kit", "peak_mb", "MB")
+        for label in res.rows:
+            if label in res.failed and not res.fig(label, "peak_mb", "MB"):
+                w(f"| {name} | {label} | cannot run here: {explain.failure(label, res.failed[label])} | | | | |")
+                continue
+            cpu = res.fig(label, "steady_cpu_pct", "%")
+            mem = res.fig(label, "peak_mb", "MB")
+            ratio = paired_ratio(kit_mem, mem) if label != "kit" else None
+            ev = res.fig(label, "kit_events", "") if label == "kit" else None
+            w(f"| {name} | {label} | {cpu.fmt(2)} | {res.fig(label, 'total_cpu_s', 's').fmt(2)} | {mem.fmt(0)} "
+              f"| {_ratio_cell(ratio) if ratio is not None else '—'} | {ev.fmt(0) if ev else ''} |")
+            if label == "kit":
+                verdicts.add("kit's user-space CPU ≤ 1% of a core while aggregating", name, cpu.fmt(2), "",
+                             cpu, 1.0, ("cpu", name))
+            elif label.startswith("bcc ") or label == "minimal BCC program":
+                verdicts.add(f"peak memory ≤ 1.2× bcc's tool ({label})", name, kit_mem.fmt(0), mem.fmt(0), ratio,
+                             1.2, ("memory", name))
+    w("")
+
+
+def render(meta, hooks, starts, footprints, mode):
+    verdicts = Verdicts()
+    body = []
+    if hooks:
+        body.append("## Per-event cost and the workload's slowdown\n")
+        body.append(explain.PER_EVENT_METHOD + "\n")
+        for res in hooks.values():
+            hook_section(res, verdicts, body)
+    if starts:
+        body.append("## Start to attached\n")
+        body.append(explain.START_METHOD + "\n")
+        start_section(starts, verdicts, body)
+    if footprints:
+        body.append("## kit's own CPU and memory while it aggregates\n")
+        body.append(explain.FOOTPRINT_METHOD.format(seconds=mode.footprint_s) + "\n")
+        footprint_section(footprints, verdicts, body)
+
+    out = ["# kit benchmarks: results\n",
+           f"Written by `sudo ./bench/run` on {meta['date']} in {meta['minutes']:.0f} min"
+           f"{' (QUICK MODE: one repetition, tiny workloads; not for reading)' if meta['quick'] else ''}. "
+           f"Every figure is the median [min–max] over the repetitions; ratios kit / peer are taken inside each "
+           f"repetition, where the two ran back to back in alternating order, and then summarized the same way. "
+           "Absolute times drift on this shared 2-CPU VM (other sessions run their tests on it); the ratios are "
+           "the result.\n",
+           "## Machine\n", "| | |", "|---|---|"]
+    for k, v in meta["machine"].items():
+        out.append(f"| {k} | {v} |")
+    out.append(f"| load average | {meta['load_start']} at the start, {meta['load_end']} at the end |")
+    out.append(f"| repetitions | per-event {mode.reps}, start-up {mode.start_reps}, footprint {mode.footprint_reps} |")
+    if meta.get("sysctl_on"):
+        out.append("| note | kernel.bpf_stats_enabled was on during some runs (set by someone else): every "
+                   "probed event paid for timing in those, bare runs excepted |")
+    out.append("")
+    out.append("## Targets\n")
+    out.append("| target | recipe | kit | peer | kit / peer | limit | verdict |")
+    out.append("|---|---|---|---|---|---|---|")
+    for r in verdicts.rows:
+        limit = "—" if r["limit"] == float("inf") else f"≤ {r['limit']:g}" + ("%" if r["key"][0] == "cpu" else "×")
+        ratio = r["ratio"].fmt(2) if r["ratio"] else "n/a"
+        verdict = "reported" if r["limit"] == float("inf") else r["verdict"]
+        out.append(f"| {r['target']} | {r['case']} | {r['kit']} | {r['peer'] or '—'} | "
+                   f"{ratio if r['key'][0] != 'cpu' else '—'} | {limit} | {verdict} |")
+    out.append("")
+    misses = verdicts.missed()
+    if misses:
+        out.append("### Where kit misses, and why\n")
+        seen = set()
+        for r in misses:
+            if r["key"] in seen:
+                continue
+            seen.add(r["key"])
+            out.append(f"- **{r['target']}, {r['case']}**: {explain.why(r['key'])}")
+        out.append("")
+    notes = explain.notes(hooks, starts, footprints)
+    if notes:
+        out.append("### Also noticed\n")
+        out += [f"- {n}" for n in notes]
+        out.append("")
+    return "\n".join(out + body) + "\n" + explain.METHOD_FOOTER
+
+
+def now():
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def as_json(hooks, starts, footprints):
+    def fig(x):
+        return x.to_json() if isinstance(x, Figure) else x
+    return {
+        "hooks": {k: v.to_json() for k, v in hooks.items()},
+        "starts": {k: {"figures": {lab: fig(f) for lab, f in v["figures"].items()}, "failed": v["failed"]}
+                   for k, v in starts.items()},
+        "footprints": {k: v.to_json() for k, v in footprints.items()},
+    }

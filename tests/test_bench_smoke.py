@@ -1,0 +1,61 @@
+"""The benchmark harness end to end in its tiny mode (bench/run --quick): it
+runs every case, writes its results, and what it measured is checked against
+the workloads' own counts. No time is asserted: speed targets live in
+bench/RESULTS.md, never in tests."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+
+def _netns():
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, no_leftovers, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=170)
+    assert p.returncode == 0, p.stderr[-3000:]
+    text = out.read_text()
+    raw = json.loads((tmp_path / "RESULTS.json").read_text())
+
+    for section in ("## Machine", "## Targets", "### offcpu", "### tcpretrans", "## Start to attached",
+                    "## kit's own CPU and memory while it aggregates"):
+        assert section in text
+    assert os.uname().release in text
+
+    for name, case in raw["hooks"].items():
+        rows = case["rows"]
+        bare = rows["bare"][0]
+        assert bare["seconds"] > 0 and bare["events"] > 0, (name, bare)
+        kit = rows["kit"][0]
+        # bpf_stats saw kit's program run for (at least) every workload event while timed
+        assert kit["runs"] >= 0.95 * kit["stats_events"] > 0, (name, kit)
+        assert kit["body_ns"] > 0
+        # kit's own count of what it recorded, against the workload's count (pipe round trips, nstat)
+        assert 0.95 * kit["both_events"] <= kit["kit_events"] <= 1.10 * kit["both_events"], (name, kit)
+        # the same workload under a scope that excludes it: nothing recorded, every event rejected
+        for label, r in rows.items():
+            if label.startswith("kit, "):
+                assert r[0]["kit_events"] == 0 and r[0]["kit_filtered"] >= 0.95 * r[0]["both_events"], (label, r)
+        assert rows["bpftrace"][0]["runs"] >= 0.95 * rows["bpftrace"][0]["stats_events"]
+        assert rows["empty program"][0]["runs"] >= 0.95 * rows["empty program"][0]["stats_events"]
+    # a peer that cannot run on this kernel is reported, with the reason, rather than dropped
+    assert "bcc offcputime" in raw["hooks"]["offcpu"]["failed"]
+    assert "needs kprobes" in text
+
+    for name in ("offcpu", "tcpretrans"):
+        figs = raw["starts"][name]["figures"]
+        assert figs["kit"]["median"] > 0 and figs["bpftrace"]["median"] > 0
+        fp = raw["footprints"][name]["rows"]["kit"][0]
+        assert fp["peak_mb"] > 0 and fp["kit_events"] > 0, fp
+    assert raw["starts"]["tcpretrans"]["figures"]["bcc tcpretrans -c"]["median"] > 0
+    assert "kit-bench-" not in _netns(), "the bench left its network namespace behind"
