@@ -14,13 +14,15 @@ WORKLOAD = {
 }
 
 PER_EVENT_METHOD = """\
-Each repetition runs the workload bare, then once under each tool in rotating order. Under a tool the workload
-runs twice: first for the wall clock (run-time statistics off, as in production), then with statistics on
-(BPF_ENABLE_STATS, held only for that run) for the program body: the delta of `run_time_ns / run_cnt` of the
-programs the tool's process holds (found through /proc/PID/fdinfo, read with `bpftool prog show -j`). The body
-leaves out the hook's dispatch; the time added per event (the run's wall clock minus the same repetition's bare
-run, over the workload's own event count) includes it, and includes whatever the tool's user space does meanwhile.
-Every tool does the same job: kit with its scope on the workload, bpftrace with the equivalent program
+Each repetition runs the workload bare, then under each tool in rotating order. Under a tool the workload runs
+{wall_runs} times with run-time statistics off, as in production, for its cost: the CPU time the workload's
+processes used (their rusage: the scheduler's precise runtime, where the probe's time lands) per workload event,
+least of the runs, minus the same repetition's bare figure; and its wall clock, fastest of the runs, against the
+bare run's. Then once more with statistics on (BPF_ENABLE_STATS, held only for that run) for the program body:
+the delta of `run_time_ns / run_cnt` of the programs the tool's process holds (found through /proc/PID/fdinfo,
+read with `bpftool prog show -j`). The body leaves out the hook's dispatch (and a uprobe's trap); the CPU added
+includes them. The wall clock also counts the time other sessions held the CPU, so on this box it is the noisiest
+figure. Every tool does the same job: kit with its scope on the workload, bpftrace with the equivalent program
 (bench/peers.py), bcc's tool where it runs on this kernel."""
 
 START_METHOD = """\

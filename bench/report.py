@@ -77,7 +77,7 @@ def hook_section(res, verdicts, out):
     w(f"Workload: {explain.WORKLOAD[c.name]} Bare run: {res.bare_seconds().fmt()} for "
       f"{res.events().fmt(0)} {c.workload.units}. kit's hook here: `{c.hook}`.\n")
     kit_body, kit_added = res.body_ns(c.kit_label), res.added_ns(c.kit_label)
-    w("| tool | program body per event (bpf_stats) | time added per event (wall clock) | workload slowdown "
+    w("| tool | program body per event (bpf_stats) | workload CPU added per event | workload slowdown (wall clock) "
       "| kit / tool, body | kit / tool, added |")
     w("|---|---|---|---|---|---|")
     for label in [c.kit_label, *c.peers]:
@@ -93,12 +93,12 @@ def hook_section(res, verdicts, out):
         if label == "bpftrace":
             verdicts.add("per-event cost ≤ the bpftrace equivalent (program body)", c.name, body_fmt(kit_body),
                          body_fmt(body), rb, 1.0, ("per_event_body", c.name))
-            verdicts.add("per-event cost ≤ the bpftrace equivalent (time added to the workload)", c.name,
+            verdicts.add("per-event cost ≤ the bpftrace equivalent (CPU added to the workload)", c.name,
                          kit_added.fmt(), added.fmt(), ra, 1.0, ("per_event_added", c.name),
                          noisy=noise_bound(kit_added) or noise_bound(added))
     w("")
     w(f"An event kit's scope filters out, against an empty program on the same hook (`{c.hook}`):\n")
-    w("| tool | program body per event | time added per event | × empty, body | × empty, added |")
+    w("| tool | program body per event | workload CPU added per event | × empty, body | × empty, added |")
     w("|---|---|---|---|---|")
     empty_body, empty_added = res.body_ns(c.empty_label), res.added_ns(c.empty_label)
     w(f"| {c.empty_label} | {empty_body.fmt()} | {empty_added.fmt()}"
@@ -110,7 +110,7 @@ def hook_section(res, verdicts, out):
           f"| {_ratio_cell(rb)} | {_ratio_cell(ra)} |")
         verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (body; {label.split(', ', 1)[-1]})", c.name,
                      body.fmt(), empty_body.fmt(), rb, 1.2, ("filtered_body", c.name))
-        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (time added; "
+        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (CPU added; "
                      f"{label.split(', ', 1)[-1]})", c.name, added.fmt(), empty_added.fmt(), ra, 1.2,
                      ("filtered_added", c.name), noisy=noise_bound(added) or noise_bound(empty_added))
     w("")
@@ -124,7 +124,7 @@ def hook_section(res, verdicts, out):
     seen = res.kit_seen(c.kit_label)
     filt = [(label, res.kit_seen(label, "kit_filtered")) for label in c.filtered]
     w(f"Check against the workload's own count: kit recorded {seen.fmt(3)} of the workload's events "
-      f"(its `events` over the workload's count, both runs); the filtering runs rejected "
+      f"(its `events` over the workload's count, all runs under it); the filtering runs rejected "
       + "; ".join(f"{f.fmt(3)} ({label})" for label, f in filt) + " of them (`filtered`).\n")
 
 
@@ -186,7 +186,7 @@ def render(meta, hooks, starts, footprints, mode):
     body = []
     if hooks:
         body.append("## Per-event cost and the workload's slowdown\n")
-        body.append(explain.PER_EVENT_METHOD + "\n")
+        body.append(explain.PER_EVENT_METHOD.format(wall_runs=mode.wall_runs) + "\n")
         for res in hooks.values():
             hook_section(res, verdicts, body)
     if starts:

@@ -15,14 +15,15 @@ class Mode:
     start_reps: int = 7
     footprint_reps: int = 3
     footprint_s: float = 20.0
-    pingpong_rounds: int = 200_000
+    pingpong_rounds: int = 100_000
     bulk_bytes: int = 48 << 20
     warm: bool = True
+    wall_runs: int = 3
 
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=1.0, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             warm=False)
+             warm=False, wall_runs=1)
 
 
 def kit_rung(recipe_name):
@@ -47,7 +48,7 @@ def offcpu(outdir, mode):
         peers={"bpftrace": bpftrace, "bcc offcputime": bcc},
         filtered={"kit, --comm of another process": lambda: peers.kit("kit", "offcpu", "--comm", "kit-nomatch"),
                   "kit, --pid of another process": lambda: peers.kit("kit", "offcpu", "--pid", "1")},
-        empty=_empty_for(hook))
+        empty=_empty_for(hook), wall_runs=mode.wall_runs)
     start = {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}
     footprint = FootprintCase("offcpu", w, {"kit": kit, "bpftrace": bpftrace}, "kit", mode.footprint_s)
     return hook_case, start, footprint
@@ -63,7 +64,7 @@ def tcpretrans(outdir, mode):
         name="tcpretrans", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
         peers={"bpftrace": bpftrace, "bcc tcpretrans -c": bcc},
         filtered={"kit, --port of another flow": lambda: peers.kit("kit", "tcpretrans", "--port", "9")},
-        empty=_empty_for(hook))
+        empty=_empty_for(hook), wall_runs=mode.wall_runs)
     start = {"kit": kit, "bcc tcpretrans -c": bcc, "bpftrace": bpftrace}
     footprint = FootprintCase("tcpretrans", w, {"kit": kit, "bcc tcpretrans -c": bcc, "bpftrace": bpftrace}, "kit",
                               mode.footprint_s)

@@ -37,10 +37,11 @@ class PingPong:
         self.unit, self.units = "context switch", "context switches"
 
     def run(self):
-        """(seconds, events): its own clock, and its own count of switches (each side blocks once per trip)."""
+        """(seconds, events, CPU seconds): its own clock, its own count of switches (each side
+        blocks once per trip), and the CPU time both processes used."""
         from bench.procs import run_json
-        r = run_json([self.binary, str(self.rounds), str(self.cpu)])
-        return r["seconds"], 2 * r["rounds"]
+        r, cpu = run_json([self.binary, str(self.rounds), str(self.cpu)])
+        return r["seconds"], 2 * r["rounds"], cpu
 
     def busy(self):
         """A background load for the footprint runs: ping-pong until stopped."""
@@ -93,11 +94,13 @@ class Retrans:
                 str(nbytes)]
 
     def run(self):
-        """(seconds, events): the transfer's own clock, and the namespace's TcpRetransSegs delta."""
+        """(seconds, events, CPU seconds): the transfer's own clock, the namespace's TcpRetransSegs
+        delta, and the CPU time of the process (sender and receiver threads, and the softirq work
+        the kernel did on their behalf in their context)."""
         from bench.procs import run_json
         before = self.retrans_segs()
-        r = run_json(self._argv(self.nbytes))
-        return r["seconds"], self.retrans_segs() - before
+        r, cpu = run_json(self._argv(self.nbytes))
+        return r["seconds"], self.retrans_segs() - before, cpu
 
     def busy(self):
         """Back-to-back transfers until stopped (a shell loop we own, killed by its process group)."""
