@@ -12,7 +12,7 @@ fi
 
 arch=$(dpkg --print-architecture)
 pkgs=(python3-bpfcc bpfcc-tools "linux-headers-$arch" bpftrace nftables iproute2 python3-venv python3-yaml
-      python3-tabulate python3-pyroute2 gcc libc6-dev binutils libcap2-bin procps bpftool)
+      python3-tabulate python3-pyroute2 gcc libc6-dev binutils libcap2-bin procps bpftool strace util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -11,6 +11,7 @@ import re
 
 import yaml
 
+from kit import trust
 from kit.errors import CatalogError
 from kit.params import TYPES, Duration
 
@@ -63,6 +64,7 @@ class Attach:
     fn: str            # C function in the template
     symbol: str = ""   # uprobes: name of the symbol parameter (or a literal symbol after '=')
     at: str = "entry"  # entry or return
+    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname
 
 
 @dataclasses.dataclass
@@ -71,7 +73,7 @@ class Hook:
     target: str = ""
     attach: list = dataclasses.field(default_factory=list)
     binary: str = ""    # uprobes: name of the parameter that gives the binary
-    requires: tuple = ()  # extra kernel facts this rung needs, e.g. ("btf",)
+    requires: tuple = ()  # extra kernel facts this rung needs: btf, kernel_read (bpf_probe_read_kernel)
     line: int = 0
 
 
@@ -185,12 +187,16 @@ class _Checker:
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
-def load(path=DEFAULT_CATALOG, probes_dir=PROBES_DIR):
+def load(path=DEFAULT_CATALOG, probes_dir=None):
+    """A catalog's templates live in probes/ beside it (for the shipped catalog, kit's own probes/)."""
+    if probes_dir is None:
+        probes_dir = os.path.join(os.path.dirname(os.path.abspath(path)), "probes")
     try:
         with open(path) as f:
             text = f.read()
     except OSError as e:
         raise CatalogError(f"cannot read catalog {path}: {e.strerror}", "check the path given to --catalog") from None
+    trust.check(path, "catalog")
     return parse(text, path, probes_dir)
 
 
@@ -288,6 +294,7 @@ def _recipe(c, r, source, probes_dir):
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
+    trust.check(template, "template")
     return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
                   guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
                   next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
@@ -307,7 +314,7 @@ def _hooks(c, r, params):
         hook = Hook(type=htype, target=c.typed(h, "target", str, ""), binary=c.typed(h, "binary", str, ""),
                     requires=tuple(c.typed(h, "requires", list, [])), line=h.line)
         for a in c.typed(h, "attach", list, []):
-            c.keys(a, ("fn",), ("symbol", "at"))
+            c.keys(a, ("fn",), ("symbol", "at", "optional"))
             at = c.typed(a, "at", str, "entry")
             if at not in ("entry", "return"):
                 c.fail(a.lines["at"], f"attach 'at' must be entry or return, got {at!r}")
@@ -315,7 +322,8 @@ def _hooks(c, r, params):
             if sym and not sym.startswith("=") and sym not in params:
                 c.fail(a.lines["symbol"], f"attach symbol refers to unknown parameter {sym!r}",
                        "name a symbol parameter, or write =literal_symbol")
-            hook.attach.append(Attach(fn=c.typed(a, "fn", str), symbol=sym, at=at))
+            hook.attach.append(Attach(fn=c.typed(a, "fn", str), symbol=sym, at=at,
+                                      optional=c.typed(a, "optional", bool, False)))
         if htype in ("uprobe", "uretprobe"):
             if not hook.attach:
                 c.fail(h.line, "a uprobe hook needs attach points")
@@ -324,7 +332,7 @@ def _hooks(c, r, params):
         elif not hook.target:
             c.fail(h.line, f"a {htype} hook needs a target")
         for req in hook.requires:
-            if req not in ("btf",):
-                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf")
+            if req not in ("btf", "kernel_read"):
+                c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf, kernel_read")
         hooks.append(hook)
     return hooks

@@ -108,7 +108,7 @@ class _CIE:
 
 
 class EhFrame:
-    """CFI lookup for one ELF file (kit.elf.ElfFile)."""
+    """CFI lookup for one ELF file (kit.elf_unwind.ElfFile)."""
 
     def __init__(self, elf):
         found = elf.eh_frame()

@@ -6,12 +6,13 @@ what X accepts.
 """
 
 import argparse
+import re
 import sys
 import traceback
 
 from kit import catalog as catalog_mod
 from kit import params as ptypes
-from kit.errors import BadInput, ExitCode, KitError
+from kit.errors import BadInput, ExitCode, KitError, Unsupported, printable
 
 EPILOG = """examples:
   kit list                                   what kit can run here
@@ -23,10 +24,25 @@ EPILOG = """examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises BadInput (one line, exit 2) instead of printing usage."""
+    """argparse that raises BadInput (one line, exit 2) instead of printing usage. No abbreviations:
+    on a privileged tool `--p 5` must not silently mean --pid (or, after a new option, --port)."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*a, **kw)
 
     def error(self, message):
-        raise BadInput(f"{self.prog}: {message}", f"see `{self.prog} --help`")
+        raise BadInput(f"{self.prog}: {message}", _did_you_mean(self, message) or f"see `{self.prog} --help`")
+
+
+def _did_you_mean(parser, message):
+    import difflib
+    m = re.match(r"unrecognized arguments: (--?[\w-]+)", message)
+    if not m:
+        return None
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.75)
+    return f"did you mean {close[0]}? (see `{parser.prog} --help`)" if close else None
 
 
 def _base_parser():
@@ -159,12 +175,26 @@ def _options(recipe, ns, args, dry_run=False):
                    force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress)
 
 
+def _with_alternatives(e, recipes):
+    """An Unsupported error from the kernel's side, with the recipes that can still run here."""
+    from kit import features
+    if "CAP_" in e.message:
+        return e
+    ok = features.runnable(recipes)
+    e.hint = (e.hint + "; " if e.hint else "") + (f"recipes that still work here: {', '.join(ok)}" if ok
+                                                  else "no recipe in this catalog can run here")
+    return e
+
+
 def cmd_run(args, out, err, dry_run=False):
     from kit import output, run
     recipe, ns, values = _recipe_args(args, "run")
     opts = _options(recipe, ns, args, dry_run)
     svg = _stack_outputs(recipe, ns, values)
-    result, code = run.execute(recipe, values, opts, err=err)
+    try:
+        result, code = run.execute(recipe, values, opts, err=err)
+    except Unsupported as e:
+        raise _with_alternatives(e, _load(args)) from e
     if opts.dry_run:
         output.to_json(result, out) if opts.json else out.write(_estimate_text(result))
         return code
@@ -204,7 +234,7 @@ def main(argv=None, out=None, err=None):
             return cmd_run(args, out, err, dry_run=args.cmd == "estimate")
         if args.cmd == "doctor":
             from kit import doctor
-            return doctor.main(out)
+            return doctor.main(out, catalog_path=args.catalog)
         if args.cmd == "calibrate":
             from kit import calibrate
             return calibrate.main(args, out, err)
@@ -219,6 +249,6 @@ def main(argv=None, out=None, err=None):
     except Exception as e:  # a bug: one line, traceback with --debug
         if args is not None and args.debug:
             traceback.print_exc(file=err)
-        err.write(f"kit: internal error: {type(e).__name__}: {e} — rerun with --debug and report it\n")
+        err.write(f"kit: internal error: {type(e).__name__}: {printable(e)} — rerun with --debug and report it\n")
         return ExitCode.INTERNAL
     return ExitCode.OK

@@ -5,7 +5,7 @@ import os
 
 from tabulate import tabulate
 
-from kit import btf, features
+from kit import btf, features, teardown
 from kit.errors import ExitCode
 
 KINDS = ("tracepoint", "raw_tracepoint", "kprobe", "uprobe", "uretprobe")
@@ -34,6 +34,16 @@ def _libc():
     return "c"
 
 
+def _uprobe(b, fn_name, ret):
+    """Through kit's own attach: BCC 0.26's attach_uprobe passes a stray ref_ctr_offset."""
+    from kit import elf, uprobes
+    libc = _libc()
+    with elf.Elf(libc) as e:
+        offset = e.file_offset(elf.function(libc, "getpid").addr)
+    if not uprobes.attach_one(b, libc, offset, fn_name, ret=ret):
+        raise RuntimeError("the kernel refused the uprobe (dmesg may say why)")
+
+
 def try_attach():
     """{kind: (ok, detail)} by loading one tiny program and attaching it each way."""
     out = {}
@@ -50,9 +60,12 @@ def try_attach():
         "tracepoint": lambda: b.attach_tracepoint(tp="sched:sched_process_exec", fn_name="kit_doctor_tracepoint"),
         "raw_tracepoint": lambda: b.attach_raw_tracepoint(tp="sched_process_exec", fn_name="kit_doctor_raw_tracepoint"),
         "kprobe": lambda: b.attach_kprobe(event="do_sys_openat2", fn_name="kit_doctor_kprobe"),
-        "uprobe": lambda: b.attach_uprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uprobe"),
-        "uretprobe": lambda: b.attach_uretprobe(name=_libc(), sym="getpid", fn_name="kit_doctor_uretprobe"),
+        "uprobe": lambda: _uprobe(b, "kit_doctor_uprobe", False),
+        "uretprobe": lambda: _uprobe(b, "kit_doctor_uretprobe", True),
     }
+    if features.tracefs_problem():  # BCC finds a tracepoint's id in tracefs; the other kinds do not need it
+        out["tracepoint"] = (False, features.tracefs_problem())
+        del tries["tracepoint"]
     try:
         for kind, fn in tries.items():
             try:
@@ -62,7 +75,7 @@ def try_attach():
             except Exception as e:
                 out[kind] = (False, str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__)
     finally:
-        b.cleanup()
+        teardown.detach_all(b)
     try:
         with _quiet_stderr():
             k = BPF(text='KFUNC_PROBE(do_sys_openat2) { return 0; }')
@@ -78,7 +91,8 @@ def try_attach():
     return out
 
 
-def report():
+def report(recipes=None):
+    """(check, detail, ok) rows; with the catalog's recipes, also which of them can run here."""
     rows = []
     uname = os.uname()
     rows.append(("kernel", uname.release, True))
@@ -88,28 +102,35 @@ def report():
     rows.append(("lockdown", lock or "unknown (securityfs not mounted: mount -t securityfs nodev /sys/kernel/security)",
                  lock in ("none", "integrity")))
     if lock == "confidentiality":
-        rows.append(("", "confidentiality blocks reading kernel memory: stacks and BTF-offset reads fail; "
-                         "tcpretrans counts still work", False))
+        rows.append(("", "confidentiality blocks tracefs (so every tracepoint rung) and bpf_probe_read_kernel "
+                         "(rungs that read kernel structs at BTF offsets); raw tracepoints and uprobes still work",
+                     False))
     tfs = features.tracefs()
-    rows.append(("tracefs", tfs or "not mounted: mount -t tracefs nodev /sys/kernel/tracing", tfs is not None))
+    why = features.tracefs_problem()
+    rows.append(("tracefs", tfs if why is None else why, why is None))
     path, ver, match = features.headers()
     if path is None:
         rows.append(("headers", f"none for {uname.release}: run ./setup.sh", False))
     else:
         rows.append(("headers", f"{ver} at {path}" + ("" if match else
                      f" — do NOT match the running kernel {uname.release}; kit takes struct offsets from BTF"), match))
-    missing = features.missing_caps()
     caps = sorted(features.effective_caps())
-    rows.append(("capabilities", ", ".join(caps) or "none" + (f"; missing {', '.join(missing)}" if missing else ""),
+    missing = features.missing_caps(tracefs_needed=True)
+    rows.append(("capabilities", (", ".join(caps) or "none") + (f"; missing {', '.join(missing)}" if missing else ""),
                  not missing))
     try:
         import bcc
         rows.append(("bcc", getattr(bcc, "__version__", "?") + f" ({os.path.dirname(bcc.__file__)})", True))
     except ImportError:
         rows.append(("bcc", "not importable: run ./setup.sh", False))
-    if not missing and tfs:
+    if not features.missing_caps():
         for kind, (ok, detail) in try_attach().items():
             rows.append((kind, detail, ok))
+    if recipes is not None:
+        ok = features.runnable(recipes)
+        blocked = [f"{r.name} ({features.hook_supported(r.hooks[0])})" for r in recipes.values() if r.name not in ok]
+        rows.append(("recipes", ("runnable here: " + (", ".join(ok) or "none"))
+                     + (f"; blocked: {'; '.join(blocked)}" if blocked else ""), not blocked))
     rows.append(_frame_pointer_row())
     return rows
 
@@ -125,7 +146,14 @@ def _frame_pointer_row():
             "(build your code with -fno-omit-frame-pointer and read stacks that end in libc with care)", False)
 
 
-def main(out):
-    rows = report()
+def main(out, catalog_path=None):
+    from kit import catalog
+    from kit.errors import KitError
+    try:
+        recipes = catalog.load(catalog_path or catalog.DEFAULT_CATALOG)
+    except KitError as e:
+        recipes = None
+        out.write(f"catalog: {e.line()}\n")
+    rows = report(recipes)
     out.write(tabulate([(k, "ok" if ok else "NO", v) for k, v, ok in rows], headers=["check", "", "detail"]) + "\n")
     return ExitCode.OK

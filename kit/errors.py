@@ -26,7 +26,13 @@ class KitError(Exception):
         self.hint = hint
 
     def line(self):
-        return f"{self.message}" + (f" — {self.hint}" if self.hint else "")
+        """One printable line: user text quoted in a message cannot break it or drive the terminal."""
+        return printable(f"{self.message}" + (f" — {self.hint}" if self.hint else ""))
+
+
+def printable(text):
+    """Escapes control, format and separator characters (newline, ESC, NUL, bidi overrides...)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 class BadInput(KitError):

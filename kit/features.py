@@ -12,7 +12,7 @@ import re
 from kit.errors import Unsupported
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
-CAPS = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
+CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 
 
 def tracefs():
@@ -23,12 +23,34 @@ def tracefs():
     return None
 
 
+def tracefs_unreadable():
+    """A tracefs mount this process cannot read (it is root-only: mode 0700), or None."""
+    if tracefs() is not None:
+        return None
+    for d in TRACEFS_CANDIDATES:
+        if os.path.ismount(d) and not os.access(d, os.R_OK | os.X_OK):
+            return d
+    return None
+
+
+def tracefs_problem():
+    """Why tracepoints cannot be used through tracefs here, or None."""
+    if lockdown() == "confidentiality":
+        return "lockdown=confidentiality blocks tracefs, which tracepoints need"
+    if tracefs() is not None:
+        return None
+    d = tracefs_unreadable()
+    if d:
+        return f"tracefs at {d} is readable only by root: kit needs CAP_DAC_READ_SEARCH to read tracepoint formats"
+    return "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+
+
 def need_tracefs():
-    d = tracefs()
-    if d is None:
-        raise Unsupported("tracefs is not mounted, so BCC cannot read tracepoint formats",
-                          "mount it: mount -t tracefs nodev /sys/kernel/tracing (or run ./setup.sh)")
-    return d
+    why = tracefs_problem()
+    if why is not None:
+        raise Unsupported(why, "mount it: mount -t tracefs nodev /sys/kernel/tracing (or run ./setup.sh)"
+                          if "not mounted" in why else "run `kit doctor` to see what still works")
+    return tracefs()
 
 
 def tracepoint_format(target):
@@ -81,10 +103,10 @@ def raw_tracepoints_available():
         return False
 
 
-def lockdown():
-    """'none', 'integrity', 'confidentiality', or None when securityfs is not mounted."""
+def lockdown(path="/sys/kernel/security/lockdown"):
+    """'none', 'integrity', 'confidentiality', or None when securityfs is not mounted (or not readable)."""
     try:
-        with open("/sys/kernel/security/lockdown") as f:
+        with open(path) as f:
             m = re.search(r"\[(\w+)\]", f.read())
             return m.group(1) if m else None
     except OSError:
@@ -100,12 +122,14 @@ def effective_caps(status_path="/proc/self/status"):
     return set()
 
 
-def missing_caps():
-    """Capabilities kit lacks to load and attach tracing programs (CAP_SYS_ADMIN covers both)."""
+def missing_caps(tracefs_needed=False):
+    """Capabilities kit lacks to load and attach tracing programs (CAP_SYS_ADMIN covers BPF and
+    PERFMON). With tracefs_needed, also the one to read a root-only tracefs (DAC_OVERRIDE covers it)."""
     have = effective_caps()
-    if "CAP_SYS_ADMIN" in have:
-        return []
-    return [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in have]
+    missing = [] if "CAP_SYS_ADMIN" in have else [c for c in ("CAP_BPF", "CAP_PERFMON") if c not in have]
+    if (tracefs_needed and tracefs_unreadable() and not {"CAP_DAC_READ_SEARCH", "CAP_DAC_OVERRIDE"} & have):
+        missing.append("CAP_DAC_READ_SEARCH")
+    return missing
 
 
 def headers():
@@ -132,9 +156,12 @@ def hook_supported(hook):
         if req == "btf" and not btf_available():
             return "kernel has no BTF (/sys/kernel/btf/vmlinux)"
     t = hook.type
+    if reads_kernel_memory(hook) and lockdown() == "confidentiality":
+        return "lockdown=confidentiality blocks bpf_probe_read_kernel, which this rung needs"
     if t == "tracepoint":
-        if tracefs() is None:
-            return "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
+        why = tracefs_problem()
+        if why is not None:
+            return why
         if tracepoint_format(hook.target) is None:
             return f"no tracepoint {hook.target} on this kernel"
         return None
@@ -153,6 +180,16 @@ def hook_supported(hook):
     if t in ("fentry", "fexit"):
         return "fentry/fexit are not used by kit on BCC 0.26 (they need matching kernel headers)"
     return f"hook type {t} is not supported by kit"
+
+
+def reads_kernel_memory(hook):
+    """Rungs that read kernel structs at BTF offsets (bpf_probe_read_kernel) declare it in the catalog."""
+    return any(r in ("btf", "kernel_read") for r in hook.requires)
+
+
+def runnable(recipes):
+    """Names of the recipes with at least one hook rung this kernel and process can use."""
+    return [r.name for r in recipes.values() if any(hook_supported(h) is None for h in r.hooks)]
 
 
 def choose_hook(recipe, forced=None):

@@ -136,5 +136,6 @@ def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
 
 
 def write(path, rows, **kw):
-    with open(path, "w") as f:
+    from kit.params import open_output  # kit runs privileged: never follow a symlink planted at path
+    with open_output(path) as f:
         f.write(render(rows, **kw))

@@ -4,6 +4,8 @@ import json
 
 from tabulate import tabulate
 
+from kit.errors import printable
+
 
 def to_json(result, stream):
     json.dump(result, stream, default=str, sort_keys=False)
@@ -50,7 +52,10 @@ def human(result, recipe, stream, top=20):
     ov = result.get("overhead", {})
     lost = result["lost"]
     w(f"{result['events']} events, {result['filtered']} filtered out, lost: {lost['map_full']} map full, "
-      f"{lost['stack_lost']} stacks, {lost['other']} other | stopped by {result['stopped_by']}\n")
+      f"{lost['stack_lost']} stacks, {lost.get('buffer', 0)} buffer, {lost['other']} other"
+      f" | stopped by {result['stopped_by']}\n")
+    if result.get("lost_events"):
+        w(lost_warning(result) + "\n")
     if "cpu_pct" in ov:
         est = ov.get("estimate", {})
         est_txt = f", estimated {est['cpu_pct']:.2f}%" if "cpu_pct" in est else ""
@@ -61,9 +66,23 @@ def human(result, recipe, stream, top=20):
         w("next: " + " | ".join(recipe.next) + "\n")
 
 
+def lost_warning(result):
+    """Says loudly that the numbers above undercount, and what to do about each kind of loss."""
+    lost = result["lost"]
+    why = {"map_full": "a map was full (scope the run more narrowly)",
+           "stack_lost": "stack captures failed (stack map full, or a stack that could not be walked)",
+           "buffer": "the event buffer overflowed (kit could not keep up; scope the run more narrowly)",
+           "other": "events the probe could not record"}
+    parts = [f"{lost[k]} because {why[k]}" for k in why if lost.get(k)]
+    return f"warning: {result['lost_events']} events were lost, so the results above undercount: " + "; ".join(parts)
+
+
 def _cell(v):
+    """Table cells may hold what a traced process chose (its comm): never let it drive the terminal."""
     if isinstance(v, list):
-        return ";".join(map(str, v))
+        return printable(";".join(map(str, v)))
+    if isinstance(v, str):
+        return printable(v)
     return "" if v is None else v
 
 

@@ -7,12 +7,13 @@ or hex integer, a byte initializer, or a token from an allow-list. Nothing the
 user typed is ever pasted into C as-is.
 """
 
+import fcntl
 import ipaddress
 import os
 import re
 import stat
 
-from kit.errors import BadInput
+from kit.errors import BadInput, Unsupported
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: the kernel truncates comm to 15 bytes
 
@@ -35,11 +36,25 @@ class ParamType:
 def _int(text, what, lo, hi, fix):
     s = str(text).strip()
     if not re.fullmatch(r"[0-9]+", s):
-        raise BadInput(f"{what} must be a whole number, got {text!r}", fix)
+        raise BadInput(f"{what} must be a whole number, got {str(text)[:40]!r}", fix)
+    if len(s) > 30:  # far out of any range; and int() refuses over 4300 digits
+        raise BadInput(f"{what} {s[:20]}... is out of range {lo}..{hi}", fix)
     v = int(s)
     if not lo <= v <= hi:
         raise BadInput(f"{what} {v} is out of range {lo}..{hi}", fix)
     return v
+
+
+def _path_text(text, flag, fix):
+    """A path-like argument the OS can take: no NUL, encodable, not absurdly long."""
+    s = str(text)
+    try:
+        ok = bool(s) and "\0" not in s and len(os.fsencode(s)) <= 4096
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise BadInput(f"--{flag} is not a usable path", fix)
+    return s
 
 
 def _proc_status(pid):
@@ -108,7 +123,10 @@ class Comm(ParamType):
 
     def parse(self, text, spec):
         s = str(text)
-        raw = s.encode("utf-8", "surrogateescape")
+        try:
+            raw = s.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise BadInput("--comm is not valid text", "give the name as `ps -o comm` shows it") from None
         if not raw:
             raise BadInput("--comm is empty", "give the process name as `ps -o comm` shows it")
         if len(raw) > COMM_LEN:
@@ -142,6 +160,8 @@ class Duration(ParamType):
         v = float(m.group(1)) * cls.UNITS[m.group(2) or "s"]
         if v <= 0:
             raise BadInput(f"{what} must be longer than zero", "write it like 20s, 500ms or 2m")
+        if v > 7 * 86400:  # also catches digit strings so long that float() gives inf
+            raise BadInput(f"{what} {str(text).strip()[:20]} is far too long", "write it like 20s, 500ms or 2m")
         return v
 
     def parse(self, text, spec):
@@ -153,7 +173,7 @@ class Micros(ParamType):
     name = "micros"
 
     def parse(self, text, spec):
-        m = re.fullmatch(r"\s*([0-9]+)\s*(us|ms|s)?\s*", str(text))
+        m = re.fullmatch(r"\s*([0-9]{1,15})\s*(us|ms|s)?\s*", str(text))
         if not m:
             raise BadInput(f"--{spec.flag} {text!r} is not a time", "write it like 100us, 1ms or 2s")
         us = int(m.group(1)) * {"us": 1, "ms": 1000, "s": 1000000}[m.group(2) or "us"]
@@ -182,10 +202,13 @@ class IPAddr(ParamType):
 
     def parse(self, text, spec):
         try:
-            return ipaddress.ip_address(str(text).strip())
+            addr = ipaddress.ip_address(str(text).strip())
         except ValueError:
             raise BadInput(f"--{spec.flag} {str(text)[:60]!r} is not an IP address",
                            "give one like 10.0.0.5 or 2001:db8::1") from None
+        if getattr(addr, "scope_id", None) is not None:  # free text after '%' would reach the output
+            raise BadInput(f"--{spec.flag} {str(text)[:60]!r} has a zone id", "give the address without %ZONE")
+        return addr
 
     def emit(self, value):
         raw = value.packed.ljust(16, b"\0")
@@ -195,6 +218,10 @@ class IPAddr(ParamType):
         return "{" + ", ".join(["0"] * 16) + "}"
 
 
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type
+CLONE_NEWNET = 0x40000000
+
+
 class Netns(ParamType):
     """A network namespace: a name from `ip netns`, a path to an nsfs file
     (/proc/PID/ns/net, /run/netns/NAME) or a pid. Emitted as its inode number."""
@@ -202,60 +229,75 @@ class Netns(ParamType):
 
     def parse(self, text, spec):
         s = str(text)
-        if re.fullmatch(r"[0-9]+", s):
+        if re.fullmatch(r"[0-9]{1,10}", s):
             path = f"/proc/{s}/ns/net"
         elif re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
             path = f"/run/netns/{s}"
         else:
             path = s
+        fix = "give a name from `ip netns list`, a pid, or /proc/PID/ns/net"
+        _path_text(s, spec.flag, fix)
         try:
-            st = os.stat(path)
-        except OSError:
-            raise BadInput(f"--{spec.flag} {s[:80]!r}: no network namespace at {path[:80]}",
-                           "give a name from `ip netns list`, a pid, or /proc/PID/ns/net") from None
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise BadInput(f"--{spec.flag} {s[:80]!r}: no network namespace at {path[:80]}", fix) from None
+        except OSError as e:
+            raise BadInput(f"--{spec.flag} {s[:80]!r}: cannot open {path[:80]}: {e.strerror}", fix) from None
+        try:  # any file has an inode number: make sure this one is a network namespace
+            st = os.fstat(fd)
+            try:
+                nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
+            except OSError:
+                nstype = None
+        finally:
+            os.close(fd)
+        if nstype != CLONE_NEWNET:
+            raise BadInput(f"--{spec.flag} {s[:80]!r}: {path[:80]} is not a network namespace", fix)
         return st.st_ino
 
     def emit(self, value):
         return f"{int(value)}U"
 
 
-def cgroup2_root(mounts="/proc/mounts"):
-    """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup on a unified host,
-    /sys/fs/cgroup/unified on a hybrid one. None without cgroup v2."""
+def cgroup2_roots(mountinfo="/proc/self/mountinfo"):
+    """Mount points of the cgroup v2 hierarchy (/sys/fs/cgroup, or .../unified on hybrid systems)."""
+    roots = []
     try:
-        with open(mounts) as f:
+        with open(mountinfo) as f:
             for line in f:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "cgroup2":
-                    return parts[1]
+                pre, _, post = line.partition(" - ")
+                if post.split()[:1] == ["cgroup2"]:
+                    roots.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), pre.split()[4]))
     except OSError:
         pass
-    return None
+    return roots
 
 
 class Cgroup(ParamType):
-    """A cgroup v2 directory; its inode number is the id bpf_get_current_cgroup_id returns."""
+    """A cgroup v2 directory; its inode number is the id bpf_get_current_cgroup_id returns.
+    Only the v2 hierarchy has those ids: a v1 directory's inode would silently match nothing."""
     name = "cgroup"
 
     def parse(self, text, spec):
         s = str(text)
-        if "\0" in s:
-            raise BadInput("--cgroup contains a NUL byte", "give a directory under /sys/fs/cgroup")
-        root = cgroup2_root()
-        if root is None:
-            raise BadInput("--cgroup needs cgroup v2, and none is mounted", "scope by --comm or --pid instead")
-        path = os.path.realpath(s if s.startswith("/sys/fs/cgroup") else os.path.join(root, s.lstrip("/")))
-        if path != root and not path.startswith(root.rstrip("/") + "/"):
-            raise BadInput(f"--cgroup {s[:80]!r} is not in the cgroup v2 hierarchy at {root}",
-                           f"give a directory under {root}, e.g. system.slice/nginx.service")
-        try:
-            st = os.stat(path)
-        except OSError:
-            raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {path[:120]}",
-                           f"give a directory under {root}, e.g. system.slice/nginx.service") from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise BadInput(f"--cgroup {path[:120]} is not a cgroup directory", f"give a directory under {root}")
-        return st.st_ino
+        roots = cgroup2_roots()
+        if not roots:
+            raise Unsupported("--cgroup needs the cgroup v2 hierarchy, which is not mounted",
+                              "mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or scope by --pid or --comm")
+        root = roots[0]
+        fix = f"give a directory under {root}, e.g. system.slice/nginx.service (from /proc/PID/cgroup)"
+        _path_text(s, spec.flag, fix)
+        under = [r for r in roots if s == r or s.startswith(r.rstrip("/") + "/")]
+        path = s if under or s.startswith("/sys/") else os.path.join(root, s.lstrip("/"))
+        real = os.path.realpath(path)
+        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+            if os.path.exists(real):
+                raise BadInput(f"--cgroup {s[:80]!r} resolves to {real[:120]}, outside the cgroup v2 hierarchy at "
+                               f"{root}", fix)
+            raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {path[:120]}", fix)
+        if not os.path.isfile(os.path.join(real, "cgroup.procs")):
+            raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {real[:120]}", fix)
+        return os.stat(real).st_ino
 
     def emit(self, value):
         return f"{int(value)}ULL"
@@ -267,14 +309,18 @@ class Binary(ParamType):
     c_emitter = False
 
     def parse(self, text, spec):
-        s = str(text)
-        if "\0" in s or len(s) > 4096:
-            raise BadInput(f"--{spec.flag} is not a usable path", "give the path of an executable or library")
+        s = _path_text(text, spec.flag, "give the path of an executable or library")
         try:
-            with open(s, "rb") as f:
-                magic = f.read(4)
-        except IsADirectoryError:
-            raise BadInput(f"--{spec.flag} {s[:120]} is a directory", "give an executable or shared library") from None
+            st = os.stat(s)
+            if stat.S_ISDIR(st.st_mode):
+                raise BadInput(f"--{spec.flag} {s[:120]} is a directory", "give an executable or shared library")
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or mislead the ELF check
+                raise BadInput(f"--{spec.flag} {s[:120]} is not a regular file", "give an executable or shared library")
+            fd = os.open(s, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            try:
+                magic = os.read(fd, 4)
+            finally:
+                os.close(fd)
         except OSError as e:
             raise BadInput(f"--{spec.flag} {s[:120]}: {e.strerror}",
                            "give the path of an executable or library that exists and is readable") from None
@@ -295,6 +341,31 @@ class Symbol(ParamType):
             raise BadInput(f"--{spec.flag} {s[:60]!r} is not a symbol name",
                            "give a function name as `nm -D BINARY` shows it")
         return s
+
+
+class Hostname(ParamType):
+    """A host name as a program passes it to the resolver (or an address
+    literal), matched byte for byte in the kernel. Emitted as a zero-padded
+    byte initializer of HOST_LEN bytes, never as C text."""
+    name = "hostname"
+    HOST_LEN = 256  # a DNS name is at most 253 bytes
+
+    def parse(self, text, spec):
+        s = str(text)
+        if not 1 <= len(s) <= 253:
+            raise BadInput(f"--{spec.flag} must be 1 to 253 characters, got {len(s)}",
+                           "give the name exactly as the program resolves it, e.g. db.internal")
+        if not re.fullmatch(r"[A-Za-z0-9._:-]+", s, re.ASCII):  # checked as text: nothing else reaches bytes
+            raise BadInput(f"--{spec.flag} {s[:60]!r} is not a host name",
+                           "use letters, digits, '.', '-', '_' (or an address literal)")
+        return s
+
+    def emit(self, value):
+        raw = value.encode().ljust(self.HOST_LEN, b"\0")
+        return "{" + ", ".join(str(b) for b in raw) + "}"
+
+    def off(self):
+        return "{" + ", ".join(["0"] * self.HOST_LEN) + "}"
 
 
 class Enum(ParamType):
@@ -335,17 +406,31 @@ class OutPath(ParamType):
     c_emitter = False
 
     def parse(self, text, spec):
-        s = str(text)
-        if "\0" in s or not s:
-            raise BadInput(f"--{spec.flag} is not a usable path", "give a file name like /tmp/offcpu.svg")
+        s = _path_text(text, spec.flag, "give a file name like /tmp/offcpu.svg")
         d = os.path.dirname(os.path.abspath(s))
         if not os.path.isdir(d):
             raise BadInput(f"--{spec.flag}: directory {d[:120]} does not exist", "write to an existing directory")
+        try:
+            st = os.lstat(s)
+        except OSError:
+            return s
+        if not stat.S_ISREG(st.st_mode):  # kit runs as root: never write through a link or into a device
+            raise BadInput(f"--{spec.flag} {s[:120]} exists and is not a regular file",
+                           "give a new file name or an existing regular file")
         return s
 
 
+def open_output(path):
+    """Opens an OutPath value for writing without following a symlink planted after parse()."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"{path[:120]} is not a regular file", "give a new file name")
+    return os.fdopen(fd, "w")
+
+
 TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup,
-                                Binary, Symbol, Enum, Flag, OutPath)}
+                                Binary, Symbol, Enum, Flag, OutPath, Hostname)}
 
 
 def emit(spec, value):

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from kit import features, guard, render
+from kit import features, guard, render, teardown, uprobes
 from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
 
 TICK = 0.25
@@ -61,6 +61,8 @@ def prepare(recipe, values, hook_type=None):
     mod = recipe_module(recipe)
     if hasattr(mod, "prepare"):
         mod.prepare(ctx)
+    if hook.type in uprobes.HOOK_TYPES and "uprobes" not in ctx.state:
+        uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hasattr(mod, "extra"):
         ctx.extra = mod.extra(ctx)
     text = render.render(recipe, hook, ctx.values, ctx.extra)
@@ -101,7 +103,7 @@ class _Stopper:
 
 def read_stats(bpf):
     """Sum kit's per-CPU self-accounting counters."""
-    names = ("events", "filtered", "map_full", "stack_lost", "lost_other")
+    names = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
     table = bpf["kit_stats"]
     out = {}
     for i, name in enumerate(names):
@@ -114,10 +116,13 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.duration > recipe.duration_max:
         raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
                        f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
-    missing = features.missing_caps()
+    rungs = [h for h in recipe.hooks if opts.hook in (None, h.type)]
+    missing = features.missing_caps(tracefs_needed=all(h.type == "tracepoint" for h in rungs))
     if missing:
-        raise Unsupported(f"kit needs {' and '.join(missing)} to load and attach probes",
+        raise Unsupported(f"kit needs {', '.join(missing[:-1]) + ' and ' if len(missing) > 1 else ''}{missing[-1]}"
+                          " to load and attach probes",
                           "run as root, or grant them: capsh --caps='cap_bpf,cap_perfmon,cap_dac_read_search+eip' ...")
+    # choose_hook (in prepare) refuses a tracepoint rung when tracefs is missing, unreadable or locked down
     ctx, text = prepare(recipe, values, opts.hook)
     if ctx.hook.type == "tracepoint":  # BCC reads the tracepoint's format from tracefs
         features.need_tracefs()
@@ -131,7 +136,12 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     with _Stopper() as stopper:
         try:
             bpf = compile_program(text, opts.debug)
-            attached = mod.attach(ctx, bpf) if hasattr(mod, "attach") else _auto_attached(bpf)
+            if hasattr(mod, "attach"):
+                attached = mod.attach(ctx, bpf)
+            elif "uprobes" in ctx.state:
+                attached = uprobes.attach(ctx, bpf)
+            else:
+                attached = _auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
@@ -140,6 +150,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 started = clock()
                 stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
                 elapsed = clock() - started
+                _note_comm_gone(ctx)
             else:
                 started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
             stats = read_stats(bpf)
@@ -154,7 +165,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             if bpf is not None and hasattr(mod, "detach"):
                 mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
             if bpf is not None:
-                bpf.cleanup()
+                problems = teardown.detach_all(bpf)
+                if result is not None:
+                    result["notes"] += [f"detach: {p}" for p in problems]
             if hasattr(mod, "cleanup"):
                 mod.cleanup(ctx)
     return result, code
@@ -171,7 +184,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
     """Sleeps in ticks until the time box ends, a signal arrives, the guardrail trips or the target exits."""
     show = err.isatty() if opts.progress is None else opts.progress
     last_line = 0.0
-    pid = ctx.values.get("pid")
+    pid = ctx.values.get("pid") or ctx.values.get("tid")
+    born = _start_time(pid) if pid else None
     try:
         while True:
             now = clock()
@@ -180,8 +194,9 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return signal.Signals(stopper.signal).name
             if left <= 0:
                 return "timeout"
-            if pid and not os.path.exists(f"/proc/{pid}"):
-                ctx.notes.append(f"target process {pid} exited {now - started:.1f}s into the run; ended early")
+            if pid and (born is None or _start_time(pid) != born):  # gone, a zombie, or its id reused
+                what = "process" if ctx.values.get("pid") else "thread"
+                ctx.notes.append(f"target {what} {pid} exited {now - started:.1f}s into the run; ended early")
                 return "target_exit"
             trip = meter.tick(now - started)
             if trip:
@@ -189,7 +204,7 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
                 stats = read_stats(bpf)
-                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"]
+                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"] + stats["buffer_lost"]
                 line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
                         f" | {lost} lost | {meter.progress()}")
                 err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
@@ -201,12 +216,38 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
             err.write("\n")
 
 
+def _note_comm_gone(ctx):
+    """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
+    comm = ctx.values.get("comm")
+    if comm is None:
+        return
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
+                    return
+        except OSError:
+            continue
+    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
+
+
+def _start_time(pid):
+    """The task's start time in clock ticks while it lives (not a zombie), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X", "x") else fields[19]
+
+
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
     params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
-    lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "other": stats["lost_other"]}
+    lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
+            "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),

@@ -11,7 +11,7 @@ what resolve the frames later, after the process is gone.
 import os
 import re
 
-from kit import elf as elfmod
+from kit import elf_unwind as elfmod
 
 _MAPS = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)")
 

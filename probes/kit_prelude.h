@@ -14,13 +14,17 @@
 #define KIT_SCOPE_COMM_ON {{scope_comm_on}}
 
 /* Self-accounting, read by kit for the progress line, the overhead meter and
- * the "lost" report. Per-CPU so counting never contends. */
+ * the "lost" report. Per-CPU so counting never contends. Every map insert,
+ * stack capture and buffer output that can fail checks its result and counts
+ * the failure here, so a loss is never silent (BCC's .increment() would drop
+ * it: templates use lookup_or_try_init and count instead). */
 enum kit_stat {
     KIT_EVENTS = 0,      /* events that passed the scope filter and were recorded */
     KIT_FILTERED = 1,    /* events the scope filter rejected */
     KIT_MAP_FULL = 2,    /* updates that failed because a map was full */
     KIT_STACK_LOST = 3,  /* stack captures that failed (-EFAULT, -EEXIST/-ENOMEM when the stack map is full) */
     KIT_LOST_OTHER = 4,  /* anything else a template could not record */
+    KIT_BUFFER_LOST = 5, /* perf/ring buffer outputs that failed: user space fell behind */
     KIT_STAT_MAX = 8,
 };
 BPF_PERCPU_ARRAY(kit_stats, u64, KIT_STAT_MAX);
@@ -87,4 +91,21 @@ static __always_inline int kit_in_scope(void)
         return 1;
     kit_count(KIT_FILTERED);
     return 0;
+}
+
+/* log2 histogram slot of v: 0 holds v == 0, slot k >= 1 holds [2^(k-1), 2^k - 1]
+ * (bpftrace's hist() buckets; kit.histo turns slots back into ranges). */
+#define KIT_LOG2_SLOTS 65
+static __always_inline int kit_log2_slot(u64 v)
+{
+    int r = 0;
+    if (!v)
+        return 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8)  { v >>= 8;  r += 8; }
+    if (v >> 4)  { v >>= 4;  r += 4; }
+    if (v >> 2)  { v >>= 2;  r += 2; }
+    if (v >> 1)  { r += 1; }
+    return r + 1;
 }

@@ -150,10 +150,12 @@ static __always_inline int ask(void *ctx, struct hint_key *k, struct start_t *s,
         if (bpf_probe_read_user(l->words, 16 * 8, (void *)sp))
             return 0;
     }
-    /* marked as asked only once delivered: until kit has opened the buffer, keep asking */
-    if (unwind_learn.perf_submit(ctx, l, sizeof(*l)))
+    /* marked as asked only once delivered: until kit has opened the buffer, keep asking
+     * (a full buffer is counted by kit's lost callback) */
+    if (unwind_learn.perf_submit(ctx, l, sizeof(*l)))  /* not lost: retried until delivered */
         return 0;
-    unwind_asked.update(k, &one);
+    if (unwind_asked.update(k, &one))
+        kit_count(KIT_MAP_FULL);  /* this site will be asked about again: costs, loses nothing */
     offcpu_count(OFFCPU_LEARN_SENT, 1);
     return 1;
 }

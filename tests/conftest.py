@@ -4,6 +4,7 @@ developer on a machine that cannot load BPF (never in CI, where CI=true)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,6 +62,12 @@ class KitProc:
                 return
         rest = self.p.stderr.read() if self.p.poll() is not None else ""
         raise AssertionError(f"kit did not attach: {''.join(self.err_lines)}{rest}")
+
+    def stop(self, timeout=120):
+        """Ctrl-C once the workload is done, so no event can fall outside the run's time box
+        however slow the box is; kit prints its results and exits 130."""
+        self.p.send_signal(signal.SIGINT)
+        return self.finish(timeout)
 
     def finish(self, timeout=120):
         out, err = self.p.communicate(timeout=timeout)

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kit import catalog, cfi, elf, flamegraph, guard, hidden_frames, stacks
+from kit import catalog, cfi, elf_unwind, flamegraph, guard, hidden_frames, stacks
 from kit.errors import ExitCode, Refused
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
@@ -20,7 +20,7 @@ REG = {"rax": 0, "rdx": 1, "rcx": 2, "rbx": 3, "rsi": 4, "rdi": 5, "rbp": cfi.RB
 @pytest.fixture(scope="module")
 def libc():
     f = open(LIBC, "rb")
-    yield elf.ElfFile(f)
+    yield elf_unwind.ElfFile(f)
     f.close()
 
 
@@ -188,12 +188,3 @@ def test_refuses_unscoped_sched_switch_on_busy_box():
 def test_a_scoped_run_passes_the_guardrail():
     recipe = catalog.load()["offcpu"]
     guard.check_before(_Ctx(recipe, {"comm": "pay-svc"}), _Opts(), io.StringIO())
-
-
-def test_cgroup_scope_resolves_in_the_cgroup2_mount(tmp_path):
-    from kit import params
-    mounts = tmp_path / "mounts"
-    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
-    assert params.cgroup2_root(str(mounts)) == "/sys/fs/cgroup/unified"
-    mounts.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")
-    assert params.cgroup2_root(str(mounts)) == "/sys/fs/cgroup"

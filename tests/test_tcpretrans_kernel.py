@@ -19,7 +19,7 @@ def _ns(tag):
 def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel, no_leftovers, hook, host):
     with retrans.netns(_ns("a")) as ns:
         inode = os.stat(f"/run/netns/{ns}").st_ino
-        kit = KitProc("run", "tcpretrans", "--netns", ns, "--hook", hook, "--for", "9s", "--json")
+        kit = KitProc("run", "tcpretrans", "--netns", ns, "--hook", hook, "--for", "60s", "--json")
         kit.wait_attached()
         seen = {}
 
@@ -27,11 +27,11 @@ def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel,
             with open(f"/proc/{pid}/comm") as f:
                 seen["comm"] = f.read().strip()
             seen["pid"] = pid
-            kit.finish()
+            kit.stop()
 
         cport, delta = retrans.provoke(ns, port=5601, hold=hold, host=host)
     res = kit.json()
-    assert kit.code == 0, kit.stderr
+    assert kit.code == 130, kit.stderr  # stopped by Ctrl-C once the workload's books were closed
     assert res["hook"].startswith(hook + " ")
     assert delta >= 3, f"the workload should provoke retransmits, kernel counted {delta}"
     flows = [r for r in res["rows"] if r["sport"] == cport and r["dport"] == 5601]
@@ -46,20 +46,21 @@ def test_counts_equal_kernel_counter_and_flow_is_attributed_to_its_owner(kernel,
 
 def test_port_scope_filters_in_the_kernel(kernel, no_leftovers):
     with retrans.netns(_ns("b")) as ns:
-        kit = KitProc("run", "tcpretrans", "--netns", ns, "--port", "5999", "--for", "9s", "--json")
+        kit = KitProc("run", "tcpretrans", "--netns", ns, "--port", "5999", "--for", "60s", "--json")
         kit.wait_attached()
-        _cport, delta = retrans.provoke(ns, port=5602, hold=lambda pid: kit.finish())
+        _cport, delta = retrans.provoke(ns, port=5602, hold=lambda pid: kit.stop())
     res = kit.json()
     assert delta >= 3
     assert res["rows"] == []
-    assert res["events"] == 0 and res["filtered"] == delta
+    # filtered also counts retransmits of other namespaces on this shared box (the port check comes first)
+    assert res["events"] == 0 and res["filtered"] >= delta
 
 
 def test_netns_scope_excludes_other_namespaces(kernel, no_leftovers):
     with retrans.netns(_ns("c")) as ns, retrans.netns(_ns("d")) as other:
-        kit = KitProc("run", "tcpretrans", "--netns", other, "--for", "9s", "--json")
+        kit = KitProc("run", "tcpretrans", "--netns", other, "--for", "60s", "--json")
         kit.wait_attached()
-        _cport, delta = retrans.provoke(ns, port=5603, hold=lambda pid: kit.finish())
+        _cport, delta = retrans.provoke(ns, port=5603, hold=lambda pid: kit.stop())
     res = kit.json()
     assert delta >= 3
     assert res["rows"] == [] and res["filtered"] >= delta

@@ -375,6 +375,9 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
                      "their user frames show as [unknown]")
     if w.lost_sightings:
         notes.append(f"{w.lost_sightings} new-process events were lost (perf buffer full)")
+    if w.lost_learn:
+        notes.append(f"{w.lost_learn} stack windows for caller recovery were lost (perf buffer full); "
+                     "their call sites are asked about again")
     if recovered[0]:
         notes.append(f"libc has no frame pointers, so the kernel's stack walk skips the function that called a "
                      f"libc wrapper; kit recovered it from libc's unwind tables in {recovered[0]} stack(s) "

@@ -1,0 +1,297 @@
+"""Generic, data-driven uprobe attach for recipes whose hook is a uprobe.
+
+The catalog says what to attach (`attach: [{fn, symbol, at}]`, `binary:` naming
+a parameter); this module decides where, checks every symbol before anything
+attaches, and attaches through BCC by file descriptor. BCC 0.26 opens uprobes
+with perf_event_open on the `uprobe` PMU (no tracefs `uprobe_events` entry),
+so a kill -9 of kit closes the fds and the kernel removes the probes.
+
+Where a probe goes:
+  --binary B            B, for every process that maps it (or only --pid/--comm's)
+  --pid P               the file in P's maps that defines the symbol (P's own libc)
+  --comm C              hot path: each running process named C, breakpoints in
+                        those processes only; otherwise the libcs they map plus
+                        kit's own, for every process, filtered in the kernel by
+                        comm (so processes started later are caught)
+  nothing               kit's own libc (hot path) or every libc on the box
+A hot-path recipe (guard.hot_path) attaches per process with a pid, so the
+kernel installs the breakpoint only in processes in scope: the rest of the box
+pays nothing, not even a trap and a filter.
+"""
+
+import dataclasses
+
+from kit import elf, features, targets
+from kit.errors import BadInput, CompileError, Unsupported
+
+HOOK_TYPES = ("uprobe", "uretprobe")
+
+# x86 instructions the kernel emulates at a uprobe instead of single-stepping
+# them out of line (arch/x86/kernel/uprobes.c: branch_setup_xol_ops,
+# push_setup_xol_ops). Measured here: ~0.6-0.9 us per hit emulated, ~10-15 us
+# single-stepped.
+X86_NOPS = (b"\x90", b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
+            b"\x66\x0f\x1f\x44\x00\x00", b"\x0f\x1f\x80\x00\x00\x00\x00", b"\x0f\x1f\x84\x00\x00\x00\x00\x00")
+LEGACY_PREFIXES = frozenset(b"\x66\x67\xf2\xf3\x2e\x36\x3e\x26\x64\x65\xf0")
+
+
+def first_insn_cost_class(code, machine=elf.EM_X86_64):
+    """'emulated' or 'single-step' for the instruction at the start of `code`;
+    'unknown' on other architectures."""
+    if machine not in (elf.EM_X86_64, elf.EM_386) or not code:
+        return "unknown"
+    b = code
+    if any(b.startswith(n) for n in X86_NOPS):
+        return "emulated"
+    i = 0
+    while i < len(b) and b[i] in LEGACY_PREFIXES:
+        i += 1
+    if i < len(b) and b[i] == 0x90:
+        return "emulated"  # prefix* + nop (pause included)
+    if 0x50 <= b[0] <= 0x57:
+        return "emulated"  # push reg
+    if machine == elf.EM_X86_64 and len(b) > 1 and b[0] == 0x41 and 0x50 <= b[1] <= 0x57:
+        return "emulated"  # push r8..r15
+    if b[0] in (0xE8, 0xE9, 0xEB) or 0x70 <= b[0] <= 0x7F:
+        return "emulated"  # call/jmp rel, jcc rel8
+    if len(b) > 1 and b[0] == 0x0F and 0x80 <= b[1] <= 0x8F:
+        return "emulated"  # jcc rel32
+    return "single-step"
+
+
+# Added time per hit in the traced process, ns, measured on this 2-CPU 6.18 VM
+# (NOTES; bench/uprobe_lock_cost.py): a trap whose instruction is emulated,
+# one that is single-stepped out of line, and a uretprobe's return trampoline.
+HIT_NS = {"emulated": 700, "single-step": 10000, "unknown": 10000}
+RETURN_NS = 700
+
+
+def cycle_cost_ns(probes, symbols=None):
+    """Estimated ns the traced code pays for one pass through `symbols` (all
+    probed symbols by default): one trap per probed function entry (shared by
+    its entry and return probes) plus the return trampoline of each uretprobe."""
+    entries, returns = {}, set()
+    for p in probes:
+        if symbols is not None and p.symbol not in symbols:
+            continue
+        entries[p.symbol] = HIT_NS.get(p.cost, HIT_NS["unknown"])
+        if p.at == "return":
+            returns.add(p.symbol)
+    return sum(entries.values()) + RETURN_NS * len(returns)
+
+
+def uprobe_first_insn_cost_class(binary, symbol):
+    """'emulated' (cheap, ~1 us per hit) or 'single-step' (~10-15 us per hit here)
+    for a uprobe at `symbol` in `binary`; 'unknown' off x86. BadInput if the
+    symbol is missing."""
+    sym = elf.function(binary, symbol)
+    _syms, machine = elf.lookup(binary, symbol)
+    with elf.Elf(binary) as e:
+        return first_insn_cost_class(e.read_at(sym.addr, 16), machine)
+
+
+@dataclasses.dataclass
+class Probe:
+    fn: str            # C function in the template
+    at: str            # entry or return
+    symbol: str
+    open_path: str     # what BCC and the kernel open
+    shown: str         # the file as the target sees it
+    addr: int          # the symbol's virtual address in that file
+    offset: int        # its file offset: what the kernel's uprobe is keyed on
+    pid: int           # -1: every process mapping the file
+    cost: str          # emulated / single-step / unknown
+    insn: str          # first bytes, hex, for the record
+
+    def as_dict(self):
+        return {"symbol": self.symbol, "at": self.at, "binary": self.shown, "pid": self.pid,
+                "first_insn": self.insn, "cost_class": self.cost}
+
+
+def symbol_of(ctx, attach):
+    if attach.symbol.startswith("="):
+        return attach.symbol[1:]
+    return ctx.value(attach.symbol)
+
+
+def _search_order(mappings):
+    """Where a symbol is looked up in one process: the executable, then
+    libpthread and libc (where the pthread and resolver functions live), then
+    the other libraries, as the dynamic linker would mostly bind them."""
+    def rank(m):
+        if m.is_exe:
+            return 0
+        if targets.is_libpthread(m.path):
+            return 1
+        if targets.is_libc(m.path):
+            return 2
+        return 3
+    return sorted(mappings, key=rank)
+
+
+def _sites(ctx):
+    """[(pid or -1, [candidate Mappings in search order], what)]: where each symbol is looked up."""
+    per_process = ctx.recipe.guard.hot_path
+    binary_path = ctx.value(ctx.hook.binary) if ctx.hook.binary else None
+    pid = ctx.value("pid") if "pid" in ctx.recipe.params else None
+    comm = ctx.value("comm") if "comm" in ctx.recipe.params else None
+
+    def comm_pids():
+        found = targets.pids_by_comm(comm)
+        if not found:
+            raise BadInput(f"no running process is named {comm!r}",
+                           f"{ctx.recipe.name} attaches to running processes: start it first, check the name with "
+                           "`ps -eo comm`, or give --binary PATH to trace every process of that executable")
+        return found
+
+    if binary_path:
+        binary = targets.user_binary(binary_path)
+        wanted = [pid] if pid else (comm_pids() if comm and per_process else [])
+        if not wanted:
+            return [(-1, [binary], binary_path)]
+        sites = []
+        for p in wanted:
+            m = targets.find_mapping(p, binary)
+            if m is None:
+                if pid:
+                    raise BadInput(f"process {p} does not map {binary_path}",
+                                   f"check `grep {binary_path.rsplit('/', 1)[-1]} /proc/{p}/maps`; "
+                                   "or drop --binary to use the file the process maps")
+                continue
+            sites.append((p, [m], f"pid {p}"))
+        if not sites:
+            raise BadInput(f"no process named {comm!r} maps {binary_path}",
+                           "drop --binary to use the files those processes map")
+        return sites
+    if pid:
+        return [(pid, _search_order(targets.mapped_files(pid)), f"pid {pid}")]
+    if comm and per_process:
+        found = comm_pids()
+        ctx.notes.append(f"traced the {len(found)} process{'es' if len(found) > 1 else ''} named {comm!r} running "
+                         "when kit attached; processes started later are not traced (--binary PATH covers them)")
+        return [(p, _search_order(targets.mapped_files(p)), f"pid {p}") for p in found]
+    if comm:
+        libcs = {}
+        for m in [targets.host_libc()] + [targets.libc_of(p) for p in targets.pids_by_comm(comm)]:
+            if m is not None:
+                libcs.setdefault((m.dev, m.ino), m)
+        return [(-1, [m], "every process") for m in libcs.values()]
+    libcs = [targets.host_libc()] if per_process else targets.all_libcs()
+    return [(-1, [m], "every process") for m in libcs]
+
+
+def plan(ctx):
+    """Resolves every attach point to (file, address, pid) and checks it, before
+    anything attaches. Stores the probes in ctx.state['uprobes']."""
+    probes, missing_optional = [], set()
+    for pid, candidates, _what in _sites(ctx):
+        if not candidates:
+            raise BadInput(f"cannot read the memory map of process {pid}",
+                           "it exited, or kit lacks the privilege to read /proc/PID/maps")
+        for a in ctx.hook.attach:
+            name = symbol_of(ctx, a)
+            if not name:
+                raise BadInput(f"no symbol given for {a.fn}", f"give --{a.symbol.replace('_', '-')} NAME")
+            found = None
+            for m in candidates:
+                try:
+                    syms, _machine = elf.lookup(m.open_path, name)
+                except elf.ElfError:
+                    continue
+                if syms:
+                    found = m
+                    break
+            if found is None:
+                if a.optional:
+                    missing_optional.add(name)
+                    continue
+                where = candidates[0].shown if len(candidates) == 1 else \
+                    f"process {pid} (its executable and {len(candidates) - 1} libraries)"
+                raise BadInput(f"symbol {name!r} is not defined in {where}",
+                               f"check the name with `nm -D FILE | grep -w {name}` (or `nm` for static functions);"
+                               " give --binary PATH for the file that defines it")
+            sym = elf.function(found.open_path, name, found.shown)
+            _syms, machine = elf.lookup(found.open_path, name)
+            with elf.Elf(found.open_path) as e:
+                code, offset = e.read_at(sym.addr, 16), e.file_offset(sym.addr)
+            probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
+                                addr=sym.addr, offset=offset, pid=pid, cost=first_insn_cost_class(code, machine),
+                                insn=code[:8].hex(" ")))
+    ctx.state["uprobes"] = probes
+    for name in sorted(missing_optional):
+        ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")
+    slow = sorted({p.symbol for p in probes if p.cost == "single-step"})
+    if slow:
+        ctx.notes.append(f"{', '.join(slow)} start{'s' if len(slow) == 1 else ''} with an instruction the kernel "
+                         "single-steps at a uprobe: each call pays ~10-15 us here, not ~1 us")
+    return probes
+
+
+def _attach_fn():
+    """libbcc's bpf_attach_uprobe with its real signature. BCC 0.26's Python
+    binding declares six arguments where the C function takes seven, so
+    ref_ctr_offset is whatever lies on the stack (iovisor/bcc#5236): the kernel
+    then refuses the probe when another tool holds the same address with 0
+    ("ref_ctr_offset mismatch" in dmesg), or takes the stray value for a USDT
+    semaphore to increment in the target. kit passes 0."""
+    import ctypes as ct
+    from bcc import libbcc
+    f = libbcc.lib["bpf_attach_uprobe"]  # a fresh function object: BCC's own binding is left alone
+    f.restype = ct.c_int
+    f.argtypes = [ct.c_int, ct.c_int, ct.c_char_p, ct.c_char_p, ct.c_ulonglong, ct.c_int, ct.c_uint32]
+    return f
+
+
+def attach_one(bpf, path, offset, fn_name, ret=False, pid=-1, tag=""):
+    """One uprobe (or uretprobe) at a file offset, by perf_event_open on the
+    uprobe PMU through libbcc; registered with BCC so cleanup() closes it.
+    Returns False if the kernel refused it."""
+    from bcc import BPF
+    if not features.pmu("uprobe"):
+        # libbcc would fall back to named events in tracefs, which a kill -9 leaves behind
+        raise Unsupported("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe)",
+                          "kit attaches uprobes only by file descriptor; use a kernel >= 4.17")
+    fn = bpf.load_func(fn_name.encode(), BPF.KPROBE)
+    ev_name = b"kit_%s%s_%s_0x%x" % (b"r" if ret else b"p", tag.encode(), fn_name.encode(), offset)
+    fd = _attach_fn()(fn.fd, 1 if ret else 0, ev_name, path.encode(), offset, pid, 0)
+    if fd < 0:
+        return False
+    bpf._add_uprobe_fd(ev_name, fd)  # BCC's key for cleanup()
+    return True
+
+
+def attach(ctx, bpf):
+    """Attaches the planned probes. A process that exited since planning is
+    skipped; anything else is an error (the run engine then detaches whatever
+    did attach)."""
+    import os
+    done, gone = [], set()
+    for i, p in enumerate(ctx.state["uprobes"]):
+        if not attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i)):
+            if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
+                gone.add(p.pid)
+                continue
+            raise CompileError(f"could not attach a uprobe to {p.symbol} in {p.shown} (pid {p.pid})",
+                               "run `kit doctor`; `dmesg | tail` may say why the kernel refused it")
+        done.append(p)
+    for pid in sorted(gone):
+        ctx.notes.append(f"process {pid} exited before kit attached; it is not traced")
+    if not done:
+        raise CompileError("no uprobe could be attached (every target process exited)",
+                           "start the process again and rerun kit")
+    ctx.state["uprobes_attached"] = done
+    return describe(done)
+
+
+def describe(probes):
+    syms = ", ".join(dict.fromkeys(p.symbol for p in probes))
+    files = sorted({p.shown for p in probes})
+    pids = sorted({p.pid for p in probes if p.pid > 0})
+    who = f"pid {', '.join(map(str, pids))}" if pids else "every process"
+    where = files[0] if len(files) == 1 else f"{len(files)} files"
+    return f"{len(probes)} uprobes ({syms}) in {where}, {who}"
+
+
+def summary(ctx):
+    """What was attached, for the result: file, symbol, pid and cost class of each probe."""
+    return [p.as_dict() for p in ctx.state.get("uprobes_attached", ctx.state.get("uprobes", []))]

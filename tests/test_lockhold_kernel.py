@@ -1,0 +1,216 @@
+"""lockhold on the real kernel, against the workload's own books and bpftrace.
+
+The workload starts (or starts working) after kit has attached and finishes
+well inside the time box, so every count is exact.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import KitProc, orphan_progs, loaded_prog_ids
+from kit import features, histo
+from workloads import lockwork
+
+pytestmark = [pytest.mark.kernel, pytest.mark.slow]
+
+LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+SLOW_MS = 17  # lands in [16384, 32767] us with 15 ms of slack for a busy box
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    return lockwork.build(str(tmp_path_factory.mktemp("lockhold")), f"lkh{os.getpid() % 100000}")
+
+
+def hist_count(buckets, low):
+    return sum(b["count"] for b in buckets if b["low"] == low)
+
+
+def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(kernel, no_leftovers, binary):
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--for", "10s", "--json")
+    kit.wait_attached()
+    peer = lockwork.Bpftrace(f"uretprobe:{binary}:pool_lock {{ @h[tid] = nsecs; }} "
+                             f"uprobe:{binary}:pool_unlock /@h[tid]/ {{ @n = count(); "
+                             f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
+    w = lockwork.Workload(binary, threads=4, fast=3000, slow=4, slow_ms=SLOW_MS, lookups=["localhost:6"])
+    book = w.wait_report()
+    w.finish()
+    bt = peer.stop()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+
+    slow_slot = str(histo.slot_of(SLOW_MS * 1000))
+    assert book["holds"] == 3000 + 4 + 6 and book["hold_slots"].get(slow_slot) == 4, book
+    hold = next(r for r in res["rows"] if r["what"] == "hold")
+    wait = next(r for r in res["rows"] if r["what"] == "wait")
+    assert hold["pid"] == w.pid and hold["count"] == book["holds"]
+    assert wait["count"] == book["waits"]
+    # the slow holds land in the same log2 bucket for kit, the workload and bpftrace
+    low = histo.slot_range(int(slow_slot))[0]
+    assert hist_count(res["histograms"]["hold_us"], low) == book["hold_slots"][slow_slot]
+    assert lockwork.bpftrace_hist(bt, "us").get(low) == book["hold_slots"][slow_slot]
+    assert lockwork.bpftrace_counts(bt, "n") == {None: book["holds"]}
+    # kit's probe points sit just outside the workload's own clocks: holds can only be longer, waits shorter
+    assert hold["total_us"] >= book["hold_total_us"] and hold["max_us"] >= book["hold_max_us"]
+    assert wait["total_us"] <= book["wait_total_us"]
+    assert res["lost_events"] == 0 and res["unmatched"] == {"unlock_without_hold": 0, "return_without_entry": 0}
+    assert {u["cost_class"] for u in res["uprobes"]} == {"emulated"}
+
+
+def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processes_pay_nothing(
+        kernel, no_leftovers, binary):
+    target = lockwork.Workload(binary, threads=4, fast=2000, slow=2, slow_ms=SLOW_MS, gate=True, hold_gate=True)
+    other = lockwork.Workload(binary, threads=2, fast=500, slow=0, slow_ms=1, gate=True, hold_gate=True)
+    try:
+        kit = KitProc("run", "lockhold", "--pid", str(target.pid), "--for", "8s", "--json")
+        kit.wait_attached()
+        peer = lockwork.Bpftrace(f"uprobe:{LIBC}:pthread_mutex_lock /pid == {target.pid}/ {{ @locks = count(); }}")
+        target.go()
+        other.go()
+        book = target.wait_report()
+        other.wait_report()
+        bt = peer.stop()
+        kit.finish()  # the targets stay alive (hold_gate) so their exit paths add no locks
+    finally:
+        target.finish()
+        other.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    hold = [r for r in res["rows"] if r["what"] == "hold"]
+    assert [(r["pid"], r["count"]) for r in hold] == [(target.pid, book["holds"])]
+    assert lockwork.bpftrace_counts(bt, "locks") == {None: book["holds"]}
+    low = histo.slot_range(histo.slot_of(SLOW_MS * 1000))[0]
+    assert hist_count(res["histograms"]["hold_us"], low) == 2
+    # breakpoints went only into the target: the other process was never even filtered
+    assert res["filtered"] == 0
+    probes = res["uprobes"]
+    assert {(p["symbol"], p["pid"]) for p in probes} == {("pthread_mutex_lock", target.pid),
+                                                         ("pthread_mutex_unlock", target.pid)}
+    assert all(os.path.samefile(p["binary"], LIBC) for p in probes)
+    assert {p["cost_class"] for p in probes} == {"single-step"}
+    assert any("single-steps" in n for n in res["notes"])
+
+
+def _check_top_stack(res, pid, book, slow):
+    top = res["stacks"][0]
+    assert top["pid"] == pid and top["count"] == slow
+    assert any(f.startswith("slow_path+") for f in top["frames"]), top["frames"]
+    assert sum(s["count"] for s in res["stacks"]) == book["holds"]
+    assert res["lost"]["stack_lost"] == 0
+
+
+def test_stacks_name_the_holder_of_a_process_that_exited_before_the_end(kernel, no_leftovers, binary):
+    # --pid: kit reads the process's symbols when it attaches, so names survive the exit
+    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS, gate=True)
+    kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--stacks", "--for", "20s", "--json")
+    kit.wait_attached()
+    w.go()
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0 and res["stopped_by"] == "target_exit", kit.stderr
+    _check_top_stack(res, w.pid, book, 3)
+
+
+def test_stacks_name_the_holder_of_a_process_kit_never_saw_alive(kernel, no_leftovers, binary):
+    # --binary: the process starts after attach and exits before the end; frames in the probed
+    # file are named from its symbol table and the load base the probe saw
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--stacks", "--for", "8s", "--json")
+    kit.wait_attached()
+    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS)
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    _check_top_stack(res, w.pid, book, 3)
+
+
+def test_comm_resolves_to_the_running_processes_and_their_own_libc(kernel, no_leftovers, binary, tmp_path):
+    root = lockwork.rootfs(str(tmp_path), binary, {"localhost": "127.0.0.1"})
+    w = lockwork.Workload(binary, threads=2, fast=300, slow=0, slow_ms=1, gate=True, hold_gate=True, chroot=root)
+    try:
+        kit = KitProc("run", "lockhold", "--comm", os.path.basename(binary), "--for", "6s", "--json")
+        kit.wait_attached()
+        w.go()
+        book = w.wait_report()
+        kit.finish()
+    finally:
+        w.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    assert [(r["pid"], r["count"]) for r in res["rows"] if r["what"] == "hold"] == [(w.pid, book["holds"])]
+    # the chroot's own copy of libc (kit sees a chroot's files under its own root), not the host's
+    files = {p["binary"] for p in res["uprobes"]}
+    assert files == {os.path.join(root, "lib/x86_64-linux-gnu/libc.so.6")}
+    assert not os.path.samefile(files.pop(), LIBC)
+
+
+def test_sigkill_leaves_no_probe_in_tracefs_and_no_program_loaded(kernel, no_leftovers, binary):
+    before = loaded_prog_ids()
+    events = os.path.join(features.tracefs(), "uprobe_events")
+    with open(events) as f:
+        ev_before = f.read()
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--for", "60s")
+    kit.wait_attached()
+    with open(events) as f:
+        assert f.read() == ev_before, "kit created a named uprobe event"
+    assert orphan_progs(before) == set() and loaded_prog_ids() - before, "kit's programs should be loaded and owned"
+    kit.p.send_signal(signal.SIGKILL)
+    kit.p.wait(timeout=10)
+    # the kernel drops the probes with the last fd: a workload run now is not traced by anyone
+    w = lockwork.Workload(binary, threads=1, fast=10, slow=0, slow_ms=1)
+    w.wait_report()
+    w.finish()
+    for _ in range(30):
+        if not orphan_progs(before):
+            break
+        time.sleep(0.1)
+    assert orphan_progs(before) == set()
+
+
+def test_nested_locks_are_paired_by_lock_object_and_a_full_map_is_counted_exactly(kernel, no_leftovers, binary):
+    nested = 10240 + 60  # 60 more held locks than the holding map's 10240 entries
+    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
+                  "--for", "10s", "--json")
+    kit.wait_attached()
+    w = lockwork.Workload(binary, threads=1, fast=5, slow=0, slow_ms=1, nested=nested)
+    book = w.wait_report()
+    w.finish()
+    kit.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    assert book["nested"] == nested and book["holds"] == 5
+    hold = next(r for r in res["rows"] if r["what"] == "hold")
+    wait = next(r for r in res["rows"] if r["what"] == "wait")
+    assert wait["count"] == 5 + nested                      # every lock call was measured
+    assert hold["count"] == 5 + 10240                       # every hold that fit in the map
+    assert res["lost"]["map_full"] == 60                    # the rest were counted, not silently dropped
+    assert res["unmatched"]["unlock_without_hold"] == 60
+    assert any("60 unlocks had no recorded hold" in n for n in res["notes"])
+
+
+def test_sigint_prints_what_was_measured_and_detaches(kernel, no_leftovers, binary):
+    w = lockwork.Workload(binary, threads=2, fast=300, slow=0, slow_ms=1, gate=True, hold_gate=True)
+    try:
+        kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
+                      "--for", "60s", "--json")
+        kit.wait_attached()
+        w.go()
+        book = w.wait_report()
+        kit.p.send_signal(signal.SIGINT)
+        kit.finish()
+    finally:
+        w.finish()
+    res = kit.json()
+    assert kit.code == 130 and res["stopped_by"] == "SIGINT"
+    assert next(r for r in res["rows"] if r["what"] == "hold")["count"] == book["holds"]
