@@ -1,6 +1,6 @@
 """kit's benchmarks against bpftrace and bcc's tools: `sudo ./bench/run`.
 
-    python -m bench [--quick] [--only RECIPE,...] [--kinds hook,start,footprint] [--out FILE]
+    python -m bench [--quick] [--only RECIPE,...] [--kinds hook,footprint] [--out FILE] [--reps N]
 
 Builds the workloads into bench/out/, runs each case alternating kit and its
 peers, and writes RESULTS.md (bench/RESULTS.md by default; --quick writes
@@ -14,17 +14,18 @@ import sys
 import time
 
 from bench import bpfstats, report, suite
-from bench.cases import StartCase, log
+from bench.cases import log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("hook", "start", "footprint")
+KINDS = ("hook", "footprint")  # the start-up is timed at every tool start of the hook cases
 
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one repetition, tiny workloads (the smoke test)")
     p.add_argument("--only", default=",".join(suite.RECIPES), help="recipes to bench, comma-separated")
-    p.add_argument("--kinds", default=",".join(KINDS), help="which kinds of case: hook, start, footprint")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="which kinds of case: hook (per-event cost, and start-up), footprint")
     p.add_argument("--out", default=None, help="where to write the results (markdown)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 7; 1 with --quick)")
     a = p.parse_args(argv)
@@ -55,37 +56,32 @@ def main(argv=None):
     meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
     hooks, starts, footprints = {}, {}, {}
     built = {name: suite.RECIPES[name](outdir, mode) for name in a.only}
-    if "start" in a.kinds:
-        for name, (_hook, tools, _fp) in built.items():
-            log(f"start-up: {name}")
-            starts[name] = StartCase(name, tools, "kit").run(mode.start_reps, warm=mode.warm)
-        log("start-up: references")
-        starts["(reference)"] = StartCase("reference", suite.references(), "").run(mode.start_reps, warm=mode.warm)
     if "hook" in a.kinds:
-        for name, (hook, _tools, _fp) in built.items():
-            with _prepared(hook.workload):
-                hooks[name] = hook.run(mode.reps, warm=mode.warm)
+        for name, r in built.items():
+            with _prepared(r.hook.workload):
+                hooks[name] = r.hook.run(mode.reps, warm=mode.warm)
+        log("start-up: reference programs")
+        starts["(reference)"] = suite.references().run(mode.start_reps, warm=mode.warm)
     if "footprint" in a.kinds:
-        for name, (_hook, _tools, fp) in built.items():
-            with _prepared(fp.workload):
-                footprints[name] = fp.run(mode.footprint_reps)
+        for name, r in built.items():
+            with _prepared(r.footprint.workload):
+                footprints[name] = r.footprint.run(mode.footprint_reps)
     meta["load_end"] = report.loadavg()
     meta["minutes"] = (time.monotonic() - t0) / 60
     meta["sysctl_on"] = bpfstats.sysctl_on()
+    raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
+        outdir, "results.quick.json" if a.quick else "results.json")
+    with open(raw, "w") as f:  # first, so that the samples survive a bug in the report
+        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints)}, f, indent=1, default=str)
     text = report.render(meta, hooks, starts, footprints, mode)
     with open(out, "w") as f:
         f.write(text)
-    raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
-        outdir, "results.quick.json" if a.quick else "results.json")
-    with open(raw, "w") as f:
-        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints)}, f, indent=1, default=str)
     log(f"wrote {out} and {raw} in {meta['minutes']:.1f} min")
     return 0
 
 
 def _prepared(workload):
-    import contextlib
-    return workload.prepared() if hasattr(workload, "prepared") else contextlib.nullcontext()
+    return workload.prepared()
 
 
 if __name__ == "__main__":

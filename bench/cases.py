@@ -2,15 +2,22 @@
 inside every repetition (the order rotates from one repetition to the next):
 
   HookCase       per-event cost on one workload: the program body from
-                 bpf_stats, and the workload's wall-clock slowdown against a
-                 bare run in the same repetition; plus kit with a scope that
+                 bpf_stats, and the workload's CPU time and wall clock against
+                 a bare run in the same repetition; plus kit with a scope that
                  rejects every event, against an empty program on that hook
-  StartCase      seconds from exec to the tool's "attached" line, warm
+  StartCase      seconds from exec to the "attached" line of tools that need no
+                 workload (the reference programs); every HookCase tool start
+                 is timed the same way
   FootprintCase  the tool's own CPU and peak memory over an aggregating run
                  on a busy workload
+
+A tool is built by a factory from the workload's target (its pid, comm,
+binary), since some tools attach to one process.
 """
 
 import dataclasses
+import json
+import sys
 import time
 
 from bench import bpfstats
@@ -19,19 +26,17 @@ from bench.stats import Figure
 
 
 def rotate(items, rep):
-    k = rep % len(items)
+    k = rep % len(items) if items else 0
     return items[k:] + items[:k]
 
 
 def log(msg):
-    import sys
     sys.stderr.write(f"bench: {msg}\n")
     sys.stderr.flush()
 
 
-def _kit_json(tool):
+def kit_json(tool):
     """kit's own --json result (it prints it when stopped by SIGINT), or None."""
-    import json
     for line in reversed(tool.stdout.strip().splitlines()):
         if line.startswith("{"):
             try:
@@ -41,81 +46,90 @@ def _kit_json(tool):
     return None
 
 
+def _try_once(workload, label, make, failed, context):
+    """Starts and stops a tool once, untimed: warms caches, and finds a tool that cannot run here."""
+    try:
+        with workload.session() as target:
+            t = make(target)
+            t.start()
+            t.stop()
+    except ToolFailed as e:
+        failed[label] = str(e)
+        log(f"{context}: {label} cannot run here: {e}")
+
+
 @dataclasses.dataclass
 class HookCase:
     name: str
     workload: object
     hook: str                     # kit's rung here, e.g. "raw_tracepoint sched_switch"
-    kit: object                   # () -> Tool: kit recording every workload event
-    peers: dict                   # label -> () -> Tool doing the same job
-    filtered: dict                # label -> () -> Tool: kit scoped so that it rejects every workload event
-    empty: object                 # () -> Tool: an empty program on kit's hook
+    kit: object                   # target -> Tool: kit recording every workload event
+    peers: dict                   # label -> (target -> Tool) doing the same job
+    filtered: dict                # label -> (target -> Tool): kit scoped so that it rejects every workload event
+    empty: object                 # target -> Tool: an empty program on kit's hook
+    extras: dict = dataclasses.field(default_factory=dict)       # other kit variants, reported without a target
+    unavailable: dict = dataclasses.field(default_factory=dict)  # peer label -> why there is none to run
     kit_label: str = "kit"
     empty_label: str = "empty program"
-    wall_runs: int = 3            # the wall clock is the fastest of these: interference only ever adds
+    wall_runs: int = 3            # timed rounds per tool start; the least is kept (interference only adds)
 
     def variants(self):
-        v = {self.kit_label: self.kit, **self.peers, **self.filtered, self.empty_label: self.empty}
-        return v
+        return {self.kit_label: self.kit, **self.peers, **self.extras, **self.filtered, self.empty_label: self.empty}
 
     def run(self, reps, warm=True):
         variants = self.variants()
         failed = {}
-        if warm:  # caches warm, and a peer that cannot run here is found once, before the timed runs
+        if warm:
             for label, make in variants.items():
-                try:
-                    t = make()
-                    t.start()
-                    t.stop()
-                except ToolFailed as e:
-                    failed[label] = str(e)
-                    log(f"{self.name}: {label} cannot run here: {e}")
+                _try_once(self.workload, label, make, failed, self.name)
         labels = ["bare"] + [v for v in variants if v not in failed]
         rows = {label: [] for label in labels}
         for rep in range(reps):
             for label in rotate(labels, rep):
                 log(f"{self.name} rep {rep + 1}/{reps}: {label}")
-                if label == "bare":
-                    sec, ev, cpu, _all = self._wall()
-                    rows[label].append({"seconds": sec, "events": ev, "cpu_per_event": cpu})
-                    continue
                 try:
-                    rows[label].append(self._measure(variants[label]))
+                    rows[label].append(self._measure(variants.get(label)))
                 except ToolFailed as e:
                     failed.setdefault(label, str(e))
                     rows[label].append(None)
                     log(f"{self.name}: {label} failed: {e}")
         return HookResult(self, rows, failed)
 
-    def _wall(self):
-        """Over `wall_runs` runs (interference only ever adds, so the least is the best estimate):
-        the fastest run's (seconds, events), the least CPU seconds per event, and all runs' events."""
-        runs = [self.workload.run() for _ in range(self.wall_runs)]
+    def _rounds(self, target):
+        """Over `wall_runs` rounds: the fastest round's (seconds, events), the least CPU seconds
+        per event, and all rounds' events."""
+        runs = [target.run() for _ in range(self.wall_runs)]
         sec, ev, _cpu = min(runs)
-        cpu = min(c / e for _s, e, c in runs if e) if any(e for _s, e, _c in runs) else None
-        return sec, ev, cpu, sum(e for _s, e, _c in runs)
+        per = [c / e for _s, e, c in runs if e]
+        return sec, ev, (min(per) if per else None), sum(e for _s, e, _c in runs)
 
     def _measure(self, make):
-        tool = make()
-        tool.start()
-        try:
-            sec, ev, cpu, wall_events = self._wall()  # run-time statistics off, as in production
-            ids = bpfstats.prog_ids(tool.pid)
-            sysctl = bpfstats.sysctl_on()
-            with bpfstats.enabled():
-                before = bpfstats.snapshot(ids)
-                _sec2, ev2, _cpu2 = self.workload.run()
-                after = bpfstats.snapshot(ids)
-        finally:
-            tool.stop()
+        """One variant in one repetition; make is None for the bare run."""
+        with self.workload.session() as target:
+            if make is None:
+                sec, ev, cpu, _all = self._rounds(target)
+                return {"seconds": sec, "events": ev, "cpu_per_event": cpu}
+            tool = make(target)
+            tool.start()
+            try:
+                sec, ev, cpu, round_events = self._rounds(target)  # run-time statistics off, as in production
+                ids = bpfstats.prog_ids(tool.pid)
+                sysctl = bpfstats.sysctl_on()
+                with bpfstats.enabled():
+                    before = bpfstats.snapshot(ids)
+                    _sec2, ev2, _cpu2 = target.run()
+                    after = bpfstats.snapshot(ids)
+            finally:
+                tool.stop()
         ns, cnt = bpfstats.delta(before, after)
-        kit = _kit_json(tool)
-        return {"seconds": sec, "events": ev, "cpu_per_event": cpu, "body_ns": ns / cnt if cnt else None, "runs": cnt,
-                "stats_events": ev2, "progs": sorted(n for _t, _c, n in after.values()),
-                "sysctl_on": sysctl, "all_events": wall_events + ev2,
+        kit = kit_json(tool)
+        return {"seconds": sec, "events": ev, "cpu_per_event": cpu, "body_ns": ns / ev2 if ev2 else None,
+                "body_ns_per_run": ns / cnt if cnt else None, "runs": cnt, "stats_events": ev2,
+                "progs": sorted(n for _t, _c, n in after.values()), "sysctl_on": sysctl,
+                "all_events": round_events + ev2,
                 "kit_events": kit.get("events") if kit else None,
                 "kit_filtered": kit.get("filtered") if kit else None,
-                "kit_stopped_by": kit.get("stopped_by") if kit else None}
+                "kit_stopped_by": kit.get("stopped_by") if kit else None, "ready_s": tool.ready_s}
 
 
 class HookResult:
@@ -130,6 +144,7 @@ class HookResult:
         return out
 
     def body_ns(self, label):
+        """Program run time per workload event (all the tool's programs: some hook several probes per event)."""
         return Figure(self._per_rep(label, lambda r, b: r["body_ns"]), "ns")
 
     def added_ns(self, label):
@@ -141,6 +156,10 @@ class HookResult:
     def slowdown_pct(self, label):
         return Figure(self._per_rep(label, lambda r, b: 100.0 * (r["seconds"] / b["seconds"] - 1)), "%")
 
+    def ready_s(self, label):
+        """Seconds from exec to the tool's "attached" line, at each start in the repetitions."""
+        return Figure([r["ready_s"] if r else None for r in self.rows.get(label, [])], "s")
+
     def bare_seconds(self):
         return Figure([r["seconds"] for r in self.rows["bare"]], "s")
 
@@ -148,11 +167,12 @@ class HookResult:
         return Figure([r["events"] for r in self.rows["bare"]])
 
     def runs_per_event(self, label):
-        """Program runs per workload event while statistics were on: ≥ 1 when the program saw the workload."""
+        """Program runs per workload event while timed: the probes per event, or more when the
+        program also saw other processes' events."""
         return Figure(self._per_rep(label, lambda r, b: r["runs"] / r["stats_events"] if r["stats_events"] else None))
 
     def kit_seen(self, label, key="kit_events"):
-        """kit's own count (recorded or filtered) over the workload's events in the same runs."""
+        """kit's own count (recorded or filtered) over the workload's events in the same rounds."""
         return Figure(self._per_rep(label, lambda r, b: r[key] / r["all_events"]
                                     if r.get(key) is not None and r["all_events"] else None))
 
@@ -166,43 +186,42 @@ class HookResult:
 @dataclasses.dataclass
 class StartCase:
     name: str
-    tools: dict          # label -> () -> Tool
-    kit_label: str
+    workload: object
+    tools: dict          # label -> (target -> Tool)
+    unavailable: dict = dataclasses.field(default_factory=dict)
 
     def run(self, reps, warm=True):
         labels = list(self.tools)
         failed = {}
         if warm:
             for label in labels:
-                try:
-                    t = self.tools[label]()
-                    t.start()
-                    t.stop()
-                except ToolFailed as e:
-                    failed[label] = str(e)
-                    log(f"start-up: {label} cannot run here: {e}")
+                _try_once(self.workload, label, self.tools[label], failed, f"start-up {self.name}")
         ok = [x for x in labels if x not in failed]
         samples = {x: [] for x in ok}
         for rep in range(reps):
             for label in rotate(ok, rep):
-                t = self.tools[label]()
-                try:
-                    samples[label].append(t.start())
-                except ToolFailed as e:
-                    failed.setdefault(label, str(e))
-                    samples[label].append(None)
-                finally:
-                    t.stop() if t.p else None
-        return {"figures": {x: Figure(s, "s") for x, s in samples.items()}, "failed": failed}
+                with self.workload.session() as target:
+                    t = self.tools[label](target)
+                    try:
+                        samples[label].append(t.start())
+                    except ToolFailed as e:
+                        failed.setdefault(label, str(e))
+                        samples[label].append(None)
+                    finally:
+                        if t.p is not None:
+                            t.stop()
+        return {"figures": {x: Figure(s, "s") for x, s in samples.items()}, "failed": failed,
+                "unavailable": self.unavailable}
 
 
 @dataclasses.dataclass
 class FootprintCase:
     name: str
     workload: object
-    tools: dict          # label -> () -> Tool
-    kit_label: str
+    tools: dict          # label -> (target -> Tool)
     seconds: float
+    unavailable: dict = dataclasses.field(default_factory=dict)
+    settle_s: float = 0.5
 
     def run(self, reps):
         labels = list(self.tools)
@@ -218,52 +237,32 @@ class FootprintCase:
         return FootprintResult(self, rows, failed)
 
     def _measure(self, label, failed):
-        busy = self.workload.busy()
-        tool = self.tools[label]()
-        try:
-            time.sleep(0.5)
-            tool.start()
-            c0, w0 = tool.cpu_s(), time.monotonic()
-            time.sleep(self.seconds)
-            c1, w1 = tool.cpu_s(), time.monotonic()
-            tool.stop()
-        except ToolFailed as e:
-            failed[label] = str(e)
-            return None
-        finally:
-            if tool.p is not None:
+        with self.workload.busy() as target:
+            tool = self.tools[label](target)
+            try:
+                time.sleep(self.settle_s)  # the load is up before the tool starts
+                tool.start()
+                c0, w0 = tool.cpu_s(), time.monotonic()
+                time.sleep(self.seconds)
+                c1, w1 = tool.cpu_s(), time.monotonic()
                 tool.stop()
-            _stop_busy(busy)
-        kit = _kit_json(tool)
+            except ToolFailed as e:
+                failed[label] = str(e)
+                return None
+            finally:
+                if tool.p is not None:
+                    tool.stop()
+        kit = kit_json(tool)
         return {"steady_cpu_pct": 100.0 * (c1 - c0) / (w1 - w0), "total_cpu_s": tool.total_cpu_s(),
                 "peak_mb": tool.peak_rss_mb(), "ready_s": tool.ready_s, "seconds": w1 - w0,
                 "kit_events": kit.get("events") if kit else None}
-
-
-def _stop_busy(p):
-    """Stops a background load we started (its own process group: the shell loop and its child)."""
-    import os
-    import signal
-    try:
-        os.killpg(p.pid, signal.SIGKILL) if _own_group(p) else p.kill()
-    except ProcessLookupError:
-        pass
-    p.wait()
-
-
-def _own_group(p):
-    import os
-    try:
-        return os.getpgid(p.pid) == p.pid
-    except ProcessLookupError:
-        return False
 
 
 class FootprintResult:
     def __init__(self, case, rows, failed):
         self.case, self.rows, self.failed = case, rows, failed
 
-    def fig(self, label, key, unit):
+    def fig(self, label, key, unit):  # noqa: D102
         return Figure([r[key] if r else None for r in self.rows[label]], unit)
 
     def to_json(self):

@@ -11,6 +11,13 @@ WORKLOAD = {
                   "1500 and one segment per packet, where nftables drops every 10th segment on the input hook: "
                   "thousands of fast retransmits a second. The namespace's TcpRetransSegs (nstat) is the event "
                   "count.",
+    "lockhold": "`kit-lockloop` (bench/workloads/lockloop.c): one thread taking and releasing a pthread mutex through "
+                "its own noinline `pool_lock`/`pool_unlock` (both start with `push %rbp`, which the kernel emulates "
+                "at a uprobe); kit and bpftrace time waits and holds of that pair in that process. Its own loop "
+                "count is the event count.",
+    "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
+                   "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
+                   "the event count.",
 }
 
 PER_EVENT_METHOD = """\
@@ -29,7 +36,8 @@ START_METHOD = """\
 Seconds from exec to the line that says the probes are attached: kit's `kit: RECIPE attached to ...` (stderr),
 a `BEGIN` marker for bpftrace (bpftrace runs BEGIN after attaching every probe; its `Attaching N probes...` comes
 before the programs are even loaded), bcc's banner (printed after `BPF()` has loaded and attached; run with
-PYTHONUNBUFFERED=1 so a pipe does not hold it back). Warm: every tool runs once before the timed repetitions."""
+PYTHONUNBUFFERED=1 so a pipe does not hold it back). Taken at every start of the per-event repetitions above
+(alternating, and warm: every tool runs once before them); the reference programs are timed the same way."""
 
 FOOTPRINT_METHOD = """\
 Each tool runs on a busy workload (the same as above, looping) for {seconds:g} s after it is attached.

@@ -31,9 +31,20 @@ def kit(label, recipe, *args, duration="300s"):
                 ready=r"kit: \S+ attached to ", cwd=ROOT)
 
 
+def kit_patched(label, patch, recipe, *args, duration="300s"):
+    """kit with one module attribute replaced before it runs (`patch`: Python statements), to
+    measure what one of its steps costs. Used only by the bench; kit itself has no such switch."""
+    code = f"import sys; {patch}; from kit import cli; sys.exit(cli.main(sys.argv[1:]))"
+    return Tool(label, [sys.executable, "-c", code, "run", recipe, *args, "--for", duration, "--budget", "100",
+                        "--json"], ready=r"kit: \S+ attached to ", cwd=ROOT)
+
+
 def bpftrace(label, program):
     prog = 'BEGIN { printf("%s\\n", "' + READY + '"); } ' + program
     return Tool(label, ["bpftrace", "-e", prog], ready=READY)
+
+
+LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
 
 
 def bcc_tool(name):
@@ -45,9 +56,10 @@ def bcc(label, name, *args, ready):
     return Tool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"})
 
 
-def empty(label, hook, target):
-    """An empty program through BCC: the floor for a hook, and the minimal BCC start-up."""
-    return Tool(label, [sys.executable, os.path.join(ROOT, "bench", "empty_probe.py"), hook, target],
+def empty(label, *hooks):
+    """An empty program through BCC on each (type, target) of `hooks`: the floor for kit's
+    attach points, and the minimal BCC start-up."""
+    return Tool(label, [sys.executable, os.path.join(ROOT, "bench", "empty_probe.py"), *hooks],
                 ready=r": ready$", cwd=ROOT)
 
 
@@ -72,3 +84,38 @@ def bpftrace_tcpretrans():
     """kit tcpretrans's job in bpftrace: retransmits counted per flow and state."""
     return ("tracepoint:tcp:tcp_retransmit_skb { "
             "@[ntop(args->saddr_v6), ntop(args->daddr_v6), args->sport, args->dport, args->state] = count(); }")
+
+
+def bpftrace_lockhold(binary, pid, lock="pool_lock", unlock="pool_unlock"):
+    """kit lockhold's job in bpftrace: wait (lock entry to return) and hold (lock return to
+    unlock entry) per process, paired by thread and lock object, as count/total/max and a log2
+    histogram of holds. bpftrace 0.17 puts uprobes in every process mapping the file (-p is
+    for USDT only), so the process is chosen by a filter."""
+    b = binary
+    return (
+        f"uprobe:{b}:{lock} /pid == {pid}/ {{ @ws[tid] = nsecs; @lk[tid] = arg0; }} "
+        f"uretprobe:{b}:{lock} /@ws[tid]/ {{ $w = nsecs - @ws[tid]; @wait[pid] = stats($w); @wmax[pid] = max($w); "
+        "@hs[tid, @lk[tid]] = nsecs; delete(@ws[tid]); delete(@lk[tid]); } "
+        f"uprobe:{b}:{unlock} /@hs[tid, arg0]/ {{ $h = nsecs - @hs[tid, arg0]; @hold[pid] = stats($h); "
+        "@hmax[pid] = max($h); @hist = hist($h / 1000); delete(@hs[tid, arg0]); } "
+        "END { clear(@ws); clear(@lk); clear(@hs); }"
+    )
+
+
+def bpftrace_getaddrinfo(pid, libc=LIBC):
+    """kit getaddrinfo's job in bpftrace: getaddrinfo, gethostbyname and gethostbyname2 per
+    (process, comm, function, name) with count, failures, total and max latency, and a log2
+    histogram. bpftrace keeps 64 bytes of the name (its default), kit 256."""
+    return (
+        f"uprobe:{libc}:getaddrinfo, uprobe:{libc}:gethostbyname, uprobe:{libc}:gethostbyname2 /pid == {pid}/ "
+        "{ @ts[tid] = nsecs; @host[tid] = str(arg0); } "
+        f"uretprobe:{libc}:getaddrinfo /@ts[tid]/ {{ $d = nsecs - @ts[tid]; $k = @host[tid]; "
+        "@lat[pid, comm, func, $k] = stats($d); @max[pid, comm, func, $k] = max($d); "
+        "if (retval != 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
+        "delete(@ts[tid]); delete(@host[tid]); } "
+        f"uretprobe:{libc}:gethostbyname, uretprobe:{libc}:gethostbyname2 /@ts[tid]/ {{ $d = nsecs - @ts[tid]; "
+        "$k = @host[tid]; @lat[pid, comm, func, $k] = stats($d); @max[pid, comm, func, $k] = max($d); "
+        "if (retval == 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
+        "delete(@ts[tid]); delete(@host[tid]); } "
+        "END { clear(@ts); clear(@host); }"
+    )

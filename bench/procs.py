@@ -47,6 +47,7 @@ class Tool:
         self.ready_s = None
         self.rusage = None
         self.code = None
+        self.cleanups = []   # run once the process is reaped (e.g. stop a process the tool was scoped to)
 
     def start(self, timeout=60):
         """Starts the tool and waits for its ready line; returns seconds from exec to that line."""
@@ -111,6 +112,8 @@ class Tool:
         self.p.returncode = self.code
         self._out.join(5)
         self._err.join(5)
+        while self.cleanups:
+            self.cleanups.pop()()
         return True
 
     @property

@@ -80,13 +80,14 @@ def hook_section(res, verdicts, out):
     w("| tool | program body per event (bpf_stats) | workload CPU added per event | workload slowdown (wall clock) "
       "| kit / tool, body | kit / tool, added |")
     w("|---|---|---|---|---|---|")
-    for label in [c.kit_label, *c.peers]:
+    for label in [c.kit_label, *c.peers, *c.extras]:
         if label in res.failed and not res.body_ns(label):
             w(f"| {label} | cannot run here: {explain.failure(label, res.failed[label])} | | | | |")
             continue
         body, added = res.body_ns(label), res.added_ns(label)
-        rb = paired_ratio(kit_body, body) if label != c.kit_label else None
-        ra = paired_ratio(kit_added, added) if label != c.kit_label else None
+        peer = label in c.peers
+        rb = paired_ratio(kit_body, body) if peer else None
+        ra = paired_ratio(kit_added, added) if peer else None
         noisy = " (within noise)" if noise_bound(added) else ""
         w(f"| {label} | {body.fmt()} | {added.fmt()}{noisy} | {res.slowdown_pct(label).fmt(1)} "
           f"| {_ratio_cell(rb) if rb is not None else '—'} | {_ratio_cell(ra) if ra is not None else '—'} |")
@@ -96,6 +97,8 @@ def hook_section(res, verdicts, out):
             verdicts.add("per-event cost ≤ the bpftrace equivalent (CPU added to the workload)", c.name,
                          kit_added.fmt(), added.fmt(), ra, 1.0, ("per_event_added", c.name),
                          noisy=noise_bound(kit_added) or noise_bound(added))
+    for label, why in c.unavailable.items():
+        w(f"| {label} | none: {why} | | | | |")
     w("")
     w(f"An event kit's scope filters out, against an empty program on the same hook (`{c.hook}`):\n")
     w("| tool | program body per event | workload CPU added per event | × empty, body | × empty, added |")
@@ -132,26 +135,33 @@ def body_fmt(fig):
     return fig.fmt()
 
 
-def start_section(results, verdicts, out):
+def start_section(hooks, references, verdicts, out):
     w = out.append
     w("| recipe | tool | exec → attached | kit / tool |")
     w("|---|---|---|---|")
-    for name, res in results.items():
-        figs = res["figures"]
-        kit = figs.get("kit")
-        for label, fig in figs.items():
-            if not fig and label in res["failed"]:
+    for name, res in hooks.items():
+        c = res.case
+        kit = res.ready_s(c.kit_label)
+        for label in [c.kit_label, *c.peers]:
+            if label in res.failed and not res.ready_s(label):
+                w(f"| {name} | {label} | cannot run here: {explain.failure(label, res.failed[label])} | |")
                 continue
-            ratio = paired_ratio(kit, fig) if label != "kit" and kit else None
+            fig = res.ready_s(label)
+            ratio = paired_ratio(kit, fig) if label != c.kit_label else None
             w(f"| {name} | {label} | {fig.fmt(2)} | {_ratio_cell(ratio) if ratio is not None else '—'} |")
-            if label.startswith("bcc ") and ratio is not None:
+            if label.startswith("bcc "):
                 verdicts.add(f"start to attached ≤ bcc's own tool ({label})", name, kit.fmt(2), fig.fmt(2), ratio,
                              1.0, ("start_bcc", name))
-            if label == "bpftrace" and ratio is not None:
+            elif label == "bpftrace":
                 verdicts.add("start to attached, toward bpftrace's (reported, no limit)", name, kit.fmt(2),
                              fig.fmt(2), ratio, float("inf"), ("start_bpftrace", name))
+        for label, why in c.unavailable.items():
+            w(f"| {name} | {label} | none: {why} | |")
+    for res in references.values():
+        for label, fig in res["figures"].items():
+            w(f"| (reference) | {label} | {fig.fmt(2)} | — |")
         for label, why in res["failed"].items():
-            w(f"| {name} | {label} | cannot run here: {explain.failure(label, why)} | |")
+            w(f"| (reference) | {label} | cannot run here: {explain.failure(label, why)} | |")
     w("")
 
 
@@ -175,9 +185,11 @@ def footprint_section(results, verdicts, out):
             if label == "kit":
                 verdicts.add("kit's user-space CPU ≤ 1% of a core while aggregating", name, cpu.fmt(2), "",
                              cpu, 1.0, ("cpu", name))
-            elif label.startswith("bcc ") or label == "minimal BCC program":
+            elif label.startswith("bcc "):
                 verdicts.add(f"peak memory ≤ 1.2× bcc's tool ({label})", name, kit_mem.fmt(0), mem.fmt(0), ratio,
                              1.2, ("memory", name))
+        for label, why in res.case.unavailable.items():
+            w(f"| {name} | {label} | none: {why} | | | | |")
     w("")
 
 
@@ -189,10 +201,10 @@ def render(meta, hooks, starts, footprints, mode):
         body.append(explain.PER_EVENT_METHOD.format(wall_runs=mode.wall_runs) + "\n")
         for res in hooks.values():
             hook_section(res, verdicts, body)
-    if starts:
+    if hooks:
         body.append("## Start to attached\n")
         body.append(explain.START_METHOD + "\n")
-        start_section(starts, verdicts, body)
+        start_section(hooks, starts, verdicts, body)
     if footprints:
         body.append("## kit's own CPU and memory while it aggregates\n")
         body.append(explain.FOOTPRINT_METHOD.format(seconds=mode.footprint_s) + "\n")
@@ -209,7 +221,7 @@ def render(meta, hooks, starts, footprints, mode):
     for k, v in meta["machine"].items():
         out.append(f"| {k} | {v} |")
     out.append(f"| load average | {meta['load_start']} at the start, {meta['load_end']} at the end |")
-    out.append(f"| repetitions | per-event {mode.reps}, start-up {mode.start_reps}, footprint {mode.footprint_reps} |")
+    out.append(f"| repetitions | per-event and start-up {mode.reps}, footprint {mode.footprint_reps} |")
     if meta.get("sysctl_on"):
         out.append("| note | kernel.bpf_stats_enabled was on during some runs (set by someone else): every "
                    "probed event paid for timing in those, bare runs excepted |")

@@ -48,6 +48,8 @@ class Figure:
 def _fmt(digits, samples):
     if digits is None:
         m = max(abs(s) for s in samples)
+        if 0 < m < 0.01:
+            return lambda v: f"{v:.2g}"
         digits = 0 if m >= 100 else 1 if m >= 10 else 2 if m >= 1 else 3
     return lambda v: f"{v:.{digits}f}"
 
@@ -59,6 +61,8 @@ def paired_ratio(a, b):
 
 
 def noise_bound(fig):
-    """True when the spread over repetitions is wider than the median's distance from zero:
-    the effect is not resolved at this number of repetitions."""
-    return bool(fig) and len(fig.samples) > 1 and (fig.lo <= 0 <= fig.hi)
+    """True when the figure, a cost, is not resolved by the repetitions: some sample is not
+    positive (a cost cannot be), or the samples spread wider than their median."""
+    if not fig:
+        return False
+    return fig.lo <= 0 or (len(fig.samples) > 1 and fig.hi - fig.lo > abs(fig.median))

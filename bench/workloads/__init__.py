@@ -1,10 +1,19 @@
 """The benchmarks' workloads: each runs a fixed amount of work, times itself,
 and counts its events from a source kit does not control (its own loop
-count, or a kernel counter)."""
+count, or a kernel counter).
+
+Every workload offers the same three things to the cases:
+  prepared()  set-up for a whole case (a network namespace), or nothing
+  session()   a target for one tool run: tools are built from it (its pid, comm,
+              binary) and its run() does one timed round -> (seconds, events, CPU s)
+  busy()      a target that works without pause, for the footprint runs
+"""
 
 import contextlib
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -26,15 +35,43 @@ def build_c(src, out, *flags):
     return out
 
 
+def _stop_group(p):
+    """Stops a process group we started (start_new_session), and reaps its leader."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
+class _Spawned:
+    """A target for workloads that start fresh processes for every round."""
+
+    def __init__(self, workload, pid=None):
+        self.workload, self.pid = workload, pid
+        self.comm = getattr(workload, "comm", None)
+        self.binary = getattr(workload, "binary", None)
+
+    def run(self):
+        return self.workload.run()
+
+
 class PingPong:
     """Two processes bouncing a byte through pipes on one CPU: 2 context switches per round trip."""
 
     comm = "kit-pingpong"
+    unit, units = "context switch", "context switches"
 
     def __init__(self, outdir, rounds, cpu=0):
         self.binary = build_c("pingpong.c", os.path.join(outdir, self.comm))
         self.rounds, self.cpu = rounds, cpu
-        self.unit, self.units = "context switch", "context switches"
+
+    def prepared(self):
+        return contextlib.nullcontext(self)
+
+    @contextlib.contextmanager
+    def session(self):
+        yield _Spawned(self)
 
     def run(self):
         """(seconds, events, CPU seconds): its own clock, its own count of switches (each side
@@ -43,10 +80,14 @@ class PingPong:
         r, cpu = run_json([self.binary, str(self.rounds), str(self.cpu)])
         return r["seconds"], 2 * r["rounds"], cpu
 
+    @contextlib.contextmanager
     def busy(self):
-        """A background load for the footprint runs: ping-pong until stopped."""
-        return subprocess.Popen([self.binary, str(10 ** 10), str(self.cpu)], stdout=subprocess.DEVNULL,
-                                start_new_session=True)
+        p = subprocess.Popen([self.binary, str(10 ** 10), str(self.cpu)], stdout=subprocess.DEVNULL,
+                             start_new_session=True)
+        try:
+            yield _Spawned(self, p.pid)
+        finally:
+            _stop_group(p)
 
 
 def _sh(*args, check=True):
@@ -61,11 +102,11 @@ class Retrans:
     segments, also counts the tcp_retransmit_skb events (one per retransmitted packet)."""
 
     PORT = 7070
+    unit, units = "retransmit", "retransmits"
 
     def __init__(self, nbytes, every=10):
         self.ns = f"kit-bench-{os.getpid()}"
         self.nbytes, self.every = nbytes, every
-        self.unit, self.units = "retransmit", "retransmits"
 
     @contextlib.contextmanager
     def prepared(self):
@@ -81,6 +122,10 @@ class Retrans:
             yield self
         finally:
             _sh("ip", "netns", "del", self.ns, check=False)
+
+    @contextlib.contextmanager
+    def session(self):
+        yield _Spawned(self)
 
     def retrans_segs(self):
         out = _sh("ip", "netns", "exec", self.ns, "nstat", "-az", "TcpRetransSegs").stdout
@@ -102,7 +147,68 @@ class Retrans:
         r, cpu = run_json(self._argv(self.nbytes))
         return r["seconds"], self.retrans_segs() - before, cpu
 
+    @contextlib.contextmanager
     def busy(self):
-        """Back-to-back transfers until stopped (a shell loop we own, killed by its process group)."""
+        """Back-to-back transfers until stopped (a shell loop in a process group of its own)."""
         loop = f"while :; do {' '.join(self._argv(self.nbytes))} >/dev/null || sleep 0.2; done"
-        return subprocess.Popen(["sh", "-c", loop], start_new_session=True)
+        p = subprocess.Popen(["sh", "-c", loop], start_new_session=True)
+        try:
+            yield _Spawned(self)
+        finally:
+            _stop_group(p)
+
+
+class _Resident:
+    """One resident workload process (lockloop, gai): a probe attaches to its pid, then it
+    runs timed rounds on request and reports its own clock, CPU time and event count."""
+
+    def __init__(self, workload, spin=False):
+        self.workload, self.binary, self.comm = workload, workload.binary, workload.comm
+        self.p = subprocess.Popen([workload.binary, str(workload.per_round)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.pid = json.loads(self.p.stdout.readline())["pid"]
+        if spin:
+            self._say("spin")
+
+    def _say(self, line):
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def run(self):
+        self._say("go")
+        r = json.loads(self.p.stdout.readline())
+        return r["seconds"], r["events"], r["cpu"]
+
+    def close(self):
+        _stop_group(self.p)
+
+
+class Resident:
+    """A workload binary from bench/workloads/ run as a _Resident; its name is its comm."""
+
+    def __init__(self, outdir, src, comm, per_round, unit, units, flags=()):
+        self.binary = build_c(src, os.path.join(outdir, comm), *flags)
+        self.comm, self.per_round, self.unit, self.units = comm, per_round, unit, units
+
+    def prepared(self):
+        return contextlib.nullcontext(self)
+
+    @contextlib.contextmanager
+    def session(self, spin=False):
+        r = _Resident(self, spin)
+        try:
+            yield r
+        finally:
+            r.close()
+
+    def busy(self):
+        return self.session(spin=True)
+
+
+def lockloop(outdir, pairs):
+    return Resident(outdir, "lockloop.c", "kit-lockloop", pairs, "lock/unlock pair", "lock/unlock pairs",
+                    flags=("-pthread",))
+
+
+def gai(outdir, calls):
+    return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
