@@ -13,6 +13,8 @@ rather than guess.
 import bisect
 import struct
 
+from kit.elf import EM_X86_64
+
 RBP, RSP, RA = 6, 7, 16
 
 # DW_EH_PE pointer encodings
@@ -20,6 +22,8 @@ _PE_ABS, _PE_ULEB, _PE_U2, _PE_U4, _PE_U8 = 0x00, 0x01, 0x02, 0x03, 0x04
 _PE_SLEB, _PE_S2, _PE_S4, _PE_S8 = 0x09, 0x0A, 0x0B, 0x0C
 _PE_PCREL, _PE_DATAREL = 0x10, 0x30
 _PE_OMIT = 0xFF
+# the fixed-size encodings, as struct formats
+_PE_FIXED = {_PE_ABS: "<Q", _PE_U8: "<Q", _PE_S8: "<q", _PE_U4: "<I", _PE_S4: "<i", _PE_U2: "<H", _PE_S2: "<h"}
 
 
 class CFIError(ValueError):
@@ -44,7 +48,8 @@ class Row:
         return f"Row(cfa={self.cfa}, rules={self.rules})"
 
 
-def _uleb(d, i):
+def _leb128(d, i, signed):
+    """(value, index after it) of the LEB128 number at d[i]."""
     r = shift = 0
     while True:
         b = d[i]
@@ -52,20 +57,17 @@ def _uleb(d, i):
         r |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
+            if signed and b & 0x40:
+                r -= 1 << shift
             return r, i
+
+
+def _uleb(d, i):
+    return _leb128(d, i, False)
 
 
 def _sleb(d, i):
-    r = shift = 0
-    while True:
-        b = d[i]
-        i += 1
-        r |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            if b & 0x40:
-                r -= 1 << shift
-            return r, i
+    return _leb128(d, i, True)
 
 
 def _ptr(d, i, enc, pc_base, data_base=0):
@@ -73,24 +75,11 @@ def _ptr(d, i, enc, pc_base, data_base=0):
     if enc == _PE_OMIT:
         return None, i
     fmt = enc & 0x0F
-    if fmt == _PE_ABS or fmt == _PE_U8:
-        v, n = struct.unpack_from("<Q", d, i)[0], 8
-    elif fmt == _PE_S8:
-        v, n = struct.unpack_from("<q", d, i)[0], 8
-    elif fmt == _PE_U4:
-        v, n = struct.unpack_from("<I", d, i)[0], 4
-    elif fmt == _PE_S4:
-        v, n = struct.unpack_from("<i", d, i)[0], 4
-    elif fmt == _PE_U2:
-        v, n = struct.unpack_from("<H", d, i)[0], 2
-    elif fmt == _PE_S2:
-        v, n = struct.unpack_from("<h", d, i)[0], 2
-    elif fmt == _PE_ULEB:
-        v, j = _uleb(d, i)
-        n = j - i
-    elif fmt == _PE_SLEB:
-        v, j = _sleb(d, i)
-        n = j - i
+    if fmt in _PE_FIXED:
+        v = struct.unpack_from(_PE_FIXED[fmt], d, i)[0]
+        j = i + struct.calcsize(_PE_FIXED[fmt])
+    elif fmt in (_PE_ULEB, _PE_SLEB):
+        v, j = _leb128(d, i, fmt == _PE_SLEB)
     else:
         raise CFIError(f"pointer encoding {enc:#x}")
     app = enc & 0x70
@@ -100,7 +89,7 @@ def _ptr(d, i, enc, pc_base, data_base=0):
         v += data_base
     elif app != 0:
         raise CFIError(f"pointer application {enc:#x}")
-    return v & 0xFFFFFFFFFFFFFFFF, i + n
+    return v & 0xFFFFFFFFFFFFFFFF, j
 
 
 class _CIE:
@@ -108,17 +97,18 @@ class _CIE:
 
 
 class EhFrame:
-    """CFI lookup for one ELF file (kit.elf_unwind.ElfFile)."""
+    """CFI lookup for one x86-64 ELF file (a kit.elf.Elf)."""
 
     def __init__(self, elf):
-        found = elf.eh_frame()
-        if not found:
+        hdr, eh = elf.section(".eh_frame_hdr"), elf.section(".eh_frame")
+        if hdr is None or eh is None:
             raise CFIError("no .eh_frame_hdr")
-        hdr, eh = found
+        if elf.machine != EM_X86_64 or elf.end != "<":
+            raise CFIError("CFI rules are read for x86-64 only")
         self.elf = elf
-        self.hdr_addr = hdr["addr"]
-        h = elf._read(hdr["offset"], hdr["size"])
-        self.eh_addr, self.eh_off, self.eh_size = eh["addr"], eh["offset"], eh["size"]
+        self.hdr_addr = hdr.addr
+        h = elf.section_data(hdr)
+        self.eh_section, self.eh_addr = eh, eh.addr
         version, ptr_enc, cnt_enc, tbl_enc = h[0], h[1], h[2], h[3]
         if version != 1:
             raise CFIError(f".eh_frame_hdr version {version}")
@@ -135,7 +125,7 @@ class EhFrame:
 
     def _data(self):
         if self._eh is None:
-            self._eh = self.elf._read(self.eh_off, self.eh_size)
+            self._eh = self.elf.section_data(self.eh_section)
         return self._eh
 
     def _entry(self, addr):

@@ -53,7 +53,7 @@ def try_attach():
         return {"bcc": (False, f"cannot import bcc: {e}; run ./setup.sh")}
     try:
         with _quiet_stderr():
-            b = BPF(text=PROBE_TEXT)
+            b = BPF(text=PROBE_TEXT.encode())
     except Exception as e:
         return {"compile": (False, str(e).splitlines()[-1] if str(e) else "failed")}
     tries = {
@@ -78,7 +78,7 @@ def try_attach():
         teardown.detach_all(b)
     try:
         with _quiet_stderr():
-            k = BPF(text='KFUNC_PROBE(do_sys_openat2) { return 0; }')
+            k = BPF(text=b'KFUNC_PROBE(do_sys_openat2) { return 0; }')
             k.cleanup()
         out["fentry"] = (True, "loaded")
     except Exception as e:

@@ -20,6 +20,7 @@ a frame but never invent one.
 """
 
 from kit import cfi as cfimod
+from kit import elf
 
 HINT_TERMINAL, HINT_SAVES_BP, HINT_STOP = 1, 2, 4
 MAX_HIDDEN = 4
@@ -63,7 +64,7 @@ class Learner:
         self.learned = 0
 
     def _ehframe(self, m, e):
-        key = (m.dev, m.inode)
+        key = (m.dev, m.ino)
         if key not in self._eh:
             try:
                 self._eh[key] = cfimod.EhFrame(e)
@@ -77,8 +78,9 @@ class Learner:
         if e is None or vaddr is None:
             return None
         vaddr += 1
-        code8 = e.read_vaddr(vaddr - 8, 8)
-        if code8 is None:
+        try:
+            code8 = e.read_at(vaddr - 8, 8)
+        except elf.ElfError:
             return None
         eh = self._ehframe(m, e)
         try:

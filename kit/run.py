@@ -72,7 +72,7 @@ def prepare(recipe, values, hook_type=None):
 def compile_program(text, debug=False):
     from bcc import BPF  # imported late so `kit list/show` work without bcc
     try:
-        return BPF(text=text, cflags=["-Wno-unused-function", "-Wno-unused-variable"])
+        return BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-unused-variable"])
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CompileError(f"BCC could not compile or load the program: {msg}",
@@ -162,14 +162,16 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             if stopper.signal and stopped_by not in ("SIGINT", "SIGTERM", "SIGHUP"):
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
-            if bpf is not None and hasattr(mod, "detach"):
-                mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
-            if bpf is not None:
-                problems = teardown.detach_all(bpf)
-                if result is not None:
-                    result["notes"] += [f"detach: {p}" for p in problems]
-            if hasattr(mod, "cleanup"):
-                mod.cleanup(ctx)
+            try:
+                if bpf is not None and hasattr(mod, "detach"):
+                    mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
+            finally:  # a failing recipe hook must never keep the probes attached
+                if bpf is not None:
+                    problems = teardown.detach_all(bpf)
+                    if result is not None:
+                        result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
+                if hasattr(mod, "cleanup"):
+                    mod.cleanup(ctx)
     return result, code
 
 

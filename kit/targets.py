@@ -46,16 +46,22 @@ class MapsLine:
     offset: int
     dev: int
     ino: int
-    path: str
+    path: str        # without the " (deleted)" maps adds; "" for anonymous memory, "[vdso]" and such
     deleted: bool
 
+    @property
+    def name(self):
+        return os.path.basename(self.path) or self.path
 
-def parse_maps(text):
-    """File-backed lines of /proc/PID/maps text."""
+
+def parse_maps(text, files_only=True):
+    """File-backed lines of /proc/PID/maps text (every line with files_only=False)."""
     out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
-        if len(parts) < 6 or not parts[5].startswith("/"):
+        if len(parts) == 5:
+            parts.append("")  # anonymous memory
+        if len(parts) < 6 or (files_only and not parts[5].startswith("/")):
             continue
         rng, perms, off, dev, ino, path = parts
         start, _, end = rng.partition("-")

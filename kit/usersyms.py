@@ -9,75 +9,45 @@ what resolve the frames later, after the process is gone.
 """
 
 import os
-import re
 
-from kit import elf_unwind as elfmod
-
-_MAPS = re.compile(r"([0-9a-f]+)-([0-9a-f]+) (\S{4}) ([0-9a-f]+) ([0-9a-f]+):([0-9a-f]+) (\d+)\s*(.*)")
-
-
-class Mapping:
-    __slots__ = ("start", "end", "offset", "dev", "inode", "path")
-
-    def __init__(self, start, end, offset, dev, inode, path):
-        self.start, self.end, self.offset, self.dev, self.inode, self.path = start, end, offset, dev, inode, path
-
-    @property
-    def name(self):
-        return os.path.basename(self.path.replace(" (deleted)", "")) or self.path
+from kit import elf, targets
 
 
 def read_maps(pid):
-    """Executable mappings of a live process, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+    """Executable mappings (targets.MapsLine) of a live process, or None if it is gone."""
+    text = targets._read(f"/proc/{pid}/maps")
+    if text is None:
         return None
-    except OSError:
-        return None
-    out = []
-    for line in text.splitlines():
-        m = _MAPS.match(line)
-        if not m or m.group(3)[2] != "x":
-            continue
-        out.append(Mapping(int(m.group(1), 16), int(m.group(2), 16), int(m.group(4), 16),
-                           (int(m.group(5), 16), int(m.group(6), 16)), int(m.group(7)), m.group(8)))
-    return out
+    return [m for m in targets.parse_maps(text, files_only=False) if m.perms[2] == "x"]
 
 
 class ElfCache:
-    """One open ElfFile per (device, inode), shared by every process that maps it."""
+    """One open Elf per (device, inode), shared by every process that maps it."""
 
     def __init__(self):
         self.files = {}
 
     def get(self, pid, m):
-        key = (m.dev, m.inode)
+        key = (m.dev, m.ino)
         if key in self.files:
             return self.files[key]
         found = None
-        if m.inode and m.path.startswith("/"):
-            plain = m.path.replace(" (deleted)", "")
-            for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{plain}", plain):
+        if m.ino and m.path.startswith("/"):
+            for cand in (f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}", f"/proc/{pid}/root{m.path}", m.path):
                 try:
-                    f = open(cand, "rb")
-                except OSError:
-                    continue
-                try:
-                    if os.fstat(f.fileno()).st_ino == m.inode:
-                        found = elfmod.ElfFile(f)
-                        break
-                except (OSError, elfmod.NotELF):
+                    with open(cand, "rb") as f:
+                        if os.fstat(f.fileno()).st_ino == m.ino:
+                            found = elf.Elf(f)  # keeps its own descriptor of the file
+                            break
+                except (OSError, elf.ElfError):
                     pass
-                f.close()
         self.files[key] = found
         return found
 
     def close(self):
         for e in self.files.values():
             if e is not None:
-                e.f.close()
+                e.close()
         self.files.clear()
 
 
@@ -99,9 +69,9 @@ class ProcessImage:
         if maps is None:
             self.alive = False
             return False
-        known = {(m.start, m.end, m.inode) for m in self.maps}
+        known = {(m.start, m.end, m.ino) for m in self.maps}
         for m in maps:
-            if (m.start, m.end, m.inode) not in known:
+            if (m.start, m.end, m.ino) not in known:
                 self.cache.get(self.pid, m)  # open the file now, while /proc/PID still exists
         # keep old mappings that were unmapped since: stacks may still point into them
         keep = [m for m in self.maps if not any(n.start < m.end and m.start < n.end for n in maps)]
@@ -116,7 +86,7 @@ class ProcessImage:
         return None
 
     def locate(self, addr):
-        """(mapping, ElfFile or None, ELF virtual address or None) for a user address."""
+        """(mapping, Elf or None, ELF virtual address or None) for a user address."""
         m = self.find(addr)
         if m is None:
             return None, None, None

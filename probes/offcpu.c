@@ -54,8 +54,9 @@ BPF_PERCPU_ARRAY(offcpu_stats, u64, OFFCPU_STAT_MAX);
 #define UNW_PARTIAL 2     /* stopped early (site not learned yet, unreadable stack): hidden[] cleared */
 #define UNW_ASKED 3       /* stopped at a site not learned yet and sent this block's stack window */
 
-struct start_t {
-    u64 ts;
+/* Who blocked and where: taken at switch-out, kept in `start` until the
+ * switch-in, then part of the totals' key. */
+struct block_t {
     u64 hidden[KIT_HIDDEN_MAX];
     u32 tgid;
     s32 kstack;
@@ -67,17 +68,15 @@ struct start_t {
     char comm[16];
 };
 
+struct start_t {
+    u64 ts;
+    struct block_t block;
+};
+
 struct key_t {
-    u64 hidden[KIT_HIDDEN_MAX];
-    u32 tgid;
+    struct block_t block;
     u32 tid;
-    s32 kstack;
-    s32 ustack;
-    u8 unwind;
-    u8 nhidden;
-    u8 bp_unsure;
-    u8 pad;
-    char comm[16];
+    u32 pad;
 };
 
 struct val_t {
@@ -129,7 +128,7 @@ BPF_PERF_OUTPUT(unwind_learn);
 
 /* Sends this block's stack window so user space can learn the sites on it
  * (and recover this very block's chain). Once per site. Returns 1 if sent. */
-static __always_inline int ask(void *ctx, struct hint_key *k, struct start_t *s, u32 tid, u64 ip, u64 sp)
+static __always_inline int ask(void *ctx, struct hint_key *k, struct block_t *b, u32 tid, u64 ip, u64 sp)
 {
     u8 one = 1;
     if (unwind_asked.lookup(k))
@@ -138,10 +137,10 @@ static __always_inline int ask(void *ctx, struct hint_key *k, struct start_t *s,
     struct learn_t *l = learn_buf.lookup(&zero);
     if (!l)
         return 0;
-    l->tgid = s->tgid;
+    l->tgid = b->tgid;
     l->tid = tid;
-    l->kstack = s->kstack;
-    l->ustack = s->ustack;
+    l->kstack = b->kstack;
+    l->ustack = b->ustack;
     l->ip = ip;
     l->sp = sp;
     l->nwords = KIT_WINDOW_WORDS;
@@ -167,8 +166,8 @@ static __always_inline int site_key(struct hint_key *k, u64 addr)
     return bpf_probe_read_user(&k->code, 8, (void *)(addr - 8));
 }
 
-/* Fills s->hidden with the frames the frame-pointer walk skips; see the header. */
-static __always_inline void unwind(void *ctx, struct start_t *s, u32 tid)
+/* Fills b->hidden with the frames the frame-pointer walk skips; see the header. */
+static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
 {
     struct task_struct *task = bpf_get_current_task_btf();
     struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
@@ -180,20 +179,20 @@ static __always_inline void unwind(void *ctx, struct start_t *s, u32 tid)
     if (!ip || site_key(&k, ip) || (k.code >> 48) != 0x050f)  /* not right after `syscall` (0f 05) */
         return;
     u64 addr = ip, cur = sp;
-    s->unwind = UNW_PARTIAL;
+    b->unwind = UNW_PARTIAL;
 #pragma unroll
     for (int i = 0; i <= KIT_HIDDEN_MAX; i++) {
         if (i > 0 && site_key(&k, addr))
             break;
         struct hint_val *h = unwind_hints.lookup(&k);
         if (!h) {
-            if (ask(ctx, &k, s, tid, ip, sp))
-                s->unwind = UNW_ASKED;
+            if (ask(ctx, &k, b, tid, ip, sp))
+                b->unwind = UNW_ASKED;
             break;
         }
         if (h->flags & HINT_TERMINAL) {
-            s->unwind = UNW_DONE;
-            s->nhidden = i;
+            b->unwind = UNW_DONE;
+            b->nhidden = i;
             return;
         }
         if ((h->flags & HINT_STOP) || i == KIT_HIDDEN_MAX)
@@ -204,20 +203,20 @@ static __always_inline void unwind(void *ctx, struct start_t *s, u32 tid)
             u64 saved = 0;
             bpf_probe_read_user(&saved, sizeof(saved), (void *)(cur + h->cfa_off - 8 * (h->flags >> 8)));
             if (saved != bp)
-                s->bp_unsure = 1;
+                b->bp_unsure = 1;
         }
         u64 ra = 0;
         if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cur + h->cfa_off - 8)) || !ra)
             break;
-        s->hidden[i] = ra;
+        b->hidden[i] = ra;
         cur += h->cfa_off;
         addr = ra;
     }
     /* stopped early: keep no partial chain, so samples are grouped as without recovery */
 #pragma unroll
     for (int i = 0; i < KIT_HIDDEN_MAX; i++)
-        s->hidden[i] = 0;
-    s->bp_unsure = 0;
+        b->hidden[i] = 0;
+    b->bp_unsure = 0;
 }
 #endif
 
@@ -266,22 +265,23 @@ static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_sta
         return;
 #endif
     struct start_t s = {};
-    s.tgid = id >> 32;
-    s.kstack = stacks.get_stackid(ctx, 0);
-    s.ustack = stacks.get_stackid(ctx, BPF_F_USER_STACK);
-    if (s.kstack < 0) {
+    struct block_t *b = &s.block;
+    b->tgid = id >> 32;
+    b->kstack = stacks.get_stackid(ctx, 0);
+    b->ustack = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    if (b->kstack < 0) {
         kit_count(KIT_STACK_LOST);
         offcpu_count(OFFCPU_KSTACK_LOST, 1);
     }
-    if (s.ustack < 0) {
+    if (b->ustack < 0) {
         kit_count(KIT_STACK_LOST);
         offcpu_count(OFFCPU_USTACK_LOST, 1);
     }
-    bpf_get_current_comm(&s.comm, sizeof(s.comm));
+    bpf_get_current_comm(&b->comm, sizeof(b->comm));
 #if KIT_UNWIND
-    unwind(ctx, &s, tid);
+    unwind(ctx, b, tid);
 #endif
-    u32 tgid = s.tgid;
+    u32 tgid = b->tgid;
     if (!seen.lookup(&tgid) && !first_sight.perf_submit(ctx, &tgid, sizeof(tgid))) {
         u8 one = 1;
         seen.update(&tgid, &one);  /* once delivered; kit may not have opened the buffer yet */
@@ -300,17 +300,8 @@ static __always_inline void switch_in(u32 tid)
         return;
     u64 delta = bpf_ktime_get_ns() - s->ts;
     struct key_t key = {};
-    key.tgid = s->tgid;
+    key.block = s->block;
     key.tid = tid;
-    key.kstack = s->kstack;
-    key.ustack = s->ustack;
-    key.unwind = s->unwind;
-    key.nhidden = s->nhidden;
-    key.bp_unsure = s->bp_unsure;
-#pragma unroll
-    for (int i = 0; i < KIT_HIDDEN_MAX; i++)
-        key.hidden[i] = s->hidden[i];
-    __builtin_memcpy(key.comm, s->comm, sizeof(key.comm));
     start.delete(&tid);
     if (delta < KIT_MIN_BLOCK_NS) {
         offcpu_count(OFFCPU_SHORT, 1);

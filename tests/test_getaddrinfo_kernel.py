@@ -6,7 +6,6 @@ import os
 
 import pytest
 
-from conftest import KitProc
 from workloads import lockwork
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -26,18 +25,12 @@ def by_name(rows, pid):
 def test_counts_per_host_equal_the_workload_and_bpftrace_for_a_process_started_after_attach(
         kernel, no_leftovers, binary):
     comm = os.path.basename(binary)
-    kit = KitProc("run", "getaddrinfo", "--comm", comm, "--for", "10s", "--json")
-    kit.wait_attached()
-    peer = lockwork.Bpftrace(f'uprobe:{LIBC}:getaddrinfo /comm == "{comm}"/ {{ @gai[str(arg0)] = count(); }} '
-                             f'uprobe:{LIBC}:gethostbyname /comm == "{comm}"/ {{ @ghbn[str(arg0)] = count(); }}')
-    w = lockwork.Workload(binary, threads=3, fast=10, slow=0, slow_ms=1,
-                          lookups=["localhost:7", "vm:4", "vm:3:ghbn", "kit-no-such.invalid:2:fail"])
-    book = w.wait_report()
-    w.finish()
-    bt = peer.stop()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, bt, w = lockwork.under_kit(
+        ["getaddrinfo", "--comm", comm, "--for", "10s"],
+        lambda: lockwork.Workload(binary, threads=3, fast=10, slow=0, slow_ms=1,
+                                  lookups=["localhost:7", "vm:4", "vm:3:ghbn", "kit-no-such.invalid:2:fail"]),
+        peer=f'uprobe:{LIBC}:getaddrinfo /comm == "{comm}"/ {{ @gai[str(arg0)] = count(); }} '
+             f'uprobe:{LIBC}:gethostbyname /comm == "{comm}"/ {{ @ghbn[str(arg0)] = count(); }}')
     want = {}
     for job in book["lookups"]:
         count, failed = want.get((job["function"], job["name"]), (0, 0))
@@ -58,16 +51,7 @@ def test_lookups_in_a_container_are_found_through_its_own_libc(kernel, no_leftov
     mnt.mkdir()
     w = lockwork.Workload(binary, threads=2, fast=0, slow=0, slow_ms=1, lookups=["kit-db.internal:5", "vm:2"],
                           gate=True, hold_gate=True, container=(root, str(mnt)))
-    try:
-        kit = KitProc("run", "getaddrinfo", "--pid", str(w.pid), "--for", "6s", "--json")
-        kit.wait_attached()
-        w.go()
-        book = w.wait_report()
-        kit.finish()
-    finally:
-        w.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, _, _ = lockwork.under_kit(["getaddrinfo", "--pid", str(w.pid), "--for", "6s"], w)
     # the container's hosts file knows kit-db.internal and not vm: its libc, not the host's, answered
     assert [(j["name"], j["count"], j["failed"]) for j in book["lookups"]] == [("kit-db.internal", 5, 0), ("vm", 2, 2)]
     assert by_name(res["rows"], w.pid) == {("getaddrinfo", "kit-db.internal"): (5, 0), ("getaddrinfo", "vm"): (2, 2)}
@@ -76,13 +60,9 @@ def test_lookups_in_a_container_are_found_through_its_own_libc(kernel, no_leftov
 
 def test_host_filter_counts_only_that_name_and_filters_the_rest_in_the_kernel(kernel, no_leftovers, binary):
     comm = os.path.basename(binary)
-    kit = KitProc("run", "getaddrinfo", "--comm", comm, "--host", "vm", "--for", "8s", "--json")
-    kit.wait_attached()
-    w = lockwork.Workload(binary, threads=2, fast=0, slow=0, slow_ms=1, lookups=["localhost:5", "vm:3", "vm:2:ghbn"])
-    w.wait_report()
-    w.finish()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, _, _, w = lockwork.under_kit(
+        ["getaddrinfo", "--comm", comm, "--host", "vm", "--for", "8s"],
+        lambda: lockwork.Workload(binary, threads=2, fast=0, slow=0, slow_ms=1,
+                                  lookups=["localhost:5", "vm:3", "vm:2:ghbn"]))
     assert by_name(res["rows"], w.pid) == {("getaddrinfo", "vm"): (3, 0), ("gethostbyname", "vm"): (2, 0)}
     assert res["filtered"] >= 5  # the localhost lookups, rejected in the kernel (plus other processes' calls)

@@ -30,19 +30,12 @@ def hist_count(buckets, low):
 
 
 def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(kernel, no_leftovers, binary):
-    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
-                  "--for", "10s", "--json")
-    kit.wait_attached()
-    peer = lockwork.Bpftrace(f"uretprobe:{binary}:pool_lock {{ @h[tid] = nsecs; }} "
-                             f"uprobe:{binary}:pool_unlock /@h[tid]/ {{ @n = count(); "
-                             f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
-    w = lockwork.Workload(binary, threads=4, fast=3000, slow=4, slow_ms=SLOW_MS, lookups=["localhost:6"])
-    book = w.wait_report()
-    w.finish()
-    bt = peer.stop()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, bt, w = lockwork.under_kit(
+        ["lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock", "--for", "10s"],
+        lambda: lockwork.Workload(binary, threads=4, fast=3000, slow=4, slow_ms=SLOW_MS, lookups=["localhost:6"]),
+        peer=f"uretprobe:{binary}:pool_lock {{ @h[tid] = nsecs; }} "
+             f"uprobe:{binary}:pool_unlock /@h[tid]/ {{ @n = count(); "
+             f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
 
     slow_slot = str(histo.slot_of(SLOW_MS * 1000))
     assert book["holds"] == 3000 + 4 + 6 and book["hold_slots"].get(slow_slot) == 4, book
@@ -64,23 +57,12 @@ def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(k
 
 def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processes_pay_nothing(
         kernel, no_leftovers, binary):
+    # both stay alive (hold_gate) until kit has stopped, so their exit paths add no locks
     target = lockwork.Workload(binary, threads=4, fast=2000, slow=2, slow_ms=SLOW_MS, gate=True, hold_gate=True)
     other = lockwork.Workload(binary, threads=2, fast=500, slow=0, slow_ms=1, gate=True, hold_gate=True)
-    try:
-        kit = KitProc("run", "lockhold", "--pid", str(target.pid), "--for", "8s", "--json")
-        kit.wait_attached()
-        peer = lockwork.Bpftrace(f"uprobe:{LIBC}:pthread_mutex_lock /pid == {target.pid}/ {{ @locks = count(); }}")
-        target.go()
-        other.go()
-        book = target.wait_report()
-        other.wait_report()
-        bt = peer.stop()
-        kit.finish()  # the targets stay alive (hold_gate) so their exit paths add no locks
-    finally:
-        target.finish()
-        other.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, bt, _ = lockwork.under_kit(
+        ["lockhold", "--pid", str(target.pid), "--for", "8s"], target, also=[other],
+        peer=f"uprobe:{LIBC}:pthread_mutex_lock /pid == {target.pid}/ {{ @locks = count(); }}")
     hold = [r for r in res["rows"] if r["what"] == "hold"]
     assert [(r["pid"], r["count"]) for r in hold] == [(target.pid, book["holds"])]
     assert lockwork.bpftrace_counts(bt, "locks") == {None: book["holds"]}
@@ -107,46 +89,25 @@ def _check_top_stack(res, pid, book, slow):
 def test_stacks_name_the_holder_of_a_process_that_exited_before_the_end(kernel, no_leftovers, binary):
     # --pid: kit reads the process's symbols when it attaches, so names survive the exit
     w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS, gate=True)
-    kit = KitProc("run", "lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock", "pool_unlock",
-                  "--stacks", "--for", "20s", "--json")
-    kit.wait_attached()
-    w.go()
-    book = w.wait_report()
-    w.finish()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0 and res["stopped_by"] == "target_exit", kit.stderr
+    res, book, _, _ = lockwork.under_kit(["lockhold", "--pid", str(w.pid), "--lock", "pool_lock", "--unlock",
+                                          "pool_unlock", "--stacks", "--for", "20s"], w)
+    assert res["stopped_by"] == "target_exit"
     _check_top_stack(res, w.pid, book, 3)
 
 
 def test_stacks_name_the_holder_of_a_process_kit_never_saw_alive(kernel, no_leftovers, binary):
     # --binary: the process starts after attach and exits before the end; frames in the probed
     # file are named from its symbol table and the load base the probe saw
-    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
-                  "--stacks", "--for", "8s", "--json")
-    kit.wait_attached()
-    w = lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS)
-    book = w.wait_report()
-    w.finish()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, _, w = lockwork.under_kit(
+        ["lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock", "--stacks", "--for", "8s"],
+        lambda: lockwork.Workload(binary, threads=2, fast=400, slow=3, slow_ms=SLOW_MS))
     _check_top_stack(res, w.pid, book, 3)
 
 
 def test_comm_resolves_to_the_running_processes_and_their_own_libc(kernel, no_leftovers, binary, tmp_path):
     root = lockwork.rootfs(str(tmp_path), binary, {"localhost": "127.0.0.1"})
     w = lockwork.Workload(binary, threads=2, fast=300, slow=0, slow_ms=1, gate=True, hold_gate=True, chroot=root)
-    try:
-        kit = KitProc("run", "lockhold", "--comm", os.path.basename(binary), "--for", "6s", "--json")
-        kit.wait_attached()
-        w.go()
-        book = w.wait_report()
-        kit.finish()
-    finally:
-        w.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, _, _ = lockwork.under_kit(["lockhold", "--comm", os.path.basename(binary), "--for", "6s"], w)
     assert [(r["pid"], r["count"]) for r in res["rows"] if r["what"] == "hold"] == [(w.pid, book["holds"])]
     # the chroot's own copy of libc (kit sees a chroot's files under its own root), not the host's
     files = {p["binary"] for p in res["uprobes"]}
@@ -180,15 +141,9 @@ def test_sigkill_leaves_no_probe_in_tracefs_and_no_program_loaded(kernel, no_lef
 
 def test_nested_locks_are_paired_by_lock_object_and_a_full_map_is_counted_exactly(kernel, no_leftovers, binary):
     nested = 10240 + 60  # 60 more held locks than the holding map's 10240 entries
-    kit = KitProc("run", "lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock",
-                  "--for", "10s", "--json")
-    kit.wait_attached()
-    w = lockwork.Workload(binary, threads=1, fast=5, slow=0, slow_ms=1, nested=nested)
-    book = w.wait_report()
-    w.finish()
-    kit.finish()
-    res = kit.json()
-    assert kit.code == 0, kit.stderr
+    res, book, _, _ = lockwork.under_kit(
+        ["lockhold", "--binary", binary, "--lock", "pool_lock", "--unlock", "pool_unlock", "--for", "10s"],
+        lambda: lockwork.Workload(binary, threads=1, fast=5, slow=0, slow_ms=1, nested=nested))
     assert book["nested"] == nested and book["holds"] == 5
     hold = next(r for r in res["rows"] if r["what"] == "hold")
     wait = next(r for r in res["rows"] if r["what"] == "wait")

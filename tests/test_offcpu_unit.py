@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kit import catalog, cfi, elf_unwind, flamegraph, guard, hidden_frames, stacks
+from kit import catalog, cfi, elf, flamegraph, guard, hidden_frames, stacks
 from kit.errors import ExitCode, Refused
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
@@ -19,9 +19,8 @@ REG = {"rax": 0, "rdx": 1, "rcx": 2, "rbx": 3, "rsi": 4, "rdi": 5, "rbp": cfi.RB
 
 @pytest.fixture(scope="module")
 def libc():
-    f = open(LIBC, "rb")
-    yield elf_unwind.ElfFile(f)
-    f.close()
+    with open(LIBC, "rb") as f, elf.Elf(f) as e:  # a file object, as offcpu reads mapped files
+        yield e
 
 
 def _readelf_rows(limit_fdes=400):

@@ -17,6 +17,7 @@ import pytest
 from conftest import KitProc
 from fixtures import kitshim
 from harness import ShimProc, Workload
+import leaks
 from kit import catalog
 from leaks import held_ids, probe_events_of, released
 from workloads import retrans
@@ -194,3 +195,22 @@ def test_comm_scoped_run_goes_on_when_its_process_exits_and_says_so(kernel, no_l
     assert kit.code == 0 and res["stopped_by"] == "timeout" and res["duration_s"] >= 4
     assert res["rows"] == [{"pid": w.pid, "calls": calls}]
     assert any("no process named kit-h-gone is running any more" in n for n in res["notes"]), res["notes"]
+
+
+@pytest.mark.parametrize("hook", ["collect", "detach"])
+def test_a_recipe_hook_that_fails_still_detaches_and_names_the_real_error(kernel, no_leftovers, monkeypatch, hook):
+    """A bug in a recipe's collect() or detach() is reported as itself, and every probe still goes."""
+    import io
+    from kit import cli
+    from kit.recipes import tcpretrans
+
+    def boom(*a):
+        raise RuntimeError(f"injected failure in {hook}")
+
+    monkeypatch.setattr(tcpretrans, hook, boom, raising=False)
+    before = leaks.held()
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["run", "tcpretrans", "--for", "0.5s"], out=out, err=err)
+    assert code == 1, err.getvalue()
+    assert f"RuntimeError: injected failure in {hook}" in err.getvalue()
+    assert leaks.held() == before, "probes stayed attached after a recipe hook failed"

@@ -94,6 +94,17 @@ def test_parses_maps_lines_including_replaced_files():
     assert lines[1].start == 0x7f10a7036000 and lines[1].perms == "r-xp"
 
 
+def test_all_lines_of_maps_keep_anonymous_and_special_mappings_for_naming_frames():
+    text = ("7f10a7036000-7f10a718c000 r-xp 00026000 fe:01 339380   /usr/lib/x86_64-linux-gnu/libc.so.6 (deleted)\n"
+            "7f10a8000000-7f10a8100000 rwxp 00000000 00:00 0 \n"
+            "7ffd3b9e1000-7ffd3b9e3000 r-xp 00000000 00:00 0                          [vdso]\n")
+    lines = targets.parse_maps(text, files_only=False)
+    assert [(l.path, l.name, l.deleted, l.ino) for l in lines] == [
+        ("/usr/lib/x86_64-linux-gnu/libc.so.6", "libc.so.6", True, 339380), ("", "", False, 0),
+        ("[vdso]", "[vdso]", False, 0)]
+    assert [l.path for l in targets.parse_maps(text)] == ["/usr/lib/x86_64-linux-gnu/libc.so.6"]
+
+
 @pytest.mark.parametrize("path, libc", [
     ("/usr/lib/x86_64-linux-gnu/libc.so.6", True), ("/lib/libc-2.17.so", True),
     ("/lib/ld-musl-x86_64.so.1", True), ("/usr/lib/libc.musl-x86_64.so.1", True),

@@ -226,12 +226,13 @@ def _kernel_frames(bpf, stack_id, cache):
 
 def _hidden_chain(key, w, asked_blocks):
     """The frames the kernel's walk skipped for this sample, if kit knows them, else None."""
-    if key.unwind == UNW_DONE and key.nhidden:
-        return list(key.hidden[:key.nhidden])
-    if key.unwind == UNW_ASKED:
+    b = key.block
+    if b.unwind == UNW_DONE and b.nhidden:
+        return list(b.hidden[:b.nhidden])
+    if b.unwind == UNW_ASKED:
         # This block sent its own stack window; its chain was computed from it. Usable only if
         # no other block shares the sample's key (the key is all that tells blocks apart).
-        ident = (key.tid, key.kstack, key.ustack)
+        ident = (key.tid, b.kstack, b.ustack)
         chains = w.asked.get(ident, [])
         if asked_blocks.get(ident) == 1 and len(chains) == 1 and chains[0]:
             return chains[0]
@@ -240,13 +241,14 @@ def _hidden_chain(key, w, asked_blocks):
 
 def _user_frames(bpf, key, img, w, stats, asked_blocks):
     """(frame names, number of recovered frames) for one sample."""
-    if key.ustack < 0:
-        return [f"[missing user stack: {errno.errorcode.get(-key.ustack, key.ustack)}]"], 0
-    addrs = list(bpf["stacks"].walk(key.ustack))
+    b = key.block
+    if b.ustack < 0:
+        return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0
+    addrs = list(bpf["stacks"].walk(b.ustack))
     if not addrs:
         return ["[empty user stack]"], 0
     if img is None or not img.maps:
-        stats["unsnapshotted"].add(key.tgid)
+        stats["unsnapshotted"].add(b.tgid)
         return ["[unknown]"] * len(addrs), 0
     recovered = []
     tail = addrs[1:]
@@ -254,14 +256,14 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
     if hidden:
         if w.learner.verify(img, addrs[0], hidden):
             recovered = hidden
-            if key.bp_unsure:
+            if b.bp_unsure:
                 tail = []
                 stats["bp_unsure"] += 1
         else:
             stats["rejected_chains"] += 1
     names = [img.symbol(addrs[0])]
     names += [img.symbol(a, is_return=True) for a in recovered + tail]
-    if recovered and key.bp_unsure:
+    if recovered and b.bp_unsure:
         names.append("[outer frames unknown: libc reused rbp]")
     return names, len(recovered)
 
@@ -280,22 +282,18 @@ def collect(ctx, bpf):
     samples = [(k, int(v.total_ns), int(v.count), 0) for k, v in bpf["blocks"].items()]
     for tid, s in bpf["start"].items():  # blocks still in progress: count their time so far
         delta = now - int(s.ts)
-        if delta >= min_ns and os.path.exists(f"/proc/{s.tgid}/task/{tid.value}"):  # not a thread gone since
+        if delta >= min_ns and os.path.exists(f"/proc/{s.block.tgid}/task/{tid.value}"):  # not a thread gone since
             k = bpf["blocks"].Key()
-            for f in ("tgid", "kstack", "ustack", "unwind", "nhidden", "bp_unsure"):
-                setattr(k, f, getattr(s, f))
+            k.block = type(k.block).from_buffer_copy(s.block)  # the same C struct, but each table has its own class
             k.tid = tid.value
-            k.comm = s.comm
-            for i in range(len(k.hidden)):
-                k.hidden[i] = s.hidden[i]
             samples.append((k, delta, 1, 1))
     for k, *_ in samples:  # a sighting lost from the perf buffer: try now
-        if w.sym.image(k.tgid) is None:
-            w.sym.see(k.tgid)
+        if w.sym.image(k.block.tgid) is None:
+            w.sym.see(k.block.tgid)
     asked_blocks = {}
     for k, _ns, count, _ip in samples:
-        if k.unwind == UNW_ASKED:
-            ident = (k.tid, k.kstack, k.ustack)
+        if k.block.unwind == UNW_ASKED:
+            ident = (k.tid, k.block.kstack, k.block.ustack)
             asked_blocks[ident] = asked_blocks.get(ident, 0) + count
     kcache = {}
     stats = {"unsnapshotted": set(), "rejected_chains": 0, "bp_unsure": 0}
@@ -304,14 +302,15 @@ def collect(ctx, bpf):
     recovered_rows = [0, 0]
     total_ns = 0
     for k, ns, count, in_progress in samples:
-        img = w.sym.image(k.tgid)
-        kframes = _kernel_frames(bpf, k.kstack, kcache)
+        b = k.block
+        img = w.sym.image(b.tgid)
+        kframes = _kernel_frames(bpf, b.kstack, kcache)
         uframes, nrec = _user_frames(bpf, k, img, w, stats, asked_blocks)
-        comm = k.comm.decode("utf-8", "replace")
-        ident = (k.tgid, k.tid, comm, tuple(kframes), tuple(uframes))
+        comm = b.comm.decode("utf-8", "replace")
+        ident = (b.tgid, k.tid, comm, tuple(kframes), tuple(uframes))
         row = merged.get(ident)
         if row is None:
-            row = merged[ident] = {"comm": comm, "pid": k.tgid, "tid": k.tid, "total_us": 0, "count": 0,
+            row = merged[ident] = {"comm": comm, "pid": b.tgid, "tid": k.tid, "total_us": 0, "count": 0,
                                    "kernel_stack": kframes, "user_stack": uframes, "recovered": nrec,
                                    "in_progress": 0, "_ns": 0}
         row["_ns"] += ns
@@ -321,7 +320,7 @@ def collect(ctx, bpf):
         if nrec:
             recovered_rows[0] += 1
             recovered_rows[1] += ns
-        elif k.ustack >= 0 and img is not None and _libc_top(img, _first(bpf, k.ustack)):
+        elif b.ustack >= 0 and img is not None and _libc_top(img, _first(bpf, b.ustack)):
             libc_unrecovered[0] += 1
             libc_unrecovered[1] += ns
     rows = list(merged.values())

@@ -1,4 +1,5 @@
-"""Builds and drives tests/workloads/lockwork.c, and runs bpftrace as a peer.
+"""Builds and drives tests/workloads/lockwork.c, runs bpftrace as a peer, and
+runs kit around the two (under_kit).
 
 The workload keeps its own books (holds, waits, per-bucket hold counts, lookups
 per name); bpftrace on the same probes is the second opinion.
@@ -43,6 +44,7 @@ class Workload:
         self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         first = json.loads(self.p.stdout.readline())
         self.pid = first["pid"]
+        self.gate, self.hold_gate = gate, hold_gate
         self.report = None
 
     def go(self):
@@ -68,6 +70,45 @@ class Workload:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def under_kit(kit_args, workload, peer=None, also=()):
+    """Runs `kit run KIT_ARGS --json` around one lockwork run, in the order that makes every count
+    exact: kit attaches, then the bpftrace peer (a program text, optional) attaches, then the
+    workload works and reports, then the peer and kit stop.
+
+    workload: a Workload started with gate=True (released once kit has attached), or a function
+    that starts one once kit has attached. also: more gated Workloads, released alongside. A
+    workload is finished as soon as it has reported, or after kit stops if it was started with
+    hold_gate (so its exit adds nothing to what kit measured); on an error, all are finished.
+    Returns (kit's result, the workload's report, the peer's output or None, the workload).
+    """
+    from conftest import KitProc  # tests/ is on sys.path under pytest
+    runs = [w for w in (workload, *also) if isinstance(w, Workload)]
+    try:
+        kit = KitProc("run", *kit_args, "--json")
+        kit.wait_attached()
+        peer = Bpftrace(peer) if peer else None
+        for w in runs:
+            assert w.gate, "a workload started before kit must wait at its gate"
+            w.go()
+        if not isinstance(workload, Workload):
+            workload = workload()
+            runs.insert(0, workload)
+        book = workload.wait_report()
+        for w in also:
+            w.wait_report()
+        for w in runs:
+            if not w.hold_gate:
+                w.finish()
+        peer_out = peer.stop() if peer else None
+        kit.finish()
+    finally:
+        for w in runs:
+            w.finish()
+    res = kit.json()
+    assert kit.code == 0, kit.stderr
+    return res, book, peer_out, workload
 
 
 def rootfs(directory, binary, hosts):
