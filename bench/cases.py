@@ -82,7 +82,7 @@ class HookCase:
         if warm:
             for label, make in variants.items():
                 _try_once(self.workload, label, make, failed, self.name)
-        labels = ["bare"] + [v for v in variants if v not in failed]
+        labels = [v for v in variants if v not in failed]
         rows = {label: [] for label in labels}
         for rep in range(reps):
             for label in rotate(labels, rep):
@@ -104,11 +104,10 @@ class HookCase:
         return sec, ev, (min(per) if per else None), sum(e for _s, e, _c in runs)
 
     def _measure(self, make):
-        """One variant in one repetition; make is None for the bare run."""
+        """One variant in one repetition: bare rounds, then the tool's, on the same target
+        seconds apart, so that the difference is not the machine's drift between the two."""
         with self.workload.session() as target:
-            if make is None:
-                sec, ev, cpu, _all = self._rounds(target)
-                return {"seconds": sec, "events": ev, "cpu_per_event": cpu}
+            bare_sec, _bare_ev, bare_cpu, _n = self._rounds(target)
             tool = make(target)
             tool.start()
             try:
@@ -123,7 +122,8 @@ class HookCase:
                 tool.stop()
         ns, cnt = bpfstats.delta(before, after)
         kit = kit_json(tool)
-        return {"seconds": sec, "events": ev, "cpu_per_event": cpu, "body_ns": ns / ev2 if ev2 else None,
+        return {"seconds": sec, "events": ev, "cpu_per_event": cpu, "bare_seconds": bare_sec,
+                "bare_cpu_per_event": bare_cpu, "body_ns": ns / ev2 if ev2 else None,
                 "body_ns_per_run": ns / cnt if cnt else None, "runs": cnt, "stats_events": ev2,
                 "progs": sorted(n for _t, _c, n in after.values()), "sysctl_on": sysctl,
                 "all_events": round_events + ev2,
@@ -137,47 +137,44 @@ class HookResult:
         self.case, self.rows, self.failed = case, rows, failed
 
     def _per_rep(self, label, fn):
-        out = []
-        for i, r in enumerate(self.rows.get(label, [])):
-            bare = self.rows["bare"][i] if i < len(self.rows["bare"]) else None
-            out.append(fn(r, bare) if r is not None and bare is not None else None)
-        return out
+        return [fn(r) if r is not None else None for r in self.rows.get(label, [])]
 
     def body_ns(self, label):
         """Program run time per workload event (all the tool's programs: some hook several probes per event)."""
-        return Figure(self._per_rep(label, lambda r, b: r["body_ns"]), "ns")
+        return Figure(self._per_rep(label, lambda r: r["body_ns"]), "ns")
 
     def added_ns(self, label):
-        """CPU time the tool added to the workload, per workload event (against the same repetition's bare run)."""
-        return Figure(self._per_rep(label, lambda r, b: (r["cpu_per_event"] - b["cpu_per_event"]) * 1e9
-                                    if r["cpu_per_event"] is not None and b["cpu_per_event"] is not None
+        """CPU time the tool added to the workload per workload event, against the bare rounds just before."""
+        return Figure(self._per_rep(label, lambda r: (r["cpu_per_event"] - r["bare_cpu_per_event"]) * 1e9
+                                    if r["cpu_per_event"] is not None and r["bare_cpu_per_event"] is not None
                                     else None), "ns")
 
     def slowdown_pct(self, label):
-        return Figure(self._per_rep(label, lambda r, b: 100.0 * (r["seconds"] / b["seconds"] - 1)), "%")
+        return Figure(self._per_rep(label, lambda r: 100.0 * (r["seconds"] / r["bare_seconds"] - 1)), "%")
 
     def ready_s(self, label):
         """Seconds from exec to the tool's "attached" line, at each start in the repetitions."""
         return Figure([r["ready_s"] if r else None for r in self.rows.get(label, [])], "s")
 
     def bare_seconds(self):
-        return Figure([r["seconds"] for r in self.rows["bare"]], "s")
+        """The bare rounds' time (those before kit's own runs)."""
+        return Figure(self._per_rep(self.case.kit_label, lambda r: r["bare_seconds"]), "s")
 
     def events(self):
-        return Figure([r["events"] for r in self.rows["bare"]])
+        return Figure(self._per_rep(self.case.kit_label, lambda r: r["events"]))
 
     def runs_per_event(self, label):
         """Program runs per workload event while timed: the probes per event, or more when the
         program also saw other processes' events."""
-        return Figure(self._per_rep(label, lambda r, b: r["runs"] / r["stats_events"] if r["stats_events"] else None))
+        return Figure(self._per_rep(label, lambda r: r["runs"] / r["stats_events"] if r["stats_events"] else None))
 
     def kit_seen(self, label, key="kit_events"):
         """kit's own count (recorded or filtered) over the workload's events in the same rounds."""
-        return Figure(self._per_rep(label, lambda r, b: r[key] / r["all_events"]
+        return Figure(self._per_rep(label, lambda r: r[key] / r["all_events"]
                                     if r.get(key) is not None and r["all_events"] else None))
 
     def labels(self):
-        return [k for k in self.rows if k != "bare"]
+        return list(self.rows)
 
     def to_json(self):
         return {"rows": self.rows, "failed": self.failed}

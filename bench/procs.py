@@ -6,6 +6,7 @@ arrives, so the ready time is when the line reached us, and a chatty tool
 never blocks on a full pipe.
 """
 
+import collections
 import os
 import re
 import signal
@@ -21,10 +22,12 @@ class ToolFailed(RuntimeError):
 
 
 class _Lines(threading.Thread):
+    KEEP = 5000  # lines kept: a tool that prints every event (bcc's gethostlatency) must not grow the bench
+
     def __init__(self, stream, t0, ready_re, ready_event, sink):
         super().__init__(daemon=True)
         self.stream, self.t0, self.ready_re, self.ready_event, self.sink = stream, t0, ready_re, ready_event, sink
-        self.lines = []
+        self.lines = collections.deque(maxlen=self.KEEP)
 
     def run(self):
         for line in iter(self.stream.readline, ""):
@@ -48,6 +51,7 @@ class Tool:
         self.rusage = None
         self.code = None
         self.cleanups = []   # run once the process is reaped (e.g. stop a process the tool was scoped to)
+        self.hwm_kb = None   # the process's own peak RSS (VmHWM), last read before it exited
 
     def start(self, timeout=60):
         """Starts the tool and waits for its ready line; returns seconds from exec to that line."""
@@ -82,6 +86,18 @@ class Tool:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
+    def read_hwm(self):
+        """VmHWM: the peak RSS of the program since it was exec'd (its own memory only; ru_maxrss
+        would also count the forking parent's, which exec carries over into the child's maximum)."""
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.hwm_kb = max(self.hwm_kb or 0, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        return self.hwm_kb
+
     def stop(self, grace=1.5, tries=5):
         """SIGINT (repeated: bpftrace 0.17 loses one that arrives just after it is ready),
         then SIGTERM, then SIGKILL. Reaps the child with its rusage. Idempotent."""
@@ -95,6 +111,7 @@ class Tool:
                 pass
             deadline = time.monotonic() + (grace if sig != signal.SIGKILL else 30)
             while time.monotonic() < deadline:
+                self.read_hwm()  # it may still grow while the tool writes its report
                 if self._reap():
                     return self.code
                 time.sleep(0.02)
@@ -125,8 +142,8 @@ class Tool:
         return "".join(self._err.lines) if self.p else ""
 
     def peak_rss_mb(self):
-        """Peak resident memory, from the reaped child's rusage (ru_maxrss is in KiB on Linux)."""
-        return self.rusage.ru_maxrss / 1024.0 if self.rusage else None
+        """Peak resident memory of the tool's own program (VmHWM, KiB), in MB."""
+        return self.hwm_kb / 1024.0 if self.hwm_kb else None
 
     def total_cpu_s(self):
         return (self.rusage.ru_utime + self.rusage.ru_stime) if self.rusage else None

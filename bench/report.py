@@ -246,6 +246,10 @@ def render(meta, hooks, starts, footprints, mode):
             seen.add(r["key"])
             out.append(f"- **{r['target']}, {r['case']}**: {explain.why(r['key'])}")
         out.append("")
+    out.append("### Changes to kit\n")
+    out.append("Where a miss was cheap to fix in kit, it was fixed (small, local changes), then measured against "
+               "the kit before it, side by side in the same way:\n")
+    out.append(explain.CHANGES)
     notes = explain.notes(hooks, starts, footprints)
     if notes:
         out.append("### Also noticed\n")
