@@ -30,8 +30,11 @@ def rotate(items, rep):
     return items[k:] + items[:k]
 
 
+_T0 = time.monotonic()
+
+
 def log(msg):
-    sys.stderr.write(f"bench: {msg}\n")
+    sys.stderr.write(f"bench: {time.monotonic() - _T0:6.1f}s {msg}\n")
     sys.stderr.flush()
 
 
@@ -175,6 +178,11 @@ class HookResult:
 
     def labels(self):
         return list(self.rows)
+
+    def never_ran(self, label):
+        """True when the tool's programs never ran for the workload (kit put no probe in it)."""
+        rows = [r for r in self.rows.get(label, []) if r is not None]
+        return bool(rows) and all(r["runs"] == 0 for r in rows)
 
     def to_json(self):
         return {"rows": self.rows, "failed": self.failed}

@@ -28,7 +28,11 @@ def kit(label, recipe, *args, duration="300s"):
     on a production box), ending the measurement while the peers keep going."""
     exe = os.path.join(ROOT, ".venv", "bin", "kit")
     return Tool(label, [exe, "run", recipe, *args, "--for", duration, "--budget", "100", "--json"],
-                ready=r"kit: \S+ attached to ", cwd=ROOT)
+                ready=r"kit: \S+ attached to ", cwd=ROOT, grace=KIT_GRACE)
+
+
+# kit reads and symbolizes its maps after SIGINT; a second SIGINT would cut that short
+KIT_GRACE = 15.0
 
 
 def kit_patched(label, patch, recipe, *args, duration="300s"):
@@ -36,12 +40,13 @@ def kit_patched(label, patch, recipe, *args, duration="300s"):
     measure what one of its steps costs. Used only by the bench; kit itself has no such switch."""
     code = f"import sys; {patch}; from kit import cli; sys.exit(cli.main(sys.argv[1:]))"
     return Tool(label, [sys.executable, "-c", code, "run", recipe, *args, "--for", duration, "--budget", "100",
-                        "--json"], ready=r"kit: \S+ attached to ", cwd=ROOT)
+                        "--json"], ready=r"kit: \S+ attached to ", cwd=ROOT, grace=KIT_GRACE)
 
 
 def bpftrace(label, program):
     prog = 'BEGIN { printf("%s\\n", "' + READY + '"); } ' + program
-    return Tool(label, ["bpftrace", "-e", prog], ready=READY)
+    # bpftrace 0.17 can miss the first SIGINT (see procs.Tool.stop): ask again soon
+    return Tool(label, ["bpftrace", "-e", prog], ready=READY, grace=0.5)
 
 
 LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
@@ -53,7 +58,9 @@ def bcc_tool(name):
 
 
 def bcc(label, name, *args, ready):
-    return Tool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"})
+    # a SIGINT that lands in a perf-buffer callback is swallowed by ctypes ("Exception ignored"): under a
+    # flood of events (gethostlatency) most are, so ask again soon
+    return Tool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"}, grace=0.5)
 
 
 def empty(label, *hooks):

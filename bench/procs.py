@@ -42,8 +42,9 @@ class _Lines(threading.Thread):
 class Tool:
     """A command that prints a line matching `ready` once its probes are attached."""
 
-    def __init__(self, label, argv, ready, env=None, cwd=None):
+    def __init__(self, label, argv, ready, env=None, cwd=None, grace=1.5):
         self.label, self.argv, self.ready = label, list(argv), re.compile(ready)
+        self.grace = grace   # seconds to wait after each SIGINT before sending another
         self.env = dict(os.environ, **(env or {}))
         self.cwd = cwd
         self.p = None
@@ -98,11 +99,12 @@ class Tool:
             pass
         return self.hwm_kb
 
-    def stop(self, grace=1.5, tries=5):
+    def stop(self, grace=None, tries=5):
         """SIGINT (repeated: bpftrace 0.17 loses one that arrives just after it is ready),
         then SIGTERM, then SIGKILL. Reaps the child with its rusage. Idempotent."""
         if self._reap():
             return self.code
+        grace = self.grace if grace is None else grace
         sigs = [signal.SIGINT] * tries + [signal.SIGTERM, signal.SIGKILL]
         for sig in sigs:
             try:

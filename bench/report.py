@@ -108,22 +108,31 @@ def hook_section(res, verdicts, out):
       f"{' (within noise)' if noise_bound(empty_added) else ''} | 1 | 1 |")
     for label in c.filtered:
         body, added = res.body_ns(label), res.added_ns(label)
+        scope = label.split(", ", 1)[-1]
+        if res.never_ran(label):
+            w(f"| {label} | 0: never ran (kit put no breakpoint in this process) | — | 0 | 0 |")
+            for what in ("body", "CPU added"):
+                verdicts.add(f"a filtered-out event ≤ 1.2× an empty program ({what}; {scope})", c.name, "0",
+                             (empty_body if what == "body" else empty_added).fmt(), Figure([0.0], "×"), 1.2,
+                             ("filtered", c.name))
+            continue
         rb, ra = paired_ratio(body, empty_body), paired_ratio(added, empty_added)
         w(f"| {label} | {body.fmt()} | {added.fmt()}{' (within noise)' if noise_bound(added) else ''} "
           f"| {_ratio_cell(rb)} | {_ratio_cell(ra)} |")
-        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (body; {label.split(', ', 1)[-1]})", c.name,
+        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (body; {scope})", c.name,
                      body.fmt(), empty_body.fmt(), rb, 1.2, ("filtered_body", c.name))
-        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (CPU added; "
-                     f"{label.split(', ', 1)[-1]})", c.name, added.fmt(), empty_added.fmt(), ra, 1.2,
-                     ("filtered_added", c.name), noisy=noise_bound(added) or noise_bound(empty_added))
+        verdicts.add(f"a filtered-out event ≤ 1.2× an empty program (CPU added; {scope})", c.name, added.fmt(),
+                     empty_added.fmt(), ra, 1.2, ("filtered_added", c.name),
+                     noisy=noise_bound(added) or noise_bound(empty_added))
     w("")
     checks = []
     for label in res.labels():
         rpe = res.runs_per_event(label)
         if rpe:
             checks.append(f"{label} {rpe.fmt(2)}")
-    w(f"Check, program runs per workload event while timed (≥ 1 means the program saw every event; "
-      f"the rest is the box's other {c.workload.units}): " + "; ".join(checks) + ".")
+    w(f"Check, program runs per workload event while timed (the probes each event passes: 1 on a tracepoint, 2 or "
+      f"3 for a uprobe pair; a little more where the program also saw the box's other {c.workload.units}): "
+      + "; ".join(checks) + ".")
     seen = res.kit_seen(c.kit_label)
     filt = [(label, res.kit_seen(label, "kit_filtered")) for label in c.filtered]
     w(f"Check against the workload's own count: kit recorded {seen.fmt(3)} of the workload's events "
