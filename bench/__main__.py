@@ -1,6 +1,6 @@
 """kit's benchmarks against bpftrace and bcc's tools: `sudo ./bench/run`.
 
-    python -m bench [--quick] [--only RECIPE,...] [--kinds hook,footprint] [--out FILE] [--reps N]
+    python -m bench [--quick] [--only RECIPE,...] [--kinds hook,footprint,guard] [--out FILE] [--reps N]
 
 Builds the workloads into bench/out/, runs each case alternating kit and its
 peers, and writes RESULTS.md (bench/RESULTS.md by default; --quick writes
@@ -17,7 +17,7 @@ from bench import bpfstats, report, suite
 from bench.cases import log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("hook", "footprint")  # the start-up is timed at every tool start of the hook cases
+KINDS = ("hook", "footprint", "guard")  # the start-up is timed at every tool start of the hook cases
 
 
 def parse(argv):
@@ -25,7 +25,7 @@ def parse(argv):
     p.add_argument("--quick", action="store_true", help="one repetition, tiny workloads (the smoke test)")
     p.add_argument("--only", default=",".join(suite.RECIPES), help="recipes to bench, comma-separated")
     p.add_argument("--kinds", default=",".join(KINDS),
-                   help="which kinds of case: hook (per-event cost, and start-up), footprint")
+                   help="which kinds of case: hook (per-event cost, and start-up), footprint, guard")
     p.add_argument("--out", default=None, help="where to write the results (markdown)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 7; 1 with --quick)")
     a = p.parse_args(argv)
@@ -54,7 +54,7 @@ def main(argv=None):
     out = a.out or (os.path.join(outdir, "RESULTS.quick.md") if a.quick else os.path.join(HERE, "RESULTS.md"))
     t0 = time.monotonic()
     meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
-    hooks, starts, footprints = {}, {}, {}
+    hooks, starts, footprints, guards = {}, {}, {}, {}
     built = {name: suite.RECIPES[name](outdir, mode) for name in a.only}
     if "hook" in a.kinds:
         for name, r in built.items():
@@ -66,14 +66,18 @@ def main(argv=None):
         for name, r in built.items():
             with _prepared(r.footprint.workload):
                 footprints[name] = r.footprint.run(mode.footprint_reps)
+    if "guard" in a.kinds:
+        for name, r in built.items():
+            with _prepared(r.guard.workload):
+                guards[name] = r.guard.run(mode.guard_reps)
     meta["load_end"] = report.loadavg()
     meta["minutes"] = (time.monotonic() - t0) / 60
     meta["sysctl_on"] = bpfstats.sysctl_on()
     raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
         outdir, "results.quick.json" if a.quick else "results.json")
     with open(raw, "w") as f:  # first, so that the samples survive a bug in the report
-        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints)}, f, indent=1, default=str)
-    text = report.render(meta, hooks, starts, footprints, mode)
+        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints, guards)}, f, indent=1, default=str)
+    text = report.render(meta, hooks, starts, footprints, guards, mode)
     with open(out, "w") as f:
         f.write(text)
     log(f"wrote {out} and {raw} in {meta['minutes']:.1f} min")

@@ -10,6 +10,7 @@ inside every repetition (the order rotates from one repetition to the next):
                  is timed the same way
   FootprintCase  the tool's own CPU and peak memory over an aggregating run
                  on a busy workload
+  GuardCase      the guardrail's estimate against the run's measured cost
 
 A tool is built by a factory from the workload's target (its pid, comm,
 binary), since some tools attach to one process.
@@ -272,3 +273,77 @@ class FootprintResult:
 
     def to_json(self):
         return {"rows": self.rows, "failed": self.failed}
+
+
+@dataclasses.dataclass
+class GuardCase:
+    """The guardrail's pre-attach estimate (`kit estimate`) against what the run cost, on the busy
+    workload: kit's own meter, the kernel's run time of kit's programs (bpf_stats, a lower bound:
+    no dispatch, no trap), and the bench's own price (the events kit counted, at the CPU per
+    event the hook case measured on the workload)."""
+    name: str
+    workload: object
+    kit_args: object     # target -> [kit run arguments after the recipe name]
+    seconds: float
+    settle_s: float = 0.5
+
+    def run(self, reps):
+        rows = []
+        for rep in range(reps):
+            log(f"guardrail {self.name} rep {rep + 1}/{reps}")
+            rows.append(self._measure())
+        return GuardResult(self, rows)
+
+    def _measure(self):
+        import os
+        import subprocess
+        from bench import peers
+        with self.workload.busy() as target:
+            time.sleep(self.settle_s)
+            args = self.kit_args(target)
+            exe = os.path.join(peers.ROOT, ".venv", "bin", "kit")
+            p = subprocess.run([exe, "estimate", self.name, *args, "--budget", "100", "--json"], cwd=peers.ROOT,
+                               capture_output=True, text=True, timeout=120)
+            try:
+                est = json.loads(p.stdout).get("estimate") or {}
+            except ValueError:
+                est = {"error": (p.stderr or p.stdout).strip()[-300:]}
+            tool = peers.kit("kit", self.name, *args)
+            try:
+                tool.start()
+                time.sleep(max(self.seconds - 2.0, self.seconds / 2))
+                ids = bpfstats.prog_ids(tool.pid)
+                with bpfstats.enabled():
+                    t0, before = time.monotonic(), bpfstats.snapshot(ids)
+                    time.sleep(min(2.0, self.seconds / 2))
+                    t1, after = time.monotonic(), bpfstats.snapshot(ids)
+            finally:
+                tool.stop()
+        ns, cnt = bpfstats.delta(before, after)
+        res = kit_json(tool) or {}
+        return {"estimate": est, "overhead": {k: v for k, v in (res.get("overhead") or {}).items()
+                                              if k != "estimate"},
+                "events": res.get("events"), "filtered": res.get("filtered"), "seconds": res.get("duration_s"),
+                "stats_body_ns_per_s": ns / (t1 - t0), "stats_runs_per_s": cnt / (t1 - t0),
+                "stopped_by": res.get("stopped_by")}
+
+
+class GuardResult:
+    def __init__(self, case, rows):
+        self.case, self.rows = case, rows
+
+    def has_estimate(self):
+        """The guardrail prices a run (cpu_pct) only in kits that have its rate measurement."""
+        return any(r and "cpu_pct" in r["estimate"] for r in self.rows)
+
+    def fig(self, fn, unit=""):
+        vals = []
+        for r in self.rows:
+            try:
+                vals.append(fn(r))
+            except (KeyError, TypeError, ZeroDivisionError):
+                vals.append(None)
+        return Figure(vals, unit)
+
+    def to_json(self):
+        return {"rows": self.rows}

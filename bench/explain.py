@@ -47,6 +47,14 @@ start-up excluded; CPU in all comes from the reaped child's rusage, start-up and
 Peak memory is the program's VmHWM (/proc/PID/status, peak RSS since exec), read until it exits. BCC's tools and
 kit compile with clang in-process, so their peak is mostly the compiler's."""
 
+GUARD_METHOD = """\
+On the busy workload, `kit estimate` (nothing attached: it counts the hook's rate with perf and prices it), then
+`kit run` with the same scope for {seconds:g} s. Measured is the bench's own price: the events kit counted in
+scope and filtered, per second, at the CPU per event the per-event section measured on the same workload (its
+CPU-added figure where that is resolved, else the program body, which leaves out dispatch and traps: a lower
+bound). kit's meter is kit's own running figure; the programs' run time is the kernel's, over the last seconds
+of the run. All as percent of the machine ({ncpu} CPUs)."""
+
 METHOD_FOOTER = """\
 ## Reproducing
 

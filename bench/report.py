@@ -202,7 +202,47 @@ def footprint_section(results, verdicts, out):
     w("")
 
 
-def render(meta, hooks, starts, footprints, mode):
+def _price(hook, label):
+    """ns per event a tool costs the workload: the hook case's CPU added when it is resolved,
+    else the program body (a lower bound), and which of the two it is."""
+    added = hook.added_ns(label)
+    if added and not noise_bound(added):
+        return added.median, "CPU added"
+    body = hook.body_ns(label)
+    return (body.median, "body, lower bound") if body else (None, None)
+
+
+def guard_section(guards, hooks, out):
+    w = out.append
+    ncpu = os.cpu_count() or 1
+    w("| recipe | estimated events/s in scope | counted events/s in scope | estimated ns per event | measured ns "
+      "per event (how) | estimate | kit's meter | programs' run time (bpf_stats, lower bound) | measured "
+      "(counted × measured ns) | estimate / measured |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for name, g in guards.items():
+        hook = hooks.get(name)
+        ns_in, how = _price(hook, hook.case.kit_label) if hook else (None, None)
+        filt = next(iter(hook.case.filtered), None) if hook else None
+        ns_out, _how = _price(hook, filt) if filt and not hook.never_ran(filt) else (0.0, None)
+        pct = 100.0 / (ncpu * 1e9)
+
+        def measured(r):
+            s = r["seconds"]
+            return (r["events"] / s * ns_in + r["filtered"] / s * (ns_out or 0.0)) * pct
+
+        est = g.fig(lambda r: r["estimate"]["cpu_pct"], "%")
+        meas = g.fig(measured, "%") if ns_in is not None else Figure([], "%")
+        ratio = paired_ratio(est, meas)
+        w(f"| {name} | {g.fig(lambda r: r['estimate']['in_scope_per_s']).fmt(0)} "
+          f"| {g.fig(lambda r: r['events'] / r['seconds']).fmt(0)} "
+          f"| {g.fig(lambda r: r['estimate']['cost']['in_ns']).fmt(0) if g.has_estimate() else 'n/a'} "
+          f"| {f'{ns_in:.0f} ({how})' if ns_in is not None else 'n/a'} | {est.fmt(2)} "
+          f"| {g.fig(lambda r: r['overhead']['cpu_pct'], '%').fmt(2)} "
+          f"| {g.fig(lambda r: r['stats_body_ns_per_s'] * pct, '%').fmt(2)} | {meas.fmt(2)} | {_ratio_cell(ratio)} |")
+    w("")
+
+
+def render(meta, hooks, starts, footprints, guards, mode):
     verdicts = Verdicts()
     body = []
     if hooks:
@@ -218,6 +258,10 @@ def render(meta, hooks, starts, footprints, mode):
         body.append("## kit's own CPU and memory while it aggregates\n")
         body.append(explain.FOOTPRINT_METHOD.format(seconds=mode.footprint_s) + "\n")
         footprint_section(footprints, verdicts, body)
+    if guards:
+        body.append("## The guardrail's estimate against the measured cost\n")
+        body.append(explain.GUARD_METHOD.format(seconds=mode.guard_s, ncpu=os.cpu_count() or 1) + "\n")
+        guard_section(guards, hooks, body)
 
     out = ["# kit benchmarks: results\n",
            f"Written by `sudo ./bench/run` on {meta['date']} in {meta['minutes']:.0f} min"
@@ -260,6 +304,9 @@ def render(meta, hooks, starts, footprints, mode):
                "the kit before it, side by side in the same way:\n")
     out.append(explain.CHANGES)
     notes = explain.notes(hooks, starts, footprints)
+    if guards and not any(g.has_estimate() for g in guards.values()):
+        notes = ["The guardrail in this kit prices runs from a fixed cost class only; its rate-measuring "
+                 "estimate (`kit estimate`) is not in it yet, so the estimate columns of its table are empty."] + notes
     if notes:
         out.append("### Also noticed\n")
         out += [f"- {n}" for n in notes]
@@ -271,7 +318,7 @@ def now():
     return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def as_json(hooks, starts, footprints):
+def as_json(hooks, starts, footprints, guards):
     def fig(x):
         return x.to_json() if isinstance(x, Figure) else x
     return {
@@ -279,4 +326,5 @@ def as_json(hooks, starts, footprints):
         "starts": {k: {"figures": {lab: fig(f) for lab, f in v["figures"].items()}, "failed": v["failed"]}
                    for k, v in starts.items()},
         "footprints": {k: v.to_json() for k, v in footprints.items()},
+        "guards": {k: v.to_json() for k, v in guards.items()},
     }

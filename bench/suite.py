@@ -6,7 +6,7 @@ t.binary), since some attach to one process."""
 import dataclasses
 
 from bench import peers, workloads
-from bench.cases import FootprintCase, HookCase, StartCase
+from bench.cases import FootprintCase, GuardCase, HookCase, StartCase
 
 
 @dataclasses.dataclass
@@ -23,11 +23,15 @@ class Mode:
     wall_runs: int = 3
     extras: bool = True           # kit variants beyond the one compared (attribution of its costs)
     settle_s: float = 0.5
+    guard_reps: int = 3
+    guard_s: float = 10.0
+    footprint_bpftrace: bool = True  # the quick mode leaves bpftrace out of the footprint runs (time)
 
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             lock_pairs=5_000, gai_calls=500, warm=False, wall_runs=1, extras=False, settle_s=0.2)
+             lock_pairs=5_000, gai_calls=500, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
 
 
 def kit_rung(recipe_name):
@@ -46,6 +50,12 @@ class Recipe:
     """One recipe's cases (its start-up is timed at every tool start of the hook case)."""
     hook: HookCase
     footprint: FootprintCase
+    guard: GuardCase
+
+
+def _kit(name, kit_args):
+    """kit as compared with the peers: `kit run NAME` with the workload's scope."""
+    return lambda t: peers.kit("kit", name, *kit_args(t))
 
 
 def _extras(mode, extras):
@@ -55,7 +65,8 @@ def _extras(mode, extras):
 def offcpu(outdir, mode):
     w = workloads.PingPong(outdir, mode.pingpong_rounds)
     hook = kit_rung("offcpu")
-    kit = lambda t: peers.kit("kit", "offcpu", "--comm", t.comm)  # noqa: E731
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("offcpu", args)
     bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_offcpu(t.comm))  # noqa: E731
     bcc = lambda t: peers.bcc("bcc offcputime", "offcputime", ready="Tracing off-CPU")  # noqa: E731
     return Recipe(
@@ -69,14 +80,15 @@ def offcpu(outdir, mode):
                                                                                  "kit-nomatch"),
                            "kit, --pid of another process": lambda t: peers.kit("kit", "offcpu", "--pid", "1")},
                  empty=_empty_on(hook), wall_runs=mode.wall_runs),
-        FootprintCase("offcpu", w, {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}, mode.footprint_s,
-                      settle_s=mode.settle_s))
+        _footprint("offcpu", w, {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
 def tcpretrans(outdir, mode):
     w = workloads.Retrans(mode.bulk_bytes)
     hook = kit_rung("tcpretrans")
-    kit = lambda t: peers.kit("kit", "tcpretrans")  # noqa: E731
+    args = lambda t: []  # noqa: E731
+    kit = _kit("tcpretrans", args)
     bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_tcpretrans())  # noqa: E731
     bcc = lambda t: peers.bcc("bcc tcpretrans -c", "tcpretrans", "-c", ready="Tracing retransmits")  # noqa: E731
     return Recipe(
@@ -84,8 +96,8 @@ def tcpretrans(outdir, mode):
                  peers={"bpftrace": bpftrace, "bcc tcpretrans -c": bcc},
                  filtered={"kit, --port of another flow": lambda t: peers.kit("kit", "tcpretrans", "--port", "9")},
                  empty=_empty_on(hook), wall_runs=mode.wall_runs),
-        FootprintCase("tcpretrans", w, {"kit": kit, "bcc tcpretrans -c": bcc, "bpftrace": bpftrace},
-                      mode.footprint_s, settle_s=mode.settle_s))
+        _footprint("tcpretrans", w, {"kit": kit, "bcc tcpretrans -c": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("tcpretrans", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
 NO_BCC_LOCKHOLD = ("bcc has no user-space lock-hold tool (klockstat times kernel mutexes through kprobes, which "
@@ -96,7 +108,8 @@ def lockhold(outdir, mode):
     w = workloads.lockloop(outdir, mode.lock_pairs)
     idle = workloads.Resident(outdir, "lockloop.c", "kit-lockidle", 1, "", "", flags=("-pthread",))
     app = ["--lock", "pool_lock", "--unlock", "pool_unlock"]
-    kit = lambda t: peers.kit("kit", "lockhold", "--pid", str(t.pid), *app)  # noqa: E731
+    args = lambda t: ["--pid", str(t.pid), *app]  # noqa: E731
+    kit = _kit("lockhold", args)
     bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_lockhold(t.binary, t.pid))  # noqa: E731
     return Recipe(
         HookCase(name="lockhold", workload=w, hook="uprobe pool_lock, uretprobe pool_lock, uprobe pool_unlock",
@@ -108,8 +121,8 @@ def lockhold(outdir, mode):
                  empty=lambda t: peers.empty("empty program", "uprobe", f"{t.binary}:pool_lock", "uretprobe",
                                              f"{t.binary}:pool_lock", "uprobe", f"{t.binary}:pool_unlock"),
                  unavailable={"bcc": NO_BCC_LOCKHOLD}, wall_runs=mode.wall_runs),
-        FootprintCase("lockhold", w, {"kit": kit, "bpftrace": bpftrace}, mode.footprint_s,
-                      unavailable={"bcc": NO_BCC_LOCKHOLD}, settle_s=mode.settle_s))
+        _footprint("lockhold", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable={"bcc": NO_BCC_LOCKHOLD}),
+        GuardCase("lockhold", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
 class _OtherProcess:
@@ -130,7 +143,8 @@ class _OtherProcess:
 
 def getaddrinfo(outdir, mode):
     w = workloads.gai(outdir, mode.gai_calls)
-    kit = lambda t: peers.kit("kit", "getaddrinfo", "--pid", str(t.pid))  # noqa: E731
+    args = lambda t: ["--pid", str(t.pid)]  # noqa: E731
+    kit = _kit("getaddrinfo", args)
     bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_getaddrinfo(t.pid))  # noqa: E731
     bcc = lambda t: peers.bcc("bcc gethostlatency", "gethostlatency", "-p", str(t.pid), ready=r"TIME\s+PID")  # noqa
     return Recipe(
@@ -141,8 +155,14 @@ def getaddrinfo(outdir, mode):
                  empty=lambda t: peers.empty("empty program", "uprobe", f"{peers.LIBC}:getaddrinfo", "uretprobe",
                                              f"{peers.LIBC}:getaddrinfo"),
                  wall_runs=mode.wall_runs),
-        FootprintCase("getaddrinfo", w, {"kit": kit, "bcc gethostlatency": bcc, "bpftrace": bpftrace},
-                      mode.footprint_s, settle_s=mode.settle_s))
+        _footprint("getaddrinfo", w, {"kit": kit, "bcc gethostlatency": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("getaddrinfo", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def _footprint(name, w, tools, mode, **kw):
+    if not mode.footprint_bpftrace:
+        tools = {k: v for k, v in tools.items() if k != "bpftrace"}
+    return FootprintCase(name, w, tools, mode.footprint_s, settle_s=mode.settle_s, **kw)
 
 
 class _Nothing:

@@ -63,4 +63,8 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
         assert fp["peak_mb"] > 0 and fp["kit_events"] > 0, (name, fp)
     assert raw["footprints"]["tcpretrans"]["rows"]["kit"][0]["peak_mb"] > 0
     assert raw["starts"]["(reference)"]["figures"]["minimal bpftrace program"]["median"] > 0
+    for name in ("offcpu", "lockhold", "getaddrinfo"):
+        g = raw["guards"][name]["rows"][0]
+        assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
+    assert "## The guardrail's estimate against the measured cost" in text
     assert "kit-bench-" not in _netns(), "the bench left its network namespace behind"
