@@ -28,6 +28,8 @@ def parse(argv):
                    help="which kinds of case: hook (per-event cost, and start-up), footprint, guard")
     p.add_argument("--out", default=None, help="where to write the results (markdown)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 7; 1 with --quick)")
+    p.add_argument("--from-json", metavar="RAW", default=None,
+                   help="measure nothing: write the results again from a run's raw samples (its .json)")
     a = p.parse_args(argv)
     a.only = [x for x in a.only.split(",") if x]
     a.kinds = [x for x in a.kinds.split(",") if x]
@@ -52,6 +54,8 @@ def main(argv=None):
     outdir = os.path.join(HERE, "out")
     os.makedirs(outdir, exist_ok=True)
     out = a.out or (os.path.join(outdir, "RESULTS.quick.md") if a.quick else os.path.join(HERE, "RESULTS.md"))
+    if a.from_json:
+        return rerender(a.from_json, out, outdir, mode)
     t0 = time.monotonic()
     meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
     hooks, starts, footprints, guards = {}, {}, {}, {}
@@ -81,6 +85,25 @@ def main(argv=None):
     with open(out, "w") as f:
         f.write(text)
     log(f"wrote {out} and {raw} in {meta['minutes']:.1f} min")
+    return 0
+
+
+def rerender(raw_path, out, outdir, mode):
+    """The report again from a run's raw samples (for its wording; nothing is measured)."""
+    from bench.cases import FootprintResult, GuardResult, HookResult
+    from bench.stats import Figure
+    with open(raw_path) as f:
+        raw = json.load(f)
+    names = list(raw["hooks"] or raw["footprints"] or raw.get("guards") or {})
+    built = {name: suite.RECIPES[name](outdir, mode) for name in names}
+    hooks = {n: HookResult(built[n].hook, r["rows"], r["failed"]) for n, r in raw["hooks"].items()}
+    footprints = {n: FootprintResult(built[n].footprint, r["rows"], r["failed"]) for n, r in raw["footprints"].items()}
+    guards = {n: GuardResult(built[n].guard, r["rows"]) for n, r in raw.get("guards", {}).items()}
+    starts = {n: {"figures": {lab: Figure(fig["samples"], fig["unit"]) for lab, fig in r["figures"].items()},
+                  "failed": r["failed"]} for n, r in raw["starts"].items()}
+    with open(out, "w") as f:
+        f.write(report.render(raw["meta"], hooks, starts, footprints, guards, mode))
+    log(f"wrote {out} from {raw_path}")
     return 0
 
 

@@ -58,9 +58,11 @@ of the run. All as percent of the machine ({ncpu} CPUs)."""
 METHOD_FOOTER = """\
 ## Reproducing
 
-`sudo ./bench/run` (about 15 minutes) builds the workloads into bench/out/, runs every case, writes this file
-and the raw samples to bench/out/results.json. `sudo ./bench/run --quick` is the smoke test's tiny mode
-(one repetition, tiny workloads, writes to bench/out/). Targets are reported here, never asserted in tests.
+`sudo ./bench/run` (about half an hour here) builds the workloads into bench/out/, runs every case, writes this
+file and the raw samples to bench/out/results.json; `--only RECIPE,...` and `--kinds hook,footprint,guard` run
+a part, `--from-json bench/out/results.json` writes this file again from the samples without measuring.
+`sudo ./bench/run --quick` is the smoke test's tiny mode (one repetition, tiny workloads, writes to bench/out/).
+Targets are reported here, never asserted in tests.
 """
 
 # What this benchmark changed in kit, measured side by side with the kit before the change (a copy of

@@ -166,6 +166,9 @@ def start_section(hooks, references, verdicts, out):
                              fig.fmt(2), ratio, float("inf"), ("start_bpftrace", name))
         for label, why in c.unavailable.items():
             w(f"| {name} | {label} | none: {why} | |")
+        if not any(label.startswith("bcc ") and res.ready_s(label) for label in c.peers):
+            verdicts.add("start to attached ≤ bcc's own tool", name, kit.fmt(2), "no bcc tool runs here", None, 1.0,
+                         ("start_bcc", name))
     for res in references.values():
         for label, fig in res["figures"].items():
             w(f"| (reference) | {label} | {fig.fmt(2)} | — |")
@@ -199,6 +202,9 @@ def footprint_section(results, verdicts, out):
                              1.2, ("memory", name))
         for label, why in res.case.unavailable.items():
             w(f"| {name} | {label} | none: {why} | | | | |")
+        if not any(label.startswith("bcc ") and res.fig(label, "peak_mb", "MB") for label in res.rows):
+            verdicts.add("peak memory ≤ 1.2× bcc's tool", name, kit_mem.fmt(0), "no bcc tool runs here", None, 1.2,
+                         ("memory", name))
     w("")
 
 
