@@ -8,6 +8,7 @@ bench/out/RESULTS.quick.md) plus the raw samples as JSON next to it.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -50,7 +51,7 @@ def main(argv=None):
         return 2
     mode = suite.QUICK if a.quick else suite.FULL
     if a.reps:
-        mode.reps = mode.start_reps = a.reps
+        mode = dataclasses.replace(mode, reps=a.reps, start_reps=a.reps)
     outdir = os.path.join(HERE, "out")
     os.makedirs(outdir, exist_ok=True)
     out = a.out or (os.path.join(outdir, "RESULTS.quick.md") if a.quick else os.path.join(HERE, "RESULTS.md"))

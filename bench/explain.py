@@ -159,7 +159,7 @@ NOTICED = [
     "headers. kit now sits near BCC's floor plus its own program's size; bpftrace's times would need "
     "precompiled (CO-RE) programs, which BCC 0.26's Python bindings cannot load.",
     "kit runs here with `--budget 100`: on these deliberately hot workloads its breaker would otherwise stop "
-    "it after 3 s (the offcpu ping-pong costs ~40% of the machine under any tool), as it should on a "
+    "it after 3 s (under any tool the offcpu ping-pong's probe costs ~30% of the machine), as it should on a "
     "production box, while the peers keep going.",
     "bcc's gethostlatency sends every lookup to user space and prints it, so its own CPU grows with the lookup "
     "rate (see the footprint table), where kit and bpftrace aggregate in the kernel.",
