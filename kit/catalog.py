@@ -118,8 +118,9 @@ class Recipe:
         return [p for p in self.params.values() if p.scope]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that records line numbers and refuses duplicate keys."""
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """SafeLoader that records line numbers and refuses duplicate keys (libyaml's when
+    present: ~10x faster, ~0.1 s of kit's start-up; same nodes, same marks)."""
 
 
 def _construct_mapping(loader, node):

@@ -62,7 +62,7 @@ def first_insn_cost_class(code, machine=elf.EM_X86_64):
 
 
 # Added time per hit in the traced process, ns, measured on this 2-CPU 6.18 VM
-# (NOTES; bench/uprobe_lock_cost.py): a trap whose instruction is emulated,
+# (NOTES; bench/RESULTS.md, lockhold): a trap whose instruction is emulated,
 # one that is single-stepped out of line, and a uretprobe's return trampoline.
 HIT_NS = {"emulated": 700, "single-step": 10000, "unknown": 10000}
 RETURN_NS = 700

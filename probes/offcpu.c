@@ -229,7 +229,9 @@ static __always_inline int offcpu_in_scope(void)
         return 1;
 #if KIT_SCOPE_COMM_ON && KIT_LEADER_OFF
     u64 id = bpf_get_current_pid_tgid();
-    if ((!KIT_SCOPE_TGID || (id >> 32) == KIT_SCOPE_TGID) && (!KIT_SCOPE_TID || (u32)id == KIT_SCOPE_TID) &&
+    /* a thread that leads its group has just been checked by its own name */
+    if ((u32)id != (id >> 32) &&
+        (!KIT_SCOPE_TGID || (id >> 32) == KIT_SCOPE_TGID) && (!KIT_SCOPE_TID || (u32)id == KIT_SCOPE_TID) &&
         (!KIT_SCOPE_CGROUP || bpf_get_current_cgroup_id() == KIT_SCOPE_CGROUP)) {
         char *task = (char *)bpf_get_current_task();
         char *leader = 0;
@@ -243,7 +245,8 @@ static __always_inline int offcpu_in_scope(void)
     return 0;
 }
 
-static __always_inline void switch_out(void *ctx, int dying)
+/* prev: the task switching out (raw tracepoint rung); prev_state: its state (tracepoint rung) */
+static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_state)
 {
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = (u32)id;
@@ -254,10 +257,20 @@ static __always_inline void switch_out(void *ctx, int dying)
     }
     if (!offcpu_in_scope())
         return;
-    if (dying) {  /* its last switch: it never comes back (priced like a filtered run) */
+    /* its last switch: it never comes back (priced like a filtered run) */
+#ifdef KIT_HOOK_RAW_TRACEPOINT
+    u32 state = 0;  /* read only for a task in scope: the switches kit filters out skip it */
+    bpf_probe_read_kernel(&state, sizeof(state), prev + KIT_TASK_STATE_OFF);
+    if (state & KIT_TASK_DEAD) {
         kit_count(KIT_FILTERED);
         return;
     }
+#else
+    if (prev_state & KIT_REPORT_DEAD_ZOMBIE) {
+        kit_count(KIT_FILTERED);
+        return;
+    }
+#endif
     struct start_t s = {};
     struct block_t *b = &s.block;
     b->tgid = id >> 32;
@@ -318,10 +331,9 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     /* TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...) */
     struct task_struct *prev = (struct task_struct *)ctx->args[1];
     struct task_struct *next = (struct task_struct *)ctx->args[2];
-    u32 state = 0, next_tid = 0;
-    bpf_probe_read_kernel(&state, sizeof(state), (char *)prev + KIT_TASK_STATE_OFF);
+    u32 next_tid = 0;
+    switch_out(ctx, (const char *)prev, 0);
     bpf_probe_read_kernel(&next_tid, sizeof(next_tid), (char *)next + KIT_TASK_PID_OFF);
-    switch_out(ctx, state & KIT_TASK_DEAD);
     if (next_tid)
         switch_in(next_tid);
     return 0;
@@ -329,7 +341,7 @@ RAW_TRACEPOINT_PROBE(sched_switch)
 #else
 TRACEPOINT_PROBE(sched, sched_switch)
 {
-    switch_out(args, args->prev_state & KIT_REPORT_DEAD_ZOMBIE);
+    switch_out(args, 0, args->prev_state);
     if (args->next_pid)
         switch_in(args->next_pid);
     return 0;

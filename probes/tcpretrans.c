@@ -29,6 +29,9 @@
 #define KIT_SK_SADDR_OFF  {{sk_saddr_off}}
 #define KIT_SK_DADDR6_OFF {{sk_daddr6_off}}
 #define KIT_SK_SADDR6_OFF {{sk_saddr6_off}}
+/* the window holding addresses, ports, family and state: read at once (see the probe) */
+#define KIT_SK_HEAD_OFF {{sk_head_off}}
+#define KIT_SK_HEAD_LEN {{sk_head_len}}
 
 struct flow_key {
     u8 saddr[16];
@@ -67,13 +70,20 @@ static __always_inline u32 sk_netns(const void *sk)
 #endif
 }
 
-/* Filter, then count one retransmit (or failed attempt) of the flow in key. */
-static __always_inline int record(struct flow_key *key, const void *sk, int err)
+static __always_inline int port_rejected(const struct flow_key *key)
 {
     if (KIT_PORT && key->sport != KIT_PORT && key->dport != KIT_PORT) {
         kit_count(KIT_FILTERED);
-        return 0;
+        return 1;
     }
+    return 0;
+}
+
+/* Filter, then count one retransmit (or failed attempt) of the flow in key. */
+static __always_inline int record(struct flow_key *key, const void *sk, int err)
+{
+    if (port_rejected(key))
+        return 0;
 #if KIT_ADDR_FAMILY
     union kit_addr want = {.b = {{addr}}};
     union kit_addr s, d;
@@ -109,17 +119,25 @@ RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
 {
     const char *sk = (const char *)ctx->args[0];
     struct flow_key key = {};
-    u8 state = 0;
     u16 dport = 0;
-    bpf_probe_read_kernel(&key.family, sizeof(key.family), sk + KIT_SK_FAMILY_OFF);
-    bpf_probe_read_kernel(&state, sizeof(state), sk + KIT_SK_STATE_OFF);
-    bpf_probe_read_kernel(&key.sport, sizeof(key.sport), sk + KIT_SK_NUM_OFF);  /* host order */
-    bpf_probe_read_kernel(&dport, sizeof(dport), sk + KIT_SK_DPORT_OFF);        /* network order */
-    key.state = state;
+    /* One read for the whole head of sock_common rather than one per field: each
+     * bpf_probe_read_kernel costs tens of ns, and a port scope decides on it alone. */
+    u64 head[KIT_SK_HEAD_LEN / 8];
+    if (bpf_probe_read_kernel(head, sizeof(head), sk + KIT_SK_HEAD_OFF)) {
+        kit_count(KIT_LOST_OTHER);
+        return 0;
+    }
+    const char *h = (const char *)head - KIT_SK_HEAD_OFF;  /* h + KIT_SK_X_OFF is field X */
+    __builtin_memcpy(&key.family, h + KIT_SK_FAMILY_OFF, sizeof(key.family));
+    __builtin_memcpy(&key.sport, h + KIT_SK_NUM_OFF, sizeof(key.sport));  /* host order */
+    __builtin_memcpy(&dport, h + KIT_SK_DPORT_OFF, sizeof(dport));        /* network order */
+    key.state = *(const u8 *)(h + KIT_SK_STATE_OFF);
     key.dport = __builtin_bswap16(dport);
+    if (port_rejected(&key))
+        return 0;
     if (key.family == 2 /* AF_INET */) {
-        bpf_probe_read_kernel(key.saddr, 4, sk + KIT_SK_SADDR_OFF);
-        bpf_probe_read_kernel(key.daddr, 4, sk + KIT_SK_DADDR_OFF);
+        __builtin_memcpy(key.saddr, h + KIT_SK_SADDR_OFF, 4);
+        __builtin_memcpy(key.daddr, h + KIT_SK_DADDR_OFF, 4);
     } else {
         bpf_probe_read_kernel(key.saddr, 16, sk + KIT_SK_SADDR6_OFF);
         bpf_probe_read_kernel(key.daddr, 16, sk + KIT_SK_DADDR6_OFF);

@@ -52,7 +52,9 @@ def test_yaml_is_only_loaded_through_a_safe_loader():
                     "yaml.UnsafeLoader", "yaml.FullLoader", "yaml.CLoader", "yaml.unsafe_load_all"):
                 bad.append(f"{path}:{node.lineno} {ast.unparse(node)}")
     assert bad == []
-    assert issubclass(catalog._Loader, yaml.SafeLoader)
+    # SafeLoader, or libyaml's CSafeLoader (the same safe constructor over the C parser)
+    assert issubclass(catalog._Loader, (yaml.SafeLoader, getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    assert not issubclass(catalog._Loader, yaml.constructor.FullConstructor)
 
 
 # Writes that can fail and must be checked, and BCC helpers that drop a failure silently.

@@ -4,6 +4,7 @@ import ipaddress
 import socket
 
 from kit import btf, features, sockets
+from kit.errors import Unsupported
 
 TCP_STATES = ["?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE"]
@@ -34,7 +35,27 @@ def extra(ctx):
         "raw_has_err": int(bool(nargs) and nargs >= 3),
         "addr_family": 0 if addr is None else (socket.AF_INET if addr.version == 4 else socket.AF_INET6),
         **offs,
+        **sock_head(offs, raw),
     }
+
+
+# The fields the raw rung reads together: sock_common keeps them side by side at its
+# start (skc_addrpair, skc_portpair, skc_family, skc_state), so one read fetches them all.
+HEAD_FIELDS = {"sk_daddr_off": 4, "sk_saddr_off": 4, "sk_dport_off": 2, "sk_num_off": 2, "sk_family_off": 2,
+               "sk_state_off": 1}
+HEAD_MAX = 64
+
+
+def sock_head(offs, raw):
+    """{sk_head_off, sk_head_len}: the window of struct sock one read fetches for HEAD_FIELDS."""
+    if not raw:
+        return {"sk_head_off": 0, "sk_head_len": 8}  # unused by the tracepoint rung
+    start = min(offs[k] for k in HEAD_FIELDS)
+    end = max(offs[k] + n for k, n in HEAD_FIELDS.items())
+    if end - start > HEAD_MAX:
+        raise Unsupported(f"struct sock_common on this kernel spreads the flow over {end - start} bytes "
+                          f"(kit reads at most {HEAD_MAX} at once)", "use --hook tracepoint")
+    return {"sk_head_off": start, "sk_head_len": (end - start + 7) // 8 * 8}
 
 
 def _addr(raw, family):

@@ -1,0 +1,116 @@
+"""kit's benchmarks against bpftrace and bcc's tools: `sudo ./bench/run`.
+
+    python -m bench [--quick] [--only RECIPE,...] [--kinds hook,footprint,guard] [--out FILE] [--reps N]
+
+Builds the workloads into bench/out/, runs each case alternating kit and its
+peers, and writes RESULTS.md (bench/RESULTS.md by default; --quick writes
+bench/out/RESULTS.quick.md) plus the raw samples as JSON next to it.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from bench import bpfstats, report, suite
+from bench.cases import log
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KINDS = ("hook", "footprint", "guard")  # the start-up is timed at every tool start of the hook cases
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one repetition, tiny workloads (the smoke test)")
+    p.add_argument("--only", default=",".join(suite.RECIPES), help="recipes to bench, comma-separated")
+    p.add_argument("--kinds", default=",".join(KINDS),
+                   help="which kinds of case: hook (per-event cost, and start-up), footprint, guard")
+    p.add_argument("--out", default=None, help="where to write the results (markdown)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions (default 7; 1 with --quick)")
+    p.add_argument("--from-json", metavar="RAW", default=None,
+                   help="measure nothing: write the results again from a run's raw samples (its .json)")
+    a = p.parse_args(argv)
+    a.only = [x for x in a.only.split(",") if x]
+    a.kinds = [x for x in a.kinds.split(",") if x]
+    for r in a.only:
+        if r not in suite.RECIPES:
+            p.error(f"unknown recipe {r!r}; pick from {', '.join(suite.RECIPES)}")
+    for k in a.kinds:
+        if k not in KINDS:
+            p.error(f"unknown kind {k!r}; pick from {', '.join(KINDS)}")
+    return a
+
+
+def main(argv=None):
+    a = parse(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        sys.stderr.write("bench: needs root (it loads BPF programs and creates a network namespace): "
+                         "sudo ./bench/run\n")
+        return 2
+    mode = suite.QUICK if a.quick else suite.FULL
+    if a.reps:
+        mode = dataclasses.replace(mode, reps=a.reps, start_reps=a.reps)
+    outdir = os.path.join(HERE, "out")
+    os.makedirs(outdir, exist_ok=True)
+    out = a.out or (os.path.join(outdir, "RESULTS.quick.md") if a.quick else os.path.join(HERE, "RESULTS.md"))
+    if a.from_json:
+        return rerender(a.from_json, out, outdir, mode)
+    t0 = time.monotonic()
+    meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
+    hooks, starts, footprints, guards = {}, {}, {}, {}
+    built = {name: suite.RECIPES[name](outdir, mode) for name in a.only}
+    if "hook" in a.kinds:
+        for name, r in built.items():
+            with _prepared(r.hook.workload):
+                hooks[name] = r.hook.run(mode.reps, warm=mode.warm)
+        log("start-up: reference programs")
+        starts["(reference)"] = suite.references().run(mode.start_reps, warm=mode.warm)
+    if "footprint" in a.kinds:
+        for name, r in built.items():
+            with _prepared(r.footprint.workload):
+                footprints[name] = r.footprint.run(mode.footprint_reps)
+    if "guard" in a.kinds:
+        for name, r in built.items():
+            with _prepared(r.guard.workload):
+                guards[name] = r.guard.run(mode.guard_reps)
+    meta["load_end"] = report.loadavg()
+    meta["minutes"] = (time.monotonic() - t0) / 60
+    meta["sysctl_on"] = bpfstats.sysctl_on()
+    raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
+        outdir, "results.quick.json" if a.quick else "results.json")
+    with open(raw, "w") as f:  # first, so that the samples survive a bug in the report
+        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints, guards)}, f, indent=1, default=str)
+    text = report.render(meta, hooks, starts, footprints, guards, mode)
+    with open(out, "w") as f:
+        f.write(text)
+    log(f"wrote {out} and {raw} in {meta['minutes']:.1f} min")
+    return 0
+
+
+def rerender(raw_path, out, outdir, mode):
+    """The report again from a run's raw samples (for its wording; nothing is measured)."""
+    from bench.cases import FootprintResult, GuardResult, HookResult
+    from bench.stats import Figure
+    with open(raw_path) as f:
+        raw = json.load(f)
+    names = list(raw["hooks"] or raw["footprints"] or raw.get("guards") or {})
+    built = {name: suite.RECIPES[name](outdir, mode) for name in names}
+    hooks = {n: HookResult(built[n].hook, r["rows"], r["failed"]) for n, r in raw["hooks"].items()}
+    footprints = {n: FootprintResult(built[n].footprint, r["rows"], r["failed"]) for n, r in raw["footprints"].items()}
+    guards = {n: GuardResult(built[n].guard, r["rows"]) for n, r in raw.get("guards", {}).items()}
+    starts = {n: {"figures": {lab: Figure(fig["samples"], fig["unit"]) for lab, fig in r["figures"].items()},
+                  "failed": r["failed"]} for n, r in raw["starts"].items()}
+    with open(out, "w") as f:
+        f.write(report.render(raw["meta"], hooks, starts, footprints, guards, mode))
+    log(f"wrote {out} from {raw_path}")
+    return 0
+
+
+def _prepared(workload):
+    return workload.prepared()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

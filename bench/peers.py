@@ -1,0 +1,128 @@
+"""The tools compared: kit, and what an on-call engineer would run instead for
+the same question (the bpftrace equivalent, bcc's tool where it runs here),
+plus an empty program as the floor. Each is a bench.procs.Tool with the line
+that says it is attached.
+
+Ready lines: kit prints `kit: RECIPE attached to ...` on stderr after
+attaching; the bpftrace programs print a marker from BEGIN, which bpftrace
+runs once every probe is attached (checked with strace: the tracepoint's
+PERF_EVENT_IOC_ENABLE comes before the write; its own `Attaching N probes...`
+comes before the programs are even loaded); bcc's tools print their banner
+after BPF() has loaded and attached (made unbuffered, else Python holds it
+back when stdout is a pipe).
+"""
+
+import os
+import shutil
+import sys
+
+from bench.procs import Tool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READY = "kit-bench-ready"
+
+
+def kit(label, recipe, *args, duration="300s"):
+    """kit as an engineer runs it, except --budget 100: the benchmark's workloads are hot on
+    purpose, and the guardrail's breaker would otherwise stop kit a few seconds in (as it should
+    on a production box), ending the measurement while the peers keep going."""
+    exe = os.path.join(ROOT, ".venv", "bin", "kit")
+    return Tool(label, [exe, "run", recipe, *args, "--for", duration, "--budget", "100", "--json"],
+                ready=r"kit: \S+ attached to ", cwd=ROOT, grace=KIT_GRACE)
+
+
+# kit reads and symbolizes its maps after SIGINT; a second SIGINT would cut that short
+KIT_GRACE = 15.0
+
+
+def kit_patched(label, patch, recipe, *args, duration="300s"):
+    """kit with one module attribute replaced before it runs (`patch`: Python statements), to
+    measure what one of its steps costs. Used only by the bench; kit itself has no such switch."""
+    code = f"import sys; {patch}; from kit import cli; sys.exit(cli.main(sys.argv[1:]))"
+    return Tool(label, [sys.executable, "-c", code, "run", recipe, *args, "--for", duration, "--budget", "100",
+                        "--json"], ready=r"kit: \S+ attached to ", cwd=ROOT, grace=KIT_GRACE)
+
+
+def bpftrace(label, program):
+    prog = 'BEGIN { printf("%s\\n", "' + READY + '"); } ' + program
+    # bpftrace 0.17 can miss the first SIGINT (see procs.Tool.stop): ask again soon
+    return Tool(label, ["bpftrace", "-e", prog], ready=READY, grace=0.5)
+
+
+LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
+
+
+def bcc_tool(name):
+    """Path of bcc's tool as Debian installs it (NAME-bpfcc), or None."""
+    return shutil.which(f"{name}-bpfcc") or shutil.which(name, path="/usr/share/bcc/tools")
+
+
+def bcc(label, name, *args, ready):
+    # a SIGINT that lands in a perf-buffer callback is swallowed by ctypes ("Exception ignored"): under a
+    # flood of events (gethostlatency) most are, so ask again soon
+    return Tool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"}, grace=0.5)
+
+
+def empty(label, *hooks):
+    """An empty program through BCC on each (type, target) of `hooks`: the floor for kit's
+    attach points, and the minimal BCC start-up."""
+    return Tool(label, [sys.executable, os.path.join(ROOT, "bench", "empty_probe.py"), *hooks],
+                ready=r": ready$", cwd=ROOT)
+
+
+# --- the equivalent bpftrace programs --------------------------------------
+
+def bpftrace_offcpu(comm):
+    """kit offcpu's job in bpftrace: at switch-out of a task in scope, note the time and both
+    stacks by thread; at switch-in, sum the time off CPU by (kernel stack, user stack, thread).
+    The tracepoint version of bpftrace's offcputime.bt (which needs a kprobe here unavailable)."""
+    return (
+        "tracepoint:sched:sched_switch { "
+        f'if (args->prev_comm == "{comm}") {{ '
+        "@start[args->prev_pid] = nsecs; @ks[args->prev_pid] = kstack; @us[args->prev_pid] = ustack; } "
+        "$t = @start[args->next_pid]; "
+        "if ($t) { @off[@ks[args->next_pid], @us[args->next_pid], args->next_pid] = sum(nsecs - $t); "
+        "delete(@start[args->next_pid]); } } "
+        "END { clear(@start); clear(@ks); clear(@us); }"
+    )
+
+
+def bpftrace_tcpretrans():
+    """kit tcpretrans's job in bpftrace: retransmits counted per flow and state."""
+    return ("tracepoint:tcp:tcp_retransmit_skb { "
+            "@[ntop(args->saddr_v6), ntop(args->daddr_v6), args->sport, args->dport, args->state] = count(); }")
+
+
+def bpftrace_lockhold(binary, pid, lock="pool_lock", unlock="pool_unlock"):
+    """kit lockhold's job in bpftrace: wait (lock entry to return) and hold (lock return to
+    unlock entry) per process, paired by thread and lock object, as count/total/max and a log2
+    histogram of holds. bpftrace 0.17 puts uprobes in every process mapping the file (-p is
+    for USDT only), so the process is chosen by a filter."""
+    b = binary
+    return (
+        f"uprobe:{b}:{lock} /pid == {pid}/ {{ @ws[tid] = nsecs; @lk[tid] = arg0; }} "
+        f"uretprobe:{b}:{lock} /@ws[tid]/ {{ $w = nsecs - @ws[tid]; @wait[pid] = stats($w); @wmax[pid] = max($w); "
+        "@hs[tid, @lk[tid]] = nsecs; delete(@ws[tid]); delete(@lk[tid]); } "
+        f"uprobe:{b}:{unlock} /@hs[tid, arg0]/ {{ $h = nsecs - @hs[tid, arg0]; @hold[pid] = stats($h); "
+        "@hmax[pid] = max($h); @hist = hist($h / 1000); delete(@hs[tid, arg0]); } "
+        "END { clear(@ws); clear(@lk); clear(@hs); }"
+    )
+
+
+def bpftrace_getaddrinfo(pid, libc=LIBC):
+    """kit getaddrinfo's job in bpftrace: getaddrinfo, gethostbyname and gethostbyname2 per
+    (process, comm, function, name) with count, failures, total and max latency, and a log2
+    histogram. bpftrace keeps 64 bytes of the name (its default), kit 256."""
+    return (
+        f"uprobe:{libc}:getaddrinfo, uprobe:{libc}:gethostbyname, uprobe:{libc}:gethostbyname2 /pid == {pid}/ "
+        "{ @ts[tid] = nsecs; @host[tid] = str(arg0); } "
+        f"uretprobe:{libc}:getaddrinfo /@ts[tid]/ {{ $d = nsecs - @ts[tid]; $k = @host[tid]; "
+        "@lat[pid, comm, func, $k] = stats($d); @max[pid, comm, func, $k] = max($d); "
+        "if (retval != 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
+        "delete(@ts[tid]); delete(@host[tid]); } "
+        f"uretprobe:{libc}:gethostbyname, uretprobe:{libc}:gethostbyname2 /@ts[tid]/ {{ $d = nsecs - @ts[tid]; "
+        "$k = @host[tid]; @lat[pid, comm, func, $k] = stats($d); @max[pid, comm, func, $k] = max($d); "
+        "if (retval == 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
+        "delete(@ts[tid]); delete(@host[tid]); } "
+        "END { clear(@ts); clear(@host); }"
+    )

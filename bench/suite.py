@@ -1,0 +1,184 @@
+"""What is benchmarked: for each recipe, its workload, kit's command and the
+peers doing the same job. Sizes come from the mode (full, or --quick for the
+smoke test). Tools are factories of the workload's target (t.pid, t.comm,
+t.binary), since some attach to one process."""
+
+import dataclasses
+
+from bench import peers, workloads
+from bench.cases import FootprintCase, GuardCase, HookCase, StartCase
+
+
+@dataclasses.dataclass
+class Mode:
+    reps: int = 7
+    start_reps: int = 7
+    footprint_reps: int = 3
+    footprint_s: float = 20.0
+    pingpong_rounds: int = 100_000
+    bulk_bytes: int = 48 << 20
+    lock_pairs: int = 50_000
+    gai_calls: int = 10_000
+    warm: bool = True
+    wall_runs: int = 3
+    extras: bool = True           # kit variants beyond the one compared (attribution of its costs)
+    settle_s: float = 0.5
+    guard_reps: int = 3
+    guard_s: float = 10.0
+    footprint_bpftrace: bool = True  # the quick mode leaves bpftrace out of the footprint runs (time)
+
+
+FULL = Mode()
+QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
+             lock_pairs=5_000, gai_calls=500, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
+
+
+def kit_rung(recipe_name):
+    """The hook kit picks here for a recipe (the empty program goes on the same one)."""
+    from kit import catalog, features
+    recipe = catalog.load(catalog.DEFAULT_CATALOG)[recipe_name]
+    return features.choose_hook(recipe, None)
+
+
+def _empty_on(hook):
+    return lambda t: peers.empty("empty program", hook.type, hook.target)
+
+
+@dataclasses.dataclass
+class Recipe:
+    """One recipe's cases (its start-up is timed at every tool start of the hook case)."""
+    hook: HookCase
+    footprint: FootprintCase
+    guard: GuardCase
+
+
+def _kit(name, kit_args):
+    """kit as compared with the peers: `kit run NAME` with the workload's scope."""
+    return lambda t: peers.kit("kit", name, *kit_args(t))
+
+
+def _extras(mode, extras):
+    return extras if mode.extras else {}
+
+
+def offcpu(outdir, mode):
+    w = workloads.PingPong(outdir, mode.pingpong_rounds)
+    hook = kit_rung("offcpu")
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("offcpu", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_offcpu(t.comm))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc offcputime", "offcputime", ready="Tracing off-CPU")  # noqa: E731
+    return Recipe(
+        HookCase(name="offcpu", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc offcputime": bcc},
+                 extras=_extras(mode, {"kit without the hidden-caller unwinding": lambda t: peers.kit_patched(
+                     "kit without the hidden-caller unwinding",
+                     "from kit.recipes import offcpu; offcpu.unwind_supported = lambda: False",
+                     "offcpu", "--comm", t.comm)}),
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "offcpu", "--comm",
+                                                                                 "kit-nomatch"),
+                           "kit, --pid of another process": lambda t: peers.kit("kit", "offcpu", "--pid", "1")},
+                 empty=_empty_on(hook), wall_runs=mode.wall_runs),
+        _footprint("offcpu", w, {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def tcpretrans(outdir, mode):
+    w = workloads.Retrans(mode.bulk_bytes)
+    hook = kit_rung("tcpretrans")
+    args = lambda t: []  # noqa: E731
+    kit = _kit("tcpretrans", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_tcpretrans())  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc tcpretrans -c", "tcpretrans", "-c", ready="Tracing retransmits")  # noqa: E731
+    return Recipe(
+        HookCase(name="tcpretrans", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc tcpretrans -c": bcc},
+                 filtered={"kit, --port of another flow": lambda t: peers.kit("kit", "tcpretrans", "--port", "9")},
+                 empty=_empty_on(hook), wall_runs=mode.wall_runs),
+        _footprint("tcpretrans", w, {"kit": kit, "bcc tcpretrans -c": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("tcpretrans", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+NO_BCC_LOCKHOLD = ("bcc has no user-space lock-hold tool (klockstat times kernel mutexes through kprobes, which "
+                   "this kernel lacks)")
+
+
+def lockhold(outdir, mode):
+    w = workloads.lockloop(outdir, mode.lock_pairs)
+    idle = workloads.Resident(outdir, "lockloop.c", "kit-lockidle", 1, "", "", flags=("-pthread",))
+    app = ["--lock", "pool_lock", "--unlock", "pool_unlock"]
+    args = lambda t: ["--pid", str(t.pid), *app]  # noqa: E731
+    kit = _kit("lockhold", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_lockhold(t.binary, t.pid))  # noqa: E731
+    return Recipe(
+        HookCase(name="lockhold", workload=w, hook="uprobe pool_lock, uretprobe pool_lock, uprobe pool_unlock",
+                 kit=kit, peers={"bpftrace": bpftrace},
+                 extras=_extras(mode, {
+                     "kit --stacks": lambda t: peers.kit("kit", "lockhold", "--pid", str(t.pid), *app, "--stacks"),
+                     "kit, pthread pair (the default)": lambda t: peers.kit("kit", "lockhold", "--pid", str(t.pid))}),
+                 filtered={"kit, --comm of another process": _OtherProcess(idle, app)},
+                 empty=lambda t: peers.empty("empty program", "uprobe", f"{t.binary}:pool_lock", "uretprobe",
+                                             f"{t.binary}:pool_lock", "uprobe", f"{t.binary}:pool_unlock"),
+                 unavailable={"bcc": NO_BCC_LOCKHOLD}, wall_runs=mode.wall_runs),
+        _footprint("lockhold", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable={"bcc": NO_BCC_LOCKHOLD}),
+        GuardCase("lockhold", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+class _OtherProcess:
+    """kit lockhold scoped to another, idle process of the same code (--comm): lockhold is a
+    hot path, so kit puts its breakpoints only in the processes in scope and the workload pays
+    nothing at all. The idle process lives as long as the tool."""
+
+    def __init__(self, idle, app):
+        self.idle, self.app = idle, app
+
+    def __call__(self, target):
+        session = self.idle.session()
+        proc = session.__enter__()
+        tool = peers.kit("kit", "lockhold", "--comm", proc.comm, *self.app)
+        tool.cleanups.append(lambda: session.__exit__(None, None, None))
+        return tool
+
+
+def getaddrinfo(outdir, mode):
+    w = workloads.gai(outdir, mode.gai_calls)
+    args = lambda t: ["--pid", str(t.pid)]  # noqa: E731
+    kit = _kit("getaddrinfo", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_getaddrinfo(t.pid))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc gethostlatency", "gethostlatency", "-p", str(t.pid), ready=r"TIME\s+PID")  # noqa
+    return Recipe(
+        HookCase(name="getaddrinfo", workload=w, hook="uprobe + uretprobe on libc's getaddrinfo (and gethostbyname*)",
+                 kit=kit, peers={"bpftrace": bpftrace, "bcc gethostlatency": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "getaddrinfo", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=lambda t: peers.empty("empty program", "uprobe", f"{peers.LIBC}:getaddrinfo", "uretprobe",
+                                             f"{peers.LIBC}:getaddrinfo"),
+                 wall_runs=mode.wall_runs),
+        _footprint("getaddrinfo", w, {"kit": kit, "bcc gethostlatency": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("getaddrinfo", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def _footprint(name, w, tools, mode, **kw):
+    if not mode.footprint_bpftrace:
+        tools = {k: v for k, v in tools.items() if k != "bpftrace"}
+    return FootprintCase(name, w, tools, mode.footprint_s, settle_s=mode.settle_s, **kw)
+
+
+class _Nothing:
+    """No workload: the reference start-ups need no target."""
+
+    def session(self):
+        import contextlib
+        return contextlib.nullcontext(None)
+
+
+def references():
+    """The smallest start-ups there are, for scale: an empty BCC program, a one-probe bpftrace."""
+    return StartCase("(reference)", _Nothing(), {
+        "minimal BCC program": lambda t: peers.empty("minimal BCC program", "tracepoint", "sched:sched_switch"),
+        "minimal bpftrace program": lambda t: peers.bpftrace("minimal bpftrace program",
+                                                             "tracepoint:sched:sched_switch { }")})
+
+
+RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo}
