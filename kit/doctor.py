@@ -133,7 +133,7 @@ def report(recipes=None):
         blocked = [f"{r.name} ({features.why_not(r)})" for r in recipes.values() if r.name not in ok]
         rows.append(("recipes", ("runnable here: " + (", ".join(ok) or "none"))
                      + (f"; blocked: {'; '.join(blocked)}" if blocked else ""), not blocked))
-    rows.append(_frame_pointer_row())
+    rows.append(_frame_pointer_row(recipes))
     return rows
 
 
@@ -148,10 +148,15 @@ def _confidentiality_text():
     return f"confidentiality blocks {', '.join(blocked[:-1])} and {blocked[-1]}; {works}"
 
 
-def _frame_pointer_row():
+def _frame_pointer_row(recipes=None):
     from kit.recipes import offcpu
     text = ("Debian's libc is built without them: a frame-pointer stack walk from inside a libc wrapper "
             "(usleep, read, pthread_mutex_lock) skips the function that called the wrapper")
+    recipe = (recipes or {}).get("offcpu")
+    blocked = recipe is not None and features.why_not(recipe)
+    if blocked:  # recovery is offcpu's: do not claim it where offcpu cannot run
+        return ("frame pointers", text + f"; offcpu cannot run here ({blocked}), so nothing recovers that caller",
+                False)
     if offcpu.unwind_supported():
         return ("frame pointers", text + "; kit's offcpu recovers that caller from libc's .eh_frame "
                 "(bpf_task_pt_regs is available)", True)

@@ -156,3 +156,11 @@ def test_doctor_under_confidentiality_names_blocked_recipes_and_what_works(confi
     assert "and kprobes" in rows[""][0]
     assert rows["tracefs"][1] is False and "confidentiality" in rows["tracefs"][0]
     assert rows["recipes"][0].startswith("runnable here: uprobed; blocked: fillup (lockdown=confidentiality")
+
+
+def test_doctor_does_not_claim_offcpu_recovers_callers_where_offcpu_cannot_run(confidentiality, monkeypatch):
+    monkeypatch.setattr(doctor, "try_attach", lambda: {})
+    rows = {k: (v, ok) for k, v, ok in doctor.report(catalog.load(catalog.DEFAULT_CATALOG))}
+    detail, ok = rows["frame pointers"]
+    assert not ok and "offcpu cannot run here (raw_tracepoint: lockdown=confidentiality" in detail
+    assert "recovers that caller from" not in detail

@@ -31,7 +31,7 @@ from workloads.build import build
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 BLOCKED = ("tcpretrans", "offcpu")
-STILL_WORK = "lockhold, getaddrinfo"
+STILL_WORK = "lockhold, getaddrinfo, syscalls"
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,8 @@ def test_doctor_reports_confidentiality_what_it_blocks_and_which_recipes_run(gue
     assert recipes.startswith(f"runnable here: {STILL_WORK}; blocked: tcpretrans (raw_tracepoint: "
                               "lockdown=confidentiality blocks bpf_probe_read_kernel"), recipes
     assert "offcpu (raw_tracepoint: lockdown=confidentiality blocks bpf_probe_read_kernel" in recipes
+    # offcpu's recovery of callers libc hides is not claimed where offcpu cannot run
+    assert rows["frame pointers"][0] is False and "offcpu cannot run here" in rows["frame pointers"][1]
 
 
 def test_list_says_which_recipes_run_and_why_the_others_do_not(guest):
@@ -199,6 +201,19 @@ def test_lockhold_still_works_and_counts_what_the_workload_counted(guest):
     # kit's probe points sit just outside the workload's own clocks: its holds can only be longer
     assert hold["total_us"] >= book["hold_total_us"] and hold["max_us"] >= book["hold_max_us"]
     assert res["lost_events"] == 0 and res["unmatched"] == {"unlock_without_hold": 0, "return_without_entry": 0}
+
+
+def test_syscalls_still_works_and_counts_what_the_workload_counted(guest):
+    s = step(guest, "syscalls_recipe")
+    r = s["kit"]
+    assert r["code"] == 0, r["stderr"]
+    res = json.loads(r["stdout"])
+    assert s["done"]["calls"] == 2000 and res["stopped_by"] == "target_exit"
+    rows = {row["syscall"]: row for row in res["rows"] if row["pid"] == s["pid"]}
+    assert (rows["getppid"]["count"], rows["getppid"]["errors"]) == (2000, 0)
+    assert (rows["close"]["count"], rows["close"]["errors"]) == (2000, 2000)  # close(-1): EBADF
+    assert rows["clock_nanosleep"]["count"] == 5 and res["hook"].startswith("raw_tracepoint")
+    assert res["lost_events"] == 0
 
 
 def test_nothing_kit_loaded_stays_loaded(guest):

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 from workloads import lockwork  # noqa: E402
+from workloads.load import Load  # noqa: E402
 
 KIT = [sys.executable, "-m", "kit"]
 # execve too: a trace that shows kit starting proves strace was watching
@@ -106,8 +107,9 @@ class Kit:
                 return
         raise AssertionError(f"kit exited {self.p.wait()} before attaching: {''.join(self.err)}")
 
-    def stop(self):
-        self.p.send_signal(signal.SIGINT)
+    def stop(self, signo=signal.SIGINT):
+        if signo:
+            self.p.send_signal(signo)
         out, err = self.p.communicate(timeout=300)
         return {"code": self.p.returncode, "stdout": out, "stderr": "".join(self.err) + err}
 
@@ -134,6 +136,18 @@ def uprobe_recipes(out):
                 k.p.kill()
         w.finish()
     return {"pid": w.pid, "book": book, "getaddrinfo": getaddrinfo, "lockhold": lockhold}
+
+
+def syscalls_recipe(out):
+    """syscalls (raw tracepoint, no kernel reads) on a load that counts its own calls; kit, scoped by pid,
+    ends by itself when the load exits."""
+    with Load("mixed", "kit-sc-guest", calls=2000, sleeps=5, sleep_us=2000) as load:
+        k = Kit("run", "syscalls", "--pid", str(load.pid), "--for", "5m", "--json", "--budget", "50")
+        k.wait_attached()
+        load.go()
+        done = load.finish(stop=False)
+        r = k.stop(signo=None)
+    return {"pid": load.pid, "done": done, "kit": r}
 
 
 # kit's refusal taken away: does the kernel refuse the rung kit refused, and for the reason kit gave?
@@ -173,6 +187,7 @@ def main(out):
     res.step("run_tcpretrans", lambda: blocked_run(out, "tcpretrans", "--for", "5s"))
     res.step("run_offcpu", lambda: blocked_run(out, "offcpu", "--comm", "kit-target", "--for", "5s"))
     res.step("uprobe_recipes", lambda: uprobe_recipes(out))
+    res.step("syscalls_recipe", lambda: syscalls_recipe(out))
     res.step("unguarded", lambda: unguarded(out))
     res.step("progs_after", prog_ids)
     res["step"] = "done"
