@@ -33,8 +33,9 @@ def load(hooks):
             binary, sym = target.rsplit(":", 1)
             with elf.Elf(binary) as e:
                 offset = e.file_offset(elf.function(binary, sym).addr)
-            if not uprobes.attach_one(b, binary, offset, f"empty{i}", ret=hook == "uretprobe", tag=str(i)):
-                raise SystemExit(f"empty_probe: the kernel refused a {hook} at {target}")
+            err = uprobes.attach_one(b, binary, offset, f"empty{i}", ret=hook == "uretprobe", tag=str(i))
+            if err is not None:
+                raise SystemExit(f"empty_probe: the kernel refused a {hook} at {target}: {err}")
     return b
 
 

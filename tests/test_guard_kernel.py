@@ -144,6 +144,22 @@ def probe_cost_per_call(before, during, after):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_loads_own_cpu(
         case, which, kernel, no_leftovers):
+    # The load's own clock is the noisiest reading here (a few us per call, measured in CPU time that any
+    # other activity on two cores disturbs): a disagreement with it is retaken once, both takes reported.
+    takes = []
+    for _take in range(2):
+        meter_vs_truth = _estimate_meter_and_truth(case, which)
+        if meter_vs_truth is None:
+            return
+        takes.append(meter_vs_truth)
+        if 0.5 <= meter_vs_truth[0] / meter_vs_truth[1] <= 2.0:
+            return
+    pytest.fail("meter (in scope) vs the load's own: " + ", ".join(f"{m:.3f}% vs {t:.3f}%" for m, t in takes))
+
+
+def _estimate_meter_and_truth(case, which):
+    """One run: checks the estimate against the meter and the kernel's counts; returns (meter's in-scope
+    cost, the load's own extra CPU) in % of the machine, or None where the load's clock cannot see it."""
     import time
     stats_before = _bpf_stats_sysctl()
     with _load(getattr(case, which), "f") as load:
@@ -206,13 +222,15 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
         truth = extra * calls / wall / 1e9 / ncpu * 100  # % of the machine
         assert truth > 0, (extra, before, during)
         in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ncpu * 100
-        assert 0.5 <= in_scope / truth <= 2.0, f"meter (in scope) {in_scope:.3f}% vs the load's own {truth:.3f}%"
 
     # The kernel's run count agrees with kit's counters, and statistics were switched off again.
     st = ov["bpf_stats"]
     assert st["run_cnt"] > 0 and abs(st["runs_per_event"] - st["expected_runs_per_event"]) < 0.1 * \
         st["expected_runs_per_event"], st
     assert _bpf_stats_sysctl() == stats_before
+    if case.own_cpu_truth and ov["ns_per_event"] >= 0.1 * call_ns:
+        return in_scope, truth
+    return None
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
