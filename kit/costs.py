@@ -143,6 +143,16 @@ def _primitive(name, cal, kind):
     return DEFAULT_NS[name], DEFAULT_BODY_NS[name], False
 
 
+def uprobe_ns(kind, cal=None):
+    """What one uprobe hit costs the traced thread, by the kind of its first instruction."""
+    return _primitive("uprobe", cal, kind)[0]
+
+
+def uretprobe_extra_ns(cal=None):
+    """What a uretprobe's return trampoline adds to its function's entry trap."""
+    return _primitive("uretprobe_extra", cal, "")[0]
+
+
 def for_class(cost_class, hook_type, kind="", cal=None, note=""):
     ins, outs, progs = CLASSES[cost_class]
     family = "raw_tracepoint" if hook_type == "raw_tracepoint" else "tracepoint"

@@ -20,14 +20,21 @@ import os
 EMULATED = frozenset({"push", "nop", "jmp", "call", "jcc"})
 KINDS = ("push", "nop", "jmp", "call", "jcc", "endbr64", "other")
 
-_LEGACY_PREFIXES = {0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
+# The kernel's own nops (x86_nops[len]): only these, or prefixes + 0x90, count as nops there.
+X86_NOPS = (b"\x90", b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
+            b"\x66\x0f\x1f\x44\x00\x00", b"\x0f\x1f\x80\x00\x00\x00\x00",
+            b"\x0f\x1f\x84\x00\x00\x00\x00\x00")
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65})
 
 
 def kind(code):
-    """The kind of the x86-64 instruction at the start of `code` (bytes)."""
+    """The kind of the x86-64 instruction at the start of `code` (bytes), by the kernel's rules for
+    which instructions it emulates at a uprobe."""
     b = bytes(code[:16])
     if b[:4] == b"\xf3\x0f\x1e\xfa":
         return "endbr64"
+    if any(b.startswith(n) for n in X86_NOPS):
+        return "nop"
     i = 0
     prefixes = set()
     while i < len(b) and b[i] in _LEGACY_PREFIXES:
@@ -41,20 +48,19 @@ def kind(code):
         return "other"
     op = b[i]
     nxt = b[i + 1] if i + 1 < len(b) else None
-    if op == 0x90 and not rex & 0x1 and not prefixes - {0x66}:
-        return "nop"  # 0x90, 66 90 (xchg with REX.B is a real exchange)
-    if op == 0x0F and nxt == 0x1F and prefixes <= {0x66}:
-        return "nop"  # multi-byte nopl/nopw
-    if prefixes:
-        return "other"  # prefixed branches and pushes are single-stepped
-    if 0x50 <= op <= 0x57 and rex in (0, 0x40, 0x41):
-        return "push"
-    if op in (0xEB, 0xE9) and not rex:
+    if op == 0x90 and not rex & 0x1:
+        return "nop"  # prefix* + nop, pause included (xchg with REX.B is a real exchange)
+    if 0x50 <= op <= 0x57:
+        # push reg: one byte, or two with REX 0x41 (r8-r15); any other prefix is single-stepped
+        return "push" if not prefixes and rex in (0, 0x41) else "other"
+    if 0x66 in prefixes:
+        return "other"  # 16-bit branch overrides are refused emulation
+    if op in (0xEB, 0xE9):
         return "jmp"
-    if op == 0xE8 and not rex:
+    if op == 0xE8:
         return "call"
-    if (0x70 <= op <= 0x7F or (op == 0x0F and nxt is not None and 0x80 <= nxt <= 0x8F)) and not rex:
-        return "jcc"
+    if 0x70 <= op <= 0x7F or (op == 0x0F and nxt is not None and 0x80 <= nxt <= 0x8F):
+        return "jcc"  # bnd-prefixed (f2) branches included, as the kernel allows
     return "other"
 
 

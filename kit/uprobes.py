@@ -23,63 +23,32 @@ import dataclasses
 import errno
 import os
 
-from kit import elf, features, perfevent, targets
+from kit import costs, elf, features, insn, perfevent, targets
 from kit.errors import BadInput, CompileError, Unsupported
 
 HOOK_TYPES = ("uprobe", "uretprobe")
 
-# x86 instructions the kernel emulates at a uprobe instead of single-stepping
-# them out of line (arch/x86/kernel/uprobes.c: branch_setup_xol_ops,
-# push_setup_xol_ops). Measured here: ~0.6-0.9 us per hit emulated, ~10-15 us
-# single-stepped.
-X86_NOPS = (b"\x90", b"\x66\x90", b"\x0f\x1f\x00", b"\x0f\x1f\x40\x00", b"\x0f\x1f\x44\x00\x00",
-            b"\x66\x0f\x1f\x44\x00\x00", b"\x0f\x1f\x80\x00\x00\x00\x00", b"\x0f\x1f\x84\x00\x00\x00\x00\x00")
-LEGACY_PREFIXES = frozenset(b"\x66\x67\xf2\xf3\x2e\x36\x3e\x26\x64\x65\xf0")
-
-
 def first_insn_cost_class(code, machine=elf.EM_X86_64):
-    """'emulated' or 'single-step' for the instruction at the start of `code`;
-    'unknown' on other architectures."""
+    """'emulated' or 'single-step' for the instruction at the start of `code`
+    (kit/insn.py's kinds); 'unknown' on other architectures."""
     if machine not in (elf.EM_X86_64, elf.EM_386) or not code:
         return "unknown"
-    b = code
-    if any(b.startswith(n) for n in X86_NOPS):
-        return "emulated"
-    i = 0
-    while i < len(b) and b[i] in LEGACY_PREFIXES:
-        i += 1
-    if i < len(b) and b[i] == 0x90:
-        return "emulated"  # prefix* + nop (pause included)
-    if 0x50 <= b[0] <= 0x57:
-        return "emulated"  # push reg
-    if machine == elf.EM_X86_64 and len(b) > 1 and b[0] == 0x41 and 0x50 <= b[1] <= 0x57:
-        return "emulated"  # push r8..r15
-    if b[0] in (0xE8, 0xE9, 0xEB) or 0x70 <= b[0] <= 0x7F:
-        return "emulated"  # call/jmp rel, jcc rel8
-    if len(b) > 1 and b[0] == 0x0F and 0x80 <= b[1] <= 0x8F:
-        return "emulated"  # jcc rel32
-    return "single-step"
+    return "emulated" if insn.emulated(insn.kind(code)) else "single-step"
 
 
-# Added time per hit in the traced process, ns, measured on this 2-CPU 6.18 VM
-# (NOTES; bench/RESULTS.md, lockhold): a trap whose instruction is emulated,
-# one that is single-stepped out of line, and a uretprobe's return trampoline.
-HIT_NS = {"emulated": 700, "single-step": 10000, "unknown": 10000}
-RETURN_NS = 700
-
-
-def cycle_cost_ns(probes, symbols=None):
+def cycle_cost_ns(probes, symbols=None, cal=None):
     """Estimated ns the traced code pays for one pass through `symbols` (all
-    probed symbols by default): one trap per probed function entry (shared by
-    its entry and return probes) plus the return trampoline of each uretprobe."""
+    probed symbols by default), at this host's calibrated prices (kit/costs.py):
+    one trap per probed function entry (shared by its entry and return probes),
+    priced by its first instruction, plus the return trampoline of each uretprobe."""
     entries, returns = {}, set()
     for p in probes:
         if symbols is not None and p.symbol not in symbols:
             continue
-        entries[p.symbol] = HIT_NS.get(p.cost, HIT_NS["unknown"])
+        entries[p.symbol] = costs.uprobe_ns(p.kind, cal)
         if p.at == "return":
             returns.add(p.symbol)
-    return sum(entries.values()) + RETURN_NS * len(returns)
+    return sum(entries.values()) + costs.uretprobe_extra_ns(cal) * len(returns)
 
 
 def uprobe_first_insn_cost_class(binary, symbol):
@@ -104,6 +73,7 @@ class Probe:
     pid: int           # -1: every process mapping the file
     cost: str          # emulated / single-step / unknown
     insn: str          # first bytes, hex, for the record
+    kind: str = "other"  # kit/insn.py's kind of the first instruction (what it is priced by)
 
     def as_dict(self):
         return {"symbol": self.symbol, "at": self.at, "binary": self.shown, "pid": self.pid,
@@ -218,7 +188,7 @@ def plan(ctx):
                 code, offset = e.read_at(sym.addr, 16), e.file_offset(sym.addr)
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
                                 addr=sym.addr, offset=offset, pid=pid, cost=first_insn_cost_class(code, machine),
-                                insn=code[:8].hex(" ")))
+                                insn=code[:8].hex(" "), kind=insn.kind(code)))
     ctx.state["uprobes"] = probes
     for name in sorted(missing_optional):
         ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")

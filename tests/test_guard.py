@@ -239,7 +239,12 @@ def test_summary_line_gives_events_cost_cpu_and_the_estimate():
     ("8b4710", "other"),               # mov 0x10(%rdi),%eax: libc pthread_mutex_lock here
     ("803d3133", "other"),             # cmpb $0,..(%rip): libc read here
     ("4883ec08", "other"), ("4889f8", "other"), ("4190", "other"),  # sub, mov, xchg %eax,%r8d
-    ("66e800000000", "other"),         # a prefixed call is single-stepped
+    ("66e800000000", "other"),         # a 16-bit call override is single-stepped
+    # the kernel's own rules (arch/x86/kernel/uprobes.c): prefixes + 0x90 and its x86_nops are emulated nops,
+    # bnd-prefixed branches are emulated, a push takes no prefix but REX 0x41, other 0f 1f forms are stepped
+    ("f390", "nop"), ("0f1f00", "nop"), ("0f1f8000000000", "nop"), ("660f1f440000", "nop"),
+    ("f2e900000000", "jmp"), ("f2e800000000", "call"), ("f20f8400000000", "jcc"),
+    ("4054", "other"), ("6650", "other"), ("4154", "push"), ("0f1f4400ff", "other"),
 ])
 def test_first_instruction_kinds(code, kind):
     assert insn.kind(bytes.fromhex(code)) == kind

@@ -219,8 +219,18 @@ def test_bad_uprobe_input_is_one_line_with_a_fix_and_its_exit_code(argv, code, w
 def test_estimated_cost_per_lock_follows_the_first_instructions(recipes, workload):
     ctx, _ = _prepare(recipes, "lockhold", binary=workload, lock="pool_lock", unlock="pool_unlock")
     # push-started pool_lock/pool_unlock: two emulated traps and one return trampoline
-    assert uprobes.cycle_cost_ns(ctx.state["uprobes"]) == 2 * uprobes.HIT_NS["emulated"] + uprobes.RETURN_NS
-    pthread = [uprobes.Probe("lock_entry", "entry", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", ""),
-               uprobes.Probe("lock_return", "return", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", ""),
-               uprobes.Probe("unlock_entry", "entry", "pthread_mutex_unlock", LIBC, LIBC, 2, 2, 1, "single-step", "")]
-    assert uprobes.cycle_cost_ns(pthread) == 2 * uprobes.HIT_NS["single-step"] + uprobes.RETURN_NS
+    from kit import costs
+    assert {p.kind for p in ctx.state["uprobes"]} == {"push"}
+    emulated, stepped, ret = (costs.DEFAULT_NS[k] for k in ("uprobe_emulated", "uprobe_stepped", "uretprobe_extra"))
+    assert uprobes.cycle_cost_ns(ctx.state["uprobes"]) == 2 * emulated + ret
+    pthread = [uprobes.Probe("lock_entry", "entry", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", "",
+                             "other"),
+               uprobes.Probe("lock_return", "return", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", "",
+                             "other"),
+               uprobes.Probe("unlock_entry", "entry", "pthread_mutex_unlock", LIBC, LIBC, 2, 2, 1, "single-step", "",
+                             "other")]
+    assert uprobes.cycle_cost_ns(pthread) == 2 * stepped + ret
+    # with a calibration, its prices by instruction kind
+    cal = {"uprobe": {"push": 500, "other": 9000}, "ns": {"uretprobe_extra": 800}}
+    assert uprobes.cycle_cost_ns(ctx.state["uprobes"], cal=cal) == 2 * 500 + 800
+    assert uprobes.cycle_cost_ns(pthread, cal=cal) == 2 * 9000 + 800

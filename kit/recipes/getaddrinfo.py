@@ -1,6 +1,6 @@
 """getaddrinfo: reading the per-(process, function, host) counts."""
 
-from kit import histo, targets, uprobes
+from kit import costs, histo, targets, uprobes
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")
 
@@ -26,4 +26,5 @@ def collect(ctx, bpf):
     rows.sort(key=lambda r: (-r["total_us"], -r["count"]))
     return {"rows": rows, "histograms": {"latency_us": histo.from_table(bpf["latency_hist"])},
             "uprobes": uprobes.summary(ctx),
-            "cost_ns_per_lookup": uprobes.cycle_cost_ns(ctx.state.get("uprobes_attached", []), {"getaddrinfo"})}
+            "cost_ns_per_lookup": uprobes.cycle_cost_ns(ctx.state.get("uprobes_attached", []), {"getaddrinfo"},
+                                                         cal=costs.load_calibration()[0])}

@@ -2,7 +2,7 @@
 
 import os
 
-from kit import elf, histo, targets, uprobes
+from kit import costs, elf, histo, targets, uprobes
 from kit.errors import Refused
 
 STACKS_TOP = 10
@@ -70,7 +70,7 @@ def collect(ctx, bpf):
     unmatched = bpf["unmatched"]
     no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
     attached = ctx.state.get("uprobes_attached", [])
-    cost_ns = uprobes.cycle_cost_ns(attached)
+    cost_ns = uprobes.cycle_cost_ns(attached, cal=costs.load_calibration()[0])
     notes = [f"each lock/unlock cost the traced threads ~{cost_ns / 1000:.1f} us in probes "
              f"(x {totals['hold']['count']} holds = ~{cost_ns * totals['hold']['count'] / 1e6:.1f} ms)"]
     if no_hold:
