@@ -35,6 +35,7 @@ import os
 import time
 
 from kit import features, perfevent
+from kit.targets import read_text
 from kit.errors import Unsupported
 
 COUNT_S = 0.05
@@ -229,21 +230,13 @@ def scope_matcher(recipe, values):
     return match, True
 
 
-def _read(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _thread_comm(pid, tid):
-    c = _read(f"/proc/{pid}/task/{tid}/comm") or _read(f"/proc/{tid}/comm")
+    c = read_text(f"/proc/{pid}/task/{tid}/comm") or read_text(f"/proc/{tid}/comm")
     return c.rstrip("\n") if c is not None else ("swapper" if tid == 0 else "?")
 
 
 def _thread_cgroup_id(pid, tid):
-    text = _read(f"/proc/{pid}/task/{tid}/cgroup") or ""
+    text = read_text(f"/proc/{pid}/task/{tid}/cgroup") or ""
     for line in text.splitlines():
         if line.startswith("0::"):
             try:
@@ -255,7 +248,7 @@ def _thread_cgroup_id(pid, tid):
 
 def _sched(pid, tid):
     """(ns on CPU, ns waiting for a CPU) of a thread from /proc/.../schedstat, or None."""
-    text = _read(f"/proc/{pid}/task/{tid}/schedstat")
+    text = read_text(f"/proc/{pid}/task/{tid}/schedstat")
     try:
         f = text.split()
         return int(f[0]), int(f[1])
@@ -271,7 +264,7 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
 
 
 def _state(pid, tid):
-    text = _read(f"/proc/{pid}/task/{tid}/stat")
+    text = read_text(f"/proc/{pid}/task/{tid}/stat")
     try:
         return text.rsplit(")", 1)[1].split()[0]
     except (AttributeError, IndexError):

@@ -74,7 +74,8 @@ def parse_maps(text, files_only=True):
     return out
 
 
-def _read(path):
+def read_text(path):
+    """A /proc file's text, or None if it is gone (the process exited) or unreadable."""
     try:
         with open(path) as f:
             return f.read()
@@ -117,7 +118,7 @@ def _open_path(pid, line):
 def mapped_files(pid):
     """Executable files mapped by pid, one per inode, the main executable first.
     pid may be "self". Empty if the process is gone or its maps are unreadable."""
-    text = _read(f"/proc/{pid}/maps")
+    text = read_text(f"/proc/{pid}/maps")
     if not text:
         return []
     exe = None
@@ -180,7 +181,7 @@ def pids():
 
 
 def comm_of(pid):
-    text = _read(f"/proc/{pid}/comm")
+    text = read_text(f"/proc/{pid}/comm")
     return text.rstrip("\n") if text is not None else None
 
 

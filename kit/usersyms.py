@@ -15,7 +15,7 @@ from kit import elf, targets
 
 def read_maps(pid):
     """Executable mappings (targets.MapsLine) of a live process, or None if it is gone."""
-    text = targets._read(f"/proc/{pid}/maps")
+    text = targets.read_text(f"/proc/{pid}/maps")
     if text is None:
         return None
     return [m for m in targets.parse_maps(text, files_only=False) if m.perms[2] == "x"]

@@ -33,7 +33,7 @@ def _warm_symbols(bpf, pid, probes):
     """BCC reads a process's maps and a module's symbols the first time it
     symbolizes there; doing it now for the executable and the probed files
     keeps their names for a process that exits before the run ends."""
-    text = targets._read(f"/proc/{pid}/maps") or ""
+    text = targets.read_text(f"/proc/{pid}/maps") or ""
     inodes = set()
     try:
         inodes.add(os.stat(f"/proc/{pid}/exe").st_ino)
