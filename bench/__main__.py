@@ -60,28 +60,37 @@ def main(argv=None):
     t0 = time.monotonic()
     meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
     hooks, starts, footprints, guards = {}, {}, {}, {}
+    raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
+        outdir, "results.quick.json" if a.quick else "results.json")
+
+    def save():  # after every case, so that a crash late in a long run keeps what was measured
+        meta["load_end"] = report.loadavg()
+        meta["minutes"] = (time.monotonic() - t0) / 60
+        meta["sysctl_on"] = bpfstats.sysctl_on()
+        with open(raw, "w") as f:
+            json.dump({"meta": meta, **report.as_json(hooks, starts, footprints, guards)}, f, indent=1,
+                      default=str)
+
     built = {name: suite.RECIPES[name](outdir, mode) for name in a.only}
     if "hook" in a.kinds:
         for name, r in built.items():
             with _prepared(r.hook.workload):
                 hooks[name] = r.hook.run(mode.reps, warm=mode.warm)
+            save()
         log("start-up: reference programs")
         starts["(reference)"] = suite.references().run(mode.start_reps, warm=mode.warm)
+        save()
     if "footprint" in a.kinds:
         for name, r in built.items():
             with _prepared(r.footprint.workload):
                 footprints[name] = r.footprint.run(mode.footprint_reps)
+            save()
     if "guard" in a.kinds:
         for name, r in built.items():
             with _prepared(r.guard.workload):
                 guards[name] = r.guard.run(mode.guard_reps)
-    meta["load_end"] = report.loadavg()
-    meta["minutes"] = (time.monotonic() - t0) / 60
-    meta["sysctl_on"] = bpfstats.sysctl_on()
-    raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
-        outdir, "results.quick.json" if a.quick else "results.json")
-    with open(raw, "w") as f:  # first, so that the samples survive a bug in the report
-        json.dump({"meta": meta, **report.as_json(hooks, starts, footprints, guards)}, f, indent=1, default=str)
+            save()
+    save()  # first, so that the samples survive a bug in the report
     text = report.render(meta, hooks, starts, footprints, guards, mode)
     with open(out, "w") as f:
         f.write(text)

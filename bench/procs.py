@@ -108,7 +108,9 @@ class Tool:
         sigs = [signal.SIGINT] * tries + [signal.SIGTERM, signal.SIGKILL]
         for sig in sigs:
             try:
-                self.p.send_signal(sig)
+                # os.kill, not Popen.send_signal: that polls first, and a poll that reaps the child
+                # drops its rusage (and leaves wait4 nothing to find). Unreaped, the pid stays ours.
+                os.kill(self.p.pid, sig)
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + (grace if sig != signal.SIGKILL else 30)
@@ -123,11 +125,14 @@ class Tool:
         """Reaps the child if it has exited, keeping its rusage (Popen.poll would drop it)."""
         if self.code is not None:
             return True
-        pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+        try:
+            pid, status, ru = os.wait4(self.p.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: the exit code survives, the rusage does not
+            pid, status, ru = self.p.pid, None, None
         if not pid:
             return False
         self.rusage = ru
-        self.code = os.waitstatus_to_exitcode(status)
+        self.code = os.waitstatus_to_exitcode(status) if status is not None else self.p.returncode
         self.p.returncode = self.code
         self._out.join(5)
         self._err.join(5)
