@@ -101,10 +101,7 @@ class Learner:
         """Compute hints for every site on the chain from a syscall at ip, using the stack window.
         Returns the frames the frame-pointer walk skipped for this very stack, or None if the
         chain could not be followed to a frame-pointer frame."""
-        img = self.sym.image(tgid)
-        if img is None:
-            self.sym.see(tgid)
-            img = self.sym.image(tgid)
+        img = self.sym.covering(tgid, ip)  # the block is in progress: the process is alive to re-read
         if img is None:
             return None
         addr, cur, chain = ip, sp, []

@@ -9,6 +9,7 @@ what resolve the frames later, after the process is gone.
 """
 
 import os
+import time
 
 from kit import elf, targets
 
@@ -60,6 +61,7 @@ class ProcessImage:
         self.maps = []
         self.alive = True
         self.snapshots = 0
+        self.seen_at = time.monotonic()
 
     def refresh(self):
         """Re-read the maps while the process lives (it may have loaded libraries). False once it is gone."""
@@ -129,6 +131,24 @@ class Symbolizer:
         for p in self.procs.values():
             if p.alive:
                 p.refresh()
+
+    def refresh_young(self, max_age_s):
+        """Re-read the maps of processes first seen less than max_age_s ago: first sight can come
+        before the dynamic loader has mapped libc, and a short-lived process may be gone by the
+        next refresh_live."""
+        now = time.monotonic()
+        for p in self.procs.values():
+            if p.alive and now - p.seen_at < max_age_s:
+                p.refresh()
+
+    def covering(self, pid, addr):
+        """The process's image, re-read once if `addr` is outside every mapping it knows."""
+        if pid not in self.procs:
+            self.see(pid)
+        img = self.procs.get(pid)
+        if img is not None and img.find(addr) is None:
+            img.refresh()
+        return img
 
     def image(self, pid):
         return self.procs.get(pid)

@@ -144,10 +144,12 @@ class Watcher:
         last_refresh = time.monotonic()
         while not self._stop.is_set():
             self.poll_once(POLL_MS)
-            if time.monotonic() - last_refresh >= REFRESH_S:
-                with self._lock:
+            with self._lock:
+                if time.monotonic() - last_refresh >= REFRESH_S:
                     self.sym.refresh_live()
-                last_refresh = time.monotonic()
+                    last_refresh = time.monotonic()
+                else:
+                    self.sym.refresh_young(REFRESH_S)
 
     def stop(self):
         """Idempotent; after it returns nothing touches the BPF object from another thread."""
