@@ -13,27 +13,24 @@ fi
 arch=$(dpkg --print-architecture)
 pkgs=(python3-bpfcc bpfcc-tools "linux-headers-$arch" bpftrace nftables iproute2 python3-venv python3-yaml
       python3-tabulate python3-pyroute2 gcc libc6-dev binutils libcap2-bin procps bpftool strace util-linux)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# install_missing [apt-get options] -- PACKAGE...: installs those not installed yet (idempotent).
+install_missing() {
+  local opts=() missing=() p
+  while [ "$1" != "--" ]; do opts+=("$1"); shift; done
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
+  fi
+}
+install_missing -- "${pkgs[@]}"
 # A second kernel under qemu (tests/test_lockdown_qemu_kernel.py): virtme-ng (from .venv) boots
 # it with qemu, builds its initramfs with busybox and kmod's depmod/modprobe.
-vm_pkgs=(qemu-system-x86 busybox-static kmod)
-missing=()
-for p in "${vm_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing --no-install-recommends -- qemu-system-x86 busybox-static kmod
 
 # BCC reads tracepoint formats from tracefs; doctor reads lockdown from securityfs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
