@@ -28,12 +28,20 @@ from kit.errors import BadInput, CompileError, Unsupported
 
 HOOK_TYPES = ("uprobe", "uretprobe")
 
-def first_insn_cost_class(code, machine=elf.EM_X86_64):
-    """'emulated' or 'single-step' for the instruction at the start of `code`
-    (kit/insn.py's kinds); 'unknown' on other architectures."""
+def first_insn_kind(code, machine=elf.EM_X86_64):
+    """kit/insn.py's kind of the instruction at the start of `code`; None off x86."""
     if machine not in (elf.EM_X86_64, elf.EM_386) or not code:
+        return None
+    return insn.kind(code)
+
+
+def first_insn_cost_class(code, machine=elf.EM_X86_64):
+    """'emulated' or 'single-step' for the instruction at the start of `code`;
+    'unknown' on other architectures."""
+    k = first_insn_kind(code, machine)
+    if k is None:
         return "unknown"
-    return "emulated" if insn.emulated(insn.kind(code)) else "single-step"
+    return "emulated" if insn.emulated(k) else "single-step"
 
 
 def cycle_cost_ns(probes, symbols=None, cal=None):
@@ -73,7 +81,7 @@ class Probe:
     pid: int           # -1: every process mapping the file
     cost: str          # emulated / single-step / unknown
     insn: str          # first bytes, hex, for the record
-    kind: str = "other"  # kit/insn.py's kind of the first instruction (what it is priced by)
+    kind: str = "other"  # kit/insn.py's kind of the first instruction, priced by; "other" off x86 (dearest)
 
     def as_dict(self):
         return {"symbol": self.symbol, "at": self.at, "binary": self.shown, "pid": self.pid,
@@ -188,7 +196,7 @@ def plan(ctx):
                 code, offset = e.read_at(sym.addr, 16), e.file_offset(sym.addr)
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
                                 addr=sym.addr, offset=offset, pid=pid, cost=first_insn_cost_class(code, machine),
-                                insn=code[:8].hex(" "), kind=insn.kind(code)))
+                                insn=code[:8].hex(" "), kind=first_insn_kind(code, machine) or "other"))
     ctx.state["uprobes"] = probes
     for name in sorted(missing_optional):
         ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")

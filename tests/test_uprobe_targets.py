@@ -80,6 +80,7 @@ def test_cost_class_of_libc_functions_matches_their_first_instruction():
     assert uprobes.uprobe_first_insn_cost_class(LIBC, "getaddrinfo") == "emulated"
     assert uprobes.uprobe_first_insn_cost_class(LIBC, "pthread_mutex_lock") == "single-step"
     assert uprobes.first_insn_cost_class(b"\x55", machine=183) == "unknown"  # aarch64
+    assert uprobes.first_insn_kind(b"\x55", machine=183) is None  # priced as the dearest kind, not by x86 rules
 
 
 def test_parses_maps_lines_including_replaced_files():

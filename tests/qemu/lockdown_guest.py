@@ -143,10 +143,14 @@ def syscalls_recipe(out):
     ends by itself when the load exits."""
     with Load("mixed", "kit-sc-guest", calls=2000, sleeps=5, sleep_us=2000) as load:
         k = Kit("run", "syscalls", "--pid", str(load.pid), "--for", "5m", "--json", "--budget", "50")
-        k.wait_attached()
-        load.go()
-        done = load.finish(stop=False)
-        r = k.stop(signo=None)
+        try:
+            k.wait_attached()
+            load.go()
+            done = load.finish(stop=False)
+            r = k.stop(signo=None)
+        finally:
+            if k.p.poll() is None:
+                k.p.kill()
     return {"pid": load.pid, "done": done, "kit": r}
 
 
