@@ -30,6 +30,7 @@ floor under each cost.
 import datetime
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -449,7 +450,14 @@ def main(args, out, err):
         err.write(f"kit calibrate: {msg}\n")
         err.flush()
 
-    cal = measure(rounds, log)
+    def terminated(signo, _frame):  # unwind through the finally blocks: detach, stop the offcpu run it started
+        raise SystemExit(ExitCode.TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        cal = measure(rounds, log)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     path = costs.save_calibration(cal)
     if getattr(args, "json", False):
         json.dump({"path": path, **cal}, out)
