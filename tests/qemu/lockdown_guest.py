@@ -4,8 +4,12 @@ tests/test_lockdown_qemu_kernel.py in one boot. It only collects; the test asser
 usage: python lockdown_guest.py OUT   (OUT holds the workloads `target` and `lockwork`,
                                        built on the host; results go to OUT/results.json)
 
-Each step writes results.json again, so a step that hangs or crashes leaves the
-earlier ones readable and names itself in "step".
+Each step writes results.json again, so a step that crashes leaves the earlier
+ones readable and names itself in "step". A step gets STEP_S seconds (about 15
+times what the slowest takes here): past that, SIGALRM ends it
+with the guest's processes at that moment in its "error", and the next step
+runs. Each step's start and end also go to the console (tests/qemu/vm.py keeps
+it), with the guest's uptime.
 """
 
 import json
@@ -23,6 +27,7 @@ sys.path.insert(0, ROOT)
 from workloads import lockwork  # noqa: E402
 from workloads.load import Load  # noqa: E402
 
+STEP_S = 300
 KIT = [sys.executable, "-m", "kit"]
 # execve too: a trace that shows kit starting proves strace was watching
 STRACE = ["strace", "-f", "-qq", "-e", "trace=execve,bpf,perf_event_open"]
@@ -36,13 +41,18 @@ class Results(dict):
     def step(self, name, fn):
         self["step"] = name
         self.save()
+        say(f"step {name}: start")
         t0 = time.monotonic()
+        signal.alarm(STEP_S)
         try:
             self[name] = fn()
         except Exception as e:
             self[name] = {"error": f"{type(e).__name__}: {e}"}
+        finally:
+            signal.alarm(0)
         self["seconds"][name] = round(time.monotonic() - t0, 1)
         self.save()
+        say(f"step {name}: {'failed' if 'error' in self[name] else 'done'} in {self['seconds'][name]} s")
 
     def save(self):
         with open(self.path + ".tmp", "w") as f:
@@ -50,7 +60,22 @@ class Results(dict):
         os.replace(self.path + ".tmp", self.path)
 
 
-def run(argv, timeout=600, **kw):
+class StepTimeout(Exception):
+    pass
+
+
+def overrun(signo, frame):
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:24,etimes,args"], capture_output=True, text=True).stdout
+    raise StepTimeout(f"still running after {STEP_S} s; the guest's processes:\n{ps}")
+
+
+def say(msg):
+    with open("/proc/uptime") as f:
+        up = f.read().split()[0]
+    print(f"[kit-guest {up}] {msg}", flush=True)
+
+
+def run(argv, timeout=STEP_S, **kw):
     p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
     return {"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
 
@@ -182,6 +207,7 @@ def unguarded(out):
 
 
 def main(out):
+    signal.signal(signal.SIGALRM, overrun)
     res = Results(out)
     res.step("environment", environment)
     res.step("progs_before", prog_ids)
@@ -196,6 +222,7 @@ def main(out):
     res.step("progs_after", prog_ids)
     res["step"] = "done"
     res.save()
+    say("all steps done")
 
 
 if __name__ == "__main__":
