@@ -19,6 +19,7 @@ from kit import features
 
 PERF_TYPE_TRACEPOINT = 2
 PERF_SAMPLE_TID = 1 << 1
+PERF_FORMAT_TOTAL_TIME_ENABLED = 1 << 0
 PERF_RECORD_LOST = 2
 PERF_RECORD_SAMPLE = 9
 PERF_FLAG_FD_CLOEXEC = 1 << 3
@@ -122,6 +123,7 @@ class CpuEvents:
             for cpu in self.cpus:
                 a = Attr.from_buffer_copy(attr)
                 a.flags = ATTR_DISABLED
+                a.read_format = PERF_FORMAT_TOTAL_TIME_ENABLED
                 if periods:
                     a.sample_period = max(1, int(periods.get(cpu, 1)))
                     a.sample_type = PERF_SAMPLE_TID
@@ -155,7 +157,17 @@ class CpuEvents:
             fcntl.ioctl(fd, IOC_DISABLE, 0)
 
     def counts(self):
-        return {cpu: struct.unpack("Q", os.read(fd, 8))[0] for cpu, fd in self.fds.items()}
+        return {cpu: n for cpu, (n, _) in self.read().items()}
+
+    def read(self):
+        """{cpu: (hits, seconds enabled)}, both kept by the kernel since the events were opened. Rates come
+        from the kernel's own clock: a reader descheduled between its clock read and an enable or disable
+        (a crowded box, which is when kit is run) would otherwise count a window it did not watch."""
+        out = {}
+        for cpu, fd in self.fds.items():
+            n, enabled_ns = struct.unpack("QQ", os.read(fd, 16))
+            out[cpu] = (n, enabled_ns / 1e9)
+        return out
 
     def samples(self):
         """{cpu: ([(pid, tid), ...], lost records)} read from each ring after disable(); the records

@@ -317,10 +317,9 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
     attr, keep = hook.attr()
     util_s = UTIL_S
     with perfevent.CpuEvents(attr, keep) as ev:
-        t0 = time.monotonic()
         ev.enable()
         sleep(PROBE_S)
-        probe = sum(ev.counts().values()) / max(time.monotonic() - t0, 1e-3)
+        probe = _per_s(ev.read())
         # Counting is not free (a uprobe event pays the whole trap): shorten the windows on a hook so hot
         # that measuring it for the usual third of a second would cost more than MEASURE_CPU_S.
         cost = probe * measure_ns * 1e-9 * (count_s + sample_s + util_s)
@@ -330,26 +329,28 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
             util_s = max(util_s * scale, MIN_UTIL_S)
         sleep(max(count_s - PROBE_S, 0.0))
         ev.disable()
-        first = ev.counts()
-        count_s = max(time.monotonic() - t0, 1e-3)
-    periods = {cpu: max(1, math.ceil(n * sample_s / count_s / TARGET_SAMPLES)) for cpu, n in first.items()}
+        first = ev.read()
+    periods = {cpu: max(1, math.ceil(n / max(on, 1e-3) * sample_s / TARGET_SAMPLES))
+               for cpu, (n, on) in first.items()}
     with perfevent.CpuEvents(attr, keep, periods=periods) as ev:
-        t0 = time.monotonic()
         ev.enable()
         sleep(sample_s)
         ev.disable()
-        window = max(time.monotonic() - t0, 1e-3)
-        counts = ev.counts()
+        sampled = ev.read()
+        counts = {cpu: n for cpu, (n, _) in sampled.items()}
+        windows = {cpu: max(on, 1e-3) for cpu, (_, on) in sampled.items()}
         samples = ev.samples()
         # The busiest threads' CPU use, with the event still costing them what it cost while sampling,
         # and their event rates over that same window (the ring keeps filling).
-        busiest = _weights(samples, counts, window).most_common(MAX_THREADS)
+        busiest = _weights(samples, counts, windows).most_common(MAX_THREADS)
         ev.enable()
-        utils, util_window = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
+        utils, _ = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
         ev.disable()
-        later = ev.counts()
-        rates_then = _weights(ev.samples(), {cpu: later[cpu] - counts[cpu] for cpu in later}, util_window)
-    total = sum(counts.values()) / window
+        later = ev.read()
+        rates_then = _weights(ev.samples(), {cpu: later[cpu][0] - counts[cpu] for cpu in later},
+                              {cpu: max(later[cpu][1] - windows[cpu], 1e-3) for cpu in later})
+    window = max(windows.values(), default=1e-3)
+    total = sum(counts[cpu] / windows[cpu] for cpu in counts)
     threads = []
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
@@ -370,15 +371,21 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
                 scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost)
 
 
-def _weights(samples, counts, window):
-    """(pid, tid) -> events/s each sample stands for (its CPU's count spread over that CPU's samples)."""
+def _weights(samples, counts, windows):
+    """(pid, tid) -> events/s each sample stands for (its CPU's count over its CPU's window, spread over
+    that CPU's samples)."""
     weight = collections.Counter()
     for cpu, (got, _lost) in samples.items():
         if got:
-            w = counts[cpu] / len(got) / window
+            w = counts[cpu] / len(got) / windows[cpu]
             for pid, tid in got:
                 weight[(pid, tid)] += w
     return weight
+
+
+def _per_s(readings):
+    """Events per second summed over CPUs, each CPU's hits over the time its event was enabled."""
+    return sum(n / on for n, on in readings.values() if on > 0)
 
 
 def for_run(ctx, **kw):
