@@ -152,7 +152,8 @@ def test_estimate_and_meter_are_within_a_factor_of_two_of_each_other_and_of_the_
         if meter_vs_truth is None:
             return
         takes.append(meter_vs_truth)
-        if 0.5 <= meter_vs_truth[0] / meter_vs_truth[1] <= 2.0:
+        meter, truth = meter_vs_truth
+        if truth > 0 and 0.5 <= meter / truth <= 2.0:
             return
     pytest.fail("meter (in scope) vs the load's own: " + ", ".join(f"{m:.3f}% vs {t:.3f}%" for m, t in takes))
 
@@ -219,8 +220,8 @@ def _estimate_meter_and_truth(case, which):
     call_ns = statistics.median((b["calls_ns"] - a["calls_ns"]) / (b["calls"] - a["calls"])
                                 for a, b in zip(before, before[1:]) if b["calls"] > a["calls"])
     if case.own_cpu_truth and ov["ns_per_event"] >= 0.1 * call_ns:
-        truth = extra * calls / wall / 1e9 / ncpu * 100  # % of the machine
-        assert truth > 0, (extra, before, during)
+        # % of the machine; at or below 0 when the load's clock missed the probe: a disagreement, retaken
+        truth = extra * calls / wall / 1e9 / ncpu * 100
         in_scope = ov["events"] * ov["ns_per_event"] / ov["seconds"] / 1e9 / ncpu * 100
 
     # The kernel's run count agrees with kit's counters, and statistics were switched off again.
