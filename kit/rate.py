@@ -260,7 +260,7 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
     """{(pid, tid): (share of a CPU it ran, share of the time it wanted one)} over `seconds`.
     The second counts time spent runnable but waiting, so a thread that is CPU-bound on a box busy
     with other work still shows it wants a whole CPU."""
-    return _thread_utils(threads, seconds, sleep)[0]
+    return _thread_utils(threads, seconds, sleep)
 
 
 def _state(pid, tid):
@@ -288,7 +288,7 @@ def _thread_utils(threads, seconds, sleep, polls=8):
             # schedstat counts a run-queue wait only once it ends; the polls see one in progress.
             wanted = max((ran + waited) / dt, running[t] / polls)
             out[t] = (min(max(ran / dt, 0.0), 1.0), min(max(wanted, 0.0), 1.0))
-    return out, dt / 1e9
+    return out
 
 
 def unperturbed(r, util, measure_ns):
@@ -344,11 +344,11 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         # and their event rates over that same window (the ring keeps filling).
         busiest = _weights(samples, counts, windows).most_common(MAX_THREADS)
         ev.enable()
-        utils, _ = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
+        utils = _thread_utils([pt for pt, _ in busiest[:MAX_UTIL] if pt[0]], util_s, sleep)
         ev.disable()
         later = ev.read()
         rates_then = _weights(ev.samples(), {cpu: later[cpu][0] - counts[cpu] for cpu in later},
-                              {cpu: max(later[cpu][1] - windows[cpu], 1e-3) for cpu in later})
+                              {cpu: max(later[cpu][1] - sampled[cpu][1], 1e-3) for cpu in later})
     window = max(windows.values(), default=1e-3)
     total = sum(counts[cpu] / windows[cpu] for cpu in counts)
     threads = []

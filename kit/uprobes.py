@@ -38,10 +38,14 @@ def first_insn_kind(code, machine=elf.EM_X86_64):
 def first_insn_cost_class(code, machine=elf.EM_X86_64):
     """'emulated' or 'single-step' for the instruction at the start of `code`;
     'unknown' on other architectures."""
-    k = first_insn_kind(code, machine)
-    if k is None:
+    return cost_class(first_insn_kind(code, machine))
+
+
+def cost_class(kind):
+    """'emulated' or 'single-step' for an instruction of kit/insn.py's `kind`; 'unknown' for None."""
+    if kind is None:
         return "unknown"
-    return "emulated" if insn.emulated(k) else "single-step"
+    return "emulated" if insn.emulated(kind) else "single-step"
 
 
 def cycle_cost_ns(probes, symbols=None, cal=None):
@@ -194,9 +198,10 @@ def plan(ctx):
             _syms, machine = elf.lookup(found.open_path, name)
             with elf.Elf(found.open_path) as e:
                 code, offset = e.read_at(sym.addr, 16), e.file_offset(sym.addr)
+            kind = first_insn_kind(code, machine)
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
-                                addr=sym.addr, offset=offset, pid=pid, cost=first_insn_cost_class(code, machine),
-                                insn=code[:8].hex(" "), kind=first_insn_kind(code, machine) or "other"))
+                                addr=sym.addr, offset=offset, pid=pid, cost=cost_class(kind),
+                                insn=code[:8].hex(" "), kind=kind or "other"))
     ctx.state["uprobes"] = probes
     for name in sorted(missing_optional):
         ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")
