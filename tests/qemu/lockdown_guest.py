@@ -75,8 +75,9 @@ def say(msg):
     print(f"[kit-guest {up}] {msg}", flush=True)
 
 
-def run(argv, timeout=STEP_S, **kw):
-    p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+def run(argv, **kw):
+    """argv's exit code and output; the step's alarm bounds it (subprocess.run kills it on the way out)."""
+    p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, **kw)
     return {"code": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
 
 
