@@ -28,7 +28,7 @@ install_missing() {
   fi
 }
 install_missing -- "${pkgs[@]}"
-# A second kernel under qemu (tests/test_lockdown_qemu_kernel.py): virtme-ng (from .venv) boots
+# A second kernel under qemu (tests/test_lockdown_qemu_kernel.py, tests/test_second_kernel_recipes.py): virtme-ng (from .venv) boots
 # it with qemu, builds its initramfs with busybox and kmod's depmod/modprobe.
 install_missing --no-install-recommends -- qemu-system-x86 busybox-static kmod
 
@@ -68,6 +68,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# The Debian kernel matching the installed headers, unpacked in .cache/ (git-ignored) for qemu.
-# Without it only tests/test_lockdown_qemu_kernel.py fails (it tries again); the rest can run.
-tests/qemu/kernel.sh >/dev/null || log "no kernel for qemu: tests/test_lockdown_qemu_kernel.py will fail"
+# The guest's Debian kernel pinned in tests/qemu/guest_kernel (and its headers, at that version),
+# unpacked in .cache/ (git-ignored) for qemu. Without it only the qemu tests fail (they try again):
+# tests/test_lockdown_qemu_kernel.py and tests/test_second_kernel_recipes.py; the rest can run.
+tests/qemu/kernel.sh >/dev/null || log "no kernel for qemu: the qemu tests (lockdown, second kernel) will fail"

@@ -111,11 +111,7 @@ def report(recipes=None):
     why = features.tracefs_problem()
     rows.append(("tracefs", tfs if why is None else why, why is None))
     path, ver, match = features.headers()
-    if path is None:
-        rows.append(("headers", f"none for {uname.release}: run ./setup.sh", False))
-    else:
-        rows.append(("headers", f"{ver} at {path}" + ("" if match else
-                     f" — do NOT match the running kernel {uname.release}; kit takes struct offsets from BTF"), match))
+    rows.append(("headers", features.headers_text(path, ver, match, uname.release), match))
     caps = sorted(features.effective_caps())
     missing = features.missing_caps(tracefs_needed=True)
     rows.append(("capabilities", (", ".join(caps) or "none") + (f"; missing {', '.join(missing)}" if missing else ""),

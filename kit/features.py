@@ -160,6 +160,16 @@ def headers():
     return real, ver, ver == release
 
 
+def headers_text(path, ver, match, release):
+    """doctor's headers row: where they are and whether BCC's view of kernel structs from them is this kernel's."""
+    if path is None:
+        return f"none for {release}: run ./setup.sh"
+    if match:
+        return (f"{ver} at {path} — match the running kernel: struct layouts BCC compiles from them are this "
+                "kernel's (kit still takes struct offsets from BTF, which every kernel it runs on has)")
+    return f"{ver} at {path} — do NOT match the running kernel {release}; kit takes struct offsets from BTF"
+
+
 def hook_supported(hook):
     """None if this kernel can attach the hook rung, else the reason it cannot."""
     for req in hook.requires:

@@ -106,7 +106,11 @@ def _open_path(pid, line):
         for path, via in candidates:
             if _same_inode(path, line):
                 return path, via
-        for path, via in reversed(candidates):  # inode only: the process's own view first
+        # inode only: the process's own view first, unless both views are one file (an overlay on
+        # a 9p root, as in the qemu guest, reports another device in maps than stat does)
+        if len(candidates) == 2 and _same_inode(line.path, line, check_dev=False) and _same_file(candidates[0][0], candidates[1][0]):
+            return candidates[0]
+        for path, via in reversed(candidates):
             if _same_inode(path, line, check_dev=False):
                 return path, via
     mf = f"/proc/{pid}/map_files/{line.start:x}-{line.end:x}"

@@ -149,3 +149,9 @@ def no_leftovers(kernel):
         time.sleep(0.1)
     assert orphan_progs(before) == set(), "BPF programs left loaded with no owner"
     assert events() == ev_before, "probe events left in tracefs"
+
+
+def pytest_configure(config):
+    """The kernel matrix's recorder (tests/qemu/matrix.py): outcomes and kit's hooks, for docs/kernels.md."""
+    from qemu import matrix
+    matrix.register(config)

@@ -235,3 +235,19 @@ def test_estimated_cost_per_lock_follows_the_first_instructions(recipes, workloa
     cal = {"uprobe": {"push": 500, "other": 9000}, "ns": {"uretprobe_extra": 800}}
     assert uprobes.cycle_cost_ns(ctx.state["uprobes"], cal=cal) == 2 * 500 + 800
     assert uprobes.cycle_cost_ns(pthread, cal=cal) == 2 * 9000 + 800
+
+
+def test_a_file_both_views_name_is_shown_by_its_path_even_when_maps_reports_another_device(monkeypatch):
+    """The qemu guest's root is an overlay on 9p: maps gives the lower device, stat the overlay's.
+    Where the process's root and kit's are one file, it is that path, not "in the root of pid"."""
+    real = os.stat(LIBC)
+    line = targets.MapsLine(0x1000, 0x2000, "r-xp", 0, os.makedev(0, 99), real.st_ino, LIBC, False)
+    assert real.st_dev != line.dev
+    pid = os.getpid()
+    assert targets._open_path(pid, line) == (LIBC, "path")  # /proc/PID/root is / here: one file
+
+    views = {LIBC: os.stat_result((0, real.st_ino, 1) + tuple(real)[3:]),
+             f"/proc/{pid}/root{LIBC}": os.stat_result((0, real.st_ino, 2) + tuple(real)[3:])}
+    monkeypatch.setattr(targets.os, "stat", lambda p: views[p])
+    # a container's file with the same inode number on another device: its own view wins, as before
+    assert targets._open_path(pid, line) == (f"/proc/{pid}/root{LIBC}", "root")
