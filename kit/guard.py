@@ -29,7 +29,7 @@ import shlex
 import time
 import weakref
 
-from kit import bpfstats, costs, insn, perfevent, rate
+from kit import bpfstats, costs, insn, perfevent, prelude, rate
 from kit.errors import Refused, Unsupported
 
 DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
@@ -111,7 +111,7 @@ def attached_per_process(ctx):
     """True when every uprobe goes into the scoped processes only (kit/uprobes.py plans a hot-path
     recipe per process): the kernel installs the breakpoint in those processes, so the others'
     calls never trap and cost nothing to filter."""
-    planned = ctx.state.get("uprobes")
+    planned = ctx.planned_uprobes
     return bool(planned) and all(p.pid > 0 for p in planned)
 
 
@@ -314,8 +314,7 @@ class Meter:
 
     def __init__(self, ctx, opts, bpf, est, clock=time.monotonic, read=None, kernel_check=True):
         if read is None:
-            from kit.run import read_stats
-            read = lambda: read_stats(bpf)  # noqa: E731
+            read = lambda: prelude.read_stats(bpf)  # noqa: E731
         self._read = read
         self.ctx, self.bpf, self.est, self.clock = ctx, bpf, est, clock
         self.budget = budget_of(opts)

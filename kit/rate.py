@@ -169,7 +169,7 @@ def rate_hook(ctx):
 
 def uprobe_target(ctx, attach):
     """(binary path, symbol) of one uprobe attach point, from the run's values."""
-    binary = ctx.state.get("binary") or ctx.value(ctx.hook.binary)
+    binary = ctx.value(ctx.hook.binary)
     sym = attach.symbol
     symbol = sym[1:] if sym.startswith("=") else ctx.value(sym)
     return binary, symbol
@@ -187,7 +187,7 @@ def resolve(binary, symbol):
 
 
 def _uprobe_hook(ctx, rh):
-    planned = ctx.state.get("uprobes")  # kit/uprobes.plan: every attach point resolved to a file and offset
+    planned = ctx.planned_uprobes  # kit/uprobes.plan: every attach point resolved to a file and offset
     if planned:
         chosen = next((p for p in planned if rh in (p.fn, p.symbol)), planned[0])
         # The same file offset in every process (per-pid probes share it); a perf uprobe event

@@ -9,33 +9,16 @@ leaves a named probe in tracefs.
 """
 
 import dataclasses
-import importlib
 import os
 import signal
 import sys
 import time
 
-from kit import features, guard, render, teardown, uprobes
-from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
+from kit import features, guard, prelude, render, teardown, uprobes
+from kit.contract import Context, default_collect, hooks_of
+from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
 TICK = 0.25
-
-
-@dataclasses.dataclass
-class Context:
-    """Everything a recipe module sees: the recipe, the chosen hook, checked values."""
-    recipe: object
-    hook: object
-    values: dict
-    extra: dict = dataclasses.field(default_factory=dict)
-    state: dict = dataclasses.field(default_factory=dict)   # recipe-private (e.g. resolved binary)
-    notes: list = dataclasses.field(default_factory=list)   # shown under the results
-
-    def value(self, name):
-        v = self.values.get(name)
-        if v is None and name in self.recipe.params:
-            return self.recipe.params[name].default_value
-        return v
 
 
 @dataclasses.dataclass
@@ -50,21 +33,17 @@ class Options:
     progress: bool = None        # None: when stderr is a terminal
 
 
-def recipe_module(recipe):
-    return importlib.import_module(f"kit.recipes.{recipe.name}")
-
-
 def prepare(recipe, values, hook_type=None):
     """Everything up to (not including) compiling: returns (context, C text)."""
     hook = features.choose_hook(recipe, hook_type)
     ctx = Context(recipe=recipe, hook=hook, values=dict(values))
-    mod = recipe_module(recipe)
-    if hasattr(mod, "prepare"):
-        mod.prepare(ctx)
-    if hook.type in uprobes.HOOK_TYPES and "uprobes" not in ctx.state:
+    hooks = hooks_of(recipe)
+    if hooks.prepare:
+        hooks.prepare(ctx)
+    if hook.type in uprobes.HOOK_TYPES and not ctx.planned_uprobes:
         uprobes.plan(ctx)  # every symbol checked before anything attaches
-    if hasattr(mod, "extra"):
-        ctx.extra = mod.extra(ctx)
+    if hooks.extra:
+        ctx.extra = hooks.extra(ctx)
     text = render.render(recipe, hook, ctx.values, ctx.extra)
     return ctx, text
 
@@ -101,16 +80,6 @@ class _Stopper:
             signal.signal(s, h)
 
 
-def read_stats(bpf):
-    """Sum kit's per-CPU self-accounting counters."""
-    names = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
-    table = bpf["kit_stats"]
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = int(sum(table[table.Key(i)]))
-    return out
-
-
 def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep):
     """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching."""
     if opts.duration > recipe.duration_max:
@@ -130,19 +99,19 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.dry_run:
         code = ExitCode.REFUSED if estimate.get("verdict") == "refuse" else ExitCode.OK
         return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, code
-    mod = recipe_module(recipe)
+    hooks = hooks_of(recipe)
     result = None
     code = ExitCode.OK
     bpf = None
     with _Stopper() as stopper:
         try:
             bpf = compile_program(text, opts.debug)
-            if hasattr(mod, "attach"):
-                attached = mod.attach(ctx, bpf)
-            elif "uprobes" in ctx.state:
+            if hooks.attach:
+                attached = hooks.attach(ctx, bpf)
+            elif ctx.planned_uprobes:
                 attached = uprobes.attach(ctx, bpf)
             else:
-                attached = _auto_attached(bpf)
+                attached = prelude.auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
@@ -154,9 +123,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 _note_comm_gone(ctx)
             else:
                 started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
-            stats = read_stats(bpf)
+            stats = prelude.read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
-            result.update(mod.collect(ctx, bpf))
+            result.update((hooks.collect or default_collect)(ctx, bpf))
             result["notes"] = ctx.notes + result.get("notes", [])
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
                     "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
@@ -164,23 +133,16 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
             try:
-                if bpf is not None and hasattr(mod, "detach"):
-                    mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
+                if bpf is not None and hooks.detach:
+                    hooks.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
             finally:  # a failing recipe hook must never keep the probes attached
                 if bpf is not None:
                     problems = teardown.detach_all(bpf)
                     if result is not None:
                         result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
-                if hasattr(mod, "cleanup"):
-                    mod.cleanup(ctx)
+                if hooks.cleanup:
+                    hooks.cleanup(ctx)
     return result, code
-
-
-def _auto_attached(bpf):
-    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {}))
-    if n == 0:
-        raise CompileError("the program compiled but attached no probe", "this is a template bug: check its hooks")
-    return f"{n} probe{'s' if n > 1 else ''}"
 
 
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
@@ -208,8 +170,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                           else f"kit: {trip}; detaching, partial results follow\n")
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
-                stats = read_stats(bpf)
-                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"] + stats["buffer_lost"]
+                stats = prelude.read_stats(bpf)
+                lost = prelude.lost(stats)
                 line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
                         f" | {lost} lost | {meter.progress()}")
                 err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
@@ -270,7 +232,3 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
         "rows": [],
         "histograms": {},
     }
-
-
-def describe_error(e: KitError):
-    return e.line()

@@ -26,7 +26,7 @@ import os
 from kit import costs, elf, features, insn, perfevent, targets
 from kit.errors import BadInput, CompileError, Unsupported
 
-HOOK_TYPES = ("uprobe", "uretprobe")
+HOOK_TYPES = features.UPROBE_TYPES
 
 def first_insn_kind(code, machine=elf.EM_X86_64):
     """kit/insn.py's kind of the instruction at the start of `code`; None off x86."""
@@ -166,7 +166,7 @@ def _sites(ctx):
 
 def plan(ctx):
     """Resolves every attach point to (file, address, pid) and checks it, before
-    anything attaches. Stores the probes in ctx.state['uprobes']."""
+    anything attaches. Stores the probes in ctx.planned_uprobes."""
     probes, missing_optional = [], set()
     for pid, candidates, _what in _sites(ctx):
         if not candidates:
@@ -202,7 +202,7 @@ def plan(ctx):
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
                                 addr=sym.addr, offset=offset, pid=pid, cost=cost_class(kind),
                                 insn=code[:8].hex(" "), kind=kind or "other"))
-    ctx.state["uprobes"] = probes
+    ctx.planned_uprobes = probes
     for name in sorted(missing_optional):
         ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")
     slow = sorted({p.symbol for p in probes if p.cost == "single-step"})
@@ -261,7 +261,7 @@ def attach(ctx, bpf):
     skipped; anything else is an error (the run engine then detaches whatever
     did attach)."""
     done, gone = [], set()
-    for i, p in enumerate(ctx.state["uprobes"]):
+    for i, p in enumerate(ctx.planned_uprobes):
         e = attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i))
         if e is not None:
             if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
@@ -275,7 +275,7 @@ def attach(ctx, bpf):
     if not done:
         raise CompileError("no uprobe could be attached (every target process exited)",
                            "start the process again and rerun kit")
-    ctx.state["uprobes_attached"] = done
+    ctx.attached_uprobes = done
     return describe(done)
 
 
@@ -290,4 +290,4 @@ def describe(probes):
 
 def summary(ctx):
     """What was attached, for the result: file, symbol, pid and cost class of each probe."""
-    return [p.as_dict() for p in ctx.state.get("uprobes_attached", ctx.state.get("uprobes", []))]
+    return [p.as_dict() for p in (ctx.attached_uprobes or ctx.planned_uprobes)]

@@ -256,7 +256,6 @@ def bpf_loads(monkeypatch):
 @pytest.mark.parametrize("argv, code, words", FIXED + _generated())
 def test_bad_input_is_one_line_with_its_fix_and_exit_code_and_nothing_attached(
         kernel, res, bpf_loads, argv, code, words):
-    kitshim.enable()
     argv = argv(res)
     before = snapshot()
     out, err = io.StringIO(), io.StringIO()

@@ -67,7 +67,6 @@ def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_only(confidenti
 
 def test_run_under_confidentiality_says_what_is_blocked_and_what_still_works(confidentiality, monkeypatch):
     monkeypatch.setattr(features, "uprobes_available", lambda: True)
-    kitshim.enable()
     out, err = io.StringIO(), io.StringIO()
     code = main(["--catalog", kitshim.CATALOG, "run", "fillup", "--pid", "1", "--for", "2s"], out=out, err=err)
     assert code == ExitCode.UNSUPPORTED
@@ -149,7 +148,6 @@ def test_detach_closes_uprobes_itself_under_confidentiality_even_with_tracefs_fi
 def test_doctor_under_confidentiality_names_blocked_recipes_and_what_works(confidentiality, monkeypatch):
     monkeypatch.setattr(doctor, "try_attach", lambda: {})
     monkeypatch.setattr(features, "uprobes_available", lambda: True)
-    kitshim.enable()
     rows = {k: (v, ok) for k, v, ok in doctor.report(catalog.load(kitshim.CATALOG))}
     assert rows["lockdown"] == ("confidentiality", False)
     assert "confidentiality blocks tracefs" in rows[""][0] and "uprobes still work" in rows[""][0]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ACCURACY_BUDGET, KitProc, orphan_progs, loaded_prog_ids
-from kit import features, histo
+from kit import features, prelude
 from workloads import lockwork
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -37,14 +37,14 @@ def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(k
              f"uprobe:{binary}:pool_unlock /@h[tid]/ {{ @n = count(); "
              f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
 
-    slow_slot = str(histo.slot_of(SLOW_MS * 1000))
+    slow_slot = str(prelude.slot_of(SLOW_MS * 1000))
     assert book["holds"] == 3000 + 4 + 6 and book["hold_slots"].get(slow_slot) == 4, book
     hold = next(r for r in res["rows"] if r["what"] == "hold")
     wait = next(r for r in res["rows"] if r["what"] == "wait")
     assert hold["pid"] == w.pid and hold["count"] == book["holds"]
     assert wait["count"] == book["waits"]
     # the slow holds land in the same log2 bucket for kit, the workload and bpftrace
-    low = histo.slot_range(int(slow_slot))[0]
+    low = prelude.slot_range(int(slow_slot))[0]
     assert hist_count(res["histograms"]["hold_us"], low) == book["hold_slots"][slow_slot]
     assert lockwork.bpftrace_hist(bt, "us").get(low) == book["hold_slots"][slow_slot]
     assert lockwork.bpftrace_counts(bt, "n") == {None: book["holds"]}
@@ -66,7 +66,7 @@ def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processe
     hold = [r for r in res["rows"] if r["what"] == "hold"]
     assert [(r["pid"], r["count"]) for r in hold] == [(target.pid, book["holds"])]
     assert lockwork.bpftrace_counts(bt, "locks") == {None: book["holds"]}
-    low = histo.slot_range(histo.slot_of(SLOW_MS * 1000))[0]
+    low = prelude.slot_range(prelude.slot_of(SLOW_MS * 1000))[0]
     assert hist_count(res["histograms"]["hold_us"], low) == 2
     # breakpoints went only into the target: the other process was never even filtered
     assert res["filtered"] == 0

@@ -2,8 +2,9 @@
 
 import os
 
-from kit import costs, elf, histo, targets, uprobes
+from kit import costs, elf, prelude, targets, uprobes
 from kit.errors import Refused
+from kit.contract import Hooks
 
 STACKS_TOP = 10
 
@@ -24,8 +25,8 @@ def prepare(ctx):
 def attach(ctx, bpf):
     desc = uprobes.attach(ctx, bpf)
     if ctx.value("stacks"):
-        for pid in sorted({p.pid for p in ctx.state["uprobes_attached"] if p.pid > 0}):
-            _warm_symbols(bpf, pid, ctx.state["uprobes_attached"])
+        for pid in sorted({p.pid for p in ctx.attached_uprobes if p.pid > 0}):
+            _warm_symbols(bpf, pid, ctx.attached_uprobes)
     return desc
 
 
@@ -69,7 +70,7 @@ def collect(ctx, bpf):
     rows.sort(key=lambda r: (r["what"] != "hold", -r["total_us"]))
     unmatched = bpf["unmatched"]
     no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
-    attached = ctx.state.get("uprobes_attached", [])
+    attached = ctx.attached_uprobes
     cost_ns = uprobes.cycle_cost_ns(attached, cal=costs.load_calibration()[0])
     notes = [f"each lock/unlock cost the traced threads ~{cost_ns / 1000:.1f} us in probes "
              f"(x {totals['hold']['count']} holds = ~{cost_ns * totals['hold']['count'] / 1e6:.1f} ms)"]
@@ -77,8 +78,8 @@ def collect(ctx, bpf):
         notes.append(f"{no_hold} unlocks had no recorded hold (taken before the run, by trylock, "
                      "or not paired by the first argument: try --match thread)")
     out = {"rows": rows, "totals": totals,
-           "histograms": {"hold_us": histo.from_table(bpf["hold_hist"]),
-                          "wait_us": histo.from_table(bpf["wait_hist"])},
+           "histograms": {"hold_us": prelude.from_table(bpf["hold_hist"]),
+                          "wait_us": prelude.from_table(bpf["wait_hist"])},
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
            "uprobes": uprobes.summary(ctx), "cost_ns_per_lock": cost_ns, "notes": notes}
     if ctx.value("stacks"):
@@ -91,7 +92,7 @@ def _fallback_symbolizer(ctx, bpf, pid):
     """For a process that is gone: name frames in the file that defines the lock
     function, from its load base (where the lock function ran, minus its
     address in the file) and the file's own symbol table."""
-    lock = next((p for p in ctx.state.get("uprobes_attached", []) if p.fn == "lock_entry"), None)
+    lock = next((p for p in ctx.attached_uprobes if p.fn == "lock_entry"), None)
     ips = bpf["lock_ips"]
     try:
         ip = ips[ips.Key(pid)].value
@@ -142,3 +143,6 @@ def _stacks_text(stacks):
                      f" -- pid {s['pid']} {s['comm']}")
         lines += [f"      {f}" for f in s["frames"]] or ["      [no frames]"]
     return "\n".join(lines)
+
+
+HOOKS = Hooks(prepare=prepare, attach=attach, collect=collect)

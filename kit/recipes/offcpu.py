@@ -8,8 +8,9 @@ import os
 import threading
 import time
 
-from kit import btf, features, hidden_frames, usersyms
+from kit import btf, features, hidden_frames, prelude, usersyms
 from kit.errors import Unsupported
+from kit.contract import Hooks
 
 POLL_MS = 50            # how fast a new process is snapshotted after its first switch-out
 REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
@@ -191,23 +192,22 @@ def _in_scope_now(ctx):
 
 
 def attach(ctx, bpf):
-    from kit.run import _auto_attached
-    what = _auto_attached(bpf)
+    what = prelude.auto_attached(bpf)
     w = Watcher(bpf, bool(ctx.extra.get("unwind")))
-    ctx.state["watcher"] = w
+    ctx.private = w
     w.prewarm(_in_scope_now(ctx))
     w.start()
     return what
 
 
 def detach(ctx, bpf):
-    w = ctx.state.get("watcher")
+    w = ctx.private
     if w is not None:
         w.stop()
 
 
 def cleanup(ctx):
-    w = ctx.state.pop("watcher", None)
+    w, ctx.private = ctx.private, None
     if w is not None:
         w.close()
 
@@ -276,7 +276,7 @@ def _libc_top(img, addr):
 
 
 def collect(ctx, bpf):
-    w = ctx.state.get("watcher")
+    w = ctx.private
     w.stop()
     w.poll_once(0)  # sightings and hints still in the buffers
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
@@ -391,3 +391,6 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
         notes.append(f"{stats['rejected_chains']} recovered caller chain(s) failed the check against the unwind "
                      "tables and are not shown")
     return notes
+
+
+HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=detach, cleanup=cleanup)
