@@ -102,10 +102,24 @@ def _errno(v):
     return errno_mod.errorcode.get(v, str(v)) if v else ""
 
 
+def _disk(dev):
+    from kit.params import disk_name
+    return disk_name(int(dev))
+
+
+BLOCK_OPS = ("read", "write", "flush", "discard", "other")   # KIT_BLK_* in probes/biolatency.c
+
+
+def _index(names):
+    return lambda v: names[v] if 0 <= v < len(names) else str(v)
+
+
 # decode: names a field's catalog value may take; each turns the raw member into what is shown
 DECODERS = {
     "syscall": _syscall,
     "errno": _errno,
+    "disk": _disk,
+    "block_op": _index(BLOCK_OPS),
 }
 UNIT_SCALE = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}   # from a member in nanoseconds (name ends in _ns)
 UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
@@ -167,7 +181,10 @@ def collect_histograms(recipe, bpf):
     `slot` member and group members gives one histogram per group, named `name group=value ...`."""
     out = {}
     for h in recipe.histograms:
-        table = bpf[h.map]
+        try:
+            table = bpf[h.map]
+        except KeyError:  # compiled out by a parameter (e.g. biolatency's queue_hist without --queued)
+            continue
         groups = {}
         for k, v in table.items():
             count = int(v.value)
@@ -175,7 +192,7 @@ def collect_histograms(recipe, bpf):
                 continue
             if hasattr(k, "slot"):
                 names = [n for n, *_ in k._fields_ if n != "slot" and not n.startswith("_")]
-                label = " ".join(f"{n}={_raw(getattr(k, n))}" for n in names)
+                label = " ".join(_group(recipe, n, getattr(k, n)) for n in names)
                 groups.setdefault(label, {})[int(k.slot)] = count
             else:
                 groups.setdefault("", {})[int(k.value)] = count
@@ -184,6 +201,16 @@ def collect_histograms(recipe, bpf):
         for label, counts in sorted(groups.items()):
             out[f"{h.name} {label}".strip()] = prelude.buckets(counts)
     return out
+
+
+def _group(recipe, member, raw):
+    """A histogram's group member, shown as the table field read from the same key member (its name
+    and decoder), so one declaration serves both."""
+    v = _raw(raw)
+    for f in recipe.fields:
+        if f.source == f"key.{member}":
+            return f"{f.name}={DECODERS[f.decode](v) if f.decode else v}"
+    return f"{member}={v}"
 
 
 def default_collect(ctx, bpf):

@@ -34,7 +34,7 @@ def human(result, recipe, stream, top=20):
     if recipe.output == "stacks":
         from kit import stacks
         w(stacks.human_text(result, top=top // 2, value=result.get("stack_value", "total_us")))
-    elif rows and recipe.output == "table":
+    elif rows and recipe.output in ("table", "histograms"):
         heads = [f"{f.name} ({f.unit})" if f.unit else f.name for f in recipe.fields]
         body = [[_cell(r.get(c)) for c in cols] for r in rows[:top]]
         w(tabulate(body, headers=heads, tablefmt="simple") + "\n")

@@ -210,7 +210,7 @@ def _start_time(pid):
 
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
-    params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
+    params = {k: (v if type(v) in (int, float, bool, str) else str(v))
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
     lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],

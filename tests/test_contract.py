@@ -124,3 +124,19 @@ def test_the_catalog_checks_cost_classes_and_hook_types_against_their_one_defini
     from kit import costs, features
     assert catalog.COST_CLASSES == tuple(costs.CLASSES)
     assert catalog.HOOK_TYPES is features.HOOK_TYPES
+
+
+@pytest.mark.parametrize("text, dev", [("7:0", 7 << 20), ("259:3", 259 << 20 | 3)])
+def test_a_disk_given_as_maj_min_becomes_the_kernels_internal_dev_t(text, dev):
+    from kit import params
+    spec = catalog.ParamSpec(name="disk", type="disk")
+    assert params.TYPES["disk"].parse(text, spec) == dev
+    assert params.TYPES["disk"].emit(params.TYPES["disk"].parse(text, spec)) == f"{dev}U"
+
+
+@pytest.mark.parametrize("text", ["sda;rm", "../../etc", "99999:0", "no-such-disk-kit", ""])
+def test_a_disk_that_is_not_one_is_refused(text):
+    from kit import params
+    from kit.errors import BadInput
+    with pytest.raises(BadInput):
+        params.TYPES["disk"].parse(text, catalog.ParamSpec(name="disk", type="disk"))
