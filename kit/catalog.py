@@ -339,9 +339,10 @@ def _fields(c, r):
                       source=c.typed(f, "from", str, ""), per=c.typed(f, "per", str, ""),
                       decode=c.typed(f, "decode", str, ""))
         if field.source:
-            side, _, member = field.source.partition(".")
-            if side not in ("key", "val") or not IDENT_RE.fullmatch(member):
-                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER or val.MEMBER")
+            side, dot, member = field.source.partition(".")
+            if side not in ("key", "val") or not (IDENT_RE.fullmatch(member) or (not dot and side == "val")):
+                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER, "
+                       "val.MEMBER or val (a scalar value)")
         if field.decode and field.decode not in DECODERS:
             c.fail(f.lines["decode"], f"field {field.name!r}: unknown decode {field.decode!r}",
                    f"one of {', '.join(DECODERS)}")

@@ -145,8 +145,9 @@ def row_of(fields, key, val):
     for f in fields:
         if not f.source:
             continue
-        side, member = f.source.split(".", 1)
-        v = _raw(getattr(key if side == "key" else val, member))
+        side, _, member = f.source.partition(".")
+        obj = key if side == "key" else val
+        v = _raw(getattr(obj, member) if member else obj.value)  # `val` alone: a scalar value (a u64 count)
         raw[f.name] = v
         if f.decode:
             v = DECODERS[f.decode](v)

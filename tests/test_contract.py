@@ -75,8 +75,9 @@ def test_a_table_recipe_without_module_or_table_is_a_catalog_error():
 
 
 @pytest.mark.parametrize("field, words", [
-    ("{name: n, from: count, help: h}", "key.MEMBER or val.MEMBER"),
-    ("{name: n, from: val.x; rm, help: h}", "key.MEMBER or val.MEMBER"),
+    ("{name: n, from: count, help: h}", "must be key.MEMBER"),
+    ("{name: n, from: val.x; rm, help: h}", "must be key.MEMBER"),
+    ("{name: n, from: key, help: h}", "must be key.MEMBER"),
     ("{name: n, from: val.n, decode: eval, help: h}", "unknown decode 'eval'"),
     ("{name: n, from: val.n, per: nothing, help: h}", "per 'nothing' names no field"),
 ])
