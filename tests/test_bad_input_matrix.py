@@ -88,6 +88,7 @@ def _broken_catalogs(d):
         "not_a_mapping": "- just\n- a list\n",
     }
     os.symlink(catalog.PROBES_DIR, d / "probes")
+    os.symlink(os.path.join(catalog.ROOT, "kit"), d / "kit")  # recipe modules are named relative to the catalog
     out = {}
     for name, t in variants.items():
         (d / f"{name}.yaml").write_text(t)
@@ -95,6 +96,7 @@ def _broken_catalogs(d):
     out["first_recipe"] = first.group(1)
     shared = d / "shared"  # a catalog, then a template, that other users could rewrite
     shutil.copytree(catalog.PROBES_DIR, shared / "probes")
+    os.symlink(os.path.join(catalog.ROOT, "kit"), shared / "kit")
     (shared / "incident_recipes.yaml").write_text(text)
     os.chmod(shared / "probes" / f"{first.group(1)}.c", 0o666)
     out["template_writable_by_others"] = str(shared / "incident_recipes.yaml")
