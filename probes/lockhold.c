@@ -26,9 +26,9 @@
 #define KIT_PAIR_THREAD    (KIT_MATCH == 1)
 #define KIT_STACKS         {{stacks}}
 
-/* auto keeps the order of this many open holds per thread (a power of two);
- * holds taken deeper than that pair by argument only */
-#define KIT_NEST 16
+/* auto keeps the order of this many open holds per thread (a power of two, at
+ * most 32: the bits of nest.live); holds taken deeper pair by argument only */
+#define KIT_NEST 32
 
 #define KIND_HOLD 0
 #define KIND_WAIT 1
@@ -148,8 +148,12 @@ static __always_inline void record(u32 tgid, u32 kind, u64 ns)
 /* The newest held slot whose lock call had this first argument, or -1. */
 static __always_inline int nest_find(struct nest *ns, u64 arg)
 {
-    for (int i = KIT_NEST - 1; i >= 0; i--) {
-        if ((u32)i < ns->n && ((ns->live >> i) & 1) && ns->arg[i] == arg)
+    u32 n = ns->n, live = ns->live;
+    for (int j = 0; j < KIT_NEST; j++) {
+        int i = (int)n - 1 - j;
+        if (i < 0)
+            break;
+        if (((live >> i) & 1) && ns->arg[i & (KIT_NEST - 1)] == arg)
             return i;
     }
     return -1;

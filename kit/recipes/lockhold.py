@@ -150,17 +150,20 @@ def pairing_note(ctx, p):
     if p["used"] == "none":
         return "no hold ended during the run (pairing: by lock object, else by thread)"
     if p["used"] == "argument":
+        if not h["by_argument"]:
+            return (f"holds paired by lock argument, the same as by thread here: each of the {n} unlocks passed "
+                    "the first argument of its thread's newest hold")
         return (f"holds paired by lock argument: each of the {n} unlocks passed the first argument of a hold "
-                "its thread had open")
+                f"its thread had open ({h['by_argument']} released out of order)")
     if p["used"] == "thread":
-        agreed = f"; in the other {h['either']} it happened to match the newest hold" if h["either"] else ""
+        agreed = f"; the other {h['either']} passed the newest hold's anyway" if h["either"] else ""
         return (f"holds paired by thread (the functions take no lock argument): {h['by_thread']} of {n} unlocks "
                 f"passed no first argument of a hold their thread had open, so each ended its thread's newest "
                 f"hold{agreed}")
-    return (f"holds paired by lock argument ({h['either'] + h['by_argument']}, {h['by_argument']} of them out of "
-            f"order) and by thread ({h['by_thread']}: the unlock passed no first argument of an open hold); if "
-            f"{lock} takes its lock as first argument, --match lock pairs by it alone, if it takes none, "
-            "--match thread")
+    return (f"holds paired by lock argument ({h['either'] + h['by_argument']}, {h['by_argument']} released out of "
+            f"order) and by thread ({h['by_thread']}, whose unlock passed no first argument of an open hold); if "
+            f"{lock}/{unlock} take their lock as first argument, --match lock pairs by it alone; if they take "
+            "none, --match thread")
 
 
 def _no_hold_why(ctx, p):
