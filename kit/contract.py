@@ -39,6 +39,7 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+STEPS = tuple(f.name for f in dataclasses.fields(Hooks))
 
 
 @dataclasses.dataclass
@@ -70,6 +71,11 @@ def hooks_of(recipe):
     if not isinstance(hooks, Hooks):
         raise CatalogError(f"{recipe.where}: recipe {recipe.name!r}: {recipe.module} defines no HOOKS = Hooks(...)",
                            "say which steps the module takes with kit.contract.Hooks")
+    for step in STEPS:  # a step function the Hooks object forgets would silently never run
+        fn = getattr(mod, step, None)
+        if callable(fn) and getattr(hooks, step) is not fn:
+            raise CatalogError(f"recipe {recipe.name!r}: {recipe.module} defines {step}() but its HOOKS does not "
+                               f"name it", f"add {step}={step} to HOOKS, or rename the function")
     return hooks
 
 
@@ -79,7 +85,7 @@ def load_module(path, recipe):
     rel = os.path.relpath(path, ROOT)
     if not rel.startswith("..") and rel.endswith(".py"):
         return importlib.import_module(rel[:-3].replace(os.sep, "."))
-    name = f"kit_recipe_{recipe.name}"
+    name = "kit_recipe_" + "".join(c if c.isalnum() else "_" for c in path)  # one module per file
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)

@@ -141,3 +141,16 @@ def test_a_disk_that_is_not_one_is_refused(text):
     from kit.errors import BadInput
     with pytest.raises(BadInput):
         params.TYPES["disk"].parse(text, catalog.ParamSpec(name="disk", type="disk"))
+
+
+def test_a_step_function_its_hooks_forget_is_a_catalog_error(tmp_path):
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "tcpretrans.c").write_text("/* t */\n")
+    (tmp_path / "m2.py").write_text("from kit.contract import Hooks\n"
+                                     "def extra(ctx):\n    return {}\n"
+                                     "def collect(ctx, bpf):\n    return {}\n"
+                                     "HOOKS = Hooks(collect=collect)\n")
+    r = catalog.parse(BASE + "    module: m2.py\n    fields:\n      - {name: n, help: h}\n", "cat.yaml",
+                      probes_dir=str(tmp_path / "probes"))["tcpretrans"]
+    with pytest.raises(CatalogError, match="defines extra\\(\\) but its HOOKS does not name it"):
+        contract.hooks_of(r)

@@ -231,4 +231,4 @@ def _stacks_text(stacks):
     return "\n".join(lines)
 
 
-HOOKS = Hooks(prepare=prepare, attach=attach, collect=collect)
+HOOKS = Hooks(prepare=prepare, extra=extra, attach=attach, collect=collect)
