@@ -65,7 +65,8 @@ def prepare(recipe, values, hook_type=None):
         uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hasattr(mod, "extra"):
         ctx.extra = mod.extra(ctx)
-    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    task = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads in the kernel
+    text = render.render(recipe, hook, ctx.values, ctx.extra, task=task)
     return ctx, text
 
 

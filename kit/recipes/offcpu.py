@@ -59,11 +59,6 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    if features.btf_available() and ctx.values.get("comm") is not None:
-        offs.update(btf.offsets({"task_leader_off": ("task_struct", "group_leader"),
-                                 "task_comm_off": ("task_struct", "comm")}))
-    else:
-        offs.update({"task_leader_off": 0, "task_comm_off": 0})
     unwind = unwind_supported()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
