@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from kit import btf, features, hidden_frames, usersyms
+from kit import btf, features, hidden_frames, targets, usersyms
 from kit.errors import Unsupported
 
 POLL_MS = 50            # how fast a new process is snapshotted after its first switch-out
@@ -170,18 +170,9 @@ def _in_scope_now(ctx):
                         return [int(line.split()[1])]
         except OSError:
             return []
-    if comm:
-        out = []
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/comm", "rb") as f:
-                    if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                        out.append(int(p))
-            except OSError:
-                continue
-        return out
+    thread_comm = ctx.values.get("thread_comm")
+    if comm is not None or thread_comm is not None:
+        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
     return []
 
 
