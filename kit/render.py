@@ -29,12 +29,6 @@ def _read(path):
 TASK_OFFSETS = {"task_leader_off": ("task_struct", "group_leader"), "task_comm_off": ("task_struct", "comm")}
 TASK_READ_NONE, TASK_READ_PROBE, TASK_READ_BTF = 0, 1, 2  # KIT_TASK_READ in probes/kit_prelude.h
 NO_TASK_OFFSETS = {"task_read": TASK_READ_NONE, **dict.fromkeys(TASK_OFFSETS, 0)}
-# Fixed text for `kit show`: which names the rendered filter matches (never the user's value).
-COMM_RULES = {
-    "off": "no --comm",
-    "both": "--comm here: the thread's own name, else its process's (main thread's) name",
-    "own": "--comm here: the thread's own name only (the main thread's name cannot be read on this kernel)",
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,7 +88,6 @@ def scope_literals(recipe, values, task=None):
         raise CatalogError(f"recipe {recipe.name!r}: task offsets {task!r} are not {', '.join(NO_TASK_OFFSETS)} "
                            "as integers", "this is a kit bug")
     reads = comm_on == "1" and task["task_read"] != TASK_READ_NONE
-    rule = "off" if comm_on == "0" else ("both" if reads else "own")
     return {
         "scope_tgid": lit("pid", "0"),
         "scope_tid": lit("tid", "0"),
@@ -106,7 +99,6 @@ def scope_literals(recipe, values, task=None):
         "scope_task_read": str(task["task_read"]) if reads else "0",
         "scope_task_leader_off": str(task["task_leader_off"]) if reads else "0",
         "scope_task_comm_off": str(task["task_comm_off"]) if reads else "0",
-        "scope_comm_rule": COMM_RULES[rule],
     }
 
 

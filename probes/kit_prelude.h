@@ -19,9 +19,8 @@
 /* How --comm reads a thread's process name: the thread-group leader's comm,
  * at task_struct offsets from the running kernel's BTF (the headers here may be
  * another kernel's). 2: BTF-typed loads from bpf_get_current_task_btf() (no
- * helper call per load); 1: bpf_probe_read_kernel; 0: not read, --comm matches
- * the thread's own name only. */
-/* {{scope_comm_rule}} */
+ * helper call per load); 1: bpf_probe_read_kernel; 0: not read (no --comm, or
+ * a kernel without BTF): --comm matches the thread's own name only. */
 #define KIT_TASK_READ       {{scope_task_read}}
 #define KIT_TASK_LEADER_OFF {{scope_task_leader_off}}
 #define KIT_TASK_COMM_OFF   {{scope_task_comm_off}}

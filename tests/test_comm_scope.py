@@ -44,9 +44,10 @@ def test_comm_renders_the_process_name_read_at_btf_offsets_and_says_which_names_
     lits = render.scope_literals(r, {"comm": comm("ho-renamed")}, TASK)
     assert (lits["scope_comm_on"], lits["scope_thread_comm_on"]) == ("1", "0")
     assert (lits["scope_task_read"], lits["scope_task_leader_off"], lits["scope_task_comm_off"]) == ("2", "1328", "1752")
-    assert lits["scope_comm_rule"] == render.COMM_RULES["both"]
     text = render.render(r, r.hooks[0], {"comm": comm("ho-renamed")}, task=TASK)
-    assert "/* --comm here: the thread's own name, else its process's (main thread's) name */" in text
+    assert "or whose process's name (its\n * main thread's" in text  # `kit show` says which names match
+    assert re.search(r"#define KIT_TASK_READ +2\n#define KIT_TASK_LEADER_OFF 1328\n#define KIT_TASK_COMM_OFF +1752\n",
+                     text)
     assert "ho-renamed" not in text  # the name is bytes, never text
 
 
@@ -55,13 +56,12 @@ def test_thread_comm_alone_never_reads_the_main_threads_name(recipes):
     lits = render.scope_literals(r, {"thread_comm": comm("rn-w0", "thread_comm")}, TASK)
     assert (lits["scope_comm_on"], lits["scope_thread_comm_on"], lits["scope_task_read"]) == ("0", "1", "0")
     assert lits["scope_thread_comm"].startswith("{114, 110, 45, 119, 48, 0")  # "rn-w0"
-    assert lits["scope_comm_rule"] == render.COMM_RULES["off"]
 
 
-def test_without_the_offsets_comm_says_it_matches_the_threads_own_name_only(recipes):
+def test_without_the_offsets_comm_matches_the_threads_own_name_only(recipes):
     r = recipes["lockhold"]
     lits = render.scope_literals(r, {"comm": comm("x")}, dict(render.NO_TASK_OFFSETS))
-    assert lits["scope_task_read"] == "0" and lits["scope_comm_rule"] == render.COMM_RULES["own"]
+    assert (lits["scope_comm_on"], lits["scope_task_read"], lits["scope_task_leader_off"]) == ("1", "0", "0")
 
 
 @pytest.mark.parametrize("task", [{"task_read": 2, "task_leader_off": "1328; evil()", "task_comm_off": 1},
