@@ -25,7 +25,10 @@ HOOK_TYPES = features.HOOK_TYPES     # one list, defined where each type's avail
 COST_CLASSES = tuple(costs.CLASSES)  # one list, defined where each class is priced
 OUTPUTS = ("table", "stacks", "histograms")
 TASK_SCOPES = {
-    "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
+    "comm": dict(type="comm", help="threads whose own name, or whose process's name (its main thread's: what "
+                 "`ps -o comm` shows), is exactly this (at most 15 bytes): every thread of a process, renamed or not"),
+    "thread_comm": dict(type="comm", help="threads whose own name is exactly this (`ps -L -o comm`, at most 15 "
+                        "bytes), whatever their process is named"),
     "pid": dict(type="pid", help="process id (all its threads)"),
     "tid": dict(type="tid", help="thread id"),
     "cgroup": dict(type="cgroup", help="cgroup v2 directory, e.g. system.slice/nginx.service"),

@@ -53,6 +53,7 @@ class Context:
     notes: list = dataclasses.field(default_factory=list)          # shown under the results
     planned_uprobes: list = dataclasses.field(default_factory=list)   # kit.uprobes.plan: resolved, not attached
     attached_uprobes: list = dataclasses.field(default_factory=list)  # kit.uprobes.attach: what did attach
+    task_offsets: dict = None   # kit.render.task_offsets: what the prelude's --comm rule reads, as rendered
     private: object = None   # the one object a recipe module keeps between its steps (offcpu: its watcher)
 
     def value(self, name):

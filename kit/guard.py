@@ -195,7 +195,7 @@ def suggestions(ctx, opts, est):
     out = []
     me = os.getpid()
     if "comm" in params:
-        cands = [(t.comm, t.rate, lambda th, comm=t.comm: th.comm == comm)
+        cands = [(t.comm, t.rate, lambda th, comm=t.comm: th.named(comm))  # kit_prelude.h's --comm rule
                  for t in r.by_comm if t.comm != "?" and me not in t.pids]
         flag = "comm"
     elif "pid" in params:

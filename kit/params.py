@@ -116,26 +116,29 @@ class Tid(Pid):
 
 
 class Comm(ParamType):
-    """A process name as the kernel stores it: at most 15 bytes, matched
+    """A task name as the kernel stores it: at most 15 bytes, matched
     exactly. Emitted as a 16-byte initializer so the program compares two
-    64-bit words instead of looping over characters."""
+    64-bit words instead of looping over characters. (Which names a scope
+    compares it with, thread's or process's, is the prelude's rule.)"""
     name = "comm"
 
     def parse(self, text, spec):
         s = str(text)
+        flag = f"--{spec.flag}"
+        shown = "`ps -L -o comm`" if spec.name == "thread_comm" else "`ps -o comm`"
         try:
             raw = s.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            raise BadInput("--comm is not valid text", "give the name as `ps -o comm` shows it") from None
+            raise BadInput(f"{flag} is not valid text", f"give the name as {shown} shows it") from None
         if not raw:
-            raise BadInput("--comm is empty", "give the process name as `ps -o comm` shows it")
+            raise BadInput(f"{flag} is empty", f"give the name as {shown} shows it")
         if len(raw) > COMM_LEN:
             raise BadInput(
-                f"--comm {s[:40]!r} is {len(raw)} bytes; the kernel truncates comm to {COMM_LEN}",
-                f"use the truncated name --comm {raw[:COMM_LEN].decode('utf-8', 'replace')!r}"
-                " (as `ps -o comm` shows it) or scope by --pid")
+                f"{flag} {s[:40]!r} is {len(raw)} bytes; the kernel truncates comm to {COMM_LEN}",
+                f"use the truncated name {flag} {raw[:COMM_LEN].decode('utf-8', 'replace')!r}"
+                f" (as {shown} shows it) or scope by --pid")
         if any(b < 0x20 or b == 0x7F for b in raw):
-            raise BadInput("--comm contains control characters or NUL", "give the name as `ps -o comm` shows it")
+            raise BadInput(f"{flag} contains control characters or NUL", f"give the name as {shown} shows it")
         return s
 
     def emit(self, value):

@@ -9,7 +9,6 @@ leaves a named probe in tracefs.
 """
 
 import dataclasses
-import os
 import signal
 import sys
 import time
@@ -44,7 +43,8 @@ def prepare(recipe, values, hook_type=None):
         uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hooks.extra:
         ctx.extra = hooks.extra(ctx)
-    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
+    text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
     return ctx, text
 
 
@@ -185,17 +185,13 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
 
 def _note_comm_gone(ctx):
     """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
-    comm = ctx.values.get("comm")
-    if comm is None:
+    comm, thread_comm = ctx.values.get("comm"), ctx.values.get("thread_comm")
+    if comm is None and thread_comm is None:
         return
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                    return
-        except OSError:
-            continue
-    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
+    from kit import targets
+    if not targets.pids_by_comm(comm, thread_comm):
+        ctx.notes.append(f"no thread in scope of {targets.scope_text(comm, thread_comm)} is running any more "
+                         "(the run went on for its whole time)")
 
 
 def _start_time(pid):

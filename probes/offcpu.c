@@ -31,8 +31,6 @@
 #define KIT_TASK_PID_OFF   {{task_pid_off}}
 #define KIT_TASK_STATE_OFF {{task_state_off}}
 #define KIT_UNWIND         {{unwind}}
-#define KIT_LEADER_OFF     {{task_leader_off}}
-#define KIT_COMM_OFF       {{task_comm_off}}
 #define KIT_HIDDEN_MAX 4
 #define KIT_WINDOW_WORDS 64
 #define KIT_TASK_DEAD 0x80         /* task_struct.__state of an exiting task's last switch */
@@ -220,31 +218,6 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
 }
 #endif
 
-/* The prelude's scope, except that --comm also takes every thread of a process
- * whose main thread (the thread-group leader, what `ps -o comm` shows) has that
- * name: worker threads are often renamed. */
-static __always_inline int offcpu_in_scope(void)
-{
-    if (kit_allow_current())
-        return 1;
-#if KIT_SCOPE_COMM_ON && KIT_LEADER_OFF
-    u64 id = bpf_get_current_pid_tgid();
-    /* a thread that leads its group has just been checked by its own name */
-    if ((u32)id != (id >> 32) &&
-        (!KIT_SCOPE_TGID || (id >> 32) == KIT_SCOPE_TGID) && (!KIT_SCOPE_TID || (u32)id == KIT_SCOPE_TID) &&
-        (!KIT_SCOPE_CGROUP || bpf_get_current_cgroup_id() == KIT_SCOPE_CGROUP)) {
-        char *task = (char *)bpf_get_current_task();
-        char *leader = 0;
-        char comm[16] = {};
-        bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_LEADER_OFF);
-        if (leader && !bpf_probe_read_kernel(comm, sizeof(comm), leader + KIT_COMM_OFF) && kit_comm_match(comm))
-            return 1;
-    }
-#endif
-    kit_count(KIT_FILTERED);
-    return 0;
-}
-
 /* prev: the task switching out (raw tracepoint rung); prev_state: its state (tracepoint rung) */
 static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_state)
 {
@@ -255,7 +228,7 @@ static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_sta
         kit_count(KIT_FILTERED);
         return;
     }
-    if (!offcpu_in_scope())
+    if (!kit_in_scope())  /* --comm also takes a renamed thread of a process of that name */
         return;
     /* its last switch: it never comes back (priced like a filtered run) */
 #ifdef KIT_HOOK_RAW_TRACEPOINT

@@ -132,7 +132,7 @@ def test_unscoped_hot_path_is_refused_even_when_cheap_and_the_message_says_why()
     c = ctx()
     est = _estimate(c, a_rate([thread("bash", 50, 7)]))
     why = guard.verdict(c, est)
-    assert why.startswith("syscalls hooks a hot path and needs a scope (--comm, --pid, --tid, --cgroup)")
+    assert why.startswith("syscalls hooks a hot path and needs a scope (--comm, --thread-comm, --pid, --tid, --cgroup)")
     for words in ("fires 50/s box-wide", "500 ns per event", "200 ns per filtered event", "budget 2%"):
         assert words in why
 

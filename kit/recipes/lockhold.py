@@ -21,10 +21,10 @@ PAIRED = ("either", "by_argument", "by_thread")
 
 def prepare(ctx):
     """--binary counts as a scope only when it narrows: a libc is mapped by
-    every process, so --binary LIBC without --pid/--comm is the box-wide hot
+    every process, so --binary LIBC without --pid/--comm/--thread-comm is the box-wide hot
     path the guardrail exists to refuse."""
     binary = ctx.value("binary")
-    if binary and ctx.value("pid") is None and ctx.value("comm") is None and \
+    if binary and all(ctx.value(n) is None for n in ("pid", "comm", "thread_comm")) and \
             (targets.is_libc(binary) or targets.is_libpthread(binary)):
         raise Refused(f"--binary {binary} is mapped by every process: {ctx.value('lock')} there is a hot path "
                       "across the box",

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from kit import btf, features, hidden_frames, prelude, usersyms
+from kit import btf, features, hidden_frames, prelude, targets, usersyms
 from kit.errors import Unsupported
 from kit.contract import Hooks
 
@@ -60,11 +60,6 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    if features.btf_available() and ctx.values.get("comm") is not None:
-        offs.update(btf.offsets({"task_leader_off": ("task_struct", "group_leader"),
-                                 "task_comm_off": ("task_struct", "comm")}))
-    else:
-        offs.update({"task_leader_off": 0, "task_comm_off": 0})
     unwind = unwind_supported()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
@@ -176,18 +171,9 @@ def _in_scope_now(ctx):
                         return [int(line.split()[1])]
         except OSError:
             return []
-    if comm:
-        out = []
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/comm", "rb") as f:
-                    if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                        out.append(int(p))
-            except OSError:
-                continue
-        return out
+    thread_comm = ctx.values.get("thread_comm")
+    if comm is not None or thread_comm is not None:
+        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
     return []
 
 
