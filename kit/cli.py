@@ -192,17 +192,80 @@ def _recipe(recipes, name):
     return recipes[name]
 
 
-def cmd_list(args, out):
-    from tabulate import tabulate
+LIST_WIDTH = 100  # `kit list` fits a 100-column terminal; `kit list -v` has the rest
+
+
+def _scope_text(r):
+    scopes = ", ".join(p.name for p in r.scope_params())
+    if not scopes:
+        return "none (the budget applies)"
+    return ("required: " if r.guard.scope_required else "optional: ") + scopes
+
+
+def _runs_here(r):
     from kit import features
-    rows = []
-    for r in _load(args).values():
-        why = features.why_not(r)  # every rung's reason: one may be fixable (mount tracefs), another not
-        hook = None if why else next(h for h in r.hooks if features.hook_supported(h) is None)
-        scopes = ",".join(p.name for p in r.scope_params()) or "-"
-        need = "scope required" if r.guard.scope_required else ""
-        rows.append([r.name, r.summary, scopes, need, f"yes ({hook.type})" if why is None else f"no: {why}"])
-    out.write(tabulate(rows, headers=["recipe", "what it shows", "scopes", "guardrail", "runs here"]) + "\n")
+    why = features.why_not(r)  # every rung's reason: one may be fixable (mount tracefs), another not
+    if why is not None:
+        return f"no: {why}"
+    hook = next(h for h in r.hooks if features.hook_supported(h) is None)
+    return f"yes ({hook.type})"
+
+
+def list_text(recipes, width=LIST_WIDTH):
+    """One row per recipe, wrapped to fit `width` columns."""
+    import textwrap
+    from tabulate import tabulate
+    name_w = max([len("recipe")] + [len(n) for n in recipes])
+    runs_w, scope_w = 20, 22
+    what_w = max(width - name_w - runs_w - scope_w - 6, 20)
+
+    def wrap(text, w):
+        return "\n".join(textwrap.wrap(text, w, break_on_hyphens=False)) or "-"
+    rows = [[r.name, wrap(r.summary, what_w), wrap(_scope_text(r), scope_w), wrap(_runs_here(r), runs_w)]
+            for r in recipes.values()]
+    lines = tabulate(rows, headers=["recipe", "what it shows", "scope", "runs here"],
+                     disable_numparse=True).splitlines()
+    spaced = lines[:3]  # a blank line between recipes whose cells wrap, so each reads as one
+    for line in lines[3:]:
+        if not line.startswith(" "):
+            spaced.append("")
+        spaced.append(line)
+    return ("\n".join(spaced) + "\n\n`kit list -v` for every recipe in full; "
+            "`kit run RECIPE --help` for its options\n")
+
+
+def list_verbose(recipes):
+    """Every recipe in full: what `kit list` leaves out."""
+    from kit import features
+    out = []
+    for r in recipes.values():
+        flags = ", ".join("--" + p.flag for p in r.scope_params()) or "none"
+        rule = ("one is required: it hooks a hot path" if r.guard.scope_required else "optional")
+        hooks = "; ".join(f"{h.type} {h.target}".strip() + ("" if features.hook_supported(h) is None
+                                                             else f" (not here: {features.hook_supported(h)})")
+                          for h in r.hooks)
+        other = [f"--{p.flag}" for p in r.params.values() if not p.scope]
+        out += [f"{r.name}: {r.summary}",
+                f"  scopes:    {flags} ({rule})",
+                f"  guardrail: {'hot path, ' if r.guard.hot_path else ''}cost class {r.guard.cost_class}, "
+                f"budget {_default_budget()}% of the machine's CPU unless --budget",
+                f"  duration:  {r.duration_default:g}s by default, at most {r.duration_max:g}s",
+                f"  hooks:     {hooks}",
+                f"  runs here: {_runs_here(r)}"]
+        if other:
+            out.append(f"  options:   {', '.join(other)}")
+        out += [f"  example:   {r.example}", f"  runbook:   {r.runbook}", ""]
+    return "\n".join(out)
+
+
+def _default_budget():
+    from kit.guard import DEFAULT_BUDGET
+    return f"{DEFAULT_BUDGET:g}"
+
+
+def cmd_list(args, out):
+    recipes = _load(args)
+    out.write(list_verbose(recipes) if getattr(args, "verbose", False) else list_text(recipes))
     return ExitCode.OK
 
 

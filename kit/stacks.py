@@ -39,7 +39,8 @@ def wait_path(kernel_stack):
 
 
 def _ms(us):
-    return f"{us / 1000:.1f} ms" if us < 10_000_000 else f"{us / 1e6:.2f} s"
+    from kit.output import duration
+    return duration(us, "us")
 
 
 def human_text(result, top=10, value="total_us"):
