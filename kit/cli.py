@@ -215,13 +215,18 @@ def list_text(recipes, width=LIST_WIDTH):
     """One row per recipe, wrapped to fit `width` columns."""
     import textwrap
     from tabulate import tabulate
-    name_w = max([len("recipe")] + [len(n) for n in recipes])
-    runs_w, scope_w = 20, 22
+    runs = {n: _runs_here(r) for n, r in recipes.items()}
+
+    def longest_word(texts, at_least):
+        return max([at_least] + [len(w) for t in texts for w in t.split()])
+    name_w = longest_word(recipes, len("recipe"))
+    runs_w = longest_word(runs.values(), 20)  # words are never broken: a reason stays searchable
+    scope_w = longest_word([_scope_text(r) for r in recipes.values()], 22)
     what_w = max(width - name_w - runs_w - scope_w - 6, 20)
 
     def wrap(text, w):
-        return "\n".join(textwrap.wrap(text, w, break_on_hyphens=False)) or "-"
-    rows = [[r.name, wrap(r.summary, what_w), wrap(_scope_text(r), scope_w), wrap(_runs_here(r), runs_w)]
+        return "\n".join(textwrap.wrap(text, w, break_on_hyphens=False, break_long_words=False)) or "-"
+    rows = [[r.name, wrap(r.summary, what_w), wrap(_scope_text(r), scope_w), wrap(runs[r.name], runs_w)]
             for r in recipes.values()]
     lines = tabulate(rows, headers=["recipe", "what it shows", "scope", "runs here"],
                      disable_numparse=True).splitlines()
