@@ -119,7 +119,9 @@ def verb_help(cmd, recipes, out):
     import textwrap
     width = max(len(n) for n in recipes) if recipes else 0
     lines = [f"usage: kit {cmd} RECIPE [options]", ""] + textwrap.wrap(VERBS[cmd][1], 100) + ["", "recipes:"]
-    lines += [f"  {name:<{width}}  {r.summary}" for name, r in recipes.items()]
+    for name, r in recipes.items():
+        lines += textwrap.wrap(r.summary, 100, initial_indent=f"  {name:<{width}}  ",
+                               subsequent_indent=" " * (width + 4))
     example = next(iter(recipes.values())).example if recipes else "kit run offcpu --comm pay-svc --for 20s"
     lines += ["", f"`kit {cmd} RECIPE --help` lists that recipe's scopes and options.",
               f"example: {example.replace('kit run', f'kit {cmd}', 1)}"]
