@@ -227,8 +227,8 @@ def format_estimate(result):
                      f"(in scope {est['in_scope_pct']:.3f}%, filtered {est['filtered_pct']:.3f}%), "
                      f"budget {est['budget_pct']:g}%")
     if est.get("busiest_comms"):
-        lines.append("  busiest: " + ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}"
-                                               for t in est["busiest_comms"]))
+        from kit import suggest
+        lines.append("  busiest: " + suggest.busiest_text(est["busiest_comms"]))
     if est.get("verdict") == "refuse":
         lines.append(f"  verdict: refused: {est['reason']}")
         from kit import suggest

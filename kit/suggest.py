@@ -231,6 +231,16 @@ def ways_out(ctx, opts, est, found):
     return out
 
 
+def busiest_text(comms):
+    """The busiest comms on the hook, kernel threads and tasks gone since named as such."""
+    def one(t):
+        pids = t.get("pids") or []
+        what = (" (gone)" if t["comm"] == "?" else
+                " (kernel thread)" if pids and all(is_kthread(p) for p in pids) else "")
+        return f"{t['comm']}{what} {_fmt_rate(t['events_per_s'])}"
+    return ", ".join(one(t) for t in comms)
+
+
 def _comment(e, budget):
     raised = e.get("budget")
     if e["kind"] == "short":
@@ -258,7 +268,7 @@ def render(est):
     lines = []
     floor = est.get("filtered_pct") if est.get("scoped") else None
     if floor is not None and floor > budget:
-        busiest = ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}" for t in est.get("busiest_comms", [])[:2])
+        busiest = busiest_text(est.get("busiest_comms", [])[:2])
         lines.append(f"even filtered out, this hook's events cost ~{_pct(floor)} ({busiest}): no scope fits a "
                      f"{budget:g}% budget while they last; raise --budget above {floor:.2g}, or wait for the hook "
                      "to quieten")

@@ -122,6 +122,13 @@ def test_suggestions_name_kernel_threads_and_never_kit_or_a_name_kit_would_refus
         assert code == 0, err
 
 
+def test_the_busiest_line_names_kernel_threads_and_tasks_gone():
+    comms = [{"comm": "kthreadd", "events_per_s": 900, "pids": [2]},
+             {"comm": "python", "events_per_s": 800, "pids": [os.getpid()]},
+             {"comm": "?", "events_per_s": 12, "pids": [123456789]}]
+    assert suggest.busiest_text(comms) == "kthreadd (kernel thread) 900/s, python 800/s, ? (gone) 12/s"
+
+
 # -- help at every level ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv", [["run", "--help"], ["run", "-h"], ["show", "--help"], ["estimate", "--help"],
