@@ -272,6 +272,8 @@ def _recipe(c, r, source, probes_dir):
         if s not in TASK_SCOPES:
             c.fail(r.lines["scopes"], f"unknown scope {s!r}", f"task scopes are {', '.join(TASK_SCOPES)}")
         params[s] = ParamSpec(name=s, scope=True, task_scope=True, line=r.lines["scopes"], **TASK_SCOPES[s])
+    if ("comm" in scopes) != ("thread_comm" in scopes):  # one meaning of --comm everywhere, and its sibling
+        c.fail(r.lines["scopes"], "scopes comm and thread_comm go together", "list both, or neither")
     for pname, p in (c.typed(r, "params", dict, {}) or {}).items():
         if pname in params:
             c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")

@@ -20,14 +20,19 @@ class ExitCode(enum.IntEnum):
 class KitError(Exception):
     code = ExitCode.INTERNAL
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message, hint=None, details=()):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = list(details)  # lines under the error (a refusal's ready-to-paste ways out)
 
     def line(self):
         """One printable line: user text quoted in a message cannot break it or drive the terminal."""
         return printable(f"{self.message}" + (f" — {self.hint}" if self.hint else ""))
+
+    def lines(self):
+        """The line, then each detail line on its own, each printable."""
+        return [self.line()] + [printable(d) for d in self.details]
 
 
 def printable(text):

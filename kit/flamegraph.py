@@ -10,6 +10,8 @@ small; a click on a frame zooms to it (a few lines of inline script).
 import html
 import zlib
 
+from kit.output import duration
+
 WIDTH = 1200
 FRAME_H = 16
 PAD_TOP = 40
@@ -110,7 +112,7 @@ def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
            f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="rgb(248,248,240)"/>',
            f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="17">{html.escape(title)}</text>',
            f'<text x="{PAD_SIDE}" y="{height - 10}" onclick="unzoom()" style="cursor:pointer">'
-           f'{html.escape(f"total {total} {unit}; click a frame to zoom, here to reset")}</text>']
+           f'{html.escape(f"total {duration(total, unit)}; click a frame to zoom, here to reset")}</text>']
 
     def emit(node, x, level):
         w = node.value * scale
@@ -118,7 +120,7 @@ def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
             return
         y = height - PAD_BOTTOM - (level + 1) * FRAME_H
         pct = 100.0 * node.value / total
-        tip = f"{node.name} ({node.value} {unit}, {pct:.2f}%)"
+        tip = f"{node.name} ({duration(node.value, unit)}, {pct:.2f}%)"
         name = html.escape(node.name)
         out.append(f'<g class="f" onclick="zoom(this)" style="cursor:pointer"><title>{html.escape(tip)}</title>'
                    f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{FRAME_H - 1}" data-x="{x:.2f}" '

@@ -39,7 +39,8 @@ def wait_path(kernel_stack):
 
 
 def _ms(us):
-    return f"{us / 1000:.1f} ms" if us < 10_000_000 else f"{us / 1e6:.2f} s"
+    from kit.output import duration
+    return duration(us, "us")
 
 
 def human_text(result, top=10, value="total_us"):
@@ -83,8 +84,9 @@ def human_text(result, top=10, value="total_us"):
             mark = "   [recovered]" if 1 <= j <= rec else ""
             out.append(("    user:   " if j == 0 else "            ") + f + mark)
     if any(r.get("recovered") for r in rows[:top]):
-        out.append("\n[recovered]: a frame the kernel's frame-pointer walk skipped (libc keeps no frame pointers); "
-                   "kit read it from the stack using libc's unwind tables")
+        out.append("\n[recovered]: a frame the kernel's frame-pointer walk skipped, in code that keeps no frame "
+                   "pointers (libc, or a program built without them); kit read it from the stack with that code's "
+                   "unwind tables")
     if len(rows) > top:
         out.append(f"\n... {len(rows) - top} more stacks (use --json, --folded or --svg FILE for all)")
     return "\n".join(out) + "\n"

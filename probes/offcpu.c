@@ -21,7 +21,10 @@
  * frame that keeps a frame pointer: the return addresses read on the way are
  * the frames the walk skipped. A site without a hint is reported once
  * (unwind_learn) and recovered from then on; user space checks every
- * recovered chain against the real CFI before it shows it.
+ * recovered chain against the real CFI before it shows it. Where no frame
+ * on the way keeps a frame pointer (a program built without them), the
+ * frames the unwind tables gave are kept (UNW_CFI) and the kernel's walk,
+ * which followed a register holding anything, is not believed above them.
  *
  * Based on bcc's tools/offcputime.py and libbpf-tools' offcputime.bpf.c
  * (which hook finish_task_switch with a kprobe or tp_btf), adapted to the
@@ -51,6 +54,8 @@ BPF_PERCPU_ARRAY(offcpu_stats, u64, OFFCPU_STAT_MAX);
 #define UNW_DONE 1        /* reached a frame-pointer frame: hidden[] holds every frame the walk skipped */
 #define UNW_PARTIAL 2     /* stopped early (site not learned yet, unreadable stack): hidden[] cleared */
 #define UNW_ASKED 3       /* stopped at a site not learned yet and sent this block's stack window */
+#define UNW_CFI 4         /* no frame-pointer frame within reach: hidden[] holds the frames the unwind
+                             tables gave, and nothing above them is known */
 
 /* Who blocked and where: taken at switch-out, kept in `start` until the
  * switch-in, then part of the totals' key. */
@@ -177,6 +182,7 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
     if (!ip || site_key(&k, ip) || (k.code >> 48) != 0x050f)  /* not right after `syscall` (0f 05) */
         return;
     u64 addr = ip, cur = sp;
+    int n = 0, cfi_only = 0;
     b->unwind = UNW_PARTIAL;
 #pragma unroll
     for (int i = 0; i <= KIT_HIDDEN_MAX; i++) {
@@ -193,8 +199,10 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
             b->nhidden = i;
             return;
         }
-        if ((h->flags & HINT_STOP) || i == KIT_HIDDEN_MAX)
+        if ((h->flags & HINT_STOP) || i == KIT_HIDDEN_MAX) {
+            cfi_only = 1;  /* every frame so far came from a learned hint: real, but no frame pointer */
             break;
+        }
         if (h->flags & HINT_SAVES_BP) {
             /* this frame saved rbp: if rbp now differs from what it saved, the kernel's
              * frame-pointer walk above this point followed a reused register */
@@ -207,8 +215,15 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
         if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cur + h->cfa_off - 8)) || !ra)
             break;
         b->hidden[i] = ra;
+        n = i + 1;
         cur += h->cfa_off;
         addr = ra;
+    }
+    if (cfi_only && n > 0) {
+        b->unwind = UNW_CFI;
+        b->nhidden = n;
+        b->bp_unsure = 0;
+        return;
     }
     /* stopped early: keep no partial chain, so samples are grouped as without recovery */
 #pragma unroll

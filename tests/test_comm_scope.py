@@ -164,7 +164,7 @@ def test_a_thread_name_only_no_process_has_is_not_found(renamed_process):
     assert targets.pids_by_comm(None, "kit-cs-main") and not targets.pids_by_comm("kit-cs-w0", "kit-cs-main")
 
 
-def test_by_comm_counts_a_renamed_thread_under_its_own_and_its_processes_name():
+def test_by_comm_counts_a_renamed_thread_under_its_own_and_its_processes_name(monkeypatch):
     threads = [rate.Thread(pid=10, tid=11, comm="rn-w0", rate=300.0, in_scope=False, pcomm="ho-renamed"),
                rate.Thread(pid=10, tid=12, comm="rn-w1", rate=200.0, in_scope=False, pcomm="ho-renamed"),
                rate.Thread(pid=20, tid=20, comm="bash", rate=100.0, in_scope=False)]
@@ -177,7 +177,9 @@ def test_by_comm_counts_a_renamed_thread_under_its_own_and_its_processes_name():
     est = guard.priced(guard.Estimate(budget_pct=2.0, ncpu=guard.ncpu(), scoped=False), r,
                        costs.Costs(in_ns=500, out_ns=200, progs_per_event=2, body_in_ns=400, body_out_ns=150,
                                    source="test", terms={}))
-    sugg = guard.suggestions(c, Options(duration=recipe.duration_default), est)
+    from kit import suggest
+    monkeypatch.setattr(suggest, "is_kthread", lambda pid: False)  # pids 10 and 20 are made up here
+    sugg, _kthreads = suggest.suggestions(c, Options(duration=recipe.duration_default), est, me=-1)
     assert re.fullmatch(r"kit run syscalls --comm ho-renamed", sugg[0]["command"])
     # its projection counts both renamed threads in scope, bash filtered
     assert sugg[0]["cpu_pct"] == pytest.approx(100 * (500 * 500e-9 + 100 * 200e-9) / guard.ncpu(), abs=1e-3)

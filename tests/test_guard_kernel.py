@@ -93,7 +93,9 @@ def test_refuses_unscoped_hot_hook_and_suggests_the_busiest_comm(case, kernel, n
     assert est.returncode == 4, est.stderr
     e = json.loads(est.stdout)["estimate"]
     assert e["verdict"] == "refuse" and e["busiest_comms"][0]["comm"] == hot.comm
-    assert e["suggestions"][0]["command"].endswith(f"--comm {hot.comm} --json")
+    # the hot load's own line: its scope, the --budget it needs if it is over the default, the user's --json
+    first = e["suggestions"][0]["command"]
+    assert f"--comm {hot.comm}" in first and first.endswith("--json"), first
     assert e["events_per_s"] >= e["busiest_comms"][0]["events_per_s"] > 0
 
 

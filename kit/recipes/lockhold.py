@@ -5,6 +5,7 @@ import os
 from kit import costs, elf, prelude, targets, uprobes
 from kit.errors import Refused
 from kit.contract import Hooks
+from kit.output import duration
 
 STACKS_TOP = 10
 
@@ -225,7 +226,7 @@ def _stacks_text(stacks):
         return "holder stacks: (none recorded)"
     lines = ["holder stacks by total hold (stack where the lock was taken):"]
     for s in stacks:
-        lines.append(f"  {s['total_us']:.0f} us total, {s['count']} holds, max {s['max_us']:.0f} us"
+        lines.append(f"  {duration(s['total_us'])} total, {s['count']} holds, max {duration(s['max_us'])}"
                      f" -- pid {s['pid']} {s['comm']}")
         lines += [f"      {f}" for f in s["frames"]] or ["      [no frames]"]
     return "\n".join(lines)
