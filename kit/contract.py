@@ -74,7 +74,7 @@ def hooks_of(recipe):
                            "say which steps the module takes with kit.contract.Hooks")
     for step in STEPS:  # a step function the Hooks object forgets would silently never run
         fn = getattr(mod, step, None)
-        if callable(fn) and getattr(hooks, step) is not fn:
+        if callable(fn) and getattr(hooks, step) is None:
             raise CatalogError(f"recipe {recipe.name!r}: {recipe.module} defines {step}() but its HOOKS does not "
                                f"name it", f"add {step}={step} to HOOKS, or rename the function")
     return hooks

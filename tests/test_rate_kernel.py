@@ -135,7 +135,7 @@ recipes:
   - name: lockprobe
     summary: a uprobe recipe made up for this test
     example: kit run lockprobe
-    scopes: [comm, pid]
+    scopes: [comm, thread_comm, pid]
     hooks:
       - type: uprobe
         binary: binary
@@ -147,7 +147,8 @@ recipes:
     duration: {default: 10s, max: 1m}
     guard: {hot_path: true, cost_class: uprobe_pair, scope_required: true, rate_hook: on_unlock}
     output: table
-    fields: [{name: n, help: h}]
+    table: {map: calls}
+    fields: [{name: n, from: val, help: h}]
     runbook: r
 """
 
