@@ -89,7 +89,8 @@ union kit_addr {
 
 static __always_inline int flow_rejected(const struct flow_t *f)
 {
-    if (KIT_PORT && f->sport != KIT_PORT && f->dport != KIT_PORT)
+    /* a client at SYN_SENT has no local port yet: only its remote port can rule it out then */
+    if (KIT_PORT && f->sport != KIT_PORT && f->dport != KIT_PORT && f->sport != 0)
         return 1;
     if (KIT_NETNS && f->netns != KIT_NETNS)
         return 1;
@@ -133,7 +134,7 @@ static __always_inline int on_state(const char *sk, int oldstate, int newstate, 
     /* At SYN_SENT a client has no local port yet (connect() assigns it next): its port is
      * checked again when the connection ends. */
     u64 key = (u64)sk;
-    if (!(newstate == ST_SYN_SENT && f->sport == 0) && flow_rejected(f)) {
+    if (flow_rejected(f)) {
         conns.delete(&key);  /* a client kept at SYN_SENT whose port now says out of scope */
         kit_count(KIT_FILTERED);
         return 0;
