@@ -134,9 +134,7 @@ UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
 
 def _raw(v):
     """A ctypes member as Python: char arrays as text (data from the kernel: decoded, never interpreted)."""
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
-    if hasattr(v, "_length_") and getattr(v, "_type_", None) in (bytes, type(b"")):
+    if isinstance(v, (bytes, bytearray)):  # BCC hands char[] members over as bytes
         return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
     if hasattr(v, "_length_"):
         try:

@@ -83,8 +83,10 @@ static __always_inline u32 op_of(const char *rwbs)
 #if KIT_QUEUED
 TRACEPOINT_PROBE(block, block_rq_insert)
 {
-    if (KIT_DISK && args->dev != KIT_DISK)
+    if (KIT_DISK && args->dev != KIT_DISK) {
+        kit_count(KIT_FILTERED);  /* the guard's meter prices what the scope rejects */
         return 0;
+    }
     if (!kit_in_scope())
         return 0;
     struct req_t r = {.dev = args->dev, .sector = args->sector};
@@ -97,8 +99,10 @@ TRACEPOINT_PROBE(block, block_rq_insert)
 
 TRACEPOINT_PROBE(block, block_rq_issue)
 {
-    if (KIT_DISK && args->dev != KIT_DISK)
+    if (KIT_DISK && args->dev != KIT_DISK) {
+        kit_count(KIT_FILTERED);  /* the guard's meter prices what the scope rejects */
         return 0;
+    }
     if (!kit_in_scope())
         return 0;
     struct req_t r = {.dev = args->dev, .sector = args->sector};
