@@ -18,7 +18,28 @@ WORKLOAD = {
     "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
                    "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
                    "the event count.",
+    "biolatency": "`kit-dio` (bench/workloads/dio.c): 4 KiB O_DIRECT writes and reads, alternating, at distinct "
+                  "non-adjacent offsets of a 256 MiB loop device the bench creates over a file in /dev/shm (and "
+                  "removes after), so every call is one request and no real disk's I/O joins it. The device's own "
+                  "counters (/sys/block/loopN/stat, reads and writes completed) are the event count. The loop "
+                  "driver completes each request from its worker thread, so the completion program's time is not "
+                  "in the workload's CPU: read the program body, which has both.",
+    "drops": "`kit-udpsend` (bench/workloads/udpsend.c): UDP datagrams to 127.0.0.1:7071 in a network namespace of "
+             "the bench's own, where an nftables rule on the input hook drops them all (reason NETFILTER_DROP, freed "
+             "in the sender's own context by loopback's softirq). The rule's own counter is the event count.",
+    "tcplife": "`kit-conns` (bench/workloads/conns.c): short TCP connections over 127.0.0.1 to a server thread of "
+               "the same process, in a network namespace of the bench's own: connect, 64 bytes each way, the server "
+               "closes, the client aborts (a reset, so that no TIME_WAIT piles up). Each connection is 8 state "
+               "changes (client CLOSE→SYN_SENT→ESTABLISHED→CLOSE_WAIT→CLOSE, server LISTEN→SYN_RECV→ESTABLISHED→"
+               "FIN_WAIT1→CLOSE), each a run of the tools' programs. The namespace's TcpActiveOpens (nstat) is the "
+               "event count: costs here are per connection.",
+    "opensnoop": "`kit-opens` (bench/workloads/opens.c): `open()` in a loop (the openat syscall), half of a file "
+                 "that is there (then closed), half of one that is not (ENOENT). Its own call count is the event "
+                 "count.",
 }
+
+# kit's own count per workload event where one event is several of kit's (tcplife counts state changes)
+KIT_EVENTS_PER = {"tcplife": 8}
 
 PER_EVENT_METHOD = """\
 Each repetition runs every tool once, in rotating order, on a fresh target: {wall_runs} rounds of the workload
@@ -146,10 +167,14 @@ def why(key):
     return WHY.get(key) or WHY.get((kind, None)) or "see the figures in the section below."
 
 
+KPROBED = {"bcc offcputime": "finish_task_switch"}  # what a bcc tool that fails for want of kprobes probes
+
+
 def failure(label, text):
     """One line for a peer that cannot run here."""
     if "kprobes/blacklist" in text or "kprobe" in text.lower():
-        return ("needs kprobes (it probes finish_task_switch), which this kernel has compiled out "
+        what = f" (it probes {KPROBED[label]})" if label in KPROBED else ""
+        return (f"needs kprobes{what}, which this kernel has compiled out "
                 "(BCC fails reading /sys/kernel/debug/kprobes/blacklist)")
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[-1][:200] if lines else text[:200]

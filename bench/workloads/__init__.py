@@ -233,6 +233,11 @@ def gai(outdir, calls):
     return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
 
 
+def netns_inum(name):
+    """The inode number of a named network namespace (what the kernel's ns.inum holds)."""
+    return os.stat(f"/run/netns/{name}").st_ino
+
+
 def _netns(name):
     """A network namespace with its loopback up; deleted (with its nftables rules) on the way out."""
     @contextlib.contextmanager
@@ -307,6 +312,9 @@ class UdpDrops(Resident):
     def prefix(self):
         return ["ip", "netns", "exec", self.ns]
 
+    def netns_inum(self):
+        return netns_inum(self.ns)
+
     def args(self):
         return [str(self.PORT)]
 
@@ -336,6 +344,9 @@ class Conns(Resident):
 
     def prefix(self):
         return ["ip", "netns", "exec", self.ns]
+
+    def netns_inum(self):
+        return netns_inum(self.ns)
 
     def args(self):
         return [str(self.PORT)]
