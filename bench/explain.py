@@ -81,7 +81,9 @@ METHOD_FOOTER = """\
 
 `sudo ./bench/run` (about half an hour here) builds the workloads into bench/out/, runs every case, writes this
 file and the raw samples to bench/out/results.json; `--only RECIPE,...` and `--kinds hook,footprint,guard` run
-a part, `--from-json bench/out/results.json` writes this file again from the samples without measuring.
+a part, `--from-json bench/out/results.json` writes this file again from the samples without measuring, and
+`--into bench/RESULTS.md` puts a run of some recipes (`--only`) in this file as a section of their own, keeping
+the other rows.
 `sudo ./bench/run --quick` is the smoke test's tiny mode (one repetition, tiny workloads, writes to bench/out/).
 Targets are reported here, never asserted in tests.
 """
@@ -180,35 +182,58 @@ def failure(label, text):
     return lines[-1][:200] if lines else text[:200]
 
 
-# Things about the peers and the method a reader needs to read the figures right.
+# Things about the peers and the method a reader needs to read the figures right: (recipes it is about, or
+# None for the method and every recipe; a section of some recipes prints only theirs), text.
 NOTICED = [
-    "bcc's offcputime (and offwaketime) cannot run on this kernel: it needs kprobes. bpftrace is the offcpu peer. "
-    "bcc has no user-space lock-hold tool (klockstat is for kernel mutexes, through kprobes): bpftrace is the "
-    "lockhold peer.",
-    "Start-up: kit is BCC, and BCC compiles the recipe's C with clang against kernel headers at every start "
-    "(the minimal BCC program row is that floor); bpftrace emits LLVM IR directly, with no C front end and no "
-    "headers. kit sits near BCC's floor plus its own program's size plus the guardrail's rate measurement "
-    "(0.35–0.7 s, see the start-up rows above); bpftrace's times would need precompiled (CO-RE) programs, "
-    "which BCC 0.26's Python bindings cannot load.",
-    "kit runs here with `--budget 100`: on these deliberately hot workloads its breaker would otherwise stop "
-    "it after 3 s (under any tool the offcpu ping-pong's probe costs ~30% of the machine), as it should on a "
-    "production box, while the peers keep going.",
-    "bcc's gethostlatency sends every lookup to user space and prints it, so its own CPU grows with the lookup "
-    "rate (see the footprint table), where kit and bpftrace aggregate in the kernel.",
-    "bcc's tcpretrans reads the socket's state and family through the 6.1 kernel headers BCC compiles against "
-    "here (no 6.18 headers exist on this box); its counts per flow come from the tracepoint's own fields. kit "
-    "takes every struct offset from the running kernel's BTF.",
-    "bpftrace 0.17 loses a SIGINT that arrives right after it is ready (it then never exits); the harness "
-    "repeats the signal. bpftrace 0.17 also puts uprobes in every process that maps the file (`-p` is for "
-    "USDT only), so its uprobe programs here filter on the pid, while kit and bcc attach to the one process.",
-    "The tcpretrans workload's time and CPU move by tens of percent from run to run (TCP's recovery from the "
-    "drops differs each time), far more than a few thousand events at a few hundred ns can add: its "
-    "CPU-added figures are not resolved, and its program body is the figure to read.",
+    (('offcpu', 'lockhold'),
+     "bcc's offcputime (and offwaketime) cannot run on this kernel: it needs kprobes. bpftrace is the "
+     'offcpu peer. bcc has no user-space lock-hold tool (klockstat is for kernel mutexes, through '
+     'kprobes): bpftrace is the lockhold peer.'),
+    (None,
+     "Start-up: kit is BCC, and BCC compiles the recipe's C with clang against kernel headers at every "
+     'start (the minimal BCC program row is that floor); bpftrace emits LLVM IR directly, with no C front '
+     "end and no headers. kit sits near BCC's floor plus its own program's size plus the guardrail's rate "
+     "measurement (0.35–0.7 s, see the start-up rows above); bpftrace's times would need precompiled "
+     "(CO-RE) programs, which BCC 0.26's Python bindings cannot load."),
+    (None,
+     'kit runs here with `--budget 100`: on these deliberately hot workloads its breaker would otherwise '
+     "stop it after 3 s (under any tool the offcpu ping-pong's probe costs ~30% of the machine), as it "
+     'should on a production box, while the peers keep going.'),
+    (('getaddrinfo',),
+     "bcc's gethostlatency sends every lookup to user space and prints it, so its own CPU grows with the "
+     'lookup rate (see the footprint table), where kit and bpftrace aggregate in the kernel.'),
+    (('tcpretrans',),
+     "bcc's tcpretrans reads the socket's state and family through the 6.1 kernel headers BCC compiles "
+     "against here (no 6.18 headers exist on this box); its counts per flow come from the tracepoint's own "
+     "fields. kit takes every struct offset from the running kernel's BTF."),
+    (None,
+     'bpftrace 0.17 loses a SIGINT that arrives right after it is ready (it then never exits); the harness '
+     'repeats the signal. bpftrace 0.17 also puts uprobes in every process that maps the file (`-p` is for '
+     'USDT only), so its uprobe programs here filter on the pid, while kit and bcc attach to the one '
+     'process.'),
+    (('tcpretrans',),
+     "The tcpretrans workload's time and CPU move by tens of percent from run to run (TCP's recovery from "
+     'the drops differs each time), far more than a few thousand events at a few hundred ns can add: its '
+     'CPU-added figures are not resolved, and its program body is the figure to read.'),
+    (("biolatency", "drops", "opensnoop"),
+     "bcc's biolatency and tcpdrop need kprobes and its opensnoop fentry/fexit (with a kprobe fallback), none of "
+     "which this kernel offers: bpftrace is the peer of biolatency, drops and opensnoop. bcc's tcplife runs (on "
+     "the tracepoint) and is compared, with -p, its narrowest scope that holds the workload; it sends every "
+     "connection to user space and prints it, so its own CPU grows with the connection rate."),
+    (("biolatency",),
+     "biolatency's `--disk` of another device rejects a request before kit counts it as filtered (the disk "
+     "check comes first in both programs, uncounted): its row's `filtered` is 0, and the guardrail's meter "
+     "prices such requests at nothing. They cost the least of any (one compare, below the empty program's "
+     "figure within bpf_stats' resolution), so the price it misses is small. Left to the recipe's owner."),
+    (("tcplife",),
+     "tcplife counts each state change it follows as an event (8 per connection here), so its check line and "
+     "the guardrail table price kit's events at the per-connection cost over 8."),
 ]
 
 
-def notes(hooks, starts, footprints):
-    """Observations drawn from the figures themselves, then NOTICED."""
+def notes(hooks, starts, footprints, section=False):
+    """Observations drawn from the figures themselves, then NOTICED: those about the recipes run
+    (and, unless this is a section of some recipes, those about the method)."""
     out = []
     for name, res in (hooks or {}).items():
         for label, rows in res.rows.items():
@@ -216,4 +241,6 @@ def notes(hooks, starts, footprints):
                 out.append(f"{name}: kernel.bpf_stats_enabled was on during some {label} runs (someone else's): "
                            "those wall-clock figures include the timing overhead.")
                 break
-    return out + NOTICED
+    names = set(hooks or {}) | set(footprints or {})
+    return out + [text for about, text in NOTICED
+                  if (about is None and not section) or (about and names & set(about))]
