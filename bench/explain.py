@@ -147,6 +147,25 @@ WHY = {
         "return probe looks up a start entry that is not there; the empty programs do nothing. All of that is "
         "small beside what a uprobe costs the process anyway (two traps per call): compare the CPU-added "
         "columns.",
+    ("filtered_body", "drops"):
+        "the port kit scopes on is in the packet, not in the event: kit reads the packet's flow from its headers "
+        "(the head pointer, the network header offset, the IP header, the ports, the device's namespace: about "
+        "eight bpf_probe_read_kernel calls at offsets from BTF) before it can reject it, and counts the "
+        "rejection. The empty program reads nothing. Reading only the ports before the addresses and the "
+        "namespace when only --port is given would cut it; left to the recipe's owner.",
+    ("filtered_body", "tcplife"):
+        "every state change is read from the socket (protocol, family, ports, addresses: bpf_probe_read_kernel "
+        "at BTF offsets) before the port scope applies, and a client's SYN_SENT is kept until its port is known "
+        "(connect() assigns it after that event), so a rejected connection still costs a map update and "
+        "delete. Costs here are per connection, 8 program runs each.",
+    ("filtered_body", "biolatency"):
+        "`--comm` is decided at issue (bpf_get_current_comm, compare, count the rejection); the completion "
+        "program still looks up a start entry that is not there, since only a lookup tells whether the request "
+        "was in scope. `--disk` is one compare in both programs and costs no more than the empty program.",
+    ("filtered_body", "opensnoop"):
+        "kit's filter takes the task's name (bpf_get_current_comm), compares it and counts the rejection; the "
+        "exit program looks up a pending entry that is not there. `--pid` (one helper call) is within the "
+        "target or near it.",
     ("filtered_added", None):
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
