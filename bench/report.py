@@ -337,7 +337,8 @@ def render(meta, hooks, starts, footprints, guards, mode, section=False):
 SECTION_NOISE = (" These recipes were measured in a run of their own, later than the rows above and on a busier "
                  "box (other helpers' sessions were running their tests on it: see the load average), so their "
                  "absolute figures are noisier than the rows above and are not to be compared with them; the "
-                 "ratios inside this section, taken in the same repetitions, are the result. The method is the "
+                 "ratios inside this section, taken in the same repetitions, are the result (the machine table says on "
+                 "which CPU they ran; it may not be the one above). The method is the "
                  "one described above; a full `sudo ./bench/run` measures every recipe in one run again.")
 
 MARK_BEGIN, MARK_END = "<!-- bench section: {} -->", "<!-- end of bench section: {} -->"
