@@ -254,7 +254,10 @@ NOTICED = [
      "figure within bpf_stats' resolution), so the price it misses is small. Left to the recipe's owner."),
     (("tcplife",),
      "tcplife counts each state change it follows as an event (8 per connection here), so its check line and "
-     "the guardrail table price kit's events at the per-connection cost over 8."),
+     "the guardrail table price kit's events at the per-connection cost over 8. Under `--port` of another "
+     "flow it still counts a client's SYN_SENT as an event (connect() assigns the port after that state "
+     "change; the connection is rejected later and no row comes of it), so its filtered row's `events` is "
+     "not 0: up to one a connection."),
 ]
 
 
