@@ -20,7 +20,7 @@ FLEET_KIND = "KitFleetRun"
 MERGED_KIND = "KitMergedResult"
 # Parameters whose value each host resolves for itself (a netns or cgroup inode, a pid): the same
 # argument gives different values on different hosts, so they are not compared.
-HOST_LOCAL = {"netns", "pid", "tid", "cgroup"}
+HOST_LOCAL = {"netns", "pid", "tid", "cgroup", "disk"}
 # What must agree for sums to mean something.
 SAME = ("recipe", "kit_version", "catalog_version", "requested_s")
 ADDITIVE = {"count", "failed", "errors", "in_progress", "bytes", "rx_bytes", "tx_bytes"}
@@ -180,7 +180,8 @@ def top_hosts(hosts, metrics, n=TOP):
     """{metric: [{host, value}]}, largest first, for each metric some host has."""
     out = {}
     for m in metrics:
-        ranked = sorted(((h["totals"].get(m) if m in h["totals"] else h.get(m), h["host"]) for h in hosts),
+        ranked = sorted(((h[m] if m in h and m not in h["totals"] else h["totals"].get(m, 0), h["host"])
+                         for h in hosts),   # a host without such rows counts 0: it is in the ranking, last
                         key=lambda t: (-(t[0] or 0), t[1]))
         ranked = [{"host": h, "value": v} for v, h in ranked if _number(v)]
         if ranked:
