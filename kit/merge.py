@@ -134,11 +134,19 @@ def _fold(acc, row):
             acc[k] = max(acc.get(k, v), v)
 
 
+UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
 def _means(row):
-    """avg_X from total_X / count, the only mean that survives a merge."""
+    """avg_<unit> from total_<unit'> / count (units converted), the only mean that survives a merge."""
+    totals = [k for k in row if k.startswith("total_") and k[6:] in UNITS]
     for k in [k for k in row if mean(k)]:
-        total, n = row.get("total_" + k[4:]), row.get("count")
-        row[k] = round(total / n, 3) if _number(total) and n else None
+        n = row.get("count")
+        total = row.get(totals[0]) if totals else None
+        if _number(total) and n and k[4:] in UNITS:
+            row[k] = round(total * UNITS[totals[0][6:]] / UNITS[k[4:]] / n, 3)
+        else:
+            row[k] = None
     return row
 
 
