@@ -136,3 +136,47 @@ def test_a_host_with_a_result_is_ok_and_its_result_names_it():
     assert e["status"] == "ok" and e["result"]["host"] == "web7"
     assert fleet.exit_code({"hosts": [e]}) == 0
     assert fleet.exit_code({"hosts": [e, fleet.outcome("web8", None)]}) == 8
+
+
+K8S = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "deploy", "k8s")
+K8S_VERSION = "1.30.0"   # the oldest schema these manifests claim; kubernetes-validate ships it, offline
+
+
+def _k8s_docs():
+    import yaml
+    for name in sorted(os.listdir(K8S)):
+        if name.endswith(".yaml"):
+            with open(os.path.join(K8S, name)) as f:
+                for doc in yaml.safe_load_all(f):
+                    yield name, doc
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, "1.37.0"])
+def test_the_kubernetes_manifests_match_the_api_schema_offline(version):
+    import kubernetes_validate
+    kinds = []
+    for name, doc in _k8s_docs():
+        kubernetes_validate.validate(doc, version, strict=True)   # raises ValidationError naming the field
+        kinds.append(doc["kind"])
+    assert {"DaemonSet", "Job"} <= set(kinds)
+
+
+def test_the_schema_check_catches_a_misspelt_field():
+    import copy
+
+    import kubernetes_validate
+    ds = copy.deepcopy(next(d for _n, d in _k8s_docs() if d["kind"] == "DaemonSet"))
+    ds["spec"]["template"]["spec"]["hostPid"] = True   # hostPID
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, K8S_VERSION, strict=True)
+
+
+def test_the_manifests_run_kit_pyz_with_the_hosts_python_and_no_privileged_container():
+    for _name, doc in _k8s_docs():
+        if doc["kind"] not in ("DaemonSet", "Job"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert pod["hostPID"] and "/opt/kit/kit.pyz" in " ".join(c["command"] + c["args"])
+        assert c["securityContext"]["privileged"] is False
+        assert {"BPF", "PERFMON"} <= set(c["securityContext"]["capabilities"]["add"])
