@@ -104,7 +104,7 @@ def _last_line(text):
 def _kit_error(stderr):
     """kit's own error line (and a refusal's first way out) from a host's stderr."""
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
-    for i, line in enumerate(lines):
+    for line in lines:
         if line.startswith(("kit: error:", "kit.pyz: error:")):
             return line.split("error:", 1)[1].strip()
     return lines[-1] if lines else "no output"
@@ -116,7 +116,8 @@ def outcome(host, tree):
         return {"host": host, "status": "failed", "code": None,
                 "reason": "Ansible reported nothing for this host (see the ansible-playbook log)"}
     if tree.get("unreachable"):
-        return {"host": host, "status": "unreachable", "code": None, "reason": _last_line(tree.get("msg")) or "unreachable"}
+        return {"host": host, "status": "unreachable", "code": None,
+                "reason": _last_line(tree.get("msg")) or "unreachable"}
     if "rc" not in tree or "cmd" not in tree:   # an earlier task (folder, copy) or the time-out stopped it
         return {"host": host, "status": "failed", "code": None,
                 "reason": _last_line(tree.get("msg") or tree.get("module_stderr")) or "failed before kit ran"}

@@ -10,7 +10,6 @@ namespace (--netns /proc/self/ns/net, which each host's kit resolves to its own)
 would count its whole box. Oracle: each namespace's TcpRetransSegs (nstat).
 """
 
-import contextlib
 import json
 import os
 import shutil
