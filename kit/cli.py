@@ -108,6 +108,18 @@ def _base_parser(out=None):
         s.add_argument("recipe", nargs="?")
         s.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("doctor", help="what this kernel and these privileges support", out=out)
+    f = sub.add_parser("fleet", help="run a recipe on many hosts through Ansible (docs/fleet.md)", add_help=False,
+                       out=out)
+    f.add_argument("-h", "--help", action="store_true", dest="verb_help")
+    f.add_argument("action", choices=["run"])
+    f.add_argument("recipe", nargs="?")
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    m = sub.add_parser("merge", help="many hosts' results as one (kit run --json, kit fleet run)", out=out)
+    m.add_argument("files", nargs="+", metavar="FILE", help="a host's `kit run --json`, or a fleet.json")
+    m.add_argument("--json", action="store_true", help="the merged result as JSON on stdout")
+    m.add_argument("--folded", action="store_true", help="stacks: folded lines of every host, merged")
+    m.add_argument("--by-host", action="store_true", help="stacks: the host as the root frame")
+    m.add_argument("--svg", metavar="FILE", default=None, help="stacks: a flame graph of the fleet to FILE")
     c = sub.add_parser("calibrate", help="measure this host's per-event probe costs", out=out)
     c.add_argument("--rounds", type=int, default=5, help="repetitions of each measurement (median kept)")
     c.add_argument("--json", action="store_true", help="the calibration as JSON on stdout")
@@ -381,6 +393,10 @@ def main(argv=None, out=None, err=None):
             return cmd_show(args, out, err)
         if args.cmd in ("run", "estimate"):
             return cmd_run(args, out, err, dry_run=args.cmd == "estimate")
+        if args.cmd in ("fleet", "merge"):
+            from kit import fleet
+            return fleet.main(sys.modules[__name__], args, out, err) if args.cmd == "fleet" \
+                else fleet.merge_main(args, out, err)
         if args.cmd == "doctor":
             from kit import doctor
             return doctor.main(out, catalog_path=args.catalog)

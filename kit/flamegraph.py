@@ -89,14 +89,16 @@ def _fit(name, width):
     return name if len(name) <= n else name[: n - 2] + ".."
 
 
-def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
-    """SVG text for stack rows (see kit.stacks): comm, user frames, kernel frames from the root up."""
+def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us", by_host=False):
+    """SVG text for stack rows (see kit.stacks): comm, user frames, kernel frames from the root up
+    (with by_host, each row's host below its comm: kit merge --by-host)."""
     folded = []
     for r in rows:
         user = list(reversed(r.get("user_stack") or []))
         kern = list(reversed(r.get("kernel_stack") or []))
-        frames = [r.get("comm") or "?"] + user + kern
-        kinds = ["comm"] + ["user"] * len(user) + ["kernel"] * len(kern)
+        host = [r.get("host") or "?"] if by_host else []
+        frames = host + [r.get("comm") or "?"] + user + kern
+        kinds = ["comm"] * len(host) + ["comm"] + ["user"] * len(user) + ["kernel"] * len(kern)
         v = int(r.get(value) or 0)
         if v > 0:
             folded.append((frames, v, kinds))

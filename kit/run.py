@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from kit import features, guard, prelude, render, teardown, uprobes
+from kit import __version__, features, guard, prelude, render, teardown, uprobes
 from kit.contract import Context, default_collect, hooks_of
 from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
@@ -204,6 +204,18 @@ def _start_time(pid):
     return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
+def catalog_version(path):
+    """The catalog's apiVersion and content hash: results of two catalogs merge only when these agree
+    (kit/merge.py), since a recipe's meaning can change with its entry or template."""
+    import hashlib
+    from kit.catalog import API_VERSION
+    try:
+        with open(path, "rb") as f:
+            return f"{API_VERSION}+{hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return f"{API_VERSION}+unknown"
+
+
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
     params = {k: (v if type(v) in (int, float, bool, str) else str(v))
@@ -213,6 +225,8 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
             "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
+        "kit_version": __version__,
+        "catalog_version": catalog_version(recipe.source),
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
         "params": params,
         "scope": scope,

@@ -17,17 +17,18 @@ def _clean(frame):
     return frame.replace(";", ":").replace(" ", "_") or "[empty]"
 
 
-def fold(row):
-    """Frames root first: comm, user stack outermost to innermost, kernel stack outermost to innermost."""
-    return [row.get("comm") or "?"] + list(reversed(row.get("user_stack") or [])) + \
+def fold(row, by_host=False):
+    """Frames root first: comm, user stack outermost to innermost, kernel stack outermost to innermost;
+    with by_host, the row's host (kit merge) below its comm, so one graph shows a fleet."""
+    return ([row.get("host") or "?"] if by_host else []) + [row.get("comm") or "?"] + list(reversed(row.get("user_stack") or [])) + \
         list(reversed(row.get("kernel_stack") or []))
 
 
-def folded_lines(rows, value="total_us"):
+def folded_lines(rows, value="total_us", by_host=False):
     """Folded lines, identical stacks merged (threads of one process fold together), biggest first."""
     acc = {}
     for r in rows:
-        key = ";".join(_clean(f) for f in fold(r))
+        key = ";".join(_clean(f) for f in fold(r, by_host))
         acc[key] = acc.get(key, 0) + int(r.get(value) or 0)
     return [f"{k} {v}" for k, v in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0])) if v > 0]
 
