@@ -25,6 +25,7 @@ import pytest
 
 from conftest import ROOT
 from qemu import vm
+from qemu.tables import doctor_rows, table_rows
 from workloads import lockwork
 from workloads.build import build
 
@@ -66,36 +67,6 @@ def step(guest, name):
     r = guest[name]
     assert "error" not in r, f"guest step {name} failed: {r['error']}\nthe console's end:\n{guest['console_tail']}"
     return r
-
-
-def table_rows(stdout, new_row=lambda cells: bool(cells[0])):
-    """The rows of a tabulate table whose cells may wrap (kit list, kit doctor): each cell's lines
-    joined with a space. Columns as the dashes line draws them; new_row(cells) says where a row starts."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    starts, pos = [], 0
-    for dashes in lines[1].split("  "):
-        starts.append(pos)
-        pos += len(dashes) + 2
-    rows = []
-    for line in lines[2:]:
-        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
-        if line.startswith("`"):  # kit list's closing hint
-            break
-        if rows and not new_row(cells):
-            rows[-1] = [f"{old} {new}".strip() for old, new in zip(rows[-1], cells)]
-        else:
-            rows.append(cells)
-    return rows
-
-
-def doctor_rows(stdout):
-    """{check: (ok, detail)} from doctor's table; the unnamed row under lockdown is keyed ''."""
-    rows = {}
-    # doctor's unnamed row under lockdown has a status and no check
-    for check, ok, detail in table_rows(stdout, new_row=lambda cells: bool(cells[0]) or cells[1] in ("ok", "NO")):
-        assert ok in ("ok", "NO"), (check, ok, detail)
-        rows[check] = (ok == "ok", detail)
-    return rows
 
 
 def test_the_guest_runs_debians_pinned_kernel_locked_down_at_boot_with_matching_headers(guest):
