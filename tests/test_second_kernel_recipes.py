@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT
 from qemu import matrix, recipes_guest, vm
+from qemu.tables import doctor_rows
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -32,7 +33,7 @@ def guest(kernel, tmp_path_factory):
     kimg = vm.kernel_image()
     t0 = time.monotonic()
     b = vm.boot(kimg, out, [sys.executable, os.path.join(ROOT, "tests/qemu/recipes_guest.py"), out],
-                memory="3G", timeout=recipes_guest.TESTS_S + 900)
+                memory="3G", timeout=recipes_guest.TESTS_S + 300)
     wall = time.monotonic() - t0
     shutil.rmtree(KEPT, ignore_errors=True)
     shutil.copytree(out, KEPT, ignore=shutil.ignore_patterns("pytest-*"))
@@ -48,17 +49,11 @@ def guest(kernel, tmp_path_factory):
         pytest.fail(f"the guest stopped in step {res.get('step')!r} ({how}); its console's end:\n{b.tail()}\n"
                     f"{json.dumps(res)[-3000:]}")
     tests = res["tests"]
-    matrix.GUEST.update(facts=res["facts"], ladder=res["ladder"], tests=tests["tests"],
-                        collected=tests["collected"], pytest_summary=tests["pytest_summary"],
+    matrix.GUEST.update(facts=res["facts"], ladder=res["ladder"], doctor=doctor_rows(res["doctor"]),
+                        tests=tests["tests"], collected=tests["collected"], pytest_summary=tests["pytest_summary"],
                         seconds=res["seconds"])
     res["how"] = how
     return res
-
-
-def doctor_rows(text):
-    lines = text.splitlines()
-    widths = [len(d) for d in lines[1].split("  ")]
-    return {ln[:widths[0]].strip(): (ln[widths[0] + 2:widths[0] + 4] == "ok", ln[widths[0] + 6:]) for ln in lines[2:]}
 
 
 def test_the_guest_runs_the_pinned_stock_kernel_with_kprobes_fentry_and_matching_headers(guest):

@@ -45,6 +45,22 @@ def recipe_names():
     return list(catalog.load(catalog.DEFAULT_CATALOG))
 
 
+def rung_types():
+    """Every hook type some recipe's ladder names, in kit.features.HOOK_TYPES order."""
+    from kit import catalog, features
+    used = {h.type for r in catalog.load(catalog.DEFAULT_CATALOG).values() for h in r.hooks}
+    return [t for t in features.HOOK_TYPES if t in used]
+
+
+def doctor():
+    """{check: (ok, detail)} of `kit doctor` on this kernel: what it attached, each kind."""
+    import subprocess
+    from qemu.tables import doctor_rows
+    p = subprocess.run([sys.executable, "-m", "kit", "doctor"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    return doctor_rows(p.stdout)
+
+
 def recipe_of(nodeid):
     m = re.match(r"tests/test_(\w+)_kernel\.py::", nodeid)
     return m.group(1) if m else None
@@ -157,7 +173,8 @@ class Recorder:
             terminalreporter.write_line(f"kernel matrix written to {os.path.relpath(path, ROOT)}")
 
     def host_results(self):
-        return {"facts": kernel_facts(), "ladder": ladder(), "tests": self.tests, "collected": self.collected}
+        return {"facts": kernel_facts(), "ladder": ladder(), "doctor": doctor(), "tests": self.tests,
+                "collected": self.collected}
 
 
 def register(config):
@@ -223,6 +240,26 @@ def table(runs, names):
     return lines
 
 
+def rungs_no_ladder_has(runs):
+    """Lines for the hook types no recipe's ladder names (so no test ran them), with what each kernel's
+    doctor found when it attached one itself: said, not filled in with a rung made up for the table."""
+    from kit import features
+    used = rung_types()
+    # a uprobe rung attaches its `at: return` points as uretprobes (lockhold, getaddrinfo)
+    covered = set(used) | (set(features.UPROBE_TYPES) if "uprobe" in used else set())
+    absent = [t for t in features.HOOK_TYPES if t not in covered]
+    if not absent:
+        return []
+    lines = [f"No recipe's ladder has a {', '.join(absent[:-1])} or {absent[-1]} rung (the ladders are "
+             f"`incident_recipes.yaml`'s: {', '.join(used)}), so no test ran one and none was added for this table."]
+    for where, run in runs:
+        rows = run.get("doctor") or {}
+        seen = [f"{t} {'ok' if rows[t][0] else 'NO'} ({rows[t][1]})" for t in absent if t in rows]
+        if seen:
+            lines.append(f"What `kit doctor` found attaching one itself on the {where}: {'; '.join(seen)}.")
+    return lines
+
+
 def write_table(host, guest):
     names = recipe_names()
     full = complete(host, names) and complete(guest, names)
@@ -241,6 +278,7 @@ def write_table(host, guest):
         "",
         *table(runs, names),
         "",
+        *(line for note in rungs_no_ladder_has(runs) for line in (note, "")),
         f"The guest's run: {guest.get('pytest_summary', '?')} in {guest.get('seconds', {}).get('tests', '?')} s "
         f"(software emulation, one CPU).",
         "",
