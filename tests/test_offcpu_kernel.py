@@ -167,7 +167,7 @@ def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
     want = truth["threads"]["direct-sleep"]["waited_us"]
     assert abs(got - want) <= 0.10 * want
     # root first: comm, then user frames outermost first, then the kernel down to __schedule
-    assert all(s.split(";")[-1] == "__schedule" for s in values)
+    assert not [s for s in values if s.split(";")[-1] != "__schedule"], (lines, kit.stderr)
 
 
 def test_unscoped_offcpu_is_refused_with_exit_4_and_a_scope_hint(kernel, no_leftovers):

@@ -22,7 +22,7 @@ sys.path.insert(0, ROOT)
 
 from qemu import matrix  # noqa: E402
 
-TESTS_S = 1500
+TESTS_S = 1800
 MOUNTS = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"),
           ("securityfs", "/sys/kernel/security"))
 
@@ -44,6 +44,8 @@ def mount_all():
     for fs, where in MOUNTS:
         if not os.path.ismount(where):
             subprocess.run(["mount", "-t", fs, "nodev", where], capture_output=True)
+    # the host has /dev/loop*; in the guest no udev loads loop for losetup (biolatency's tests)
+    subprocess.run(["modprobe", "loop"], check=True, capture_output=True)
 
 
 def tests_argv(names):
