@@ -133,13 +133,15 @@ def bpftrace_getaddrinfo(pid, libc=LIBC):
 
 
 def bpftrace_biolatency(devno):
-    """kit biolatency's job in bpftrace: on one disk, the issue time, process and name by request
-    (dev, sector); at completion, a log2 histogram of latency per disk and operation, and
-    count/mean/total and max per disk, operation, process and name."""
+    """kit biolatency's job in bpftrace: on one disk, the submitting process and name by request
+    (dev, sector) at block_getrq, the issue time at issue; at completion, a log2 histogram of latency
+    per disk and operation, and count/mean/total and max per disk, operation, process and name."""
     d = f"/args->dev == {devno}/"
     k = "args->dev, args->sector"
     return (
-        f"tracepoint:block:block_rq_issue {d} {{ @start[{k}] = nsecs; @pid[{k}] = pid; @comm[{k}] = comm; }} "
+        f"tracepoint:block:block_getrq {d} {{ @pid[{k}] = pid; @comm[{k}] = comm; }} "
+        f"tracepoint:block:block_rq_issue {d} {{ @start[{k}] = nsecs; "
+        f"if (!@pid[{k}]) {{ @pid[{k}] = pid; @comm[{k}] = comm; }} }} "
         f"tracepoint:block:block_rq_complete {d} {{ $t = @start[{k}]; if ($t) {{ $d = nsecs - $t; "
         f"@lat_us[args->dev, args->rwbs] = hist($d / 1000); "
         f"@stats[args->dev, args->rwbs, @pid[{k}], @comm[{k}]] = stats($d); "

@@ -182,7 +182,8 @@ def biolatency(outdir, mode):
                                         env=peers.BPFTRACE_KIT_MAPS)
     no_bcc = {"bcc biolatency": NO_BCC_BIOLATENCY}
     return Recipe(
-        HookCase(name="biolatency", workload=w, hook="tracepoint block:block_rq_issue + block:block_rq_complete",
+        HookCase(name="biolatency", workload=w,
+                 hook="tracepoint block:block_getrq + block:block_rq_issue + block:block_rq_complete",
                  kit=kit, peers={"bpftrace": bpftrace},
                  extras=_extras(mode, {"kit --queued": lambda t: peers.kit("kit", "biolatency", *args(t),
                                                                            "--queued")}),
@@ -190,8 +191,8 @@ def biolatency(outdir, mode):
                                                                                 "7:1048575"),
                            "kit, --comm of another process": lambda t: peers.kit("kit", "biolatency", "--comm",
                                                                                  "kit-nomatch")},
-                 empty=lambda t: peers.empty("empty program", "tracepoint", "block:block_rq_issue", "tracepoint",
-                                             "block:block_rq_complete"),
+                 empty=lambda t: peers.empty("empty program", "tracepoint", "block:block_getrq", "tracepoint",
+                                             "block:block_rq_issue", "tracepoint", "block:block_rq_complete"),
                  unavailable=no_bcc, wall_runs=mode.wall_runs),
         _footprint("biolatency", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
         GuardCase("biolatency", w, args, mode.guard_s, settle_s=mode.settle_s))

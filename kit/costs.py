@@ -48,6 +48,9 @@ CLASSES = {
     "tracepoint_count": (("{f}_empty",), ("{f}_filter",), 1),
     "tracepoint_hash": (("{f}_hash",), ("{f}_filter",), 1),
     "tracepoint_pair": (("{f}_pair",), ("{f}_pair_filter",), 2),
+    # a pair plus the submitter's own program, which stores who asked even for a request the scope rejects
+    # (biolatency: block_getrq, then block_rq_issue and block_rq_complete)
+    "tracepoint_pair_owner": (("{f}_pair", "{f}_hash"), ("{f}_pair_filter", "{f}_hash"), 3),
     "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
     # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole
     "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),

@@ -5,13 +5,17 @@
  *
  * Hooks: block:block_rq_issue and block:block_rq_complete (and
  * block:block_rq_insert with --queued, for the time a request waited in the
- * I/O scheduler before the driver took it). Tracepoint arguments only: no
+ * I/O scheduler before the driver took it), and block:block_getrq for who
+ * asked: the issue can run in another task (6.1 issues a process's plugged
+ * O_DIRECT writes from a kblockd worker), while a request is made from its
+ * first bio in the submitter's own context. Tracepoint arguments only: no
  * struct request layout, so no headers or BTF offsets are needed. A request
  * is matched from issue to completion by (device, sector); two requests in
  * flight at the same sector of one disk (flushes, at sector 0) can pair
  * wrongly, and are rare. Scope (--comm/--pid/--cgroup) applies to the task
- * that issued the request: buffered writes are issued by kernel writeback
- * threads, direct I/O by the process itself.
+ * that submitted the request (a request with no block_getrq, such as a flush
+ * the block layer makes, falls back to the task at issue): buffered writes
+ * are submitted by kernel writeback threads, direct I/O by the process itself.
  * Based on bcc's tools/biolatency.py and libbpf-tools' biolatency (-D, -F).
  */
 #define KIT_DISK {{disk}}
@@ -54,6 +58,14 @@ struct hist_key {
     u64 slot;
 };
 
+struct owner_t {
+    u32 tgid;
+    u32 in_scope;
+    char comm[16];
+};
+
+/* LRU: a request whose start sector a front merge moved never finds its entry again */
+BPF_TABLE("lru_hash", struct req_t, struct owner_t, owner, 10240);
 BPF_HASH(start, struct req_t, struct start_t, 10240);
 BPF_HASH(stats, struct key_t, struct val_t, 4096);
 BPF_HISTOGRAM(latency_hist, struct hist_key, 4096);
@@ -80,16 +92,36 @@ static __always_inline u32 op_of(const char *rwbs)
 }
 
 
+/* The submitter and its scope verdict, kept until the request completes (a
+ * requeued request is issued again). A rejected disk is counted once, at issue
+ * (the guard's rate hook). */
+TRACEPOINT_PROBE(block, block_getrq)
+{
+    if (KIT_DISK && args->dev != KIT_DISK)
+        return 0;
+    struct req_t r = {.dev = args->dev, .sector = args->sector};
+    struct owner_t o = {.tgid = bpf_get_current_pid_tgid() >> 32, .in_scope = kit_allow_current()};
+    bpf_get_current_comm(&o.comm, sizeof(o.comm));
+    if (owner.update(&r, &o) != 0)  /* an LRU evicts the oldest instead of filling */
+        kit_count(KIT_MAP_FULL);
+    return 0;
+}
+
+/* Is the request's submitter in scope? Its own verdict if block_getrq saw it, else the current task's. */
+static __always_inline int owner_in_scope(struct req_t *r)
+{
+    struct owner_t *o = owner.lookup(r);
+    return o ? o->in_scope : kit_allow_current();
+}
+
 #if KIT_QUEUED
 TRACEPOINT_PROBE(block, block_rq_insert)
 {
-    if (KIT_DISK && args->dev != KIT_DISK) {
-        kit_count(KIT_FILTERED);  /* the guard's meter prices what the scope rejects */
-        return 0;
-    }
-    if (!kit_in_scope())
-        return 0;
+    if (KIT_DISK && args->dev != KIT_DISK)
+        return 0;  /* counted as filtered at issue */
     struct req_t r = {.dev = args->dev, .sector = args->sector};
+    if (!owner_in_scope(&r))
+        return 0;
     u64 ts = bpf_ktime_get_ns();
     if (queued_at.update(&r, &ts) != 0)
         kit_count(KIT_MAP_FULL);
@@ -103,12 +135,23 @@ TRACEPOINT_PROBE(block, block_rq_issue)
         kit_count(KIT_FILTERED);  /* the guard's meter prices what the scope rejects */
         return 0;
     }
-    if (!kit_in_scope())
-        return 0;
     struct req_t r = {.dev = args->dev, .sector = args->sector};
-    u64 id = bpf_get_current_pid_tgid();
-    struct start_t s = {.ts = bpf_ktime_get_ns(), .tgid = id >> 32, .bytes = args->bytes};
-    bpf_get_current_comm(&s.comm, sizeof(s.comm));
+    struct start_t s = {.ts = bpf_ktime_get_ns(), .bytes = args->bytes};
+    struct owner_t *o = owner.lookup(&r);
+    if (o) {
+        u32 in_scope = o->in_scope;
+        s.tgid = o->tgid;
+        __builtin_memcpy(&s.comm, o->comm, sizeof(s.comm));
+        if (!in_scope) {
+            kit_count(KIT_FILTERED);
+            return 0;
+        }
+    } else {
+        if (!kit_in_scope())
+            return 0;
+        s.tgid = bpf_get_current_pid_tgid() >> 32;
+        bpf_get_current_comm(&s.comm, sizeof(s.comm));
+    }
 #if KIT_QUEUED
     u64 *q = queued_at.lookup(&r);
     if (q) {
@@ -127,6 +170,7 @@ TRACEPOINT_PROBE(block, block_rq_complete)
     if (KIT_DISK && args->dev != KIT_DISK)
         return 0;
     struct req_t r = {.dev = args->dev, .sector = args->sector};
+    owner.delete(&r);
     struct start_t *s = start.lookup(&r);
     if (!s)
         return 0;  /* issued before the run, out of scope, or on another disk */
