@@ -24,11 +24,13 @@
 static int rounds = 20;
 static long period_us = 20000;
 
+#define EACH_MAX 64
 struct result {
     const char *name;
     long tid;
     long long waited_us;
     int calls;
+    long long each_us[EACH_MAX]; /* the first EACH_MAX calls, each timed: a test can tell which ran long */
 };
 static struct result results[6];
 
@@ -37,6 +39,15 @@ static long long now_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static void took(struct result *r, long long t0)
+{
+    long long us = now_us() - t0;
+    r->waited_us += us;
+    if (r->calls < EACH_MAX)
+        r->each_us[r->calls] = us;
+    r->calls++;
 }
 
 static void begin(struct result *r, const char *name)
@@ -50,8 +61,7 @@ __attribute__((noinline)) void sleep_via_libc(struct result *r)
 {
     long long t0 = now_us();
     usleep(period_us);
-    r->waited_us += now_us() - t0;
-    r->calls++;
+    took(r, t0);
     __asm__ volatile("" ::: "memory"); /* keep this frame: no tail call */
 }
 
@@ -62,8 +72,7 @@ __attribute__((noinline)) void sleep_by_syscall(struct result *r)
     long ret;
     __asm__ volatile("syscall" : "=a"(ret) : "0"((long)SYS_nanosleep), "D"(&ts), "S"(0L)
                      : "rcx", "r11", "memory");
-    r->waited_us += now_us() - t0;
-    r->calls++;
+    took(r, t0);
 }
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -73,8 +82,7 @@ __attribute__((noinline)) void wait_for_lock(struct result *r)
 {
     long long t0 = now_us();
     pthread_mutex_lock(&lock);
-    r->waited_us += now_us() - t0;
-    r->calls++;
+    took(r, t0);
     pthread_mutex_unlock(&lock);
 }
 
@@ -86,8 +94,7 @@ __attribute__((noinline)) void read_from_pipe(struct result *r)
     long long t0 = now_us();
     if (read(pipefd[0], &c, 1) != 1)
         exit(3);
-    r->waited_us += now_us() - t0;
-    r->calls++;
+    took(r, t0);
 }
 
 static void *libc_sleeper(void *arg)
@@ -171,9 +178,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < 6; i++)
         pthread_join(th[i], NULL);
     printf("{\"pid\": %d, \"threads\": {", getpid());
-    for (int i = 0; i < 6; i++)
-        printf("%s\"%s\": {\"tid\": %ld, \"waited_us\": %lld, \"calls\": %d}", i ? ", " : "", results[i].name,
-               results[i].tid, results[i].waited_us, results[i].calls);
+    for (int i = 0; i < 6; i++) {
+        printf("%s\"%s\": {\"tid\": %ld, \"waited_us\": %lld, \"calls\": %d, \"each_us\": [", i ? ", " : "",
+               results[i].name, results[i].tid, results[i].waited_us, results[i].calls);
+        for (int j = 0; j < results[i].calls && j < EACH_MAX; j++)
+            printf("%s%lld", j ? ", " : "", results[i].each_us[j]);
+        printf("]}");
+    }
     printf("}}\n");
     return 0;
 }
