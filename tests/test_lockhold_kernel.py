@@ -108,7 +108,10 @@ def test_nested_argless_wrappers_pair_each_unlock_with_its_threads_newest_hold(k
     hold = next(r for r in res["rows"] if r["what"] == "hold")
     assert hold["count"] == 12 and hold["max_us"] >= book["hold_max_us"]
     kit_hist = {b["low"]: b["count"] for b in res["histograms"]["hold_us"] if b["count"]}
-    assert kit_hist == {prelude.slot_range(int(s))[0]: c for s, c in book["hold_slots"].items()}
+    # each hold in a bucket from its own time inside the probe points to its span outside them, by the
+    # workload's clock: one bucket on the host; on a slow (emulated) CPU the traps can straddle a boundary
+    ranges = [[prelude.slot_range(lo)[0], prelude.slot_range(hi)[0]] for lo, hi in book["hold_ranges"]]
+    assert len(ranges) == 12 and wrapwork.fits(kit_hist, ranges), (kit_hist, ranges)
     assert res["lost_events"] == 0 and res["unmatched"]["unlock_without_hold"] == 0
     # of each thread's 3 rounds, the unlocks of one pass values no hold has (see wrapwork.c's nested_hold)
     p = res["pairing"]

@@ -69,6 +69,11 @@ __attribute__((noinline)) void pool_unlock(void)
 static pthread_mutex_t books_mu = PTHREAD_MUTEX_INITIALIZER;
 static long holds[LEVELS], waits, hold_slot[LEVELS][SLOTS];
 static uint64_t hold_total_ns, hold_max_ns, wait_total_ns;
+/* per hold (the first RANGES): the slot of its time inside the probe points and of its span outside
+ * them (lock called to unlock returned), between which kit's measure of it must lie */
+#define RANGES 256
+static int hold_range[RANGES][2];
+static long nranges;
 
 static int nthreads, nested;
 static long nholds, nslow, slow_ms, pre_ms, inner_ms, post_ms, rounds;
@@ -97,9 +102,14 @@ static void sleep_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-static void book(int level, uint64_t wait_ns, uint64_t hold_ns)
+static void book(int level, uint64_t wait_ns, uint64_t hold_ns, uint64_t span_ns)
 {
     pthread_mutex_lock(&books_mu);
+    if (nranges < RANGES) {
+        hold_range[nranges][0] = slot(hold_ns / 1000);
+        hold_range[nranges][1] = slot(span_ns / 1000);
+        nranges++;
+    }
     holds[level]++;
     waits++;
     hold_slot[level][slot(hold_ns / 1000)]++;
@@ -121,7 +131,8 @@ static void flat_hold(long i, int slow)
         sleep_ms(slow_ms);
     uint64_t t2 = now_ns();
     UNLOCK_LEAVING(i % 2 ? v : v + 1);
-    book(0, t1 - t0, t2 - t1);
+    uint64_t t3 = now_ns();
+    book(0, t1 - t0, t2 - t1, t3 - t0);
 }
 
 /* A then B, released B then A. Values left for lock A, lock B, unlock B, unlock A, by round
@@ -141,11 +152,13 @@ static void nested_hold(long thread, long r)
     sleep_ms(inner_ms);
     uint64_t u2 = now_ns();
     UNLOCK_LEAVING(k == 0 ? b : k == 1 ? c : a);
+    uint64_t u3 = now_ns();
     sleep_ms(post_ms);
     uint64_t t2 = now_ns();
     UNLOCK_LEAVING(k == 1 ? d : a);
-    book(1, u1 - u0, u2 - u1);
-    book(0, t1 - t0, t2 - t1);
+    uint64_t t3 = now_ns();
+    book(1, u1 - u0, u2 - u1, u3 - u0);
+    book(0, t1 - t0, t2 - t1, t3 - t0);
 }
 
 static void *worker(void *arg)
@@ -241,6 +254,10 @@ int main(int argc, char **argv)
     print_slots("hold_slots", all, 1);
     print_slots("outer_slots", hold_slot[0], 0);
     print_slots("inner_slots", hold_slot[1], 0);
+    printf(", \"hold_ranges\": [");
+    for (long i = 0; i < nranges; i++)
+        printf("%s[%d, %d]", i ? ", " : "", hold_range[i][0], hold_range[i][1]);
+    printf("]");
     printf("}\n");
     fflush(stdout);
     if (hold_gate) {
