@@ -111,7 +111,7 @@ def test_nested_argless_wrappers_pair_each_unlock_with_its_threads_newest_hold(k
     # each hold in a bucket from its own time inside the probe points to its span outside them, by the
     # workload's clock: one bucket on the host; on a slow (emulated) CPU the traps can straddle a boundary
     ranges = [[prelude.slot_range(lo)[0], prelude.slot_range(hi)[0]] for lo, hi in book["hold_ranges"]]
-    assert len(ranges) == 12 and wrapwork.fits(kit_hist, ranges), (kit_hist, ranges)
+    assert len(ranges) == 12 and lockwork.fits(kit_hist, ranges), (kit_hist, ranges)
     assert res["lost_events"] == 0 and res["unmatched"]["unlock_without_hold"] == 0
     # of each thread's 3 rounds, the unlocks of one pass values no hold has (see wrapwork.c's nested_hold)
     p = res["pairing"]
@@ -131,8 +131,14 @@ def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processe
     hold = [r for r in res["rows"] if r["what"] == "hold"]
     assert [(r["pid"], r["count"]) for r in hold] == [(target.pid, book["holds"])]
     assert lockwork.bpftrace_counts(bt, "locks") == {None: book["holds"]}
-    low = prelude.slot_range(prelude.slot_of(SLOW_MS * 1000))[0]
-    assert hist_count(res["histograms"]["hold_us"], low) == 2
+    # the 2 slow holds and the fast ones each in a bucket the workload's own clock allows: from the
+    # hold inside pool_lock/pool_unlock to its span outside them (one bucket apart at most on the
+    # host; on an emulated CPU a fast holder preempted by its peers holds for 16 ms too)
+    kit_hist = {b["low"]: b["count"] for b in res["histograms"]["hold_us"] if b["count"]}
+    ranges = lockwork.hold_ranges(book)
+    assert len(ranges) == book["holds"] and lockwork.fits(kit_hist, ranges), (kit_hist, book["hold_pairs"])
+    slow = prelude.slot_of(SLOW_MS * 1000)
+    assert sum(n for lo, _hi, n in book["hold_pairs"] if lo >= slow) >= 2
     # breakpoints went only into the target: the other process was never even filtered
     assert res["filtered"] == 0
     probes = res["uprobes"]

@@ -63,6 +63,10 @@ static int go_pipe[2], done_pipe[2];
 
 /* shared books, updated under the pool lock itself */
 static long holds, waits, hold_slot[SLOTS];
+/* holds by (slot of the time inside the probe points, slot of the span outside them: pool_lock
+ * called to pool_unlock returned), between which a probe's measure of the hold must lie; added
+ * after the unlock, so atomically */
+static long hold_pair[SLOTS][SLOTS];
 static uint64_t hold_total_ns, hold_max_ns, wait_total_ns, wait_max_ns;
 
 static uint64_t now_ns(void)
@@ -128,6 +132,7 @@ static void hold(int what, struct name_job *j)
     if (w > wait_max_ns)
         wait_max_ns = w;
     pool_unlock(&the_pool);
+    __atomic_fetch_add(&hold_pair[slot(h / 1000)][slot((now_ns() - t0) / 1000)], 1, __ATOMIC_RELAXED);
 }
 
 /* Named call paths, so a holder stack says which kind of hold it was. */
@@ -223,7 +228,15 @@ int main(int argc, char **argv)
             printf("%s\"%d\": %ld", first ? "" : ", ", i, hold_slot[i]);
             first = 0;
         }
-    printf("}, \"lookups\": [");
+    printf("}, \"hold_pairs\": [");
+    first = 1;
+    for (int i = 0; i < SLOTS; i++)
+        for (int k = 0; k < SLOTS; k++)
+            if (hold_pair[i][k]) {
+                printf("%s[%d, %d, %ld]", first ? "" : ", ", i, k, hold_pair[i][k]);
+                first = 0;
+            }
+    printf("], \"lookups\": [");
     for (int k = 0; k < njobs; k++)
         printf("%s{\"name\": \"%s\", \"function\": \"%s\", \"count\": %ld, \"failed\": %ld}", k ? ", " : "",
                jobs[k].name, jobs[k].kind == 1 ? "gethostbyname" : "getaddrinfo", jobs[k].done, jobs[k].failed);

@@ -5,6 +5,7 @@ The workload keeps its own books (holds, waits, per-bucket hold counts, lookups
 per name); bpftrace on the same probes is the second opinion.
 """
 
+import heapq
 import json
 import os
 import re
@@ -184,3 +185,26 @@ def bpftrace_hist(out, name):
     for m in re.finditer(r"^\[(\d+)([KMG]?)(?:, [^)]*\))?\]?\s+(\d+)", block.group(1), re.M):
         hist[int(m.group(1)) * _SUFFIX[m.group(2)]] = int(m.group(3))
     return hist
+
+
+def fits(hist, ranges):
+    """Can every hold go into one bucket of hist ({bucket: count}) inside its own [low, high] bucket
+    range (the workloads' hold_ranges, hold_pairs), filling each bucket's count exactly?
+    Earliest-closing range first, bucket by bucket."""
+    pending, open_, i = sorted(ranges), [], 0
+    for b in sorted(hist):
+        while i < len(pending) and pending[i][0] <= b:
+            heapq.heappush(open_, pending[i][1])
+            i += 1
+        for _ in range(hist[b]):
+            if not open_ or open_[0] < b:  # none can go here, or one closed before it was placed
+                return False
+            heapq.heappop(open_)
+    return i == len(pending) and not open_
+
+
+def hold_ranges(book):
+    """[[low µs, low µs]] per hold from lockwork's hold_pairs, bucket lows as kit's histograms give them."""
+    from kit import prelude
+    return [[prelude.slot_range(lo)[0], prelude.slot_range(hi)[0]]
+            for lo, hi, n in book["hold_pairs"] for _ in range(n)]

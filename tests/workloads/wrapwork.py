@@ -2,7 +2,6 @@
 argument (flat holds, or A then B released B then A in one thread), with the
 workload's own books. Runs under lockwork.under_kit like lockwork does."""
 
-import heapq
 import json
 import os
 import subprocess
@@ -33,18 +32,3 @@ class Workload(lockwork.Workload):
         self.gate, self.hold_gate = gate, hold_gate
         self.report = None
 
-
-def fits(hist, ranges):
-    """Can every hold go into one bucket of hist ({bucket: count}) inside its own [low, high] bucket
-    range (the workload's hold_ranges), filling each bucket's count exactly? Earliest-closing range
-    first, bucket by bucket."""
-    pending, open_, i = sorted(ranges), [], 0
-    for b in sorted(hist):
-        while i < len(pending) and pending[i][0] <= b:
-            heapq.heappush(open_, pending[i][1])
-            i += 1
-        for _ in range(hist[b]):
-            if not open_ or open_[0] < b:  # none can go here, or one closed before it was placed
-                return False
-            heapq.heappop(open_)
-    return i == len(pending) and not open_
