@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from kit import features, guard, render, teardown, uprobes
+from kit import features, guard, hints, render, teardown, uprobes
 from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
 
 TICK = 0.25
@@ -173,6 +173,14 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                         result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
                 if hasattr(mod, "cleanup"):
                     mod.cleanup(ctx)
+    if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
+        try:
+            result["hints"] = hints.compute(result)
+        except Exception as e:  # a hint is advice: a bug in one must not cost the results
+            if opts.debug:
+                raise
+            result["hints"] = []
+            result["notes"].append(f"next steps could not be computed ({type(e).__name__}: {e})")
     return result, code
 
 

@@ -1,0 +1,543 @@
+"""Next steps computed from a run's result: what dominates, and the exact command to run next.
+
+One function per recipe turns the result's rows into hints, each {"text", "command"}: the text
+names what the rows show (with the real pid, comm, function, host or flow) and the command is
+paste-ready, with the real pid and, for a lock, the lock functions the user stack names. A
+command is a kit command (valid as `kit ... --dry-run`) or, where kit has no recipe for the
+step, a standard tool (ip, getent, strace). Nothing in the rows that supports a step: no hint.
+
+What is not code is data below: the kernel frames that say why a thread waited, the lock calls
+and their unlock, the thresholds. The system is read through `System` (live /proc, ELF symbol
+tables) so the rules are tested without a kernel.
+"""
+
+import dataclasses
+import os
+import re
+import shlex
+
+from kit import elf, targets
+
+MIN_SHARE = 0.05        # a wait class under 5% of the off-CPU time gets no hint
+MAX_HINTS = 4
+LONG_HOLD_US = 1000     # lockhold: a hold this long is worth its holder stack
+SLOW_LOOKUP_US = 100000  # getaddrinfo: a lookup this slow stalls its caller visibly
+SYSCALL_SHARE = 0.5     # syscalls: one syscall with this share of a process's syscall time dominates
+ERROR_SHARE = 0.1       # syscalls: a syscall failing this often is worth its arguments
+
+# Why a thread waited, by the kernel frames of its off-CPU stack. A stack's class is that of its
+# innermost frame listed here: a thread preempted inside pipe_read waited for a CPU, not the peer.
+WAIT_CLASSES = {
+    "runqueue": ("run queue", {"preempt_schedule", "preempt_schedule_irq", "preempt_schedule_common",
+                               "preempt_schedule_notrace", "__cond_resched", "_cond_resched", "exit_to_user_mode_loop",
+                               "irqentry_exit_to_user_mode", "do_sched_yield"}),
+    "lock": ("futex/lock", {"futex_wait", "futex_do_wait", "__futex_wait", "futex_wait_queue", "futex_wait_queue_me",
+                            "futex_wait_multiple", "futex_lock_pi", "futex_wait_requeue_pi", "do_futex"}),
+    "disk": ("disk", {"io_schedule", "io_schedule_timeout", "bit_wait_io", "__wait_on_buffer", "submit_bio_wait",
+                      "folio_wait_bit_common", "folio_wait_bit", "folio_wait_writeback", "__folio_lock",
+                      "__folio_lock_killable", "wait_on_page_bit_common", "__lock_page", "blk_mq_get_tag",
+                      "jbd2_log_wait_commit", "__blkdev_direct_IO_simple", "blkdev_direct_IO"}),
+    "peer": ("peer I/O", {"pipe_read", "anon_pipe_read", "pipe_write", "anon_pipe_write", "pipe_wait_readable",
+                          "pipe_wait_writable",
+                          "unix_stream_read_generic", "unix_stream_data_wait", "unix_dgram_recvmsg", "tcp_recvmsg",
+                          "tcp_recvmsg_locked", "sk_wait_data", "sk_stream_wait_memory", "sk_stream_wait_connect",
+                          "inet_csk_accept", "__skb_wait_for_more_packets", "__skb_recv_udp", "udp_recvmsg",
+                          "wait_for_connect", "inet_wait_for_connect", "do_epoll_wait", "ep_poll", "do_sys_poll",
+                          "do_poll", "do_select", "core_sys_select", "n_tty_read", "sock_recvmsg"}),
+    "sleep": ("sleep", {"do_nanosleep", "hrtimer_nanosleep", "common_nsleep", "__x64_sys_nanosleep",
+                        "__x64_sys_clock_nanosleep", "__x64_sys_pause"}),
+}
+FRAME_CLASS = {f: cls for cls, (_label, frames) in WAIT_CLASSES.items() for f in frames}
+LABELS = {cls: label for cls, (label, _f) in WAIT_CLASSES.items()} | {"other": "other", "unknown": "no kernel stack"}
+# What a peer wait's kernel frame waits on, in words.
+PEER_KIND = {"pipe_": "a pipe", "anon_pipe_": "a pipe", "unix_": "a Unix socket", "tcp_": "a TCP socket",
+             "inet_csk_accept": "accept()", "inet_": "a TCP connect", "wait_for_connect": "a TCP connect",
+             "sk_": "a socket", "__skb": "a socket",
+             "udp": "a UDP socket", "sock_": "a socket", "ep_poll": "epoll_wait()", "do_epoll": "epoll_wait()",
+             "do_sys_poll": "poll()", "do_poll": "poll()", "do_select": "select()", "core_sys_select": "select()",
+             "n_tty": "a terminal"}
+
+# User-space lock calls a futex wait sits under, and the call that ends the hold (lockhold's pair).
+LOCK_CALLS = {
+    "pthread_mutex_lock": ("pthread_mutex_lock", "pthread_mutex_unlock"),
+    "__pthread_mutex_lock": ("pthread_mutex_lock", "pthread_mutex_unlock"),
+    "___pthread_mutex_lock": ("pthread_mutex_lock", "pthread_mutex_unlock"),
+    "__pthread_mutex_lock_full": ("pthread_mutex_lock", "pthread_mutex_unlock"),
+    "pthread_mutex_timedlock": ("pthread_mutex_timedlock", "pthread_mutex_unlock"),
+    "pthread_mutex_clocklock": ("pthread_mutex_clocklock", "pthread_mutex_unlock"),
+    "pthread_rwlock_rdlock": ("pthread_rwlock_rdlock", "pthread_rwlock_unlock"),
+    "pthread_rwlock_wrlock": ("pthread_rwlock_wrlock", "pthread_rwlock_unlock"),
+    "pthread_rwlock_timedrdlock": ("pthread_rwlock_timedrdlock", "pthread_rwlock_unlock"),
+    "pthread_rwlock_timedwrlock": ("pthread_rwlock_timedwrlock", "pthread_rwlock_unlock"),
+    "sem_wait": ("sem_wait", "sem_post"),
+    "sem_timedwait": ("sem_timedwait", "sem_post"),
+}
+DEFAULT_LOCK = ("pthread_mutex_lock", "pthread_mutex_unlock")  # lockhold's own default pair
+CONDITION_CALLS = {"pthread_cond_wait", "pthread_cond_timedwait", "pthread_cond_clockwait", "__pthread_cond_wait"}
+# An application's own lock function -> the names its release would have.
+UNLOCK_WORDS = (("lock", "unlock"), ("Lock", "Unlock"), ("LOCK", "UNLOCK"), ("acquire", "release"),
+                ("Acquire", "Release"), ("enter", "leave"), ("enter", "exit"), ("Enter", "Leave"), ("Enter", "Exit"))
+WRAPPER_DEPTH = 3       # application frames above the lock call searched for a function with an unlock pair
+RESOLVER_CALLS = ("getaddrinfo", "gethostbyname", "gethostbyname2", "gethostbyname_r", "getaddrinfo_a")
+BLOCKING_SYSCALLS = {"read", "readv", "pread64", "preadv", "recvfrom", "recvmsg", "recvmmsg", "futex", "poll", "ppoll",
+                     "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2", "nanosleep", "clock_nanosleep",
+                     "accept", "accept4", "connect", "wait4", "waitid", "fsync", "fdatasync", "sync_file_range",
+                     "write", "writev", "pwrite64", "sendto", "sendmsg", "flock", "msgrcv", "semop", "io_getevents",
+                     "io_uring_enter", "sched_yield", "pause", "rt_sigtimedwait", "rt_sigsuspend"}
+HOST_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+SYSCALL_RE = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def hint(text, argv=None):
+    return {"text": text, "command": shlex.join(str(a) for a in argv) if argv else None}
+
+
+def kit(*args):
+    return ["kit", *[str(a) for a in args]]
+
+
+def fmt_us(us):
+    if us >= 1e6:
+        return f"{us / 1e6:.1f} s"
+    if us >= 1e3:
+        return f"{us / 1e3:.1f} ms"
+    return f"{us:.0f} us"
+
+
+def plural(n, word, many=None):
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+# --- the system, as hints read it ---------------------------------------------------------------
+
+class System:
+    """What the rules ask of the live box (tests pass their own)."""
+
+    def alive(self, pid):
+        return pid is not None and os.path.isdir(f"/proc/{pid}/task")
+
+    def name(self, pid):
+        return targets.comm_of(pid)
+
+    def threads(self, pid):
+        try:
+            return len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            return 0
+
+    def _files(self, pid):
+        from kit.uprobes import _search_order  # the order lockhold looks a symbol up in
+        return _search_order(targets.mapped_files(pid))
+
+    def defining_file(self, pid, name):
+        """(path as /proc shows it, is the executable) of the one mapped file of pid defining function
+        `name`, or None (not defined, or defined twice: lockhold could not attach it unambiguously)."""
+        for m in self._files(pid):
+            try:
+                syms, _machine = elf.lookup(m.open_path, name)
+            except elf.ElfError:
+                continue
+            if syms:
+                return (m.path, m.is_exe, m.open_path) if len(syms) == 1 else None
+        return None
+
+    def defines(self, open_path, name):
+        try:
+            syms, _machine = elf.lookup(open_path, name)
+        except elf.ElfError:
+            return False
+        return len(syms) == 1 and syms[0].kind != elf.STT_GNU_IFUNC
+
+    def imports(self, pid, names):
+        """Which of `names` the process's own files (not libc's) call."""
+        found = set()
+        for m in targets.mapped_files(pid):
+            if targets.is_libc(m.path) or targets.is_libpthread(m.path):
+                continue
+            try:
+                with elf.Elf(m.open_path) as e:
+                    found |= e.imports(names)
+            except elf.ElfError:
+                continue
+        return found
+
+    def netns_name(self, inode):
+        """'' for the host's network namespace, a name from `ip netns` for a named one, else None."""
+        try:
+            if os.stat("/proc/1/ns/net").st_ino == inode:
+                return ""
+            for n in sorted(os.listdir("/run/netns")):
+                if os.stat(f"/run/netns/{n}").st_ino == inode:
+                    return n
+        except OSError:
+            pass
+        return None
+
+    def own_mount_ns(self, pid):
+        try:
+            return os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+        except OSError:
+            return True
+
+
+def compute(result, system=None):
+    """The hints for a run's result: a list of {"text", "command"}, best first (maybe empty).
+    Adds recipe-specific summaries to the result too (offcpu: result["waits"])."""
+    rule = RULES.get(result.get("recipe"))
+    if rule is None or not result.get("rows"):
+        return []
+    return rule(result, system or System())[:MAX_HINTS]
+
+
+# --- offcpu ------------------------------------------------------------------------------------
+
+def classify(kernel_stack):
+    """(class, the kernel frame that says so) of one off-CPU stack, innermost frame first."""
+    frames = [f for f in kernel_stack or [] if not f.startswith("[")]
+    if not frames:
+        return "unknown", None
+    for f in frames:
+        if f in FRAME_CLASS:
+            return FRAME_CLASS[f], f
+    past = [f for f in frames if f not in ("__schedule", "schedule", "schedule_timeout", "schedule_hrtimeout_range",
+                                           "schedule_hrtimeout_range_clock", "io_schedule")]
+    return "other", (past[0] if past else frames[0])
+
+
+def _is_app(name, module):
+    """A frame of the program (or a library of its own), not of libc or an unnamed one."""
+    if not name or name.startswith("["):
+        return False
+    if module is None:
+        return True
+    return not (targets.is_libc(module) or targets.is_libpthread(module) or module.startswith("ld-linux")
+                or module.startswith("["))
+
+
+def _app_frames(row, start=0):
+    names = row.get("user_stack") or []
+    mods = row.get("user_modules") or [None] * len(names)
+    return [n for n, m in zip(names[start:], list(mods)[start:] + [None] * len(names)) if _is_app(n, m)]
+
+
+def _lock_site(row):
+    """(lock call, application frames above it, outermost last) for a futex wait, or (None, frames)."""
+    names = row.get("user_stack") or []
+    for i, n in enumerate(names):
+        if n in LOCK_CALLS or n in CONDITION_CALLS:
+            return n, _app_frames(row, i + 1)
+    return None, _app_frames(row)
+
+
+def unlock_names(fn):
+    """Names the release of an application lock function `fn` would have (pool_lock -> pool_unlock).
+    Itanium-mangled C++ names get their length prefixes rewritten (_ZN4Pool4lockEv -> _ZN4Pool6unlockEv)."""
+    low = fn.lower()
+    if "unlock" in low or "release" in low:
+        return []
+    out = []
+    if fn.startswith("_Z"):
+        for a, b in UNLOCK_WORDS:
+            for m in re.finditer(r"(\d+)", fn):
+                n = int(m.group(1))
+                ident = fn[m.end():m.end() + n]
+                if len(ident) == n and a in ident and (m.start() == 0 or not fn[m.start() - 1].isdigit()):
+                    new = ident[::-1].replace(a[::-1], b[::-1], 1)[::-1]
+                    out.append(fn[:m.start()] + str(len(new)) + new + fn[m.end() + n:])
+        return list(dict.fromkeys(out))
+    for a, b in UNLOCK_WORDS:
+        i = fn.rfind(a)
+        if i >= 0:
+            out.append(fn[:i] + b + fn[i + len(a):])
+    return list(dict.fromkeys(out))
+
+
+def lockhold_argv(system, pid, call, frames):
+    """(argv, lock function shown) for lockhold on the lock a futex wait sits under."""
+    for fn in frames[:WRAPPER_DEPTH]:
+        where = system.defining_file(pid, fn)
+        if where is None:
+            continue
+        path, is_exe, open_path = where
+        for unlock in unlock_names(fn):
+            if system.defines(open_path, unlock):
+                argv = kit("run", "lockhold", "--pid", pid, "--lock", fn, "--unlock", unlock)
+                if not is_exe:
+                    argv += ["--binary", path]
+                return argv, f"its lock functions {fn} and {unlock} in {os.path.basename(path)}"
+    lock, unlock = LOCK_CALLS[call]
+    argv = kit("run", "lockhold", "--pid", pid)
+    if (lock, unlock) != DEFAULT_LOCK:
+        argv += ["--lock", lock, "--unlock", unlock]
+    return argv + ["--stacks"], f"{lock}/{unlock}, with the stacks that take it"
+
+
+def _offcpu(result, system):
+    rows = result["rows"]
+    total = sum(r.get("total_us", 0) for r in rows)
+    if total <= 0:
+        return []
+    classes = {}
+    for r in rows:
+        cls, kfn = classify(r.get("kernel_stack"))
+        c = classes.setdefault(cls, {"us": 0, "sites": {}})
+        c["us"] += r["total_us"]
+        call, frames = _lock_site(r) if cls == "lock" else (None, _app_frames(r))
+        key = (r["pid"], call, frames[0] if frames else None, kfn if cls != "lock" else None)
+        s = c["sites"].setdefault(key, {"us": 0, "tids": set(), "frames": frames, "comms": {}})
+        s["us"] += r["total_us"]
+        s["tids"].add(r["tid"])
+        s["comms"][r["comm"]] = s["comms"].get(r["comm"], 0) + r["total_us"]
+    result["waits"] = [{"class": cls, "label": LABELS[cls], "total_us": c["us"], "share": round(c["us"] / total, 3)}
+                       for cls, c in sorted(classes.items(), key=lambda kv: -kv[1]["us"])]
+    out = []
+    for cls, c in classes.items():
+        share = round(c["us"] / total, 3)
+        if share < MIN_SHARE or cls not in OFFCPU_HINTS:
+            continue
+        h = OFFCPU_HINTS[cls](system, c, share)
+        if h:
+            out.append((h[0], share, h[1]))
+    # Tiers, then share: a contended lock first (its cause is inside the process, another of its threads
+    # holds it, and lockhold names the holder); then waits on a resource (peer, disk, CPU); last the
+    # waits the code chose (its own sleeps, condition variables of idle workers).
+    out.sort(key=lambda t: (-t[0], -t[1]))
+    return [h for _p, _s, h in out]
+
+
+def _who(system, pid, site):
+    """'4 threads (pay-db) of pay-svc (pid 8646)': the process by its name, its threads by theirs if they differ."""
+    name = (system.name(pid) if system.alive(pid) else None) or max(site["comms"], key=site["comms"].get)
+    others = sorted(c for c in site["comms"] if c != name)
+    n = len(site["tids"])
+    return f"{plural(n, 'thread')}{' (' + ', '.join(others) + ')' if others else ''} of {name} (pid {pid})"
+
+
+def _top(c, want=lambda key: True):
+    sites = [(k, s) for k, s in c["sites"].items() if want(k)]
+    return max(sites, key=lambda ks: ks[1]["us"]) if sites else ((None, None, None, None), None)
+
+
+def _head(cls, share):
+    return f"{LABELS[cls]} is {share:.0%} of the off-CPU time"
+
+
+def _lock_hint(system, c, share):
+    (pid, call, fn, _k), site = _top(c, lambda k: k[1] in LOCK_CALLS)
+    if site is not None:
+        text = (f"{_head('lock', share)}: {_who(system, pid, site)} waited {fmt_us(site['us'])} for a lock"
+                f"{' taken in ' + fn if fn else ''} ({call})")
+        if not system.alive(pid):
+            return 2, hint(text + f"; pid {pid} has exited, so there is no holder left to follow")
+        argv, shown = lockhold_argv(system, pid, call, site["frames"])
+        return 2, hint(text + f": who holds it, and for how long ({shown})", argv)
+    (pid, call, fn, _k), site = _top(c, lambda k: k[1] in CONDITION_CALLS)
+    if site is not None:
+        return 0, hint(f"{_head('lock', share)}: {_who(system, pid, site)} waited {fmt_us(site['us'])} on a condition "
+                       f"variable{' in ' + fn if fn else ''} ({call}): usually workers waiting for work, not a lock "
+                       "someone holds; look at the threads that should signal it")
+    return None
+
+
+def _site_text(system, cls, share, c, verb):
+    (pid, _call, fn, kfn), site = _top(c)
+    return pid, (f"{_head(cls, share)}: {_who(system, pid, site)} {verb} {fmt_us(site['us'])}"), fn, kfn
+
+
+def _peer_hint(system, c, share):
+    pid, text, fn, kfn = _site_text(system, "peer", share, c, "waited")
+    kind = next((w for p, w in PEER_KIND.items() if kfn and kfn.startswith(p)), "a peer")
+    text += f" on {kind} ({kfn}){' in ' + fn if fn else ''}: the peer's latency is the question"
+    if not system.alive(pid):
+        return 1, hint(text)
+    return 1, hint(text + "; how long each of its calls takes", kit("run", "syscalls", "--pid", pid, "--for", "10s"))
+
+
+def _disk_hint(system, c, share):
+    pid, text, fn, kfn = _site_text(system, "disk", share, c, "waited")
+    text += f" for the disk ({kfn}){' in ' + fn if fn else ''}: `iostat -x 1` shows the device's queue and latency"
+    if not system.alive(pid):
+        return 1, hint(text)
+    return 1, hint(text + "; which of its syscalls wait", kit("run", "syscalls", "--pid", pid, "--for", "10s"))
+
+
+def _sleep_hint(system, c, share):
+    _pid, text, fn, kfn = _site_text(system, "sleep", share, c, "slept")
+    return 0, hint(text + f"{' in ' + fn if fn else ''} ({kfn}) by the code's own choice: a rate limit, "
+                   "back-off or poll interval, not a resource")
+
+
+def _runqueue_hint(system, c, share):
+    _pid, text, _fn, _kfn = _site_text(system, "runqueue", share, c, "waited")
+    return 1, hint(text + " for a CPU (preempted while runnable): the CPUs are busy; see who uses them",
+                   ["top", "-b", "-n", "1", "-o", "%CPU"])
+
+
+OFFCPU_HINTS = {"lock": _lock_hint, "peer": _peer_hint, "disk": _disk_hint, "sleep": _sleep_hint,
+                "runqueue": _runqueue_hint}
+
+
+def waits_line(result):
+    waits = result.get("waits") or []
+    shown = [w for w in waits if w["share"] >= 0.01] or waits[:1]
+    return "off-CPU time by wait: " + " | ".join(f"{w['label']} {w['share']:.0%}" for w in shown) if shown else None
+
+
+# --- tcpretrans --------------------------------------------------------------------------------
+
+def _ip(system, row, *args):
+    """`ip ... ` run where the flow lives: its named network namespace, or its owner's."""
+    ns = system.netns_name(row.get("netns")) if row.get("netns") else ""
+    if ns:
+        return ["ip", "-n", ns, *args]
+    if ns is None and row.get("pid") and system.alive(row["pid"]):
+        return ["nsenter", "-t", row["pid"], "-n", "ip", *args]
+    return ["ip", *args]
+
+
+def _tcpretrans(result, system):
+    rows = [r for r in result["rows"] if r.get("count")]
+    if not rows:
+        return []
+    out = []
+    total = sum(r["count"] for r in rows)
+    by_peer = {}
+    for r in rows:
+        by_peer.setdefault(r["daddr"], []).append(r)
+    daddr, flows = max(by_peer.items(), key=lambda kv: sum(r["count"] for r in kv[1]))
+    n = sum(r["count"] for r in flows)
+    if len(flows) > 1 and "addr" not in (result.get("scope") or {}):
+        out.append(hint(f"{len(flows)} flows to {daddr} retransmit ({n} of {total} retransmits): that peer, or the "
+                        "link to it, drops packets; follow that address alone",
+                        kit("run", "tcpretrans", "--addr", daddr, "--for", "30s")))
+    top = rows[0]
+    flow = f"{top['saddr']}:{top['sport']} -> {top['daddr']}:{top['dport']}"
+    failed = f", {top['failed']} failed" if top.get("failed") else ""
+    if top.get("pid") and system.alive(top["pid"]):
+        out.append(hint(f"{flow} retransmitted {plural(top['count'], 'time')}{failed}; its owner is "
+                        f"{top.get('comm') or '?'} (pid {top['pid']}): where the owner waits while its packets are "
+                        "lost",
+                        kit("run", "offcpu", "--pid", top["pid"], "--for", "20s")))
+    out.append(hint(f"{flow}: check the path to {top['daddr']} (the route and its device, then that device's "
+                    "drop counters with `ip -s link`)", _ip(system, top, "route", "get", top["daddr"])))
+    return out
+
+
+# --- getaddrinfo -------------------------------------------------------------------------------
+
+def _getaddrinfo(result, system):
+    rows = result["rows"]
+    out = []
+    slow = [r for r in rows if r.get("max_us", 0) >= SLOW_LOOKUP_US]
+    if slow:
+        r = max(slow, key=lambda r: r["total_us"])
+        text = (f"lookups of {r['host'] or '(no host)'} by {r['comm']} (pid {r['pid']}) took up to "
+                f"{fmt_us(r['max_us'])} (avg {fmt_us(r['avg_us'])}, {plural(r['count'], 'call')})")
+        if system.alive(r["pid"]):
+            out.append(hint(text + ": where the caller waits during them",
+                            kit("run", "offcpu", "--pid", r["pid"], "--for", "20s")))
+            if system.threads(r["pid"]) > 1:
+                out.append(hint(f"pid {r['pid']} has {system.threads(r['pid'])} threads: a lookup made while holding a "
+                                "lock stalls every thread that wants it; are its locks held that long?",
+                                kit("run", "lockhold", "--pid", r["pid"], "--stacks")))
+        else:
+            out.append(hint(text))
+    failing = [r for r in rows if r.get("failed")]
+    if failing:
+        r = max(failing, key=lambda r: (r["failed"], r["count"]))
+        text = (f"{r['failed']} of {plural(r['count'], 'lookup')} of {r['host'] or '(no host)'} by {r['comm']} "
+                f"(pid {r['pid']}) failed")
+        if r["host"] and HOST_RE.fullmatch(r["host"]):
+            argv = ["getent", "ahosts", r["host"]]
+            if system.alive(r["pid"]) and not system.own_mount_ns(r["pid"]):
+                argv = ["nsenter", "-t", r["pid"], "-m", *argv]  # the process's own /etc/hosts and resolv.conf
+            out.append(hint(text + ": does the resolver fail the same way outside the program? (then check "
+                            "/etc/resolv.conf, /etc/nsswitch.conf and the DNS server)", argv))
+        else:
+            out.append(hint(text + ": check /etc/resolv.conf, /etc/nsswitch.conf and the DNS server"))
+    return out
+
+
+# --- lockhold ----------------------------------------------------------------------------------
+
+def _lockhold_argv(result, pid, *extra):
+    params = result.get("params") or {}
+    argv = kit("run", "lockhold", "--pid", pid)
+    if params.get("binary"):
+        argv += ["--binary", params["binary"]]
+    if params.get("lock") and params["lock"] != DEFAULT_LOCK[0]:
+        argv += ["--lock", params["lock"]]
+    if params.get("unlock") and params["unlock"] != DEFAULT_LOCK[1]:
+        argv += ["--unlock", params["unlock"]]
+    return argv + list(extra)
+
+
+def _lockhold(result, system):
+    holds = [r for r in result["rows"] if r.get("what") == "hold" and r.get("max_us", 0) >= LONG_HOLD_US]
+    if not holds:
+        return []
+    r = max(holds, key=lambda r: r["max_us"])
+    pid = r["pid"]
+    lock = (result.get("params") or {}).get("lock") or DEFAULT_LOCK[0]
+    text = (f"{r['comm']} (pid {pid}) held the lock ({lock}) for up to {fmt_us(r['max_us'])} "
+            f"({plural(r['count'], 'hold')}, avg {fmt_us(r['avg_us'])})")
+    if not system.alive(pid):
+        return [hint(text + f"; pid {pid} has exited")]
+    out = []
+    if not (result.get("params") or {}).get("stacks"):
+        out.append(hint(text + ": which code path takes it for that long", _lockhold_argv(result, pid, "--stacks")))
+    calls = sorted(system.imports(pid, RESOLVER_CALLS))
+    if calls:
+        out.append(hint(f"pid {pid}'s program calls {', '.join(calls)}: a name lookup inside the lock would explain "
+                        f"holds of {fmt_us(r['max_us'])}; how slow are its lookups?",
+                        kit("run", "getaddrinfo", "--pid", pid, "--for", "20s")))
+    return out
+
+
+# --- syscalls ----------------------------------------------------------------------------------
+
+def _syscalls(result, system):
+    per_pid = {}
+    for r in result["rows"]:
+        per_pid.setdefault(r["pid"], []).append(r)
+    out = []
+    busiest = sorted(per_pid.items(), key=lambda kv: -sum(r["total_ms"] for r in kv[1]))
+    for pid, rows in busiest[:2]:
+        total = sum(r["total_ms"] for r in rows)
+        by_call = {}
+        for r in rows:
+            c = by_call.setdefault(r["syscall"], {"ms": 0.0, "count": 0, "max_us": 0.0, "comm": r["comm"]})
+            c["ms"] += r["total_ms"]
+            c["count"] += r["count"]
+            c["max_us"] = max(c["max_us"], r["max_us"])
+        name, c = max(by_call.items(), key=lambda kv: kv[1]["ms"])
+        if total > 0 and c["ms"] / total >= SYSCALL_SHARE and name in BLOCKING_SYSCALLS and system.alive(pid):
+            out.append(hint(f"{c['comm']} (pid {pid}) spends {c['ms'] / total:.0%} of its syscall time in {name} "
+                            f"({plural(c['count'], 'call')}, {c['ms']:.1f} ms, longest {fmt_us(c['max_us'])}): "
+                            "where it waits, by stack", kit("run", "offcpu", "--pid", pid, "--for", "20s")))
+    errs = [r for r in result["rows"] if r.get("errors") and r["errors"] / max(r["count"], 1) >= ERROR_SHARE]
+    if errs:
+        r = max(errs, key=lambda r: r["errors"])
+        if SYSCALL_RE.fullmatch(r["syscall"]) and system.alive(r["pid"]):
+            out.append(hint(f"{r['syscall']} failed {r['errors']} of {plural(r['count'], 'time')} in {r['comm']} "
+                            f"(pid {r['pid']}): its arguments and errors, for a few seconds",
+                            ["timeout", "5", "strace", "-f", "-e", f"trace={r['syscall']}", "-p", r["pid"]]))
+    return out
+
+
+RULES = {"offcpu": _offcpu, "tcpretrans": _tcpretrans, "getaddrinfo": _getaddrinfo, "lockhold": _lockhold,
+         "syscalls": _syscalls}
+
+
+def text(result):
+    """The hints block of the human output ('' when there are none)."""
+    from kit.errors import printable
+    lines = []
+    line = waits_line(result)
+    if line:
+        lines.append(line)
+    for i, h in enumerate(result.get("hints") or [], 1):
+        lines.append(f"next {i}: {printable(h['text'])}")
+        if h.get("command"):
+            lines.append(f"    $ {printable(h['command'])}")
+    return "".join(x + "\n" for x in lines)
