@@ -13,6 +13,7 @@ class ExitCode(enum.IntEnum):
     UNSUPPORTED = 5       # the kernel or privileges lack what the recipe needs
     COMPILE = 6           # BCC could not compile, or the verifier rejected the program
     BREAKER = 7           # the guardrail stopped a running probe for overhead
+    OUTPUT = 8            # ran, but an output could not be written (the results went to the terminal instead)
     INTERRUPTED = 130     # Ctrl-C (results are still printed)
     TERMINATED = 143      # SIGTERM (results are still printed)
 

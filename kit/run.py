@@ -10,12 +10,11 @@ leaves a named probe in tracefs.
 
 import dataclasses
 import importlib
-import os
 import signal
 import sys
 import time
 
-from kit import features, guard, hints, render, teardown, uprobes
+from kit import features, guard, hints, render, scope, teardown, uprobes
 from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
 
 TICK = 0.25
@@ -116,6 +115,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.duration > recipe.duration_max:
         raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
                        f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
+    scope.check_compatible(values)  # scopes that exclude each other could see nothing: bad input, now
     rungs = [h for h in recipe.hooks if opts.hook in (None, h.type)]
     missing = features.missing_caps(tracefs_needed=all(h.type == "tracepoint" for h in rungs))
     if missing:
@@ -147,16 +147,17 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
+                at_start = _scope_now(ctx, err)
                 err.flush()
                 started = clock()
                 stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
                 elapsed = clock() - started
-                _note_comm_gone(ctx)
             else:
-                started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
+                started, stopped_by, elapsed, meter, at_start = clock(), "signal", 0.0, None, None
             stats = read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
             result.update(mod.collect(ctx, bpf))
+            _note_scope_seen(ctx, result, at_start)
             result["notes"] = ctx.notes + result.get("notes", [])
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
                     "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
@@ -229,19 +230,33 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
             err.write("\n")
 
 
-def _note_comm_gone(ctx):
-    """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
-    comm = ctx.values.get("comm")
-    if comm is None:
+def _scope_now(ctx, err):
+    """Says what a --comm/--cgroup scope matches as the run starts (a name nobody has yet is waited for)."""
+    per_process = any(p.pid > 0 for p in ctx.state.get("uprobes_attached", []))
+    now = scope.describe(ctx.values, waits=not per_process)
+    if now is None:
+        return None
+    text, found = now
+    err.write(f"kit: {text}\n")
+    return found
+
+
+def _note_scope_seen(ctx, result, at_start):
+    """Says at the end whether anything in a --comm/--cgroup scope was seen: events the probe counted
+    in scope (KIT_EVENTS) or rows; and whether it still runs."""
+    if at_start is None:
         return
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                    return
-        except OSError:
-            continue
-    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
+    seen = result["events"] > 0 or bool(result.get("rows"))
+    now = scope.matching(ctx.values)
+    what = scope.label(ctx.values)
+    result["scope_seen"] = {"at_start": sorted(at_start), "at_end": sorted(now), "events": result["events"],
+                            "seen": seen}
+    if not seen:
+        ctx.notes.append(f"nothing in scope {what} was seen during the run (0 events in scope"
+                         f"{', and nothing matched when it started' if not at_start else ''})")
+    elif not now:
+        ctx.notes.append(f"scope {what} was seen ({result['events']} events in scope) but matches no running "
+                         "process or thread any more")
 
 
 def _start_time(pid):

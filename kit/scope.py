@@ -1,0 +1,188 @@
+"""What a run's scope matches on this box, before and after the run.
+
+The kernel filter (probes/kit_prelude.h) decides per event; this module answers
+the questions around it from /proc: which scopes cannot both hold, so the run
+could never see anything (bad input, before attaching), and what a --comm or
+--cgroup scope matches now (a name nobody has yet is waited for, and said so).
+
+A --comm matches a thread whose own name is NAME or whose process's name (its
+main thread's) is NAME: worker threads are often renamed. A --cgroup matches a
+thread in exactly that cgroup v2 directory (not the ones below it), as
+bpf_get_current_cgroup_id() does.
+"""
+
+import os
+
+from kit.errors import BadInput
+from kit.params import cgroup2_roots
+from kit.targets import read_text
+
+
+def _comm(path):
+    text = read_text(path)
+    return text.rstrip("\n") if text is not None else None
+
+
+def threads(pid):
+    """Thread ids of a live process (empty if it is gone)."""
+    try:
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if t.isdigit())
+    except OSError:
+        return []
+
+
+def names(pid):
+    """{tid: comm} of every thread of pid; the main thread's name is the process's."""
+    out = {}
+    for tid in threads(pid):
+        c = _comm(f"/proc/{pid}/task/{tid}/comm")
+        if c is not None:
+            out[tid] = c
+    return out
+
+
+def tgid_of(tid):
+    status = read_text(f"/proc/{tid}/status") or ""
+    for line in status.splitlines():
+        if line.startswith("Tgid:"):
+            return int(line.split()[1])
+    return None
+
+
+def thread_matches_comm(pid, tid, comm):
+    return comm in (_comm(f"/proc/{pid}/task/{tid}/comm"), _comm(f"/proc/{pid}/comm"))
+
+
+def _cgroup_path(pid, tid):
+    """The thread's cgroup v2 directory (as /proc shows it, relative to the hierarchy's root), or None."""
+    for line in (read_text(f"/proc/{pid}/task/{tid}/cgroup") or "").splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def _cgroup_id(rel):
+    roots = cgroup2_roots()
+    if rel is None or not roots:
+        return None
+    try:
+        return os.stat(roots[0].rstrip("/") + rel).st_ino
+    except OSError:
+        return None
+
+
+def _cgroup_shown(cgroup_id):
+    """The directory of a cgroup id (its inode) under the v2 root, for messages."""
+    roots = cgroup2_roots()
+    if not roots:
+        return str(cgroup_id)
+    root = roots[0]
+    for d, dirs, _files in os.walk(root):
+        try:
+            if os.stat(d).st_ino == cgroup_id:
+                return d
+        except OSError:
+            continue
+    return f"cgroup {cgroup_id}"
+
+
+def processes():
+    me = os.getpid()
+    out = []
+    for p in os.listdir("/proc"):
+        if p.isdigit() and int(p) != me:
+            out.append(int(p))
+    return sorted(out)
+
+
+def matching(values):
+    """{pid: [tid, ...]} of the threads running now that a comm and/or cgroup scope takes in
+    (with pid/tid narrowing it when given too)."""
+    comm, cgroup = values.get("comm"), values.get("cgroup")
+    pid, tid = values.get("pid"), values.get("tid")
+    pids = [pid] if pid else ([tgid_of(tid)] if tid else processes())
+    out = {}
+    for p in pids:
+        if p is None:
+            continue
+        main = _comm(f"/proc/{p}/comm")
+        if main is None:
+            continue
+        for t, name in names(p).items():
+            if tid and t != tid:
+                continue
+            if comm is not None and comm not in (name, main):
+                continue
+            if cgroup is not None and _cgroup_id(_cgroup_path(p, t)) != cgroup:
+                continue
+            out.setdefault(p, []).append(t)
+    return out
+
+
+def _few(items, n=5):
+    return ", ".join(repr(i) for i in items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_compatible(values):
+    """BadInput when two scopes given together exclude each other now: the run could see nothing.
+    (--comm or --cgroup alone may match later: that is a note, not an error.)"""
+    pid, tid, comm, cgroup = (values.get(k) for k in ("pid", "tid", "comm", "cgroup"))
+    if pid and tid:
+        owner = tgid_of(tid)
+        if owner != pid:
+            raise BadInput(f"--tid {tid} is a thread of process {owner}, not of --pid {pid}: the two scopes "
+                           "exclude each other", f"drop --pid, or give --pid {owner}")
+    if not (tid or pid):
+        return
+    what = f"--tid {tid}" if tid else f"--pid {pid}"
+    owner = tgid_of(tid) if tid else pid
+    tids = [tid] if tid else threads(pid)
+    if comm is not None:
+        seen = names(owner)
+        main = seen.get(owner, _comm(f"/proc/{owner}/comm"))
+        if not any(comm in (seen.get(t), main) for t in tids):
+            if tid:
+                named = f"is named {seen.get(tid)!r} and its process {main!r}"
+            else:
+                others = sorted({seen[t] for t in tids if t in seen} - {main})
+                named = f"is named {main!r}" + (f" and its threads {_few(others)}" if others else "")
+            raise BadInput(f"{what} {named}, not {comm!r}: --comm and {what.split()[0]} exclude each other",
+                           f"drop one of them, or give --comm {main}")
+    if cgroup is not None:
+        where = {t: _cgroup_path(owner, t) for t in tids}
+        if not any(_cgroup_id(rel) == cgroup for rel in where.values()):
+            shown = sorted({rel for rel in where.values() if rel})
+            raise BadInput(f"{what} is in cgroup {', '.join(shown) or '?'}, not in {_cgroup_shown(cgroup)} (kit "
+                           "matches that directory itself, not the cgroups below it): --cgroup and "
+                           f"{what.split()[0]} exclude each other",
+                           f"drop one of them, or give --cgroup {shown[0] if shown else 'DIR'}")
+
+
+def label(values):
+    """'comm=pay-svc cgroup=/sys/fs/cgroup/x': the process scopes of a run, as the user would write them."""
+    parts = []
+    for k in ("comm", "cgroup", "pid", "tid"):
+        v = values.get(k)
+        if v is not None:
+            parts.append(f"{k}={_cgroup_shown(v) if k == 'cgroup' else v}")
+    return " ".join(parts)
+
+
+def describe(values, waits=True):
+    """What a comm/cgroup scope matches now, as (text, {pid: [tid]}), or None for scopes that
+    name a live process or thread (checked already) or no scope at all. waits: processes that
+    start during the run are in scope too (false where probes went into the running ones only)."""
+    comm, cgroup = values.get("comm"), values.get("cgroup")
+    if comm is None and cgroup is None:
+        return None
+    found = matching(values)
+    scope = label(values)
+    if not found:
+        return (f"scope {scope} matches no running process or thread now" +
+                ("; kit waits for one to appear until the run ends" if waits else ""), found)
+    n = sum(len(t) for t in found.values())
+    pids = sorted(found)
+    shown = ", ".join(map(str, pids[:5])) + (f" and {len(pids) - 5} more" if len(pids) > 5 else "")
+    return (f"scope {scope} matches {n} thread{'s' if n != 1 else ''} of {len(pids)} "
+            f"process{'es' if len(pids) != 1 else ''} now (pid {shown})" +
+            ("; processes that start later are in scope too" if waits else ""), found)
