@@ -162,15 +162,20 @@ class System:
         return found
 
     def netns_name(self, inode):
-        """'' for the host's network namespace, a name from `ip netns` for a named one, else None."""
+        """'' for kit's own network namespace (where a plain `ip` runs), a name from `ip netns` for a named
+        one, else None."""
         try:
-            if os.stat("/proc/1/ns/net").st_ino == inode:
+            if os.stat("/proc/self/ns/net").st_ino == inode:
                 return ""
-            for n in sorted(os.listdir("/run/netns")):
+            names = sorted(os.listdir("/run/netns"))
+        except OSError:
+            return None
+        for n in names:
+            try:
                 if os.stat(f"/run/netns/{n}").st_ino == inode:
                     return n
-        except OSError:
-            pass
+            except OSError:  # one going away as we look
+                continue
         return None
 
     def own_mount_ns(self, pid):
