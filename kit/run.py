@@ -9,32 +9,15 @@ leaves a named probe in tracefs.
 """
 
 import dataclasses
-import importlib
 import signal
 import sys
 import time
 
-from kit import features, guard, hints, render, scope, teardown, uprobes
-from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
+from kit import __version__, features, guard, hints, prelude, render, scope, teardown, uprobes
+from kit.contract import Context, default_collect, hooks_of
+from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
 TICK = 0.25
-
-
-@dataclasses.dataclass
-class Context:
-    """Everything a recipe module sees: the recipe, the chosen hook, checked values."""
-    recipe: object
-    hook: object
-    values: dict
-    extra: dict = dataclasses.field(default_factory=dict)
-    state: dict = dataclasses.field(default_factory=dict)   # recipe-private (e.g. resolved binary)
-    notes: list = dataclasses.field(default_factory=list)   # shown under the results
-
-    def value(self, name):
-        v = self.values.get(name)
-        if v is None and name in self.recipe.params:
-            return self.recipe.params[name].default_value
-        return v
 
 
 @dataclasses.dataclass
@@ -49,22 +32,19 @@ class Options:
     progress: bool = None        # None: when stderr is a terminal
 
 
-def recipe_module(recipe):
-    return importlib.import_module(f"kit.recipes.{recipe.name}")
-
-
 def prepare(recipe, values, hook_type=None):
     """Everything up to (not including) compiling: returns (context, C text)."""
     hook = features.choose_hook(recipe, hook_type)
     ctx = Context(recipe=recipe, hook=hook, values=dict(values))
-    mod = recipe_module(recipe)
-    if hasattr(mod, "prepare"):
-        mod.prepare(ctx)
-    if hook.type in uprobes.HOOK_TYPES and "uprobes" not in ctx.state:
+    hooks = hooks_of(recipe)
+    if hooks.prepare:
+        hooks.prepare(ctx)
+    if hook.type in uprobes.HOOK_TYPES and not ctx.planned_uprobes:
         uprobes.plan(ctx)  # every symbol checked before anything attaches
-    if hasattr(mod, "extra"):
-        ctx.extra = mod.extra(ctx)
-    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    if hooks.extra:
+        ctx.extra = hooks.extra(ctx)
+    ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
+    text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
     return ctx, text
 
 
@@ -100,16 +80,6 @@ class _Stopper:
             signal.signal(s, h)
 
 
-def read_stats(bpf):
-    """Sum kit's per-CPU self-accounting counters."""
-    names = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
-    table = bpf["kit_stats"]
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = int(sum(table[table.Key(i)]))
-    return out
-
-
 def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep):
     """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching."""
     if opts.duration > recipe.duration_max:
@@ -130,19 +100,19 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.dry_run:
         code = ExitCode.REFUSED if estimate.get("verdict") == "refuse" else ExitCode.OK
         return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, code
-    mod = recipe_module(recipe)
+    hooks = hooks_of(recipe)
     result = None
     code = ExitCode.OK
     bpf = None
     with _Stopper() as stopper:
         try:
             bpf = compile_program(text, opts.debug)
-            if hasattr(mod, "attach"):
-                attached = mod.attach(ctx, bpf)
-            elif "uprobes" in ctx.state:
+            if hooks.attach:
+                attached = hooks.attach(ctx, bpf)
+            elif ctx.planned_uprobes:
                 attached = uprobes.attach(ctx, bpf)
             else:
-                attached = _auto_attached(bpf)
+                attached = prelude.auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
@@ -154,9 +124,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 elapsed = clock() - started
             else:
                 started, stopped_by, elapsed, meter, at_start = clock(), "signal", 0.0, None, None
-            stats = read_stats(bpf)
+            stats = prelude.read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
-            result.update(mod.collect(ctx, bpf))
+            result.update((hooks.collect or default_collect)(ctx, bpf))
             _note_scope_seen(ctx, result, at_start)
             result["notes"] = ctx.notes + result.get("notes", [])
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
@@ -165,15 +135,15 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
             try:
-                if bpf is not None and hasattr(mod, "detach"):
-                    mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
+                if bpf is not None and hooks.detach:
+                    hooks.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
             finally:  # a failing recipe hook must never keep the probes attached
                 if bpf is not None:
                     problems = teardown.detach_all(bpf)
                     if result is not None:
                         result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
-                if hasattr(mod, "cleanup"):
-                    mod.cleanup(ctx)
+                if hooks.cleanup:
+                    hooks.cleanup(ctx)
     if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
         try:
             result["hints"] = hints.compute(result)
@@ -183,13 +153,6 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             result["hints"] = []
             result["notes"].append(f"next steps could not be computed ({type(e).__name__}: {e})")
     return result, code
-
-
-def _auto_attached(bpf):
-    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {}))
-    if n == 0:
-        raise CompileError("the program compiled but attached no probe", "this is a template bug: check its hooks")
-    return f"{n} probe{'s' if n > 1 else ''}"
 
 
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
@@ -217,8 +180,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                           else f"kit: {trip}; detaching, partial results follow\n")
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
-                stats = read_stats(bpf)
-                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"] + stats["buffer_lost"]
+                stats = prelude.read_stats(bpf)
+                lost = prelude.lost(stats)
                 line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
                         f" | {lost} lost | {meter.progress()}")
                 err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
@@ -231,8 +194,9 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
 
 
 def _scope_now(ctx, err):
-    """Says what a --comm/--cgroup scope matches as the run starts (a name nobody has yet is waited for)."""
-    per_process = any(p.pid > 0 for p in ctx.state.get("uprobes_attached", []))
+    """Says what a --comm/--thread-comm/--cgroup scope matches as the run starts (a name nobody has yet is
+    waited for, except where uprobes went into the running processes only)."""
+    per_process = any(p.pid > 0 for p in ctx.attached_uprobes)
     now = scope.describe(ctx.values, waits=not per_process)
     if now is None:
         return None
@@ -242,8 +206,9 @@ def _scope_now(ctx, err):
 
 
 def _note_scope_seen(ctx, result, at_start):
-    """Says at the end whether anything in a --comm/--cgroup scope was seen: events the probe counted
-    in scope (KIT_EVENTS) or rows; and whether it still runs."""
+    """Says at the end whether anything in a --comm/--thread-comm/--cgroup scope was seen: events the
+    probe counted in scope (KIT_EVENTS) or rows; and whether any thread in it still runs (the run goes
+    on for its whole time when they exit: a new one may start)."""
     if at_start is None:
         return
     seen = result["events"] > 0 or bool(result.get("rows"))
@@ -252,11 +217,11 @@ def _note_scope_seen(ctx, result, at_start):
     result["scope_seen"] = {"at_start": sorted(at_start), "at_end": sorted(now), "events": result["events"],
                             "seen": seen}
     if not seen:
-        ctx.notes.append(f"nothing in scope {what} was seen during the run (0 events in scope"
+        ctx.notes.append(f"nothing in scope of {what} was seen during the run (0 events in scope"
                          f"{', and nothing matched when it started' if not at_start else ''})")
     elif not now:
-        ctx.notes.append(f"scope {what} was seen ({result['events']} events in scope) but matches no running "
-                         "process or thread any more")
+        ctx.notes.append(f"no thread in scope of {what} is running any more (the run went on for its whole "
+                         f"time; {result['events']} events in scope were seen)")
 
 
 def _start_time(pid):
@@ -269,15 +234,29 @@ def _start_time(pid):
     return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
+def catalog_version(path):
+    """The catalog's apiVersion and content hash: results of two catalogs merge only when these agree
+    (kit/merge.py), since a recipe's meaning can change with its entry or template."""
+    import hashlib
+    from kit.catalog import API_VERSION
+    try:
+        with open(path, "rb") as f:
+            return f"{API_VERSION}+{hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return f"{API_VERSION}+unknown"
+
+
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
-    params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
+    params = {k: (v if type(v) in (int, float, bool, str) else str(v))
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
     lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
             "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
+        "kit_version": __version__,
+        "catalog_version": catalog_version(recipe.source),
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
         "params": params,
         "scope": scope,
@@ -293,7 +272,3 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
         "rows": [],
         "histograms": {},
     }
-
-
-def describe_error(e: KitError):
-    return e.line()

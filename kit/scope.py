@@ -2,17 +2,20 @@
 
 The kernel filter (probes/kit_prelude.h) decides per event; this module answers
 the questions around it from /proc: which scopes cannot both hold, so the run
-could never see anything (bad input, before attaching), and what a --comm or
---cgroup scope matches now (a name nobody has yet is waited for, and said so).
+could never see anything (bad input, before attaching), and what a --comm,
+--thread-comm or --cgroup scope matches now (a name nobody has yet is waited
+for, and said so).
 
 A --comm matches a thread whose own name is NAME or whose process's name (its
-main thread's) is NAME: worker threads are often renamed. A --cgroup matches a
+main thread's) is NAME: worker threads are often renamed; --thread-comm only a
+thread's own name (targets.pids_by_comm, the prelude's rule). A --cgroup matches a
 thread in exactly that cgroup v2 directory (not the ones below it), as
 bpf_get_current_cgroup_id() does.
 """
 
 import os
 
+from kit import targets
 from kit.errors import BadInput
 from kit.params import cgroup2_roots
 from kit.targets import read_text
@@ -47,10 +50,6 @@ def tgid_of(tid):
         if line.startswith("Tgid:"):
             return int(line.split()[1])
     return None
-
-
-def thread_matches_comm(pid, tid, comm):
-    return comm in (_comm(f"/proc/{pid}/task/{tid}/comm"), _comm(f"/proc/{pid}/comm"))
 
 
 def _cgroup_path(pid, tid):
@@ -96,22 +95,21 @@ def processes():
 
 
 def matching(values):
-    """{pid: [tid, ...]} of the threads running now that a comm and/or cgroup scope takes in
-    (with pid/tid narrowing it when given too)."""
-    comm, cgroup = values.get("comm"), values.get("cgroup")
+    """{pid: [tid, ...]} of the threads running now that a --comm/--thread-comm and/or --cgroup scope
+    takes in (by kit_prelude.h's rule, targets.pids_by_comm), with --pid/--tid narrowing it when given."""
+    comm, thread_comm, cgroup = values.get("comm"), values.get("thread_comm"), values.get("cgroup")
     pid, tid = values.get("pid"), values.get("tid")
-    pids = [pid] if pid else ([tgid_of(tid)] if tid else processes())
+    if comm is not None or thread_comm is not None:
+        candidates = {s.pid: (s.tids or threads(s.pid)) for s in targets.pids_by_comm(comm, thread_comm)}
+    else:
+        candidates = {p: threads(p) for p in processes()}
+    want = pid or (tgid_of(tid) if tid else None)
     out = {}
-    for p in pids:
-        if p is None:
+    for p, tids in candidates.items():
+        if (pid or tid) and p != want:
             continue
-        main = _comm(f"/proc/{p}/comm")
-        if main is None:
-            continue
-        for t, name in names(p).items():
+        for t in tids:
             if tid and t != tid:
-                continue
-            if comm is not None and comm not in (name, main):
                 continue
             if cgroup is not None and _cgroup_id(_cgroup_path(p, t)) != cgroup:
                 continue
@@ -126,7 +124,7 @@ def _few(items, n=5):
 def check_compatible(values):
     """BadInput when two scopes given together exclude each other now: the run could see nothing.
     (--comm or --cgroup alone may match later: that is a note, not an error.)"""
-    pid, tid, comm, cgroup = (values.get(k) for k in ("pid", "tid", "comm", "cgroup"))
+    pid, tid, comm, thread_comm, cgroup = (values.get(k) for k in ("pid", "tid", "comm", "thread_comm", "cgroup"))
     if pid and tid:
         owner = tgid_of(tid)
         if owner != pid:
@@ -148,6 +146,13 @@ def check_compatible(values):
                 named = f"is named {main!r}" + (f" and its threads {_few(others)}" if others else "")
             raise BadInput(f"{what} {named}, not {comm!r}: --comm and {what.split()[0]} exclude each other",
                            f"drop one of them, or give --comm {main}")
+    if thread_comm is not None:
+        seen = names(owner)
+        if not any(seen.get(t) == thread_comm for t in tids):
+            named = (f"is named {seen.get(tid)!r}, not {thread_comm!r}" if tid else
+                     f"has no thread named {thread_comm!r} (its threads: {_few(sorted(set(seen.values())))})")
+            raise BadInput(f"{what} {named}: --thread-comm and {what.split()[0]} exclude each other",
+                           "drop one of them, or give --thread-comm one of those names")
     if cgroup is not None:
         where = {t: _cgroup_path(owner, t) for t in tids}
         if not any(_cgroup_id(rel) == cgroup for rel in where.values()):
@@ -159,21 +164,20 @@ def check_compatible(values):
 
 
 def label(values):
-    """'comm=pay-svc cgroup=/sys/fs/cgroup/x': the process scopes of a run, as the user would write them."""
-    parts = []
-    for k in ("comm", "cgroup", "pid", "tid"):
+    """"--comm 'pay-svc' --cgroup /sys/fs/cgroup/x": the process scopes of a run, as the user would write them."""
+    parts = [targets.scope_text(values.get("comm"), values.get("thread_comm"))]
+    for k in ("cgroup", "pid", "tid"):
         v = values.get(k)
         if v is not None:
-            parts.append(f"{k}={_cgroup_shown(v) if k == 'cgroup' else v}")
-    return " ".join(parts)
+            parts.append(f"--{k} {_cgroup_shown(v) if k == 'cgroup' else v}")
+    return " ".join(p for p in parts if p)
 
 
 def describe(values, waits=True):
     """What a comm/cgroup scope matches now, as (text, {pid: [tid]}), or None for scopes that
     name a live process or thread (checked already) or no scope at all. waits: processes that
     start during the run are in scope too (false where probes went into the running ones only)."""
-    comm, cgroup = values.get("comm"), values.get("cgroup")
-    if comm is None and cgroup is None:
+    if all(values.get(k) is None for k in ("comm", "thread_comm", "cgroup")):
         return None
     found = matching(values)
     scope = label(values)

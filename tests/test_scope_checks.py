@@ -82,6 +82,16 @@ def test_a_thread_matches_its_own_name_or_its_process_s(renamed_thread):
         scope.check_compatible({"tid": tid, "comm": "other"})
 
 
+def test_thread_comm_matches_a_thread_s_own_name_only(renamed_thread):
+    tid, name = renamed_thread
+    scope.check_compatible({"pid": os.getpid(), "thread_comm": name})
+    scope.check_compatible({"tid": tid, "thread_comm": name})
+    with pytest.raises(BadInput, match=f"--tid {tid} is named 'kit-scope-wrk', not {my_comm()!r}: --thread-comm"):
+        scope.check_compatible({"tid": tid, "thread_comm": my_comm()})  # its process's name is not its own
+    with pytest.raises(BadInput, match=f"--pid {os.getpid()} has no thread named 'kit-nobody'.*kit-scope-wrk"):
+        scope.check_compatible({"pid": os.getpid(), "thread_comm": "kit-nobody"})
+
+
 def test_a_cgroup_the_process_is_not_in_is_bad_input():
     roots = scope.cgroup2_roots()
     if not roots:
@@ -95,8 +105,8 @@ def test_a_cgroup_the_process_is_not_in_is_bad_input():
 def test_a_name_nobody_has_is_said_to_be_waited_for():
     text, found = scope.describe({"comm": "kit-nobody-xyz"})
     assert found == {}
-    assert text == ("scope comm=kit-nobody-xyz matches no running process or thread now; kit waits for one to "
-                    "appear until the run ends")
+    assert text == ("scope --comm 'kit-nobody-xyz' matches no running process or thread now; kit waits for one "
+                    "to appear until the run ends")
     text, _ = scope.describe({"comm": "kit-nobody-xyz"}, waits=False)
     assert "waits" not in text
 
@@ -120,6 +130,11 @@ def test_a_renamed_thread_of_another_process_is_matched_now_by_its_own_name():
         tid = int(p.stdout.readline())
         text, found = scope.describe({"comm": "kit-scope-kid"})
         assert found == {p.pid: [tid]} and f"matches 1 thread of 1 process now (pid {p.pid})" in text
+        text, found = scope.describe({"thread_comm": "kit-scope-kid"})
+        assert found == {p.pid: [tid]} and text.startswith("scope --thread-comm 'kit-scope-kid' matches 1 thread")
+        main = scope.names(p.pid)[p.pid]  # --comm of the process's name takes all its threads, --thread-comm one
+        assert tid in scope.matching({"comm": main, "pid": p.pid})[p.pid]
+        assert tid not in scope.matching({"thread_comm": main, "pid": p.pid}).get(p.pid, [])
     finally:
         p.stdin.close()
         p.wait()

@@ -210,9 +210,9 @@ def test_a_name_nobody_has_is_waited_for_and_the_end_says_nothing_was_seen(kerne
     kit.finish()
     assert kit.code == 0, kit.stderr
     res = kit.json()
-    assert f"scope comm={name} matches no running process or thread now; kit waits for one to appear" in kit.stderr
+    assert f"scope --comm {name!r} matches no running process or thread now; kit waits for one to appear" in kit.stderr
     assert res["events"] == 0 and res["rows"] == [] and res["hints"] == []
-    assert f"nothing in scope comm={name} was seen during the run (0 events in scope, and nothing matched when " \
+    assert f"nothing in scope of --comm {name!r} was seen during the run (0 events in scope, and nothing matched when " \
            "it started)" in res["notes"]
     assert not any("running any more" in n for n in res["notes"])
     assert res["scope_seen"] == {"at_start": [], "at_end": [], "events": 0, "seen": False}
@@ -231,11 +231,11 @@ def test_a_process_started_mid_run_is_seen_and_its_exit_is_said(kernel, no_lefto
     kit.finish()
     assert late.returncode == 0 and kit.code == 0, kit.stderr
     res = kit.json()
-    assert f"scope comm={name} matches no running process or thread now; kit waits" in kit.stderr
+    assert f"scope --comm {name!r} matches no running process or thread now; kit waits" in kit.stderr
     pid = {r["pid"] for r in res["rows"]}
     assert len(pid) == 1, res["rows"]  # one process, started after kit attached
     slept = sum(r["total_us"] for r in res["rows"]) / 1e6
     assert 0.9 <= slept <= wall, (slept, wall)  # `sleep 1` sleeps a second, inside what its parent timed
     assert res["events"] > 0 and res["scope_seen"]["seen"] and res["scope_seen"]["at_start"] == []
-    assert f"scope comm={name} was seen ({res['events']} events in scope) but matches no running process or " \
-           "thread any more" in res["notes"]
+    assert f"no thread in scope of --comm {name!r} is running any more (the run went on for its whole time; " \
+           f"{res['events']} events in scope were seen)" in res["notes"]
