@@ -3,8 +3,12 @@
 One function per recipe turns the result's rows into hints, each {"text", "command"}: the text
 names what the rows show (with the real pid, comm, function, host or flow) and the command is
 paste-ready, with the real pid and, for a lock, the lock functions the user stack names. A
-command is a kit command (valid as `kit ... --dry-run`) or, where kit has no recipe for the
-step, a standard tool (ip, getent, strace). Nothing in the rows that supports a step: no hint.
+command is a kit command or, where kit has no recipe for the step, a standard tool (ip,
+getent, strace). Both are written by kit/suggest.py's rules, as a refusal's ways out are
+(`Steps`): a kit line names a recipe and parameters of the catalog and every value passes
+kit's typed layer now (so it runs as `kit ... --dry-run`), and never kit itself; a tool's
+typed arguments (pid, address, host, netns) pass the same types. A value that fails: the
+hint keeps its text and has no command. Nothing in the rows that supports a step: no hint.
 
 What is not code is data below: the kernel frames that say why a thread waited, the lock calls
 and their unlock, the thresholds. The system is read through `System` (live /proc, ELF symbol
@@ -14,9 +18,8 @@ tables) so the rules are tested without a kernel.
 import dataclasses
 import os
 import re
-import shlex
 
-from kit import elf, targets
+from kit import elf, suggest, targets
 
 MIN_SHARE = 0.05        # a wait class under 5% of the off-CPU time gets no hint
 MAX_HINTS = 4
@@ -84,16 +87,33 @@ BLOCKING_SYSCALLS = {"read", "readv", "pread64", "preadv", "recvfrom", "recvmsg"
                      "accept", "accept4", "connect", "wait4", "waitid", "fsync", "fdatasync", "sync_file_range",
                      "write", "writev", "pwrite64", "sendto", "sendmsg", "flock", "msgrcv", "semop", "io_getevents",
                      "io_uring_enter", "sched_yield", "pause", "rt_sigtimedwait", "rt_sigsuspend"}
-HOST_RE = re.compile(r"[A-Za-z0-9._:-]{1,253}")
-SYSCALL_RE = re.compile(r"[a-z0-9_]{1,40}")
+SYSCALL_RE = re.compile(r"[a-z0-9_]{1,40}")   # no kit type names a syscall: bcc's names are these
 
 
-def hint(text, argv=None):
-    return {"text": text, "command": shlex.join(str(a) for a in argv) if argv else None}
+def hint(text, command=None):
+    return {"text": text, "command": command}
 
 
-def kit(*args):
-    return ["kit", *[str(a) for a in args]]
+class Steps:
+    """How a hint's command is written, by kit/suggest.py's rules (tests pass a catalog and a pid for
+    kit itself)."""
+
+    def __init__(self, recipes=None, me=None):
+        if recipes is None:
+            from kit import catalog
+            recipes = catalog.load()
+        self.recipes, self.me = recipes, (os.getpid() if me is None else me)
+
+    def kit(self, recipe, duration=None, **values):
+        """`kit run RECIPE --PARAM VALUE ...`, or None when the catalog or a value's type refuses it."""
+        return suggest.next_step(self.recipes, recipe, values, duration, me=self.me)
+
+    def tool(self, *words, typed=()):
+        """Another tool's command; typed: (kit type, value) pairs for the words that carry a pid, an
+        address, a host or a netns, each checked as kit checks its own parameters."""
+        if not all(suggest.value_ok(t, v, me=self.me) for t, v in typed):
+            return None
+        return suggest.shell_line(words)
 
 
 def fmt_us(us):
@@ -185,13 +205,13 @@ class System:
             return True
 
 
-def compute(result, system=None):
+def compute(result, system=None, steps=None):
     """The hints for a run's result: a list of {"text", "command"}, best first (maybe empty).
     Adds recipe-specific summaries to the result too (offcpu: result["waits"])."""
     rule = RULES.get(result.get("recipe"))
     if rule is None or not result.get("rows"):
         return []
-    return rule(result, system or System())[:MAX_HINTS]
+    return rule(result, system or System(), steps or Steps())[:MAX_HINTS]
 
 
 # --- offcpu ------------------------------------------------------------------------------------
@@ -257,8 +277,8 @@ def unlock_names(fn):
     return list(dict.fromkeys(out))
 
 
-def lockhold_argv(system, pid, call, frames):
-    """(argv, lock function shown) for lockhold on the lock a futex wait sits under."""
+def lockhold_command(system, steps, pid, call, frames):
+    """(command, lock function shown) for lockhold on the lock a futex wait sits under."""
     for fn in frames[:WRAPPER_DEPTH]:
         where = system.defining_file(pid, fn)
         if where is None:
@@ -266,18 +286,14 @@ def lockhold_argv(system, pid, call, frames):
         path, is_exe, open_path = where
         for unlock in unlock_names(fn):
             if system.defines(open_path, unlock):
-                argv = kit("run", "lockhold", "--pid", pid, "--lock", fn, "--unlock", unlock)
-                if not is_exe:
-                    argv += ["--binary", path]
-                return argv, f"its lock functions {fn} and {unlock} in {os.path.basename(path)}"
+                cmd = steps.kit("lockhold", pid=pid, lock=fn, unlock=unlock, binary=None if is_exe else path)
+                return cmd, f"its lock functions {fn} and {unlock} in {os.path.basename(path)}"
     lock, unlock = LOCK_CALLS[call]
-    argv = kit("run", "lockhold", "--pid", pid)
-    if (lock, unlock) != DEFAULT_LOCK:
-        argv += ["--lock", lock, "--unlock", unlock]
-    return argv + ["--stacks"], f"{lock}/{unlock}, with the stacks that take it"
+    pair = {} if (lock, unlock) == DEFAULT_LOCK else {"lock": lock, "unlock": unlock}
+    return steps.kit("lockhold", pid=pid, stacks=True, **pair), f"{lock}/{unlock}, with the stacks that take it"
 
 
-def _offcpu(result, system):
+def _offcpu(result, system, steps):
     rows = result["rows"]
     total = sum(r.get("total_us", 0) for r in rows)
     if total <= 0:
@@ -300,7 +316,7 @@ def _offcpu(result, system):
         share = round(c["us"] / total, 3)
         if share < MIN_SHARE or cls not in OFFCPU_HINTS:
             continue
-        h = OFFCPU_HINTS[cls](system, c, share)
+        h = OFFCPU_HINTS[cls](system, steps, c, share)
         if h:
             out.append((h[0], share, h[1]))
     # Tiers, then share: a contended lock first (its cause is inside the process, another of its threads
@@ -327,15 +343,15 @@ def _head(cls, share):
     return f"{LABELS[cls]} is {share:.0%} of the off-CPU time"
 
 
-def _lock_hint(system, c, share):
+def _lock_hint(system, steps, c, share):
     (pid, call, fn, _k), site = _top(c, lambda k: k[1] in LOCK_CALLS)
     if site is not None:
         text = (f"{_head('lock', share)}: {_who(system, pid, site)} waited {fmt_us(site['us'])} for a lock"
                 f"{' taken in ' + fn if fn else ''} ({call})")
         if not system.alive(pid):
             return 2, hint(text + f"; pid {pid} has exited, so there is no holder left to follow")
-        argv, shown = lockhold_argv(system, pid, call, site["frames"])
-        return 2, hint(text + f": who holds it, and for how long ({shown})", argv)
+        cmd, shown = lockhold_command(system, steps, pid, call, site["frames"])
+        return 2, hint(text + f": who holds it, and for how long ({shown})", cmd)
     (pid, call, fn, _k), site = _top(c, lambda k: k[1] in CONDITION_CALLS)
     if site is not None:
         return 0, hint(f"{_head('lock', share)}: {_who(system, pid, site)} waited {fmt_us(site['us'])} on a condition "
@@ -349,33 +365,33 @@ def _site_text(system, cls, share, c, verb):
     return pid, (f"{_head(cls, share)}: {_who(system, pid, site)} {verb} {fmt_us(site['us'])}"), fn, kfn
 
 
-def _peer_hint(system, c, share):
+def _peer_hint(system, steps, c, share):
     pid, text, fn, kfn = _site_text(system, "peer", share, c, "waited")
     kind = next((w for p, w in PEER_KIND.items() if kfn and kfn.startswith(p)), "a peer")
     text += f" on {kind} ({kfn}){' in ' + fn if fn else ''}: the peer's latency is the question"
     if not system.alive(pid):
         return 1, hint(text)
-    return 1, hint(text + "; how long each of its calls takes", kit("run", "syscalls", "--pid", pid, "--for", "10s"))
+    return 1, hint(text + "; how long each of its calls takes", steps.kit("syscalls", pid=pid, duration=10))
 
 
-def _disk_hint(system, c, share):
+def _disk_hint(system, steps, c, share):
     pid, text, fn, kfn = _site_text(system, "disk", share, c, "waited")
     text += f" for the disk ({kfn}){' in ' + fn if fn else ''}: `iostat -x 1` shows the device's queue and latency"
     if not system.alive(pid):
         return 1, hint(text)
-    return 1, hint(text + "; which of its syscalls wait", kit("run", "syscalls", "--pid", pid, "--for", "10s"))
+    return 1, hint(text + "; which of its syscalls wait", steps.kit("syscalls", pid=pid, duration=10))
 
 
-def _sleep_hint(system, c, share):
+def _sleep_hint(system, steps, c, share):
     _pid, text, fn, kfn = _site_text(system, "sleep", share, c, "slept")
     return 0, hint(text + f"{' in ' + fn if fn else ''} ({kfn}) by the code's own choice: a rate limit, "
                    "back-off or poll interval, not a resource")
 
 
-def _runqueue_hint(system, c, share):
+def _runqueue_hint(system, steps, c, share):
     _pid, text, _fn, _kfn = _site_text(system, "runqueue", share, c, "waited")
     return 1, hint(text + " for a CPU (preempted while runnable): the CPUs are busy; see who uses them",
-                   ["top", "-b", "-n", "1", "-o", "%CPU"])
+                   steps.tool("top", "-b", "-n", "1", "-o", "%CPU"))
 
 
 OFFCPU_HINTS = {"lock": _lock_hint, "peer": _peer_hint, "disk": _disk_hint, "sleep": _sleep_hint,
@@ -390,17 +406,17 @@ def waits_line(result):
 
 # --- tcpretrans --------------------------------------------------------------------------------
 
-def _ip(system, row, *args):
+def _ip(system, steps, row, *args, typed=()):
     """`ip ... ` run where the flow lives: its named network namespace, or its owner's."""
     ns = system.netns_name(row.get("netns")) if row.get("netns") else ""
     if ns:
-        return ["ip", "-n", ns, *args]
+        return steps.tool("ip", "-n", ns, *args, typed=(("netns", ns), *typed))
     if ns is None and row.get("pid") and system.alive(row["pid"]):
-        return ["nsenter", "-t", row["pid"], "-n", "ip", *args]
-    return ["ip", *args]
+        return steps.tool("nsenter", "-t", row["pid"], "-n", "ip", *args, typed=(("pid", row["pid"]), *typed))
+    return steps.tool("ip", *args, typed=typed)
 
 
-def _tcpretrans(result, system):
+def _tcpretrans(result, system, steps):
     rows = [r for r in result["rows"] if r.get("count")]
     if not rows:
         return []
@@ -414,7 +430,7 @@ def _tcpretrans(result, system):
     if len(flows) > 1 and "addr" not in (result.get("scope") or {}):
         out.append(hint(f"{len(flows)} flows to {daddr} retransmit ({n} of {total} retransmits): that peer, or the "
                         "link to it, drops packets; follow that address alone",
-                        kit("run", "tcpretrans", "--addr", daddr, "--for", "30s")))
+                        steps.kit("tcpretrans", addr=daddr, duration=30)))
     top = rows[0]
     flow = f"{top['saddr']}:{top['sport']} -> {top['daddr']}:{top['dport']}"
     failed = f", {top['failed']} failed" if top.get("failed") else ""
@@ -422,15 +438,16 @@ def _tcpretrans(result, system):
         out.append(hint(f"{flow} retransmitted {plural(top['count'], 'time')}{failed}; its owner is "
                         f"{top.get('comm') or '?'} (pid {top['pid']}): where the owner waits while its packets are "
                         "lost",
-                        kit("run", "offcpu", "--pid", top["pid"], "--for", "20s")))
+                        steps.kit("offcpu", pid=top["pid"], duration=20)))
     out.append(hint(f"{flow}: check the path to {top['daddr']} (the route and its device, then that device's "
-                    "drop counters with `ip -s link`)", _ip(system, top, "route", "get", top["daddr"])))
+                    "drop counters with `ip -s link`)",
+                    _ip(system, steps, top, "route", "get", top["daddr"], typed=(("ipaddr", top["daddr"]),))))
     return out
 
 
 # --- getaddrinfo -------------------------------------------------------------------------------
 
-def _getaddrinfo(result, system):
+def _getaddrinfo(result, system, steps):
     rows = result["rows"]
     out = []
     slow = [r for r in rows if r.get("max_us", 0) >= SLOW_LOOKUP_US]
@@ -440,11 +457,11 @@ def _getaddrinfo(result, system):
                 f"{fmt_us(r['max_us'])} (avg {fmt_us(r['avg_us'])}, {plural(r['count'], 'call')})")
         if system.alive(r["pid"]):
             out.append(hint(text + ": where the caller waits during them",
-                            kit("run", "offcpu", "--pid", r["pid"], "--for", "20s")))
+                            steps.kit("offcpu", pid=r["pid"], duration=20)))
             if system.threads(r["pid"]) > 1:
                 out.append(hint(f"pid {r['pid']} has {system.threads(r['pid'])} threads: a lookup made while holding a "
                                 "lock stalls every thread that wants it; are its locks held that long?",
-                                kit("run", "lockhold", "--pid", r["pid"], "--stacks")))
+                                steps.kit("lockhold", pid=r["pid"], stacks=True)))
         else:
             out.append(hint(text))
     failing = [r for r in rows if r.get("failed")]
@@ -452,12 +469,16 @@ def _getaddrinfo(result, system):
         r = max(failing, key=lambda r: (r["failed"], r["count"]))
         text = (f"{r['failed']} of {plural(r['count'], 'lookup')} of {r['host'] or '(no host)'} by {r['comm']} "
                 f"(pid {r['pid']}) failed")
-        if r["host"] and HOST_RE.fullmatch(r["host"]):
-            argv = ["getent", "ahosts", r["host"]]
+        cmd = None
+        if r["host"]:
+            words, typed = ["getent", "ahosts", r["host"]], [("hostname", r["host"])]
             if system.alive(r["pid"]) and not system.own_mount_ns(r["pid"]):
-                argv = ["nsenter", "-t", r["pid"], "-m", *argv]  # the process's own /etc/hosts and resolv.conf
+                # the process's own /etc/hosts and resolv.conf
+                words, typed = ["nsenter", "-t", r["pid"], "-m", *words], typed + [("pid", r["pid"])]
+            cmd = steps.tool(*words, typed=typed)
+        if cmd:
             out.append(hint(text + ": does the resolver fail the same way outside the program? (then check "
-                            "/etc/resolv.conf, /etc/nsswitch.conf and the DNS server)", argv))
+                            "/etc/resolv.conf, /etc/nsswitch.conf and the DNS server)", cmd))
         else:
             out.append(hint(text + ": check /etc/resolv.conf, /etc/nsswitch.conf and the DNS server"))
     return out
@@ -465,19 +486,18 @@ def _getaddrinfo(result, system):
 
 # --- lockhold ----------------------------------------------------------------------------------
 
-def _lockhold_argv(result, pid, *extra):
+def _lockhold_command(result, steps, pid, **extra):
+    """lockhold again on the same lock (the run's own --binary, --lock and --unlock)."""
     params = result.get("params") or {}
-    argv = kit("run", "lockhold", "--pid", pid)
-    if params.get("binary"):
-        argv += ["--binary", params["binary"]]
-    if params.get("lock") and params["lock"] != DEFAULT_LOCK[0]:
-        argv += ["--lock", params["lock"]]
-    if params.get("unlock") and params["unlock"] != DEFAULT_LOCK[1]:
-        argv += ["--unlock", params["unlock"]]
-    return argv + list(extra)
+    same = {k: params[k] for k in ("binary", "lock", "unlock") if params.get(k)}
+    if same.get("lock") == DEFAULT_LOCK[0]:
+        del same["lock"]
+    if same.get("unlock") == DEFAULT_LOCK[1]:
+        del same["unlock"]
+    return steps.kit("lockhold", pid=pid, **same, **extra)
 
 
-def _lockhold(result, system):
+def _lockhold(result, system, steps):
     holds = [r for r in result["rows"] if r.get("what") == "hold" and r.get("max_us", 0) >= LONG_HOLD_US]
     if not holds:
         return []
@@ -490,18 +510,18 @@ def _lockhold(result, system):
         return [hint(text + f"; pid {pid} has exited")]
     out = []
     if not (result.get("params") or {}).get("stacks"):
-        out.append(hint(text + ": which code path takes it for that long", _lockhold_argv(result, pid, "--stacks")))
+        out.append(hint(text + ": which code path takes it for that long", _lockhold_command(result, steps, pid, stacks=True)))
     calls = sorted(system.imports(pid, RESOLVER_CALLS))
     if calls:
         out.append(hint(f"pid {pid}'s program calls {', '.join(calls)}: a name lookup inside the lock would explain "
                         f"holds of {fmt_us(r['max_us'])}; how slow are its lookups?",
-                        kit("run", "getaddrinfo", "--pid", pid, "--for", "20s")))
+                        steps.kit("getaddrinfo", pid=pid, duration=20)))
     return out
 
 
 # --- syscalls ----------------------------------------------------------------------------------
 
-def _syscalls(result, system):
+def _syscalls(result, system, steps):
     per_pid = {}
     for r in result["rows"]:
         per_pid.setdefault(r["pid"], []).append(r)
@@ -519,14 +539,15 @@ def _syscalls(result, system):
         if total > 0 and c["ms"] / total >= SYSCALL_SHARE and name in BLOCKING_SYSCALLS and system.alive(pid):
             out.append(hint(f"{c['comm']} (pid {pid}) spends {c['ms'] / total:.0%} of its syscall time in {name} "
                             f"({plural(c['count'], 'call')}, {c['ms']:.1f} ms, longest {fmt_us(c['max_us'])}): "
-                            "where it waits, by stack", kit("run", "offcpu", "--pid", pid, "--for", "20s")))
+                            "where it waits, by stack", steps.kit("offcpu", pid=pid, duration=20)))
     errs = [r for r in result["rows"] if r.get("errors") and r["errors"] / max(r["count"], 1) >= ERROR_SHARE]
     if errs:
         r = max(errs, key=lambda r: r["errors"])
         if SYSCALL_RE.fullmatch(r["syscall"]) and system.alive(r["pid"]):
             out.append(hint(f"{r['syscall']} failed {r['errors']} of {plural(r['count'], 'time')} in {r['comm']} "
                             f"(pid {r['pid']}): its arguments and errors, for a few seconds",
-                            ["timeout", "5", "strace", "-f", "-e", f"trace={r['syscall']}", "-p", r["pid"]]))
+                            steps.tool("timeout", "5", "strace", "-f", "-e", f"trace={r['syscall']}", "-p", r["pid"],
+                                       typed=(("pid", r["pid"]),))))
     return out
 
 

@@ -146,13 +146,24 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                     hooks.cleanup(ctx)
     if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
         try:
-            result["hints"] = hints.compute(result)
+            result["hints"] = hints.compute(result, steps=hints.Steps(_catalog_of(recipe)))
         except Exception as e:  # a hint is advice: a bug in one must not cost the results
             if opts.debug:
                 raise
             result["hints"] = []
             result["notes"].append(f"next steps could not be computed ({type(e).__name__}: {e})")
     return result, code
+
+
+def _catalog_of(recipe):
+    """The catalog a recipe came from, for next steps that name its other recipes (just this one when
+    it came from text rather than a file)."""
+    from kit import catalog
+    from kit.errors import KitError
+    try:
+        return catalog.load(recipe.source)
+    except KitError:
+        return {recipe.name: recipe}
 
 
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):

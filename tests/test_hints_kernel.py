@@ -112,7 +112,7 @@ def test_long_holds_in_a_program_that_resolves_names_lead_to_stacks_and_getaddri
         assert nm(binary, dynamic=True).get("getaddrinfo") == "U"  # the program calls the resolver
         cmds = [h["command"] for h in res["hints"]]
         assert cmds == [f"kit run lockhold --pid {w.pid} --lock pool_lock --unlock pool_unlock --stacks",
-                        f"kit run getaddrinfo --pid {w.pid} --for 20s"], res["hints"]
+                        f"kit run getaddrinfo --pid {w.pid}"], res["hints"]
         for cmd in cmds:
             dry_run_ok(cmd)
     finally:
@@ -154,7 +154,7 @@ def test_a_retransmitting_flow_leads_to_its_owner_and_a_route_the_namespace_has(
 
         _cport, delta = retrans.provoke(ns, port=5611, hold=hold)
     assert delta >= 3
-    assert seen["cmds"] == [f"kit run offcpu --pid {seen['pid']} --for 20s", f"ip -n {ns} route get 127.0.0.1"]
+    assert seen["cmds"] == [f"kit run offcpu --pid {seen['pid']}", f"ip -n {ns} route get 127.0.0.1"]
     assert f"retransmitted {delta} times" in seen["res"]["hints"][0]["text"]
     assert seen["route"][0] == 0 and "dev lo" in seen["route"][1]
 
@@ -180,7 +180,7 @@ def test_a_dominant_sleep_and_a_failing_syscall_lead_to_offcpu_and_strace(kernel
         res = kit.finish().json()
         assert kit.code == 0, kit.stderr
         cmds = [h["command"] for h in res["hints"]]
-        assert cmds == [f"kit run offcpu --pid {pid} --for 20s", f"timeout 5 strace -f -e trace=close -p {pid}"]
+        assert cmds == [f"kit run offcpu --pid {pid}", f"timeout 5 strace -f -e trace=close -p {pid}"]
         assert "clock_nanosleep" in res["hints"][0]["text"]
         dry_run_ok(cmds[0])
         trace = subprocess.run(shlex.split(cmds[1]), capture_output=True, text=True)
