@@ -26,6 +26,14 @@ MAX_HINTS = 4
 LONG_HOLD_US = 1000     # lockhold: a hold this long is worth its holder stack
 SLOW_LOOKUP_US = 100000  # getaddrinfo: a lookup this slow stalls its caller visibly
 SYSCALL_SHARE = 0.5     # syscalls: one syscall with this share of a process's syscall time dominates
+SLOW_IO_AVG_US = 5000   # biolatency: requests this slow on average are slow for any disk (an SSD's p99 is less)
+SLOW_IO_MAX_US = 50000  # biolatency: or one request this slow
+SLOW_CONNECT_MS = 200   # tcplife: a connect this slow lost a SYN or SYN-ACK (the first resend waits 1 s) or queued
+REFUSED_MS = 1000       # tcplife: a connect that failed sooner was reset (refused), not timed out
+MANY_CONNS = 5          # tcplife: this many connections from one process to one remote...
+SHORT_MS = 1000         # ...living a median this short: one connection per request
+OPEN_FAILS = 3          # opensnoop: a process failing this many opens (and ERROR_SHARE of them) is worth a step
+SEARCH_DIRS = 3         # opensnoop: one missing name tried in this many directories is a search path
 ERROR_SHARE = 0.1       # syscalls: a syscall failing this often is worth its arguments
 
 # Why a thread waited, by the kernel frames of its off-CPU stack. A stack's class is that of its
@@ -197,6 +205,13 @@ class System:
             except OSError:  # one going away as we look
                 continue
         return None
+
+    def exe(self, pid):
+        """The process's executable, as /proc shows it (None once gone or for a kernel thread)."""
+        try:
+            return os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            return None
 
     def own_mount_ns(self, pid):
         try:
@@ -510,7 +525,8 @@ def _lockhold(result, system, steps):
         return [hint(text + f"; pid {pid} has exited")]
     out = []
     if not (result.get("params") or {}).get("stacks"):
-        out.append(hint(text + ": which code path takes it for that long", _lockhold_command(result, steps, pid, stacks=True)))
+        out.append(hint(text + ": which code path takes it for that long",
+                        _lockhold_command(result, steps, pid, stacks=True)))
     calls = sorted(system.imports(pid, RESOLVER_CALLS))
     if calls:
         out.append(hint(f"pid {pid}'s program calls {', '.join(calls)}: a name lookup inside the lock would explain "
@@ -551,8 +567,251 @@ def _syscalls(result, system, steps):
     return out
 
 
+# --- where a flow lives ------------------------------------------------------------------------
+
+def _netns_of(system, row):
+    """(kit's --netns value or None for kit's own namespace, words that run a command there or None).
+    A named namespace is its name; an unnamed one its owner's pid while it lives; else unknown."""
+    inode = row.get("netns")
+    ns = system.netns_name(inode) if inode else ""
+    if ns:
+        return ns, ["ip", "netns", "exec", ns]
+    if ns is None and row.get("pid") and system.alive(row["pid"]):
+        return row["pid"], ["nsenter", "-t", row["pid"], "-n"]
+    return (None, []) if ns == "" else (False, None)
+
+
+def _there(system, steps, row, *words, typed=()):
+    """A tool's command run in the flow's network namespace (None when kit cannot say how to get there)."""
+    ns, prefix = _netns_of(system, row)
+    if prefix is None:
+        return None
+    if ns:
+        typed = (("netns", ns), *typed)
+    return steps.tool(*prefix, *words, typed=typed)
+
+
+def _flow_step(system, steps, recipe, row, **values):
+    """kit RECIPE on one flow, with --netns where it lives elsewhere (None when that is unknown)."""
+    ns, prefix = _netns_of(system, row)
+    if prefix is None:
+        return None
+    return steps.kit(recipe, netns=ns or None, **values)
+
+
+# --- biolatency --------------------------------------------------------------------------------
+
+def _biolatency(result, system, steps):
+    groups = {}
+    for r in result["rows"]:
+        if not r.get("count"):
+            continue
+        g = groups.setdefault((r["disk"], r["op"]), {"count": 0, "ms": 0.0, "max_us": 0.0, "errors": 0, "by": {}})
+        g["count"] += r["count"]
+        g["ms"] += r.get("total_ms") or 0.0
+        g["max_us"] = max(g["max_us"], r.get("max_us") or 0.0)
+        g["errors"] += r.get("errors") or 0
+        who = g["by"].setdefault(r.get("pid") or 0, {"comm": r.get("comm") or "?", "ms": 0.0, "count": 0})
+        who["ms"] += r.get("total_ms") or 0.0
+        who["count"] += r["count"]
+    if not groups:
+        return []
+    out = []
+    failing = [(k, g) for k, g in groups.items() if g["errors"]]
+    if failing:
+        (disk, op), g = max(failing, key=lambda kg: kg[1]["errors"])
+        out.append(hint(f"{g['errors']} of {plural(g['count'], op + ' request')} to {disk} failed: the kernel log "
+                        "names the device's error and the sectors", steps.tool("dmesg", "--level=err,warn")))
+    total_ms = sum(g["ms"] for g in groups.values())
+    (disk, op), g = max(groups.items(), key=lambda kg: kg[1]["ms"])
+    avg_us = g["ms"] * 1000 / g["count"]
+    head = (f"{op}s to {disk}: {plural(g['count'], 'request')}, {g['ms'] / total_ms:.0%} of the device time "
+            f"(avg {fmt_us(avg_us)}, max {fmt_us(g['max_us'])})" if total_ms > 0 else
+            f"{op}s to {disk}: {plural(g['count'], 'request')}")
+    slow = avg_us >= SLOW_IO_AVG_US or g["max_us"] >= SLOW_IO_MAX_US
+    users = sorted(((pid, w) for pid, w in g["by"].items() if pid and not suggest.is_kthread(pid)),
+                   key=lambda pw: -pw[1]["ms"])
+    if not users:
+        out.append(hint(head + ", issued by kernel threads (writeback, the journal): the processes that dirtied "
+                        "the data are not known when it is written"))
+        return out
+    pid, w = users[0]
+    share = w["ms"] / g["ms"] if g["ms"] > 0 else w["count"] / g["count"]
+    who = f"{w['comm']} (pid {pid}) issued {w['count']} of them ({share:.0%} of their time)"
+    if not system.alive(pid):
+        out.append(hint(f"{head}; {who} and has exited"))
+        return out
+    if slow:
+        out.append(hint(f"{head}, slow for any disk; {who}: how long its threads wait on them",
+                        steps.kit("offcpu", pid=pid)))
+        out.append(hint(f"which files {w['comm']} (pid {pid}) opens: the data behind those slow {op}s",
+                        steps.kit("opensnoop", pid=pid)))
+    else:
+        out.append(hint(f"{head}: the device answers fast, so the disk is not what is slow; {who}: where it waits "
+                        "instead", steps.kit("offcpu", pid=pid)))
+    return out
+
+
+# --- drops -------------------------------------------------------------------------------------
+
+def _drops(result, system, steps):
+    rows = [r for r in result["rows"] if r.get("count")]
+    if not rows:
+        return []
+    total = sum(r["count"] for r in rows)
+    by_reason = {}
+    for r in rows:
+        by_reason.setdefault(r.get("reason") or "", []).append(r)
+    reason, rrows = max(by_reason.items(), key=lambda kv: sum(r["count"] for r in kv[1]))
+    n = sum(r["count"] for r in rrows)
+    top = max(rrows, key=lambda r: r["count"])
+    flow = (f"{top['proto']} {top['saddr']}:{top['sport']} -> {top['daddr']}:{top['dport']}"
+            if top.get("proto") else "packets without a flow kit could read")
+    head = (f"{reason or 'drops in ' + (top.get('location') or '?')} is {n} of {plural(total, 'drop')}, most of them "
+            f"{flow} ({top['count']}, in {top.get('location') or '?'})")
+    out = []
+    tcp = top.get("proto") == "tcp" and top.get("dport")
+    if reason == "NETFILTER_DROP":
+        out.append(hint(head + ": a firewall rule drops them; the ruleset's counters name the rule",
+                        _there(system, steps, top, "nft", "list", "ruleset")))
+    elif reason == "NO_SOCKET" and top.get("dport"):
+        if tcp:
+            out.append(hint(head + f": nothing listens on tcp port {top['dport']}; who tries to connect to it",
+                            _flow_step(system, steps, "tcplife", top, port=top["dport"])))
+        else:
+            out.append(hint(head + f": nothing listens on {top['proto']} port {top['dport']}; what does listen there",
+                            _there(system, steps, top, "ss", "-lnup" if top["proto"] == "udp" else "-lnp")))
+    else:
+        out.append(hint(head))
+    if tcp:
+        out.append(hint(f"TCP sends a dropped segment again: does {top['daddr']}:{top['dport']} retransmit, and "
+                        "whose flow is it", _flow_step(system, steps, "tcpretrans", top, addr=top["daddr"],
+                                                       port=top["dport"])))
+    ns, _prefix = _netns_of(system, top)
+    if ns and "netns" not in (result.get("scope") or {}) and n * 2 > total:
+        out.append(hint(f"the drops are in network namespace {ns}: follow it alone",
+                        steps.kit("drops", netns=ns)))
+    return out
+
+
+# --- tcplife -----------------------------------------------------------------------------------
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else 0
+
+
+def _tcplife(result, system, steps):
+    remotes = {}
+    for r in result["rows"]:
+        if r.get("side") == "client":
+            remotes.setdefault((r["daddr"], r["dport"], r.get("netns")), []).append(r)
+    out = []
+    # connects that failed: at once (a reset: refused) or after SYN resends (timed out)
+    failed = {k: [r for r in rs if r.get("state") == "closed" and not r.get("established")]
+              for k, rs in remotes.items()}
+    failed = {k: f for k, f in failed.items() if f}
+    if failed:
+        (daddr, dport, _ns), f = max(failed.items(), key=lambda kv: len(kv[1]))
+        r0 = f[0]
+        who = f" by {r0['comm']} (pid {r0['pid']})" if r0.get("pid") else ""
+        slowest = max(r["duration_ms"] for r in f)
+        n_all = len(remotes[(daddr, dport, _ns)])
+        if slowest < REFUSED_MS:
+            out.append(hint(f"{len(f)} of {plural(n_all, 'connect')}{who} to {daddr}:{dport} failed within "
+                            f"{fmt_us(slowest * 1000)}, so they were reset: nothing listens on port {dport} there, "
+                            "or a firewall rejects them; what listens",
+                            _there(system, steps, r0, "ss", "-ltn", f"sport = :{dport}", typed=(("port", dport),))))
+        else:
+            out.append(hint(f"{len(f)} of {plural(n_all, 'connect')}{who} to {daddr}:{dport} failed after up to "
+                            f"{slowest / 1000:.1f} s, so their SYNs went unanswered: are they resent, and is anything "
+                            "else to it lost", _flow_step(system, steps, "tcpretrans", r0, addr=daddr, port=dport)))
+    # connects that established slowly
+    slow = {k: [r for r in rs if (r.get("connect_ms") or 0) >= SLOW_CONNECT_MS] for k, rs in remotes.items()}
+    slow = {k: v for k, v in slow.items() if v}
+    if slow:
+        (daddr, dport, _ns), v = max(slow.items(), key=lambda kv: len(kv[1]))
+        worst = max(r["connect_ms"] for r in v)
+        n_est = sum(1 for r in remotes[(daddr, dport, _ns)] if r.get("established"))
+        out.append(hint(f"{len(v)} of {plural(n_est, 'connection')} to {daddr}:{dport} took over {SLOW_CONNECT_MS} ms "
+                        f"to establish (up to {worst:.0f} ms): a SYN or SYN-ACK was lost and resent (the first resend "
+                        "waits 1 s), or the server's accept queue was full; are they resent",
+                        _flow_step(system, steps, "tcpretrans", v[0], addr=daddr, port=dport)))
+    # many short connections from one process to one remote, each connecting fast
+    churn = []
+    for (daddr, dport, _ns), rs in remotes.items():
+        per_pid = {}
+        for r in rs:
+            if r.get("pid") and r.get("established") and r.get("state") == "closed":
+                per_pid.setdefault(r["pid"], []).append(r)
+        for pid, conns in per_pid.items():
+            life = _median(r["duration_ms"] for r in conns)
+            slowest = max((r.get("connect_ms") or 0) for r in conns)
+            if len(conns) >= MANY_CONNS and life <= SHORT_MS and slowest < SLOW_CONNECT_MS:
+                churn.append((len(conns), pid, conns[0]["comm"], daddr, dport, life, slowest))
+    if churn:
+        n, pid, comm, daddr, dport, life, slowest = max(churn)
+        out.append(hint(f"{comm} (pid {pid}) opened {n} connections to {daddr}:{dport} that lived a median "
+                        f"{life:.0f} ms (one per request: no pool, or a broken one); they connect fast (at most "
+                        f"{slowest:.1f} ms), so if its requests are slow to start the time goes before the SYN: its "
+                        "name lookups", steps.kit("getaddrinfo", pid=pid) if system.alive(pid) else None))
+    return out
+
+
+# --- opensnoop ---------------------------------------------------------------------------------
+
+def _opensnoop(result, system, steps):
+    per_pid = {}
+    for r in result["rows"]:
+        p = per_pid.setdefault(r["pid"], {"comm": r.get("comm") or "?", "opens": 0, "errs": {}})
+        p["opens"] += r["count"]
+        if r.get("error"):
+            e = p["errs"].setdefault(r["error"], {})
+            e[r["path"]] = e.get(r["path"], 0) + r["count"]
+    cands = [(pid, p, sum(sum(e.values()) for e in p["errs"].values())) for pid, p in per_pid.items()]
+    cands = [c for c in cands if c[2] >= OPEN_FAILS and c[2] / max(c[1]["opens"], 1) >= ERROR_SHARE]
+    if not cands:
+        return []
+    pid, p, nfail = max(cands, key=lambda c: c[2])
+    alive = system.alive(pid)
+    exe = system.exe(pid) if alive else None
+    who = f"{p['comm']} (pid {pid}{', ' + exe if exe else ''})"
+    out = []
+    for errno_name, paths in sorted(p["errs"].items(), key=lambda kv: -sum(kv[1].values()))[:2]:
+        n = sum(paths.values())
+        path, k = max(paths.items(), key=lambda kv: kv[1])
+        shown = f"{path} ({k}x)" if len(paths) > 1 else path
+        head = f"{who} failed {n} of {plural(p['opens'], 'open')} with {errno_name}"
+        stacks = (steps.tool("timeout", "5", "strace", "-f", "-k", "-e", "trace=open,openat,openat2",
+                             "-e", "status=failed", "-p", pid, typed=(("pid", pid),)) if alive else None)
+        if errno_name == "ENOENT":
+            names = {}
+            for q in paths:
+                d, _sep, base = q.rstrip("/").rpartition("/")
+                names.setdefault(base, set()).add(d)
+            base, dirs = max(names.items(), key=lambda kv: len(kv[1]))
+            if len(dirs) >= SEARCH_DIRS:
+                out.append(hint(f"{head}, looking for {base} in {len(dirs)} directories: a search path (PATH, "
+                                "LD_LIBRARY_PATH, a module or config path) that misses; which code in it searches, "
+                                "by stack", stacks))
+            else:
+                out.append(hint(f"{head}, most {shown}: a file it expects is missing (a config, a socket, a "
+                                "path it was given); which code asks for it, by stack", stacks))
+        elif errno_name in ("EACCES", "EPERM"):
+            ok = path.startswith("/") and not path.endswith("...")
+            out.append(hint(f"{head}, most {shown}: permissions on the way to it, or a security module; the owner and "
+                            "mode of every directory on its path", steps.tool("namei", "-l", path) if ok else None))
+        elif errno_name in ("EMFILE", "ENFILE"):
+            out.append(hint(f"{head}: it is out of file descriptors (EMFILE: its own limit); its limit",
+                            steps.tool("prlimit", "--pid", pid, "--nofile", typed=(("pid", pid),)) if alive else None))
+        else:
+            out.append(hint(f"{head}, most {shown}: which code asks, by stack", stacks))
+    return out
+
+
 RULES = {"offcpu": _offcpu, "tcpretrans": _tcpretrans, "getaddrinfo": _getaddrinfo, "lockhold": _lockhold,
-         "syscalls": _syscalls}
+         "syscalls": _syscalls, "biolatency": _biolatency, "drops": _drops, "tcplife": _tcplife,
+         "opensnoop": _opensnoop}
 
 
 def text(result):

@@ -27,7 +27,8 @@ K_PREEMPTED_IN_PIPE = ["__schedule", "preempt_schedule_irq", "irqentry_exit", "a
 
 class FakeSystem:
     def __init__(self, alive=(ME,), names=None, threads=None, files=None, defines=(), imports=None, netns=None,
-                 own_mnt=True):
+                 own_mnt=True, exe=None):
+        self._exe = exe or {}
         self._alive = set(alive)
         self._names = names or {}
         self._threads = threads or {}
@@ -60,6 +61,9 @@ class FakeSystem:
 
     def own_mount_ns(self, pid):
         return self._own_mnt
+
+    def exe(self, pid):
+        return self._exe.get(pid)
 
 
 def row(tid, us, kstack, ustack, mods, comm="pay-svc", pid=ME):
@@ -354,6 +358,150 @@ def test_a_dominant_blocking_syscall_leads_to_offcpu_and_a_failing_one_to_strace
 def test_a_dominant_syscall_that_does_not_block_and_rare_errors_get_no_hint():
     res = {"recipe": "syscalls", "rows": [call("getppid", 20000, 30.0), call("openat", 1000, 1.0, errors=3)]}
     assert compute(res, FakeSystem()) == []
+
+
+# --- biolatency -------------------------------------------------------------------------------
+
+def io(op, count, total_ms, max_us, pid=ME, comm="dio", disk="loop3", errors=0):
+    return {"disk": disk, "op": op, "pid": pid, "comm": comm, "count": count, "bytes": 8192 * count,
+            "errors": errors, "total_ms": total_ms, "avg_us": total_ms * 1000 / count, "max_us": max_us}
+
+
+def test_slow_requests_lead_to_the_issuer_s_waits_and_its_files():
+    res = {"recipe": "biolatency", "rows": [io("read", 40, 400.0, 30_000), io("write", 10, 5.0, 900),
+                                            io("read", 2, 10.0, 6000, pid=0, comm="kworker/u4:1")]}
+    got = compute(res, FakeSystem())
+    assert "reads to loop3: 42 requests, 99% of the device time (avg 9.8 ms, max 30.0 ms), slow" in got[0]["text"]
+    assert f"dio (pid {ME}) issued 40 of them (98% of their time)" in got[0]["text"]
+    assert [h["command"] for h in got] == [f"kit run offcpu --pid {ME}", f"kit run opensnoop --pid {ME}"]
+    for h in got:
+        assert_valid_kit_command(h["command"])
+
+
+def test_fast_requests_say_the_disk_is_not_what_is_slow():
+    got = compute({"recipe": "biolatency", "rows": [io("write", 120, 12.0, 800), io("read", 80, 6.0, 300)]},
+                  FakeSystem())
+    assert len(got) == 1 and "the device answers fast, so the disk is not what is slow" in got[0]["text"]
+    assert "writes to loop3" in got[0]["text"] and got[0]["command"] == f"kit run offcpu --pid {ME}"
+
+
+def test_kernel_thread_io_and_failed_requests_get_no_kit_command():
+    rows = [io("write", 50, 600.0, 90_000, pid=0, comm="kworker/u4:2"), io("read", 5, 1.0, 300, errors=2)]
+    got = compute({"recipe": "biolatency", "rows": rows}, FakeSystem())
+    assert "2 of 5 read requests to loop3 failed" in got[0]["text"] and got[0]["command"] == "dmesg --level=err,warn"
+    assert "issued by kernel threads" in got[1]["text"] and got[1]["command"] is None
+
+
+# --- drops -------------------------------------------------------------------------------------
+
+def drop(reason, proto, dport, count, netns=77, sport=40000, location="nft_do_chain"):
+    return {"reason": reason, "location": location, "proto": proto, "saddr": "127.0.0.1", "sport": sport,
+            "daddr": "127.0.0.1", "dport": dport, "netns": netns, "count": count}
+
+
+def test_a_firewall_drop_names_the_ruleset_where_it_is_and_a_tcp_flow_gets_tcpretrans():
+    own = os.stat("/proc/self/ns/net").st_ino
+    rows = [drop("NETFILTER_DROP", "tcp", 5432, 30, netns=own), drop("NO_SOCKET", "udp", 53, 2, netns=own)]
+    got = compute({"recipe": "drops", "rows": rows, "scope": {}}, FakeSystem(netns={own: ""}))
+    assert got[0]["text"].startswith("NETFILTER_DROP is 30 of 32 drops, most of them tcp 127.0.0.1:40000 -> "
+                                     "127.0.0.1:5432 (30, in nft_do_chain): a firewall rule")
+    assert [h["command"] for h in got] == ["nft list ruleset", "kit run tcpretrans --port 5432 --addr 127.0.0.1"]
+    assert_valid_kit_command(got[1]["command"])
+
+
+def test_drops_in_a_namespace_kit_cannot_name_get_text_only():
+    got = compute({"recipe": "drops", "rows": [drop("NETFILTER_DROP", "tcp", 5432, 30)], "scope": {}},
+                  FakeSystem(netns={}))
+    assert got and all(h["command"] is None for h in got)
+
+
+def test_no_socket_on_tcp_asks_who_connects_and_on_udp_what_listens():
+    own = os.stat("/proc/self/ns/net").st_ino
+    got = compute({"recipe": "drops", "rows": [drop("NO_SOCKET", "tcp", 7777, 9, netns=own)], "scope": {}},
+                  FakeSystem(netns={own: ""}))
+    assert got[0]["command"] == "kit run tcplife --port 7777" and "nothing listens on tcp port 7777" in got[0]["text"]
+    got = compute({"recipe": "drops", "rows": [drop("NO_SOCKET", "udp", 5353, 9, netns=own)], "scope": {}},
+                  FakeSystem(netns={own: ""}))
+    assert [h["command"] for h in got] == ["ss -lnup"]
+
+
+# --- tcplife -----------------------------------------------------------------------------------
+
+def conn(sport, dport=5432, duration_ms=40.0, connect_ms=0.1, established=True, pid=ME, state="closed"):
+    return {"pid": pid, "comm": "client", "side": "client", "saddr": "127.0.0.1", "sport": sport,
+            "daddr": "127.0.0.1", "dport": dport, "family": 4, "netns": 77, "state": state,
+            "established": established, "duration_ms": duration_ms, "connect_ms": connect_ms if established else None,
+            "rx_bytes": 10, "tx_bytes": 10}
+
+
+def tcplife(rows):
+    return {"recipe": "tcplife", "rows": rows, "scope": {}, "params": {}}
+
+
+def test_refused_connects_ask_what_listens_and_churn_asks_for_name_lookups():
+    own = os.stat("/proc/self/ns/net").st_ino
+    rows = [dict(conn(40000 + i, duration_ms=30.0 + 90 * (i % 2)), netns=own) for i in range(6)]
+    rows += [dict(conn(41000 + i, dport=6000, duration_ms=0.2, established=False), netns=own) for i in range(3)]
+    got = compute(tcplife(rows), FakeSystem(netns={own: ""}))
+    assert "3 of 3 connects by client (pid %d) to 127.0.0.1:6000 failed within 200 us, so they were reset" % ME \
+        in got[0]["text"]
+    assert got[0]["command"] == "ss -ltn 'sport = :6000'"
+    assert "opened 6 connections to 127.0.0.1:5432 that lived a median 120 ms" in got[1]["text"]
+    assert got[1]["command"] == f"kit run getaddrinfo --pid {ME}"
+    assert len(got) == 2
+
+
+def test_slow_connects_ask_for_retransmits_on_that_remote_in_its_namespace():
+    rows = [conn(40000, connect_ms=1003.2, duration_ms=1100), conn(40001), conn(40002, connect_ms=0.2)]
+    got = compute(tcplife(rows), FakeSystem(netns={}))  # 77 unnamed, its owner alive: --netns PID
+    assert "1 of 3 connections to 127.0.0.1:5432 took over 200 ms to establish (up to 1003 ms)" in got[0]["text"]
+    assert got[0]["command"] == f"kit run tcpretrans --port 5432 --addr 127.0.0.1 --netns {ME}"
+    assert_valid_kit_command(got[0]["command"])
+    assert len(got) == 1  # three connections are not churn
+
+
+def test_syns_that_time_out_ask_for_retransmits_and_servers_are_not_clients():
+    rows = [conn(40000, established=False, duration_ms=3100.0), dict(conn(5432, dport=40000), side="server")]
+    got = compute(tcplife(rows), FakeSystem(netns={}))
+    assert "failed after up to 3.1 s, so their SYNs went unanswered" in got[0]["text"]
+    assert got[0]["command"].startswith("kit run tcpretrans --port 5432 --addr 127.0.0.1") and len(got) == 1
+
+
+# --- opensnoop ---------------------------------------------------------------------------------
+
+def opened(path, count, error="", pid=ME, comm="app"):
+    return {"pid": pid, "comm": comm, "path": path, "error": error, "count": count, "cut": 0}
+
+
+def test_failing_opens_name_the_process_its_binary_and_the_errno_s_next_step():
+    rows = [opened("/etc/app.conf", 7), opened("/etc/app.d/extra.conf", 5, "ENOENT"),
+            opened("/srv/secret", 3, "EACCES")]
+    got = compute({"recipe": "opensnoop", "rows": rows}, FakeSystem(exe={ME: "/usr/bin/app"}))
+    assert got[0]["text"].startswith(f"app (pid {ME}, /usr/bin/app) failed 5 of 15 opens with ENOENT, most "
+                                     "/etc/app.d/extra.conf")
+    assert got[0]["command"] == (f"timeout 5 strace -f -k -e trace=open,openat,openat2 -e status=failed -p {ME}")
+    assert "failed 3 of 15 opens with EACCES" in got[1]["text"] and got[1]["command"] == "namei -l /srv/secret"
+
+
+def test_one_name_missed_in_many_directories_is_a_search_path():
+    rows = [opened(f"/opt/lib{i}/libfoo.so", 4, "ENOENT") for i in range(5)] + [opened("/opt/lib9/libfoo.so", 4)]
+    got = compute({"recipe": "opensnoop", "rows": rows}, FakeSystem())
+    assert "failed 20 of 24 opens with ENOENT, looking for libfoo.so in 5 directories: a search path" in got[0]["text"]
+
+
+def test_rare_failures_and_cut_or_relative_paths_get_no_path_command():
+    assert compute({"recipe": "opensnoop", "rows": [opened("/a", 50), opened("/b", 2, "ENOENT")]}, FakeSystem()) == []
+    rows = [opened("rel/secret", 4, "EACCES"), opened("/" + "d" * 255 + "...", 4, "EPERM")]
+    got = compute({"recipe": "opensnoop", "rows": rows}, FakeSystem())
+    assert [h["command"] for h in got] == [None, None]
+
+
+def test_a_hostile_path_is_quoted_and_its_control_characters_never_print():
+    rows = [opened("/tmp/x; rm -rf ~ \x1b[2J", 5, "EACCES")]
+    res = {"recipe": "opensnoop", "rows": rows}
+    res["hints"] = compute(res, FakeSystem())
+    assert shlex.split(res["hints"][0]["command"]) == ["namei", "-l", rows[0]["path"]]
+    assert "\x1b" not in hints.text(res)
 
 
 def test_recipes_without_rules_get_no_hints():
