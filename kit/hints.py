@@ -780,7 +780,7 @@ def _opensnoop(result, system, steps):
     for errno_name, paths in sorted(p["errs"].items(), key=lambda kv: -sum(kv[1].values()))[:2]:
         n = sum(paths.values())
         path, k = max(paths.items(), key=lambda kv: kv[1])
-        shown = f"{path} ({k}x)" if len(paths) > 1 else path
+        shown = f"most of them {path} ({k})" if len(paths) > 1 else f"all of them {path}"
         head = f"{who} failed {n} of {plural(p['opens'], 'open')} with {errno_name}"
         stacks = (steps.tool("timeout", "5", "strace", "-f", "-k", "-e", "trace=open,openat,openat2",
                              "-e", "status=failed", "-p", pid, typed=(("pid", pid),)) if alive else None)
@@ -795,17 +795,17 @@ def _opensnoop(result, system, steps):
                                 "LD_LIBRARY_PATH, a module or config path) that misses; which code in it searches, "
                                 "by stack", stacks))
             else:
-                out.append(hint(f"{head}, most {shown}: a file it expects is missing (a config, a socket, a "
+                out.append(hint(f"{head}, {shown}: a file it expects is missing (a config, a socket, a "
                                 "path it was given); which code asks for it, by stack", stacks))
         elif errno_name in ("EACCES", "EPERM"):
             ok = path.startswith("/") and not path.endswith("...")
-            out.append(hint(f"{head}, most {shown}: permissions on the way to it, or a security module; the owner and "
+            out.append(hint(f"{head}, {shown}: permissions on the way to it, or a security module; the owner and "
                             "mode of every directory on its path", steps.tool("namei", "-l", path) if ok else None))
         elif errno_name in ("EMFILE", "ENFILE"):
             out.append(hint(f"{head}: it is out of file descriptors (EMFILE: its own limit); its limit",
                             steps.tool("prlimit", "--pid", pid, "--nofile", typed=(("pid", pid),)) if alive else None))
         else:
-            out.append(hint(f"{head}, most {shown}: which code asks, by stack", stacks))
+            out.append(hint(f"{head}, {shown}: which code asks, by stack", stacks))
     return out
 
 

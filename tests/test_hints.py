@@ -477,8 +477,8 @@ def test_failing_opens_name_the_process_its_binary_and_the_errno_s_next_step():
     rows = [opened("/etc/app.conf", 7), opened("/etc/app.d/extra.conf", 5, "ENOENT"),
             opened("/srv/secret", 3, "EACCES")]
     got = compute({"recipe": "opensnoop", "rows": rows}, FakeSystem(exe={ME: "/usr/bin/app"}))
-    assert got[0]["text"].startswith(f"app (pid {ME}, /usr/bin/app) failed 5 of 15 opens with ENOENT, most "
-                                     "/etc/app.d/extra.conf")
+    assert got[0]["text"].startswith(f"app (pid {ME}, /usr/bin/app) failed 5 of 15 opens with ENOENT, all of "
+                                     "them /etc/app.d/extra.conf")
     assert got[0]["command"] == (f"timeout 5 strace -f -k -e trace=open,openat,openat2 -e status=failed -p {ME}")
     assert "failed 3 of 15 opens with EACCES" in got[1]["text"] and got[1]["command"] == "namei -l /srv/secret"
 
