@@ -107,10 +107,17 @@ class Steps:
     kit itself)."""
 
     def __init__(self, recipes=None, me=None):
-        if recipes is None:
+        self._recipes = recipes  # a catalog, or a function that loads one (only when a step needs it)
+        self.me = os.getpid() if me is None else me
+
+    @property
+    def recipes(self):
+        if self._recipes is None:
             from kit import catalog
-            recipes = catalog.load()
-        self.recipes, self.me = recipes, (os.getpid() if me is None else me)
+            self._recipes = catalog.load()
+        elif callable(self._recipes):
+            self._recipes = self._recipes()
+        return self._recipes
 
     def kit(self, recipe, duration=None, **values):
         """`kit run RECIPE --PARAM VALUE ...`, or None when the catalog or a value's type refuses it."""
@@ -629,7 +636,7 @@ def _biolatency(result, system, steps):
             f"(avg {fmt_us(avg_us)}, max {fmt_us(g['max_us'])})" if total_ms > 0 else
             f"{op}s to {disk}: {plural(g['count'], 'request')}")
     slow = avg_us >= SLOW_IO_AVG_US or g["max_us"] >= SLOW_IO_MAX_US
-    users = sorted(((pid, w) for pid, w in g["by"].items() if pid and not suggest.is_kthread(pid)),
+    users = sorted(((pid, w) for pid, w in g["by"].items() if pid and pid != steps.me and not suggest.is_kthread(pid)),
                    key=lambda pw: -pw[1]["ms"])
     if not users:
         out.append(hint(head + ", issued by kernel threads (writeback, the journal): the processes that dirtied "
@@ -763,6 +770,8 @@ def _tcplife(result, system, steps):
 def _opensnoop(result, system, steps):
     per_pid = {}
     for r in result["rows"]:
+        if r["pid"] == steps.me:  # an unscoped run sees kit's own reads of /proc
+            continue
         p = per_pid.setdefault(r["pid"], {"comm": r.get("comm") or "?", "opens": 0, "errs": {}})
         p["opens"] += r["count"]
         if r.get("error"):

@@ -146,7 +146,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                     hooks.cleanup(ctx)
     if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
         try:
-            result["hints"] = hints.compute(result, steps=hints.Steps(_catalog_of(recipe)))
+            result["hints"] = hints.compute(result, steps=hints.Steps(lambda: _catalog_of(recipe)))
         except Exception as e:  # a hint is advice: a bug in one must not cost the results
             if opts.debug:
                 raise

@@ -496,6 +496,21 @@ def test_rare_failures_and_cut_or_relative_paths_get_no_path_command():
     assert [h["command"] for h in got] == [None, None]
 
 
+def test_kit_s_own_failing_opens_are_not_a_next_step():
+    """An unscoped opensnoop sees kit reading /proc of processes that went: not the box's problem."""
+    rows = [opened(f"/proc/{n}/stat", 1, "ENOENT", pid=4242, comm="kit") for n in range(20)]
+    assert hints.compute({"recipe": "opensnoop", "rows": rows}, FakeSystem(), hints.Steps(catalog.load(), me=4242)) == []
+
+
+def test_the_catalog_is_loaded_only_when_a_step_needs_it():
+    loads = []
+    steps = hints.Steps(lambda: loads.append(1) or catalog.load(), me=0)
+    assert hints.compute({"recipe": "fillup", "rows": [{"n": 1}]}, FakeSystem(), steps) == [] and loads == []
+    hints.compute(offcpu(pay_svc_rows(), comm="pay-svc"), FakeSystem(), steps)
+    hints.compute(offcpu(pay_svc_rows(), comm="pay-svc"), FakeSystem(), steps)
+    assert loads == [1]
+
+
 def test_a_hostile_path_is_quoted_and_its_control_characters_never_print():
     rows = [opened("/tmp/x; rm -rf ~ \x1b[2J", 5, "EACCES")]
     res = {"recipe": "opensnoop", "rows": rows}
