@@ -123,7 +123,6 @@ class Recipe:
     output: str
     fields: list
     runbook: str
-    next: list
     example: str
     template_path: str
     line: int
@@ -259,8 +258,11 @@ def parse(text, source="<catalog>", probes_dir=PROBES_DIR):
 
 def _recipe(c, r, source, probes_dir):
     c.recipe = r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None
+    if isinstance(r, dict) and "next" in r:  # catalogs written before kit/hints.py
+        c.fail(r.lines["next"], "`next:` is no longer part of a recipe: next steps are computed from each run's "
+               "results (kit/hints.py)", "remove the next: list")
     c.keys(r, ("name", "summary", "hooks", "duration", "guard", "output", "fields", "runbook", "example"),
-           ("params", "scopes", "next", "module", "table", "histograms"))
+           ("params", "scopes", "module", "table", "histograms"))
     name = c.typed(r, "name", str)
     if not NAME_RE.fullmatch(name):
         c.fail(r.lines["name"], f"recipe name {name!r} must be lower-case letters, digits and _")
@@ -328,7 +330,7 @@ def _recipe(c, r, source, probes_dir):
     trust.check(template, "template")
     return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
                   guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
-                  next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
+                  example=c.typed(r, "example", str), template_path=template,
                   line=r.line, source=source, module=module, table=table, histograms=histograms)
 
 

@@ -346,6 +346,57 @@ def _with_alternatives(e, recipes):
     return e
 
 
+def _check_stdout(out):
+    """Results go to stdout: a closed or read-only one is bad input now, not a lost run later."""
+    import fcntl
+    import os
+    if out is None:
+        raise BadInput("stdout is closed, so kit could not print its results", "run kit with stdout open")
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's StringIO)
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        raise BadInput("stdout is closed, so kit could not print its results", "run kit with stdout open") from None
+    if mode == os.O_RDONLY:
+        raise BadInput("stdout is open for reading only, so kit could not print its results",
+                       "redirect stdout to a file or a pipe kit can write")
+
+
+def _print_results(result, recipe, ns, opts, out, err):
+    """Writes the results to stdout; if that fails, to the terminal (stderr). Returns what failed, or None."""
+    from kit import output
+    try:
+        if opts.json:
+            output.to_json(result, out)
+        elif getattr(ns, "folded", False):
+            output.folded(result, out)
+        else:
+            output.human(result, recipe, out)
+        out.flush()
+        return None
+    except OSError as e:
+        _quiet_stdout(out)
+        if isinstance(e, BrokenPipeError):  # a reader that went away wants nothing more
+            return "the results to stdout (Broken pipe)"
+        output.human(result, recipe, err)
+        return f"the results to stdout ({e.strerror or type(e).__name__})"
+
+
+def _quiet_stdout(out):
+    """After a failed write, stdout's buffer would fail again at exit: point it at /dev/null."""
+    import os
+    try:
+        fd = out.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def cmd_run(args, out, err, dry_run=False):
     from kit import output, run
     recipe, ns, values = _recipe_args(args, "estimate" if dry_run else "run", out)
@@ -353,7 +404,8 @@ def cmd_run(args, out, err, dry_run=False):
     if opts.json and getattr(ns, "folded", False):
         raise BadInput("--json and --folded both write to stdout", "pick one; add --svg FILE for a flame graph "
                        "file beside either")
-    svg = _stack_outputs(recipe, ns, values)
+    svg = _stack_outputs(recipe, ns, values)  # every output path is checked before anything is attached
+    _check_stdout(out)
     try:
         result, code = run.execute(recipe, values, opts, err=err)
     except Unsupported as e:
@@ -361,14 +413,22 @@ def cmd_run(args, out, err, dry_run=False):
     if opts.dry_run:
         output.to_json(result, out) if opts.json else out.write(_estimate_text(result))
         return code
+    failed = []
     if svg:
-        output.write_flamegraph(result, recipe, svg, err)
-    if opts.json:
-        output.to_json(result, out)
-    elif getattr(ns, "folded", False):
-        output.folded(result, out)
+        try:
+            output.write_flamegraph(result, recipe, svg, err)
+        except (OSError, KitError) as e:  # checked before attaching, but the disk or directory can go since
+            failed.append(f"the flame graph to {svg} ({getattr(e, 'strerror', None) or getattr(e, 'message', e)})")
+    problem = _print_results(result, recipe, ns, opts, out, err)
+    if problem:
+        failed.insert(0, problem)
+        where = "above, on stderr" if "Broken pipe" not in problem else "nowhere (the reader of stdout went away)"
     else:
-        output.human(result, recipe, out)
+        where = "on stdout"
+    if failed:
+        err.write(printable(f"kit: error: could not write {' and '.join(failed)} — the results are {where}; "
+                            "give a path that can be written and run again") + "\n")
+        return ExitCode.OUTPUT if code == ExitCode.OK else code
     return code
 
 

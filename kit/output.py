@@ -96,8 +96,8 @@ def human(result, recipe, stream, top=20):
         w(lost_warning(result) + "\n")
     if result.get("forced"):
         w("warning: the guardrail was overridden with --force\n")
-    if recipe.next:
-        w("next: " + " | ".join(recipe.next) + "\n")
+    from kit.hints import text as hints_text
+    w(hints_text(result))  # computed from these results; nothing when they support no next step
     from kit.guard import summary_line
     w(summary_line(ov))
 

@@ -466,11 +466,27 @@ class OutPath(ParamType):
         try:
             st = os.lstat(s)
         except OSError:
-            return s
-        if not stat.S_ISREG(st.st_mode):  # kit runs as root: never write through a link or into a device
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):  # root: never write through a link or into a device
             raise BadInput(f"--{spec.flag} {s[:120]} exists and is not a regular file",
                            "give a new file name or an existing regular file")
+        _check_writable(s, spec.flag, existed=st is not None)
         return s
+
+
+def _check_writable(path, flag, existed):
+    """Opens the file for writing now, before anything is attached, so a run never ends unable to
+    write it: /proc and /sys refuse new files, a read-only mount or an immutable file refuses all.
+    An existing file is not truncated here; a new one is removed again."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (0 if existed else os.O_CREAT | os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        raise BadInput(f"--{flag} {path[:120]} cannot be written: {e.strerror}",
+                       "give a file in a writable directory, e.g. /tmp/offcpu.svg") from None
+    os.close(fd)
+    if not existed:
+        os.unlink(path)
 
 
 def open_output(path):

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from kit import __version__, features, guard, prelude, procfs, render, teardown, uprobes
+from kit import __version__, features, guard, hints, prelude, procfs, render, scope, teardown, uprobes
 from kit.contract import Context, default_collect, hooks_of
 from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
@@ -85,6 +85,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.duration > recipe.duration_max:
         raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
                        f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
+    scope.check_compatible(values)  # scopes that exclude each other could see nothing: bad input, now
     rungs = [h for h in recipe.hooks if opts.hook in (None, h.type)]
     missing = features.missing_caps(tracefs_needed=all(h.type == "tracepoint" for h in rungs))
     if missing:
@@ -116,16 +117,17 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
+                at_start = _scope_now(ctx, err)
                 err.flush()
                 started = clock()
                 stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
                 elapsed = clock() - started
-                _note_comm_gone(ctx)
             else:
-                started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
+                started, stopped_by, elapsed, meter, at_start = clock(), "signal", 0.0, None, None
             stats = prelude.read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
             result.update((hooks.collect or default_collect)(ctx, bpf))
+            _note_scope_seen(ctx, result, at_start)
             result["notes"] = ctx.notes + result.get("notes", [])
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
                     "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
@@ -142,7 +144,26 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                         result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
                 if hooks.cleanup:
                     hooks.cleanup(ctx)
+    if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
+        try:
+            result["hints"] = hints.compute(result, steps=hints.Steps(lambda: _catalog_of(recipe)))
+        except Exception as e:  # a hint is advice: a bug in one must not cost the results
+            if opts.debug:
+                raise
+            result["hints"] = []
+            result["notes"].append(f"next steps could not be computed ({type(e).__name__}: {e})")
     return result, code
+
+
+def _catalog_of(recipe):
+    """The catalog a recipe came from, for next steps that name its other recipes (just this one when
+    it came from text rather than a file)."""
+    from kit import catalog
+    from kit.errors import KitError
+    try:
+        return catalog.load(recipe.source)
+    except KitError:
+        return {recipe.name: recipe}
 
 
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
@@ -183,15 +204,35 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
             err.write("\n")
 
 
-def _note_comm_gone(ctx):
-    """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
-    comm, thread_comm = ctx.values.get("comm"), ctx.values.get("thread_comm")
-    if comm is None and thread_comm is None:
+def _scope_now(ctx, err):
+    """Says what a --comm/--thread-comm/--cgroup scope matches as the run starts (a name nobody has yet is
+    waited for, except where uprobes went into the running processes only)."""
+    per_process = any(p.pid > 0 for p in ctx.attached_uprobes)
+    now = scope.describe(ctx.values, waits=not per_process)
+    if now is None:
+        return None
+    text, found = now
+    err.write(f"kit: {text}\n")
+    return found
+
+
+def _note_scope_seen(ctx, result, at_start):
+    """Says at the end whether anything in a --comm/--thread-comm/--cgroup scope was seen: events the
+    probe counted in scope (KIT_EVENTS) or rows; and whether any thread in it still runs (the run goes
+    on for its whole time when they exit: a new one may start)."""
+    if at_start is None:
         return
-    from kit import targets
-    if not targets.pids_by_comm(comm, thread_comm):
-        ctx.notes.append(f"no thread in scope of {targets.scope_text(comm, thread_comm)} is running any more "
-                         "(the run went on for its whole time)")
+    seen = result["events"] > 0 or bool(result.get("rows"))
+    now = scope.matching(ctx.values)
+    what = scope.label(ctx.values)
+    result["scope_seen"] = {"at_start": sorted(at_start), "at_end": sorted(now), "events": result["events"],
+                            "seen": seen}
+    if not seen:
+        ctx.notes.append(f"nothing in scope of {what} was seen during the run (0 events in scope"
+                         f"{', and nothing matched when it started' if not at_start else ''})")
+    elif not now:
+        ctx.notes.append(f"no thread in scope of {what} is running any more (the run went on for its whole "
+                         f"time; {result['events']} events in scope were seen)")
 
 
 def catalog_version(path):

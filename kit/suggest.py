@@ -11,6 +11,10 @@ scope fits the budget, kit prices what would: a narrower scope (--pid,
 --tid), another rung of the hook ladder, and a short look at the budget it
 needs. render() turns an estimate into the lines both a refusal and
 `kit estimate` print.
+
+The same rules write the next steps after a run (kit/hints.py): next_step()
+for a kit line of any recipe of the catalog, value_ok() for the typed words
+of another tool's command, shell_line() to quote either.
 """
 
 import dataclasses
@@ -35,41 +39,92 @@ def _arg_text(spec, v):
     return [f"--{spec.flag}", str(v)]
 
 
+def shell_line(words):
+    """Words as one line a shell gives back as the same words (every suggestion kit prints)."""
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _line(recipe, args, duration, budget=None, hook=None, json=False):
+    """`kit run RECIPE ARGS`, then the run's options where they differ from the default."""
+    words = ["kit", "run", recipe.name, *args]
+    if duration is not None and duration != recipe.duration_default:
+        words += ["--for", f"{duration:g}s"]
+    if budget is not None:
+        words += ["--budget", f"{budget:g}"]
+    if hook:
+        words += ["--hook", hook]
+    if json:
+        words.append("--json")
+    return shell_line(words)
+
+
 def command(ctx, opts, scope_flag, scope_value, duration=None, budget=None, hook=None):
     """A ready-to-paste `kit run` line: the user's own arguments, with the scope (and what else the way
     out changes) replaced."""
-    words = ["kit", "run", ctx.recipe.name]
+    args = []
     for spec in ctx.recipe.params.values():
         v = ctx.values.get(spec.name)
         if v is None or (spec.scope and scope_flag is not None):
             continue
-        words += _arg_text(spec, v)
+        args += _arg_text(spec, v)
     if scope_flag is not None:
-        words += [f"--{scope_flag}", str(scope_value)]
+        args += [f"--{scope_flag}", str(scope_value)]
     duration = opts.duration if duration is None else duration
-    if duration != ctx.recipe.duration_default:
-        words += ["--for", f"{duration:g}s"]
     budget = getattr(opts, "budget", None) if budget is None else budget
-    if budget is not None:
-        words += ["--budget", f"{budget:g}"]
-    hook = hook or getattr(opts, "hook", None)
-    if hook:
-        words += ["--hook", hook]
-    if getattr(opts, "json", False):
-        words.append("--json")
-    return " ".join(shlex.quote(w) for w in words)
+    return _line(ctx.recipe, args, duration, budget, hook or getattr(opts, "hook", None), getattr(opts, "json", False))
 
 
-def _valid(ctx, flag, value):
-    """Does kit's own typed layer accept this scope value right now?"""
-    spec = next((p for p in ctx.recipe.params.values() if p.flag == flag), None)
-    if spec is None:
-        return False
+def parses(spec, value):
+    """Does kit's own typed layer accept this value for this parameter right now?"""
     try:
         ptypes.TYPES[spec.type].parse(str(value), spec)
     except KitError:
         return False
     return True
+
+
+def _valid(ctx, flag, value):
+    spec = next((p for p in ctx.recipe.params.values() if p.flag == flag), None)
+    return spec is not None and parses(spec, value)
+
+
+def usable(spec, value, me=None):
+    """A value a suggestion may carry: kit's typed layer accepts it now, and it does not name kit itself
+    (a pid or tid of this run ends with it; a comm kit runs under would trace kit). Kernel threads,
+    processes gone and names --comm would not match as shown fail the typed layer."""
+    me = os.getpid() if me is None else me
+    if spec.type in ("pid", "tid") and str(value) == str(me):
+        return False
+    if spec.type == "comm" and str(value) in _own_comms(me):
+        return False
+    return parses(spec, value)
+
+
+def value_ok(type_name, value, me=None):
+    """usable() for an argument of another tool's command (ip, getent, strace): the same type's rule."""
+    from kit.catalog import ParamSpec
+    return usable(ParamSpec(name="value", type=type_name), value, me)
+
+
+def next_step(recipes, name, values, duration=None, me=None):
+    """A paste-ready `kit run NAME ...` for a next step (kit/hints.py), by the rules of a refusal's ways
+    out: values {parameter name: value} in the recipe's own parameter order, each usable() now, the
+    duration within the recipe's maximum. None when the catalog has no such recipe or parameter, or a
+    value fails: a step kit could not run as printed is not printed as a command."""
+    recipe = (recipes or {}).get(name)
+    if recipe is None or not set(values) <= set(recipe.params):
+        return None
+    args = []
+    for spec in recipe.params.values():
+        v = values.get(spec.name)
+        if v is None or v is False:
+            continue
+        if spec.type != "flag" and not usable(spec, v, me):
+            return None
+        args += _arg_text(spec, v)
+    if duration is not None:
+        duration = min(duration, recipe.duration_max)
+    return _line(recipe, args, duration)
 
 
 def needed_budget(pct, budget):

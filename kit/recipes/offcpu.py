@@ -209,16 +209,16 @@ def _hidden_chain(key, w, asked_blocks):
 
 
 def _user_frames(bpf, key, img, w, stats, asked_blocks):
-    """(frame names, number of recovered frames) for one sample."""
+    """(frame names, number of recovered frames, the file of each frame) for one sample."""
     b = key.block
     if b.ustack < 0:
-        return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0
+        return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0, [None]
     addrs = list(bpf["stacks"].walk(b.ustack))
     if not addrs:
-        return ["[empty user stack]"], 0
+        return ["[empty user stack]"], 0, [None]
     if img is None or not img.maps:
         stats["unsnapshotted"].add(b.tgid)
-        return ["[unknown]"] * len(addrs), 0
+        return ["[unknown]"] * len(addrs), 0, [None] * len(addrs)
     recovered = []
     tail = addrs[1:]
     found = _hidden_chain(key, w, asked_blocks)
@@ -237,22 +237,27 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
             stats["rejected_chains"] += 1
     names = [img.symbol(addrs[0])]
     names += [img.symbol(a, is_return=True) for a in recovered + tail]
+    modules = [img.module(addrs[0])] + [img.module(a - 1) for a in recovered + tail]  # hints tell app from libc
     if recovered and not complete:
         names.append(NO_FP_ABOVE)
+        modules.append(None)
     elif recovered and b.bp_unsure:
         names.append("[outer frames unknown: libc reused rbp]")
-    return _collapse_unknown(names), len(recovered)
+        modules.append(None)
+    names, modules = _collapse_unknown(names, modules)
+    return names, len(recovered), modules
 
 
-def _collapse_unknown(names):
+def _collapse_unknown(names, modules):
     """A run of [unknown] frames is one thing (a frame-pointer walk gone astray): one frame, so the
     same wait folds together however far the walk strayed."""
-    out = []
-    for n in names:
+    out, mods = [], []
+    for n, m in zip(names, modules):
         if n == "[unknown]" and out and out[-1] == "[unknown]":
             continue
         out.append(n)
-    return out
+        mods.append(m)
+    return out, mods
 
 
 def _libc_top(img, addr):
@@ -292,14 +297,14 @@ def collect(ctx, bpf):
         b = k.block
         img = w.sym.image(b.tgid)
         kframes = _kernel_frames(bpf, b.kstack, kcache)
-        uframes, nrec = _user_frames(bpf, k, img, w, stats, asked_blocks)
+        uframes, nrec, umods = _user_frames(bpf, k, img, w, stats, asked_blocks)
         comm = b.comm.decode("utf-8", "replace")
         ident = (b.tgid, k.tid, comm, tuple(kframes), tuple(uframes))
         row = merged.get(ident)
         if row is None:
             row = merged[ident] = {"comm": comm, "pid": b.tgid, "tid": k.tid, "total_us": 0, "count": 0,
                                    "kernel_stack": kframes, "user_stack": uframes, "recovered": nrec,
-                                   "in_progress": 0, "_ns": 0}
+                                   "user_modules": umods, "in_progress": 0, "_ns": 0}
         row["_ns"] += ns
         row["count"] += count
         row["in_progress"] += in_progress

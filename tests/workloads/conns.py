@@ -2,7 +2,7 @@
 (refused: reset), in whatever network namespace it runs in. Gated: prints "ready", waits for a line, does
 its work, prints "done <json of its own records>".
 
-usage: conns.py HOST N REFUSED"""
+usage: conns.py HOST N REFUSED [hold]   (hold: stay alive, listening, until one more line)"""
 
 import json
 import socket
@@ -59,6 +59,8 @@ def main():
     t.join()
     print("done " + json.dumps({"conns": records, "refused": fails, "port": port, "closed_port": closed_port}),
           flush=True)
+    if sys.argv[4:] == ["hold"]:
+        sys.stdin.readline()
 
 
 if __name__ == "__main__":
