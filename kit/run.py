@@ -115,9 +115,11 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 attached = prelude.auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
+                # What the scope matches is read once the probes are in, and said before the attach line,
+                # which is what a caller waits for: a process it starts after that line is not "at start".
+                at_start = _scope_now(ctx, err)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
-                at_start = _scope_now(ctx, err)
                 err.flush()
                 started = clock()
                 stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
