@@ -77,7 +77,9 @@ def recipe_parser(recipe, cmd):
     if cmd in ("run", "estimate"):
         p.add_argument("--for", dest="duration", default=None,
                        help=f"how long (default {recipe.duration_default:g}s, at most {recipe.duration_max:g}s)")
-        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        p.add_argument("--json", action="store_true",
+                       help="JSON Lines on stdout: an object per event as it happens, then the summary"
+                       if recipe.output == "stream" else "one JSON object on stdout")
         p.add_argument("--budget", default=None, help="overhead budget, percent of the machine's CPU")
         p.add_argument("--force", action="store_true", help="run even if the guardrail refuses (recorded)")
         p.add_argument("--dry-run", action="store_true", help="estimate only, attach nothing")
@@ -86,6 +88,10 @@ def recipe_parser(recipe, cmd):
         p.add_argument("--progress", action="store_true", default=None, help="progress line even when not a tty")
     if cmd == "run" and recipe.output == "stacks":
         _stack_output_options(p)
+    if cmd in ("run", "estimate") and recipe.output == "stream":
+        p.add_argument("--limit", default=None, metavar="N",
+                       help=f"show at most N events a second (default {recipe.stream.limit}; 0: all); the rest "
+                            "are counted in the summary")
     return p
 
 
@@ -168,8 +174,12 @@ def _options(recipe, ns, args, dry_run=False):
             raise BadInput(f"--budget {ns.budget!r} is not a number", "give a percentage like 2 or 0.5") from None
         if not 0 < budget <= 100:
             raise BadInput(f"--budget {budget:g} is out of range", "give a percentage above 0 and at most 100")
+    limit = None
+    if getattr(ns, "limit", None) is not None:
+        from kit.catalog import ParamSpec
+        limit = ptypes.TYPES["int"].parse(ns.limit, ParamSpec(name="limit", type="int", max=10_000_000))
     return Options(duration=duration, json=ns.json, debug=args.debug, dry_run=dry_run or ns.dry_run,
-                   force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress)
+                   force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress, limit=limit)
 
 
 def _with_alternatives(e, recipes):
@@ -187,6 +197,7 @@ def cmd_run(args, out, err, dry_run=False):
     from kit import output, run
     recipe, ns, values = _recipe_args(args, "run")
     opts = _options(recipe, ns, args, dry_run)
+    opts.out = out  # a stream's lines go out as they arrive
     svg = _stack_outputs(recipe, ns, values)
     try:
         result, code = run.execute(recipe, values, opts, err=err)
@@ -197,6 +208,8 @@ def cmd_run(args, out, err, dry_run=False):
         return code
     if svg:
         output.write_flamegraph(result, recipe, svg, err)
+    if (result.get("stream") or {}).get("stopped") == "output_closed":
+        return code  # the reader went away (| head): there is no one to give the summary to
     if opts.json:
         output.to_json(result, out)
     elif getattr(ns, "folded", False):

@@ -53,6 +53,7 @@ class Context:
     planned_uprobes: list = dataclasses.field(default_factory=list)   # kit.uprobes.plan: resolved, not attached
     attached_uprobes: list = dataclasses.field(default_factory=list)  # kit.uprobes.attach: what did attach
     private: object = None   # the one object a recipe module keeps between its steps (offcpu: its watcher)
+    stream: object = None    # output: stream: the run's kit.stream.Streamer (its tallies, for collect)
 
     def value(self, name):
         v = self.values.get(name)

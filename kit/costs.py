@@ -30,6 +30,8 @@ DEFAULT_NS = {
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
     "perf_tracepoint": 120,
     "offcpu_block": 4800,  # offcpu's in-scope path, measured on a Python ping-pong on this kind of VM
+    # a 256-byte record output to the stream buffer (ring buffer here) per event (kit/stream.py)
+    "tracepoint_output": 400, "raw_tracepoint_output": 380,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -40,6 +42,7 @@ DEFAULT_BODY_NS = {
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
     "perf_tracepoint": 0,
     "offcpu_block": 3500,
+    "tracepoint_output": 300, "raw_tracepoint_output": 290,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -51,6 +54,8 @@ CLASSES = {
     "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
     # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole
     "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),
+    # a stream event (kit/stream.py): the tracepoint and one record output to the buffer
+    "tracepoint_output": (("{f}_output",), ("{f}_filter",), 1),
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),
