@@ -272,7 +272,7 @@ class Streamer:
     summary() is what goes into the result. Nothing here raises out of a buffer callback: a
     record that cannot be decoded is counted (`errors`), and a closed stdout ends the run."""
 
-    def __init__(self, ctx, bpf, opts, out=None, err=None, clock=time.monotonic, wall=time.time):
+    def __init__(self, ctx, bpf, opts, out=None, err=None, clock=time.monotonic, wall=time.time, event_type=None):
         from kit import output
         self.ctx, self.bpf, self.recipe = ctx, bpf, ctx.recipe
         self.spec = ctx.recipe.stream
@@ -304,12 +304,7 @@ class Streamer:
         self._header_done = False
         self._output = output
         self.table = bpf[self.spec.buffer]
-        try:
-            from bcc.table import _get_event_class
-            self.event_type = _get_event_class(self.table)
-        except SystemExit:  # BCC prints and exits on a member type it cannot map to ctypes
-            raise CompileError(f"recipe {self.recipe.name}: the record sent to {self.spec.buffer} has a member "
-                               "type BCC cannot decode", "use plain integer and u8/char array members") from None
+        self.event_type = event_type or self._event_class()
         for f in self.fields:
             for ref in (f.source, f.length):
                 if ref and not hasattr(self.event_type, ref.split(".", 1)[1]):
@@ -321,6 +316,15 @@ class Streamer:
             self.table.open_ring_buffer(self._on_ring)
         else:
             self.table.open_perf_buffer(self._on_perf, page_cnt=self.spec.pages, lost_cb=self._on_lost)
+
+    def _event_class(self):
+        """The record's ctypes layout, as BCC parsed it from the template's output call."""
+        try:
+            from bcc.table import _get_event_class
+            return _get_event_class(self.table)
+        except SystemExit:  # BCC prints and exits on a member type it cannot map to ctypes
+            raise CompileError(f"recipe {self.recipe.name}: the record sent to {self.spec.buffer} has a member "
+                               "type BCC cannot decode", "use plain integer and u8/char array members") from None
 
     @property
     def kind(self):
