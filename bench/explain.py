@@ -18,6 +18,16 @@ WORKLOAD = {
     "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
                    "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
                    "the event count.",
+    "execsnoop": "`kit-execloop` (bench/workloads/execloop.c): fork and exec `/bin/true kit-bench an-argument` and "
+                 "wait, one after another; each process is two events, its exec and its exit. The tools show "
+                 "what that parent starts: kit with `--pid` (it matches the parent) and `--limit 0` (every line "
+                 "printed), bpftrace printing every exec's argv and every exit's code. Its own count of processes "
+                 "is the event count.",
+    "oomkill": "`kit-oomhog` (bench/workloads/oomhog.c): processes that each join a memory cgroup of the bench's "
+               "own (16 MiB, no swap) and touch memory until its OOM killer kills them. The cgroup's own OOM-kill "
+               "counter is the event count. An OOM kill costs the kernel milliseconds (reclaim, the victim scan, "
+               "the kill); a probe's microsecond is far inside that noise, so the program body is the figure to "
+               "read.",
 }
 
 PER_EVENT_METHOD = """\
@@ -124,6 +134,25 @@ WHY = {
         "return probe looks up a start entry that is not there; the empty programs do nothing. All of that is "
         "small beside what a uprobe costs the process anyway (two traps per call): compare the CPU-added "
         "columns.",
+    ("filtered_body", "execsnoop"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns), so 1.2× leaves ~12 ns. execsnoop's scope "
+        "is the process or its parent, so a rejection reads the parent's name from its task_struct (two "
+        "bpf_probe_read_kernel at a BTF offset) after the task's own; an exit also looks up whether kit saw that "
+        "process exec in scope (a hash lookup), which is what keeps an exit in scope when its parent has gone. "
+        "The parent's ids are read only for a --pid scope. At exec and exit rates (thousands a second on a busy "
+        "build box) that is well under a thousandth of a CPU.",
+    ("filtered_body", "oomkill"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns). oomkill's scope is the victim or the "
+        "task that triggered the kill, so a rejection reads the victim's pid, name and cgroup from its "
+        "task_struct (BTF offsets) besides the current task's; it fires once per OOM kill.",
+    ("cpu", "execsnoop"):
+        "a stream is work in user space by nature: the bench runs kit with `--limit 0`, so it decodes every "
+        "record in Python and writes every line (thousands a second here), where the aggregating recipes only "
+        "poll. The default `--limit 1000` caps the lines, not the decoding (the tallies count every event).",
+    ("cpu", "oomkill"):
+        "the busy workload is a loop of OOM kills, each decoded (its memory cgroup looked up by walking the "
+        "memory hierarchy the first time) and written as it happens; the measuring window starts right after "
+        "attach, when kit's meter still holds the kernel's run-time statistics.",
     ("filtered_added", None):
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
@@ -146,8 +175,16 @@ def why(key):
     return WHY.get(key) or WHY.get((kind, None)) or "see the figures in the section below."
 
 
+KPROBED = {  # what each bcc tool kprobes, where the bench has seen it fail for lack of kprobes
+    "bcc execsnoop": "it probes the execve syscall, __x64_sys_execve",
+    "bcc oomkill": "it probes oom_kill_process",
+}
+
+
 def failure(label, text):
     """One line for a peer that cannot run here."""
+    if label in KPROBED and "kprobe" in text.lower():
+        return f"needs kprobes ({KPROBED[label]}), which this kernel has compiled out (BCC cannot attach it)"
     if "kprobes/blacklist" in text or "kprobe" in text.lower():
         return ("needs kprobes (it probes finish_task_switch), which this kernel has compiled out "
                 "(BCC fails reading /sys/kernel/debug/kprobes/blacklist)")
@@ -173,6 +210,10 @@ NOTICED = [
     "bcc's tcpretrans reads the socket's state and family through the 6.1 kernel headers BCC compiles against "
     "here (no 6.18 headers exist on this box); its counts per flow come from the tracepoint's own fields. kit "
     "takes every struct offset from the running kernel's BTF.",
+    "bcc's execsnoop and oomkill cannot run on this kernel (kprobes on execve and oom_kill_process): "
+    "bpftrace is their peer. bpftrace's execsnoop reads argv at `syscalls:sys_enter_execve`, and attaching any "
+    "`syscalls:*` tracepoint puts every syscall on the box on the slow path (about 50 ns each here); kit reads "
+    "argv from the new program's memory at `sched_process_exec` and touches no syscall hook.",
     "bpftrace 0.17 loses a SIGINT that arrives right after it is ready (it then never exits); the harness "
     "repeats the signal. bpftrace 0.17 also puts uprobes in every process that maps the file (`-p` is for "
     "USDT only), so its uprobe programs here filter on the pid, while kit and bcc attach to the one process.",

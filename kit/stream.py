@@ -13,7 +13,9 @@ here, handed to the template as two integers every stream template must use:
     #endif
 
 and every output checks its result: kit_count(KIT_EVENTS) when it went out,
-kit_count(KIT_BUFFER_LOST) when the buffer was full (user space fell behind).
+kit_count(KIT_BUFFER_LOST) when the buffer was full (user space fell behind). A third,
+{{kit_stream_wake_ns}}, paces the ring buffer's wakeups (see WAKE_S; probes/execsnoop.c has the
+pattern, kit_wake_flags()).
 
 The record's fields are the catalog's `fields` (`from: event.MEMBER`, with `unit`, `decode`,
 `len`, `values`, `kinds`), decoded here as each record arrives: no Python per recipe. The run's
@@ -46,6 +48,11 @@ BPF_MAP_TYPE_RINGBUF = 27
 TOP_GROUPS = 20       # per-group counts kept in the summary (the rest are summed as "other")
 MAX_GROUPS = 4096     # distinct values tallied per group field; beyond, counted as "other"
 DRAIN_SETTLE_S = 0.02  # after detaching: a program already running on another CPU finishes its output
+# The template wakes the reader for the first event after a quiet spell and then at most once per
+# WAKE_S (a wakeup costs the traced task an IPI and a context switch, ~10 us here, measured by bench/);
+# the reader drains the buffer itself every WAKE_S, so a line is never later than that.
+WAKE_S = 0.05
+PERF_WAKEUP_EVENTS = 16  # the perf buffer's equivalent: wake the reader every N records, drain the rest
 
 
 # ---- which buffer ------------------------------------------------------------
@@ -76,7 +83,8 @@ def _kernel_at_least(major, minor, release=None):
 
 def extra(ctx):
     """The integers every stream template uses: which buffer, and its size."""
-    return {"kit_ringbuf": int(ringbuf_available()), "kit_stream_pages": ctx.recipe.stream.pages}
+    return {"kit_ringbuf": int(ringbuf_available()), "kit_stream_pages": ctx.recipe.stream.pages,
+            "kit_stream_wake_ns": int(WAKE_S * 1e9)}
 
 
 # ---- decoding ----------------------------------------------------------------
@@ -315,7 +323,8 @@ class Streamer:
         if self.ring:
             self.table.open_ring_buffer(self._on_ring)
         else:
-            self.table.open_perf_buffer(self._on_perf, page_cnt=self.spec.pages, lost_cb=self._on_lost)
+            self.table.open_perf_buffer(self._on_perf, page_cnt=self.spec.pages, lost_cb=self._on_lost,
+                                        wakeup_events=PERF_WAKEUP_EVENTS)
 
     def _event_class(self):
         """The record's ctypes layout, as BCC parsed it from the template's output call."""
@@ -414,12 +423,18 @@ class Streamer:
 
     # -- the run loop's side ----------------------------------------------------
     def poll(self, seconds):
-        """The wait loop's sleep: deliver what arrives for up to `seconds`."""
-        ms = max(1, int(seconds * 1000))
-        if self.ring:
-            self.bpf.ring_buffer_poll(ms)
-        else:
-            self.bpf.perf_buffer_poll(ms)
+        """The wait loop's sleep: deliver what arrives for up to `seconds`, waking for the records the
+        template woke us for and draining the rest every WAKE_S."""
+        end = self.clock() + seconds
+        while self.stopped is None:
+            ms = max(1, int(min(WAKE_S, end - self.clock()) * 1000))
+            if self.ring:
+                self.bpf.ring_buffer_poll(ms)
+            else:
+                self.bpf.perf_buffer_poll(ms)
+            self._consume()
+            if self.clock() >= end:
+                break
 
     def interleaves(self, err):
         """Would a progress line on err land among the event lines (both on one terminal)?"""

@@ -67,13 +67,32 @@ BPF_RINGBUF_OUTPUT(events, {{kit_stream_pages}});
 #else
 BPF_PERF_OUTPUT(events);
 #endif
+#define KIT_STREAM_WAKE_NS {{kit_stream_wake_ns}}
+BPF_PERCPU_ARRAY(kit_wake_at, u64, 1);
+
+/* Wake the reader for the first event after a quiet spell, then at most once every
+ * KIT_STREAM_WAKE_NS: a wakeup is an IPI and a context switch (~10 us on this VM, inside the
+ * program's time), while the reader also drains the buffer on its own every poll slice of that
+ * length (kit/stream.py), so no event waits longer than that. */
+static __always_inline u64 kit_wake_flags(void)
+{
+    u32 zero = 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 *at = kit_wake_at.lookup(&zero);
+    if (!at)
+        return 0;
+    if (now - *at < KIT_STREAM_WAKE_NS)
+        return BPF_RB_NO_WAKEUP;
+    *at = now;
+    return BPF_RB_FORCE_WAKEUP;
+}
 BPF_PERCPU_ARRAY(scratch, struct event, 1);   /* too big for the BPF stack */
 BPF_HASH(execs, u32, u64, 10240);             /* tgid -> exec time, for the run time at exit */
 
 static __always_inline void emit(void *ctx, struct event *e, u32 size)
 {
 #if KIT_RINGBUF
-    if (events.ringbuf_output(e, size, 0) != 0)
+    if (events.ringbuf_output(e, size, kit_wake_flags()) != 0)
         kit_count(KIT_BUFFER_LOST);
     else
         kit_count(KIT_EVENTS);
@@ -85,28 +104,39 @@ static __always_inline void emit(void *ctx, struct event *e, u32 size)
 #endif
 }
 
-/* Who the task and its parent are: fills pid, ppid, comm, pcomm, uid, cgroup; returns the scope verdict. */
+/* Who the task and its parent are: fills pid, ppid, comm, pcomm, uid, cgroup; returns the scope verdict.
+ * The verdict comes first and cheapest: the cgroup, then the task itself, then its parent (the
+ * parent's ids are read only when a pid scope needs them). */
 static __always_inline int describe(const char *task, struct event *e)
 {
     u64 id = bpf_get_current_pid_tgid();
     const char *parent = 0;
     u32 ptid = 0;
     e->pid = id >> 32;
-    e->uid = (u32)bpf_get_current_uid_gid();
-    e->cgroup = bpf_get_current_cgroup_id();
     e->ppid = 0;
+    e->cgroup = bpf_get_current_cgroup_id();
+    if (KIT_SCOPE_CGROUP && e->cgroup != KIT_SCOPE_CGROUP)
+        return 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     __builtin_memset(e->pcomm, 0, sizeof(e->pcomm));
     bpf_probe_read_kernel(&parent, sizeof(parent), task + KIT_TASK_PARENT_OFF);
-    if (parent) {
-        bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + KIT_TASK_TGID_OFF);
-        bpf_probe_read_kernel(&ptid, sizeof(ptid), parent + KIT_TASK_PID_OFF);
+    if (parent)
         bpf_probe_read_kernel(&e->pcomm, sizeof(e->pcomm), parent + KIT_TASK_COMM_OFF);
+    if (!kit_allow_task(e->pid, (u32)id, (const char *)e->comm)) {
+        /* not the task itself: its parent, then (kit_comm_match is 1 without a comm scope) */
+        if (!parent || !kit_comm_match((const char *)e->pcomm))
+            return 0;
+        if (KIT_SCOPE_TGID || KIT_SCOPE_TID) {
+            bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + KIT_TASK_TGID_OFF);
+            bpf_probe_read_kernel(&ptid, sizeof(ptid), parent + KIT_TASK_PID_OFF);
+            if (!kit_allow_task(e->ppid, ptid, (const char *)e->pcomm))
+                return 0;
+        }
     }
-    if (KIT_SCOPE_CGROUP && e->cgroup != KIT_SCOPE_CGROUP)
-        return 0;
-    return kit_allow_task(e->pid, (u32)id, (const char *)e->comm)
-        || (parent && kit_allow_task(e->ppid, ptid, (const char *)e->pcomm));
+    if (parent && !e->ppid)
+        bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + KIT_TASK_TGID_OFF);
+    e->uid = (u32)bpf_get_current_uid_gid();
+    return 1;
 }
 
 static __always_inline int on_exec(void *ctx, const char *task, const char *filename)

@@ -70,6 +70,25 @@ BPF_RINGBUF_OUTPUT(events, {{kit_stream_pages}});
 #else
 BPF_PERF_OUTPUT(events);
 #endif
+#define KIT_STREAM_WAKE_NS {{kit_stream_wake_ns}}
+BPF_PERCPU_ARRAY(kit_wake_at, u64, 1);
+
+/* Wake the reader for the first event after a quiet spell, then at most once every
+ * KIT_STREAM_WAKE_NS: a wakeup is an IPI and a context switch (~10 us on this VM, inside the
+ * program's time), while the reader also drains the buffer on its own every poll slice of that
+ * length (kit/stream.py), so no event waits longer than that. */
+static __always_inline u64 kit_wake_flags(void)
+{
+    u32 zero = 0;
+    u64 now = bpf_ktime_get_ns();
+    u64 *at = kit_wake_at.lookup(&zero);
+    if (!at)
+        return 0;
+    if (now - *at < KIT_STREAM_WAKE_NS)
+        return BPF_RB_NO_WAKEUP;
+    *at = now;
+    return BPF_RB_FORCE_WAKEUP;
+}
 
 static __always_inline u64 cgroup_id(const char *cgrp)
 {
@@ -97,13 +116,12 @@ static __always_inline u64 memcg_of(const char *task)
 #endif
 }
 
-static __always_inline int emit(void *ctx, struct event *e)
+/* Fills in the triggering task (current); is the victim or the trigger in scope? Counts a rejection. */
+static __always_inline int in_scope(struct event *e)
 {
     u64 id = bpf_get_current_pid_tgid();
-    e->ts_ns = bpf_ktime_get_ns();
     e->trigger_pid = id >> 32;
     e->trigger_cgroup = bpf_get_current_cgroup_id();
-    e->trigger_memcg = memcg_of((const char *)bpf_get_current_task());
     bpf_get_current_comm(&e->trigger_comm, sizeof(e->trigger_comm));
     int victim = kit_allow_task(e->pid, e->pid, (const char *)e->comm)
         && (!KIT_SCOPE_CGROUP || e->cgroup == KIT_SCOPE_CGROUP);
@@ -111,8 +129,15 @@ static __always_inline int emit(void *ctx, struct event *e)
         kit_count(KIT_FILTERED);
         return 0;
     }
+    return 1;
+}
+
+static __always_inline int emit(void *ctx, struct event *e)
+{
+    e->ts_ns = bpf_ktime_get_ns();
+    e->trigger_memcg = memcg_of((const char *)bpf_get_current_task());
 #if KIT_RINGBUF
-    if (events.ringbuf_output(e, sizeof(*e), 0) != 0)
+    if (events.ringbuf_output(e, sizeof(*e), kit_wake_flags()) != 0)
         kit_count(KIT_BUFFER_LOST);
     else
         kit_count(KIT_EVENTS);
@@ -142,6 +167,12 @@ RAW_TRACEPOINT_PROBE(mark_victim)
     e.uid = (u32)ctx->args[1];
     bpf_probe_read_kernel(&e.pid, sizeof(e.pid), task + KIT_TASK_TGID_OFF);
     bpf_probe_read_kernel(&e.comm, sizeof(e.comm), task + KIT_TASK_COMM_OFF);
+    bpf_probe_read_kernel(&cset, sizeof(cset), task + KIT_TASK_CGROUPS_OFF);
+    if (cset)
+        bpf_probe_read_kernel(&cgrp, sizeof(cgrp), cset + KIT_CSS_DFL_CGRP_OFF);
+    e.cgroup = cgroup_id(cgrp);
+    if (!in_scope(&e))
+        return 0;
     bpf_probe_read_kernel(&mm, sizeof(mm), task + KIT_TASK_MM_OFF);
     if (mm) {
         u64 vm = 0;
@@ -160,10 +191,6 @@ RAW_TRACEPOINT_PROBE(mark_victim)
         bpf_probe_read_kernel(&adj, sizeof(adj), sig + KIT_SIGNAL_OOM_ADJ_OFF);
         e.oom_score_adj = adj;
     }
-    bpf_probe_read_kernel(&cset, sizeof(cset), task + KIT_TASK_CGROUPS_OFF);
-    if (cset)
-        bpf_probe_read_kernel(&cgrp, sizeof(cgrp), cset + KIT_CSS_DFL_CGRP_OFF);
-    e.cgroup = cgroup_id(cgrp);
     e.memcg = KIT_MEMCG_BTF ? memcg_of(task) : 0;
     return emit(ctx, &e);
 }
@@ -182,6 +209,8 @@ TRACEPOINT_PROBE(oom, mark_victim)
     e.uid = args->uid;
     e.oom_score_adj = args->oom_score_adj;
 #endif
+    if (!in_scope(&e))
+        return 0;
     return emit(args, &e);
 }
 #endif

@@ -55,7 +55,7 @@ class Table:
     def open_ring_buffer(self, cb):
         self.cb = cb
 
-    def open_perf_buffer(self, cb, page_cnt, lost_cb):
+    def open_perf_buffer(self, cb, page_cnt, lost_cb, wakeup_events=1):
         self.cb, self.pages = cb, page_cnt
 
 
