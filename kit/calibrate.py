@@ -15,9 +15,10 @@ being descheduled costs the workload nothing.
 - A perf counting event on the same tracepoint: what the guardrail's own
   rate measurement costs per event, so it can undo the slowdown it causes
   in a thread that is already busy on a whole CPU (kit/rate.py).
-- A stream event's record (kit/stream.py): a 256-byte record output to a ring buffer (a perf
-  buffer where the kernel has none) on the same tracepoints, the buffer big enough to hold a whole
-  run and drained between runs, so every output succeeds as it does when kit keeps up.
+- A stream event's record (kit/stream.py): the workload's scope check and a 256-byte record output
+  to a ring buffer (a perf buffer where the kernel has none) on the same tracepoints, the buffer big
+  enough to hold a whole run and drained between runs, so every output succeeds as it does when kit
+  keeps up.
 - offcpu's whole in-scope path (stacks, caller recovery, aggregation), by
   running the recipe itself around a ping-pong (kit/calibrate_offcpu.py).
 - The program body as the kernel times it (BPF_ENABLE_STATS), in separate
@@ -161,8 +162,16 @@ static __always_inline void output_record(void *ctx)
 #endif
 }
 
-int tp_output(void *ctx) { output_record(ctx); return 0; }
-int raw_output(struct bpf_raw_tracepoint_args *ctx) { output_record(ctx); return 0; }
+/* Only the workload's records: another process's syscall storm must not fill the buffer mid-run. */
+int tp_output(void *ctx) { if (comm_is_workload()) output_record(ctx); else kit_count(KIT_FILTERED); return 0; }
+int raw_output(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (comm_is_workload())
+        output_record(ctx);
+    else
+        kit_count(KIT_FILTERED);
+    return 0;
+}
 
 int up_count(struct pt_regs *ctx) { kit_count(KIT_EVENTS); return 0; }
 int up_entry(struct pt_regs *ctx) { pair_start(); return 0; }

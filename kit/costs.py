@@ -30,8 +30,9 @@ DEFAULT_NS = {
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
     "perf_tracepoint": 120,
     "offcpu_block": 4800,  # offcpu's in-scope path, measured on a Python ping-pong on this kind of VM
-    # a 256-byte record output to the stream buffer (ring buffer here) per event (kit/stream.py)
-    "tracepoint_output": 400, "raw_tracepoint_output": 380,
+    # the scope check and a 256-byte record to the stream buffer (kit/stream.py): `kit calibrate` here measured it
+    # ~85 ns over the empty program on the same hook (2 runs, 2026-12-03); priced as that over the empty above
+    "tracepoint_output": 190, "raw_tracepoint_output": 165,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -42,7 +43,7 @@ DEFAULT_BODY_NS = {
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
     "perf_tracepoint": 0,
     "offcpu_block": 3500,
-    "tracepoint_output": 300, "raw_tracepoint_output": 290,
+    "tracepoint_output": 135, "raw_tracepoint_output": 130,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
