@@ -26,7 +26,10 @@ COST_CLASSES = tuple(costs.CLASSES)  # one list, defined where each class is pri
 OUTPUTS = ("table", "stacks", "histograms", "stream")
 SHOW = ("always", "nonzero", "json")  # stream fields: where a field appears (json: JSON Lines only)
 TASK_SCOPES = {
-    "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
+    "comm": dict(type="comm", help="threads whose own name, or whose process's name (its main thread's: what "
+                 "`ps -o comm` shows), is exactly this (at most 15 bytes): every thread of a process, renamed or not"),
+    "thread_comm": dict(type="comm", help="threads whose own name is exactly this (`ps -L -o comm`, at most 15 "
+                        "bytes), whatever their process is named"),
     "pid": dict(type="pid", help="process id (all its threads)"),
     "tid": dict(type="tid", help="thread id"),
     "cgroup": dict(type="cgroup", help="cgroup v2 directory, e.g. system.slice/nginx.service"),
@@ -288,6 +291,8 @@ def _recipe(c, r, source, probes_dir):
         if s not in TASK_SCOPES:
             c.fail(r.lines["scopes"], f"unknown scope {s!r}", f"task scopes are {', '.join(TASK_SCOPES)}")
         params[s] = ParamSpec(name=s, scope=True, task_scope=True, line=r.lines["scopes"], **TASK_SCOPES[s])
+    if ("comm" in scopes) != ("thread_comm" in scopes):  # one meaning of --comm everywhere, and its sibling
+        c.fail(r.lines["scopes"], "scopes comm and thread_comm go together", "list both, or neither")
     for pname, p in (c.typed(r, "params", dict, {}) or {}).items():
         if pname in params:
             c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")
@@ -352,13 +357,9 @@ IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _fields(c, r, output="table"):
-    from kit.contract import DECODERS
-    decoders = DECODERS
-    if output == "stream":
-        from kit.stream import DECODERS as STREAM_DECODERS
-        decoders = {**DECODERS, **STREAM_DECODERS}
+    from kit.contract import decoders as decoders_for, parse_source
+    decoders = decoders_for(output)
     stream_keys = ("len", "values", "kinds", "show", "failure", "width") if output == "stream" else ()
-    sides = ("event",) if output == "stream" else ("key", "val")
     fields = []
     for f in c.typed(r, "fields", list):
         c.keys(f, ("name", "help"), ("unit", "from", "per", "decode") + stream_keys)
@@ -370,10 +371,12 @@ def _fields(c, r, output="table"):
                       width=c.typed(f, "width", int, 0))
         for key, ref in (("from", field.source), ("len", field.length)):
             if ref:
-                side, _, member = ref.partition(".")
-                if side not in sides or not IDENT_RE.fullmatch(member):
-                    c.fail(f.lines[key], f"field {field.name!r}: {key} {ref!r} must be "
-                           + " or ".join(f"{s}.MEMBER" for s in sides))
+                try:
+                    _side, member = parse_source(ref, output)
+                except ValueError as e:
+                    c.fail(f.lines[key], f"field {field.name!r}: {key} {ref!r} {e}")
+                if key == "len" and not member:
+                    c.fail(f.lines[key], f"field {field.name!r}: len {ref!r} must name a member")
         if field.decode and field.decode not in decoders:
             c.fail(f.lines["decode"], f"field {field.name!r}: unknown decode {field.decode!r}",
                    f"one of {', '.join(decoders)}")

@@ -19,6 +19,7 @@ import errno as errno_mod
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import typing
 
@@ -39,6 +40,7 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+STEPS = tuple(f.name for f in dataclasses.fields(Hooks))
 
 
 @dataclasses.dataclass
@@ -52,6 +54,7 @@ class Context:
     notes: list = dataclasses.field(default_factory=list)          # shown under the results
     planned_uprobes: list = dataclasses.field(default_factory=list)   # kit.uprobes.plan: resolved, not attached
     attached_uprobes: list = dataclasses.field(default_factory=list)  # kit.uprobes.attach: what did attach
+    task_offsets: dict = None   # kit.render.task_offsets: what the prelude's --comm rule reads, as rendered
     private: object = None   # the one object a recipe module keeps between its steps (offcpu: its watcher)
     stream: object = None    # output: stream: the run's kit.stream.Streamer (its tallies, for collect)
 
@@ -71,6 +74,11 @@ def hooks_of(recipe):
     if not isinstance(hooks, Hooks):
         raise CatalogError(f"{recipe.where}: recipe {recipe.name!r}: {recipe.module} defines no HOOKS = Hooks(...)",
                            "say which steps the module takes with kit.contract.Hooks")
+    for step in STEPS:  # a step function the Hooks object forgets would silently never run
+        fn = getattr(mod, step, None)
+        if callable(fn) and getattr(hooks, step) is None:
+            raise CatalogError(f"recipe {recipe.name!r}: {recipe.module} defines {step}() but its HOOKS does not "
+                               f"name it", f"add {step}={step} to HOOKS, or rename the function")
     return hooks
 
 
@@ -80,7 +88,7 @@ def load_module(path, recipe):
     rel = os.path.relpath(path, ROOT)
     if not rel.startswith("..") and rel.endswith(".py"):
         return importlib.import_module(rel[:-3].replace(os.sep, "."))
-    name = f"kit_recipe_{recipe.name}"
+    name = "kit_recipe_" + "".join(c if c.isalnum() else "_" for c in path)  # one module per file
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -103,10 +111,24 @@ def _errno(v):
     return errno_mod.errorcode.get(v, str(v)) if v else ""
 
 
+def _disk(dev):
+    from kit.params import disk_name
+    return disk_name(int(dev))
+
+
+BLOCK_OPS = ("read", "write", "flush", "discard", "other")   # KIT_BLK_* in probes/biolatency.c
+
+
+def _index(names):
+    return lambda v: names[v] if 0 <= v < len(names) else str(v)
+
+
 # decode: names a field's catalog value may take; each turns the raw member into what is shown
 DECODERS = {
     "syscall": _syscall,
     "errno": _errno,
+    "disk": _disk,
+    "block_op": _index(BLOCK_OPS),
 }
 UNIT_SCALE = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}   # from a member in nanoseconds (name ends in _ns)
 UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
@@ -114,9 +136,7 @@ UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
 
 def _raw(v):
     """A ctypes member as Python: char arrays as text (data from the kernel: decoded, never interpreted)."""
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
-    if hasattr(v, "_length_") and getattr(v, "_type_", None) in (bytes, type(b"")):
+    if isinstance(v, (bytes, bytearray)):  # BCC hands char[] members over as bytes
         return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
     if hasattr(v, "_length_"):
         try:
@@ -126,14 +146,49 @@ def _raw(v):
     return int(v) if not isinstance(v, float) else v
 
 
+# ---- `from:`: where a field's value comes from, one vocabulary for every output. The default
+# collector reads the table map's key or value (key.MEMBER, val.MEMBER, or val alone: a scalar count);
+# a stream (kit/stream.py) reads the record its template outputs (event.MEMBER) as each arrives.
+SOURCES = {"key": "map", "val": "map", "event": "stream"}   # side -> what it reads: a BPF map's entry, a record
+SCALAR_SIDES = ("val",)  # sides that may stand alone (the object is the value)
+MEMBER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_source(ref, output):
+    """(side, member) of a field's `from:` (or a stream field's `len:`) for a recipe of this output;
+    ValueError saying what it must be. member is "" for a side standing alone."""
+    reads = "stream" if output == "stream" else "map"
+    sides = [s for s, r in SOURCES.items() if r == reads]
+    side, dot, member = ref.partition(".")
+    if side in sides and (MEMBER_RE.fullmatch(member) or (not dot and side in SCALAR_SIDES)):
+        return side, member
+    forms = [f"{s}.MEMBER" for s in sides] + [f"{s} (a scalar value)" for s in sides if s in SCALAR_SIDES]
+    forms_text = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+    raise ValueError(f"must be {forms_text}")
+
+
+def source_value(obj, member):
+    """The raw value a field reads: obj.member, or obj itself (its .value) for a side standing alone."""
+    return _raw(getattr(obj, member) if member else obj.value)
+
+
+def decoders(output):
+    """The decode: names a field of this output may take: the row decoders, and for a stream also
+    kit.stream's (they see the run: its clock, the cgroup hierarchy)."""
+    if output != "stream":
+        return DECODERS
+    from kit import stream  # late: stream imports this module
+    return {**DECODERS, **stream.DECODERS}
+
+
 def row_of(fields, key, val):
     """One row from a (key, value) pair of the table map, by each field's `from`, `unit`, `per`, `decode`."""
     row, raw = {}, {}
     for f in fields:
         if not f.source:
             continue
-        side, member = f.source.split(".", 1)
-        v = _raw(getattr(key if side == "key" else val, member))
+        side, _, member = f.source.partition(".")
+        v = source_value(key if side == "key" else val, member)
         raw[f.name] = v
         if f.decode:
             v = DECODERS[f.decode](v)
@@ -168,7 +223,10 @@ def collect_histograms(recipe, bpf):
     `slot` member and group members gives one histogram per group, named `name group=value ...`."""
     out = {}
     for h in recipe.histograms:
-        table = bpf[h.map]
+        try:
+            table = bpf[h.map]
+        except KeyError:  # compiled out by a parameter (e.g. biolatency's queue_hist without --queued)
+            continue
         groups = {}
         for k, v in table.items():
             count = int(v.value)
@@ -176,7 +234,7 @@ def collect_histograms(recipe, bpf):
                 continue
             if hasattr(k, "slot"):
                 names = [n for n, *_ in k._fields_ if n != "slot" and not n.startswith("_")]
-                label = " ".join(f"{n}={_raw(getattr(k, n))}" for n in names)
+                label = " ".join(_group(recipe, n, getattr(k, n)) for n in names)
                 groups.setdefault(label, {})[int(k.slot)] = count
             else:
                 groups.setdefault("", {})[int(k.value)] = count
@@ -185,6 +243,16 @@ def collect_histograms(recipe, bpf):
         for label, counts in sorted(groups.items()):
             out[f"{h.name} {label}".strip()] = prelude.buckets(counts)
     return out
+
+
+def _group(recipe, member, raw):
+    """A histogram's group member, shown as the table field read from the same key member (its name
+    and decoder), so one declaration serves both."""
+    v = _raw(raw)
+    for f in recipe.fields:
+        if f.source == f"key.{member}":
+            return f"{f.name}={DECODERS[f.decode](v) if f.decode else v}"
+    return f"{member}={v}"
 
 
 def default_collect(ctx, bpf):

@@ -23,15 +23,15 @@
  * arguments, which is also what `ps` reads).
  */
 #define KIT_RINGBUF {{kit_ringbuf}}
-#define KIT_TASK_MM_OFF     {{task_mm_off}}
-#define KIT_TASK_PARENT_OFF {{task_parent_off}}
-#define KIT_TASK_TGID_OFF   {{task_tgid_off}}
-#define KIT_TASK_PID_OFF    {{task_pid_off}}
-#define KIT_TASK_COMM_OFF   {{task_comm_off}}
-#define KIT_TASK_FLAGS_OFF  {{task_flags_off}}
-#define KIT_TASK_EXIT_CODE_OFF {{task_exit_code_off}}
-#define KIT_TASK_START_OFF  {{task_start_off}}
-#define KIT_TASK_LEADER_OFF {{task_leader_off}}
+#define TASK_MM_OFF     {{task_mm_off}}
+#define TASK_PARENT_OFF {{task_parent_off}}
+#define TASK_TGID_OFF   {{task_tgid_off}}
+#define TASK_PID_OFF    {{task_pid_off}}
+#define TASK_COMM_OFF   {{task_comm_off}}
+#define TASK_FLAGS_OFF  {{task_flags_off}}
+#define TASK_EXIT_CODE_OFF {{task_exit_code_off}}
+#define TASK_START_OFF  {{task_start_off}}
+#define TASK_LEADER_OFF {{task_leader_off}}
 #define KIT_MM_ARG_START_OFF {{mm_arg_start_off}}
 #define KIT_MM_ARG_END_OFF  {{mm_arg_end_off}}
 #define KIT_BPRM_FILENAME_OFF {{bprm_filename_off}}
@@ -105,8 +105,9 @@ static __always_inline void emit(void *ctx, struct event *e, u32 size)
 }
 
 /* Who the task and its parent are: fills pid, ppid, comm, pcomm, uid, cgroup; returns the scope verdict.
- * The verdict comes first and cheapest: the cgroup, then the task itself, then its parent (the
- * parent's ids are read only when a pid scope needs them). */
+ * The verdict comes first and cheapest: the cgroup, then the task itself (current, by the prelude's
+ * rule), then its parent (kit_allow_task: its own name or its process's; its ids are read only when a
+ * pid scope needs them). */
 static __always_inline int describe(const char *task, struct event *e)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -119,22 +120,21 @@ static __always_inline int describe(const char *task, struct event *e)
         return 0;
     bpf_get_current_comm(&e->comm, sizeof(e->comm));
     __builtin_memset(e->pcomm, 0, sizeof(e->pcomm));
-    bpf_probe_read_kernel(&parent, sizeof(parent), task + KIT_TASK_PARENT_OFF);
+    bpf_probe_read_kernel(&parent, sizeof(parent), task + TASK_PARENT_OFF);
     if (parent)
-        bpf_probe_read_kernel(&e->pcomm, sizeof(e->pcomm), parent + KIT_TASK_COMM_OFF);
-    if (!kit_allow_task(e->pid, (u32)id, (const char *)e->comm)) {
-        /* not the task itself: its parent, then (kit_comm_match is 1 without a comm scope) */
-        if (!parent || !kit_comm_match((const char *)e->pcomm))
+        bpf_probe_read_kernel(&e->pcomm, sizeof(e->pcomm), parent + TASK_COMM_OFF);
+    if (!kit_allow_current()) {
+        if (!parent)
             return 0;
         if (KIT_SCOPE_TGID || KIT_SCOPE_TID) {
-            bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + KIT_TASK_TGID_OFF);
-            bpf_probe_read_kernel(&ptid, sizeof(ptid), parent + KIT_TASK_PID_OFF);
-            if (!kit_allow_task(e->ppid, ptid, (const char *)e->pcomm))
-                return 0;
+            bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + TASK_TGID_OFF);
+            bpf_probe_read_kernel(&ptid, sizeof(ptid), parent + TASK_PID_OFF);
         }
+        if (!kit_allow_task(e->ppid, ptid, (const char *)e->pcomm, parent))
+            return 0;
     }
     if (parent && !e->ppid)
-        bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + KIT_TASK_TGID_OFF);
+        bpf_probe_read_kernel(&e->ppid, sizeof(e->ppid), parent + TASK_TGID_OFF);
     e->uid = (u32)bpf_get_current_uid_gid();
     return 1;
 }
@@ -160,7 +160,7 @@ static __always_inline int on_exec(void *ctx, const char *task, const char *file
     /* argv: the new program's argument strings, NUL-separated, as the kernel copied them in */
     const char *mm = 0;
     unsigned long start = 0, end = 0;
-    bpf_probe_read_kernel(&mm, sizeof(mm), task + KIT_TASK_MM_OFF);
+    bpf_probe_read_kernel(&mm, sizeof(mm), task + TASK_MM_OFF);
     if (mm) {
         bpf_probe_read_kernel(&start, sizeof(start), mm + KIT_MM_ARG_START_OFF);
         bpf_probe_read_kernel(&end, sizeof(end), mm + KIT_MM_ARG_END_OFF);
@@ -185,7 +185,7 @@ static __always_inline int on_exec(void *ctx, const char *task, const char *file
 static __always_inline int on_exit(void *ctx, const char *task, int group_dead)
 {
     u32 flags = 0;
-    bpf_probe_read_kernel(&flags, sizeof(flags), task + KIT_TASK_FLAGS_OFF);
+    bpf_probe_read_kernel(&flags, sizeof(flags), task + TASK_FLAGS_OFF);
     if (!group_dead || (flags & PF_KTHREAD)) {  /* a thread of a live process, or a kernel thread */
         kit_count(KIT_FILTERED);
         return 0;
@@ -207,7 +207,7 @@ static __always_inline int on_exit(void *ctx, const char *task, int group_dead)
     e->args_len = 0;
     e->args_cut = 0;
     e->exit_status = 0;
-    bpf_probe_read_kernel(&e->exit_status, sizeof(e->exit_status), task + KIT_TASK_EXIT_CODE_OFF);
+    bpf_probe_read_kernel(&e->exit_status, sizeof(e->exit_status), task + TASK_EXIT_CODE_OFF);
     if (exec_ts) {
         e->run_ns = now - *exec_ts;
         e->before_run = 0;
@@ -215,9 +215,9 @@ static __always_inline int on_exit(void *ctx, const char *task, int group_dead)
     } else {
         const char *leader = 0;
         u64 started = 0;
-        bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_TASK_LEADER_OFF);
+        bpf_probe_read_kernel(&leader, sizeof(leader), task + TASK_LEADER_OFF);
         if (leader)
-            bpf_probe_read_kernel(&started, sizeof(started), leader + KIT_TASK_START_OFF);
+            bpf_probe_read_kernel(&started, sizeof(started), leader + TASK_START_OFF);
         e->run_ns = started && started < now ? now - started : 0;
         e->before_run = 1;
     }

@@ -13,7 +13,7 @@
  * allocating when memory ran out (for a memory cgroup OOM, a task charged to
  * that cgroup), and its memory cgroup (on whichever hierarchy the memory
  * controller is: v2, or v1 on a hybrid box) is where kit looks for the limit.
- * Scope: the victim or the triggering task (--comm, --pid, --cgroup). Not a
+ * Scope: the victim or the triggering task (--comm, --thread-comm, --pid, --cgroup). Not a
  * hot path: it fires once per kill.
  * Based on bcc's tools/oomkill.py (a kprobe on oom_kill_process, which this
  * kernel lacks) and the oom:mark_victim fields the kernel added in 6.8.
@@ -23,11 +23,11 @@
 /* does the tracepoint carry the victim's memory (6.8+), or only its pid? */
 #define KIT_TP_HAS_RSS {{tp_has_rss}}
 /* raw tracepoint rung: BTF offsets */
-#define KIT_TASK_TGID_OFF   {{task_tgid_off}}
-#define KIT_TASK_COMM_OFF   {{task_comm_off}}
-#define KIT_TASK_MM_OFF     {{task_mm_off}}
-#define KIT_TASK_SIGNAL_OFF {{task_signal_off}}
-#define KIT_TASK_CGROUPS_OFF {{task_cgroups_off}}
+#define TASK_TGID_OFF   {{task_tgid_off}}
+#define TASK_COMM_OFF   {{task_comm_off}}
+#define TASK_MM_OFF     {{task_mm_off}}
+#define TASK_SIGNAL_OFF {{task_signal_off}}
+#define TASK_CGROUPS_OFF {{task_cgroups_off}}
 #define KIT_SIGNAL_OOM_ADJ_OFF {{signal_oom_adj_off}}
 #define KIT_CSS_DFL_CGRP_OFF {{css_dfl_cgrp_off}}
 #define KIT_CGROUP_KN_OFF   {{cgroup_kn_off}}
@@ -105,7 +105,7 @@ static __always_inline u64 memcg_of(const char *task)
 {
 #if KIT_MEMCG_BTF
     const char *cset = 0, *css = 0, *cgrp = 0;
-    bpf_probe_read_kernel(&cset, sizeof(cset), task + KIT_TASK_CGROUPS_OFF);
+    bpf_probe_read_kernel(&cset, sizeof(cset), task + TASK_CGROUPS_OFF);
     if (cset)
         bpf_probe_read_kernel(&css, sizeof(css), cset + KIT_CSS_MEMORY_OFF);
     if (css)
@@ -116,14 +116,17 @@ static __always_inline u64 memcg_of(const char *task)
 #endif
 }
 
-/* Fills in the triggering task (current); is the victim or the trigger in scope? Counts a rejection. */
-static __always_inline int in_scope(struct event *e)
+/* Fills in the triggering task (current); is the victim or the trigger in scope? Counts a rejection.
+ * victim: the victim's task (the raw tracepoint rung), from which --comm reads its process's name; 0 on
+ * the tracepoint rung, where the victim's own name (the thread the kernel picked: its main thread
+ * unless that one had already exited) decides. */
+static __always_inline int in_scope(struct event *e, const char *victim_task)
 {
     u64 id = bpf_get_current_pid_tgid();
     e->trigger_pid = id >> 32;
     e->trigger_cgroup = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&e->trigger_comm, sizeof(e->trigger_comm));
-    int victim = kit_allow_task(e->pid, e->pid, (const char *)e->comm)
+    int victim = kit_allow_task(e->pid, e->pid, (const char *)e->comm, victim_task)
         && (!KIT_SCOPE_CGROUP || e->cgroup == KIT_SCOPE_CGROUP);
     if (!victim && !kit_allow_current()) {
         kit_count(KIT_FILTERED);
@@ -165,15 +168,15 @@ RAW_TRACEPOINT_PROBE(mark_victim)
     struct event e = {};
     const char *mm = 0, *sig = 0, *cset = 0, *cgrp = 0;
     e.uid = (u32)ctx->args[1];
-    bpf_probe_read_kernel(&e.pid, sizeof(e.pid), task + KIT_TASK_TGID_OFF);
-    bpf_probe_read_kernel(&e.comm, sizeof(e.comm), task + KIT_TASK_COMM_OFF);
-    bpf_probe_read_kernel(&cset, sizeof(cset), task + KIT_TASK_CGROUPS_OFF);
+    bpf_probe_read_kernel(&e.pid, sizeof(e.pid), task + TASK_TGID_OFF);
+    bpf_probe_read_kernel(&e.comm, sizeof(e.comm), task + TASK_COMM_OFF);
+    bpf_probe_read_kernel(&cset, sizeof(cset), task + TASK_CGROUPS_OFF);
     if (cset)
         bpf_probe_read_kernel(&cgrp, sizeof(cgrp), cset + KIT_CSS_DFL_CGRP_OFF);
     e.cgroup = cgroup_id(cgrp);
-    if (!in_scope(&e))
+    if (!in_scope(&e, task))
         return 0;
-    bpf_probe_read_kernel(&mm, sizeof(mm), task + KIT_TASK_MM_OFF);
+    bpf_probe_read_kernel(&mm, sizeof(mm), task + TASK_MM_OFF);
     if (mm) {
         u64 vm = 0;
         long pgtables = 0;
@@ -185,7 +188,7 @@ RAW_TRACEPOINT_PROBE(mark_victim)
         e.shmem_rss_kb = mm_pages(mm, MM_SHMEMPAGES) * KIT_PAGE_KB;
         e.pgtables_kb = pgtables > 0 ? pgtables >> 10 : 0;
     }
-    bpf_probe_read_kernel(&sig, sizeof(sig), task + KIT_TASK_SIGNAL_OFF);
+    bpf_probe_read_kernel(&sig, sizeof(sig), task + TASK_SIGNAL_OFF);
     if (sig) {
         short adj = 0;
         bpf_probe_read_kernel(&adj, sizeof(adj), sig + KIT_SIGNAL_OOM_ADJ_OFF);
@@ -209,7 +212,7 @@ TRACEPOINT_PROBE(oom, mark_victim)
     e.uid = args->uid;
     e.oom_score_adj = args->oom_score_adj;
 #endif
-    if (!in_scope(&e))
+    if (!in_scope(&e, 0))
         return 0;
     return emit(args, &e);
 }
