@@ -23,11 +23,11 @@ ARGS_MAX = 4096  # probes/execsnoop.c
 class Execs:
     """The workload: started, gated on "go", and its own record of what it ran."""
 
-    def __init__(self, tag, repeat=0):
-        self.repeat = repeat
+    def __init__(self, tag, repeat=0, worker=None):
+        self.repeat, self.worker = repeat, worker
         self.comm = f"kit-ex{tag}-{os.getpid() % 10000}"[:15]
-        self.p = subprocess.Popen([sys.executable, WORKLOAD, self.comm, str(repeat)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen([sys.executable, WORKLOAD, self.comm, str(repeat), *([worker] if worker else [])],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.pid = self.p.pid
         assert self.p.stdout.readline().strip() == "ready"
 
@@ -36,7 +36,8 @@ class Execs:
         self.p.stdin.flush()
         assert self.p.stdout.readline().strip() == "done"
         from workloads import execs
-        return [json.loads(self.p.stdout.readline()) for _ in range(len(execs.COMMANDS) + self.repeat)]
+        n = len(execs.COMMANDS) + self.repeat + (len(execs.WORKER_COMMANDS) if self.worker else 0)
+        return [json.loads(self.p.stdout.readline()) for _ in range(n)]
 
     def end(self):
         if self.p.poll() is None:
@@ -183,3 +184,31 @@ def test_human_lines_as_they_come_and_sigterm_prints_the_summary_and_detaches(ke
     assert "argv=/bin/echo '' 'x y'" in out and f"argv_cut={sum(len(a) + 1 for a in done[5]['argv']) - ARGS_MAX}" in out
     assert f"--- {2 * len(done)} events via the ring buffer (exec {len(done)}, exit {len(done)})" in out
     assert "stopped by SIGTERM" in out
+
+
+WORKER = "kit-ex-worker"
+NAME_SCOPES = {  # which threads' children each scope takes, by the prelude's one rule applied to the parent
+    "process name": (lambda w: ["--comm", w.comm], lambda w: {w.comm, WORKER}),
+    "worker's own name": (lambda w: ["--comm", WORKER], lambda w: {WORKER}),
+    "thread-comm worker": (lambda w: ["--thread-comm", WORKER], lambda w: {WORKER}),
+    "thread-comm main": (lambda w: ["--thread-comm", w.comm], lambda w: {w.comm}),
+}
+
+
+@pytest.mark.parametrize("scope", NAME_SCOPES)
+def test_comm_and_thread_comm_match_the_parent_thread_by_its_own_or_its_process_name(kernel, no_leftovers, scope):
+    """The children's own names (true, false, echo...) never match: each is in scope through the thread that
+    started it, a renamed worker or the main thread, exactly as the workload's record of who ran it says."""
+    args, threads = NAME_SCOPES[scope]
+    with Execs("n", worker=WORKER) as w:
+        kit, done = _run(w, *args(w))
+    assert kit.code == 130, kit.stderr
+    events, summary = _lines(kit.stdout)
+    assert {d["by"] for d in done} == {w.comm, WORKER}  # the workload ran from both threads
+    want = {d["pid"] for d in done if d["by"] in threads(w)}
+    for kind in ("exec", "exit"):
+        got = [e["pid"] for e in events if e["event"] == kind]
+        assert sorted(got) == sorted(want), (kind, scope, sorted(got), sorted(want))
+    by = {d["pid"]: d["by"] for d in done}
+    assert all(e["pcomm"] == by[e["pid"]] and e["ppid"] == w.pid for e in events if e["event"] == "exec")
+    assert summary["stream"]["lost_in_kernel"] == 0 and summary["stream"]["errors"] == 0
