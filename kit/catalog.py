@@ -150,6 +150,11 @@ class Recipe:
     table: Table = None       # rows by the default collector
     histograms: list = dataclasses.field(default_factory=list)  # [Histogram], by the default collector
     stream: Stream = None     # output: stream: the buffer and its tallies (kit/stream.py)
+    # A table recipe whose stream: block has fields of its own also runs as a stream (`--stream`): that
+    # form is this recipe with output stream, those fields and the block's cost class; the template
+    # tells the two apart by {{kit_stream}}. form is "stream" on the form itself.
+    stream_form: "Recipe" = None
+    form: str = ""
 
     @property
     def where(self):
@@ -341,16 +346,22 @@ def _recipe(c, r, source, probes_dir):
     if not module and output == "table" and table is None:
         c.fail(r.line, "a table recipe without a module needs table: {map: ...} for the default collector",
                "name the BPF map its rows come from, or give module: with a collect step")
-    stream = _stream(c, r, fields, output)
+    stream, form = _stream(c, r, fields, output)
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
     trust.check(template, "template")
-    return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
-                  guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
-                  next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
-                  line=r.line, source=source, module=module, table=table, histograms=histograms,
-                  stream=stream)
+    recipe = Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef,
+                    duration_max=dmax, guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
+                    next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
+                    line=r.line, source=source, module=module, table=table, histograms=histograms,
+                    stream=stream)
+    if form is not None:
+        form_stream, form_fields, cost_class = form
+        recipe.stream_form = dataclasses.replace(
+            recipe, output="stream", fields=form_fields, table=None, histograms=[], stream=form_stream,
+            guard=dataclasses.replace(guard, cost_class=cost_class or guard.cost_class), form="stream")
+    return recipe
 
 
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -393,16 +404,31 @@ def _fields(c, r, output="table"):
 
 
 def _stream(c, r, fields, output):
-    """The stream: block of an output: stream recipe (and only of one)."""
+    """(Stream, form): the stream: block of an output: stream recipe, or of a table recipe that also
+    runs as a stream with --stream: then the block has its own fields (and may price them with its own
+    cost_class), and form is (Stream, fields, cost_class)."""
     s = c.typed(r, "stream", dict, None)
-    if output != "stream":
-        if s is not None:
-            c.fail(r.lines["stream"], "stream: belongs to output: stream recipes only")
-        return None
+    if output == "stream":
+        if s is None:
+            c.fail(r.line, "an output: stream recipe needs stream: {buffer: MAP}",
+                   "name the template's BPF_RINGBUF_OUTPUT/BPF_PERF_OUTPUT map")
+        return _stream_spec(c, r, s, fields, ()), None
     if s is None:
-        c.fail(r.line, "an output: stream recipe needs stream: {buffer: MAP}",
-               "name the template's BPF_RINGBUF_OUTPUT/BPF_PERF_OUTPUT map")
-    c.keys(s, ("buffer",), ("kind", "group", "limit", "pages"))
+        return None, None
+    if output != "table" or "fields" not in s:
+        c.fail(r.lines["stream"], "stream: of a recipe whose output is not stream is its --stream form: it needs "
+               "fields: of its own (from: event.MEMBER)" if output == "table" else
+               "stream: belongs to output: stream recipes, and to table recipes as their --stream form")
+    form_fields = _fields(c, s, "stream")
+    cost_class = c.typed(s, "cost_class", str, "")
+    if cost_class and cost_class not in COST_CLASSES:
+        c.fail(s.lines["cost_class"], f"unknown cost_class {cost_class!r}", f"one of {', '.join(COST_CLASSES)}")
+    return None, (_stream_spec(c, s, s, form_fields, ("fields", "cost_class")), form_fields, cost_class)
+
+
+def _stream_spec(c, r, s, fields, form_keys):
+    """The Stream of a stream: block s (r: where its fields are listed)."""
+    c.keys(s, ("buffer",), ("kind", "group", "limit", "pages") + form_keys)
     stream = Stream(buffer=c.typed(s, "buffer", str), kind=c.typed(s, "kind", str, ""),
                     group=tuple(c.typed(s, "group", list, [])), limit=c.typed(s, "limit", int, 1000),
                     pages=c.typed(s, "pages", int, 64))

@@ -57,6 +57,9 @@ CLASSES = {
     "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),
     # a stream event (kit/stream.py): the tracepoint and one record output to the buffer
     "tracepoint_output": (("{f}_output",), ("{f}_filter",), 1),
+    # a syscall's entry and exit as a stream (opensnoop --stream): the pair, then a record out at exit.
+    # Priced as the pair plus a whole output event, one dispatch more than it pays (an over-estimate)
+    "tracepoint_pair_output": (("{f}_pair", "{f}_output"), ("{f}_pair_filter",), 2),
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),

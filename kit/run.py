@@ -45,7 +45,7 @@ def prepare(recipe, values, hook_type=None):
         uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hooks.extra:
         ctx.extra = hooks.extra(ctx)
-    if recipe.output == "stream":  # which buffer the template outputs to: kit/stream.py decides
+    if recipe.output == "stream" or recipe.stream_form is not None:  # the buffer: kit/stream.py decides
         from kit import stream
         ctx.extra = {**stream.extra(ctx), **ctx.extra}
     ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads

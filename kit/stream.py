@@ -40,7 +40,7 @@ import sys
 import time
 
 from kit import bpfstats
-from kit.contract import DECODERS as ROW_DECODERS, UNIT_DIGITS, UNIT_SCALE, _raw
+from kit.contract import DECODERS as ROW_DECODERS, UNIT_DIGITS, UNIT_SCALE, source_value
 from kit.errors import CompileError
 
 BPF_MAP_CREATE = 0
@@ -82,9 +82,15 @@ def _kernel_at_least(major, minor, release=None):
 
 
 def extra(ctx):
-    """The integers every stream template uses: which buffer, and its size."""
-    return {"kit_ringbuf": int(ringbuf_available()), "kit_stream_pages": ctx.recipe.stream.pages,
-            "kit_stream_wake_ns": int(WAKE_S * 1e9)}
+    """The integers every stream template uses: which buffer, and its size. A recipe with a table and a
+    stream form (opensnoop) fills them in both, and {{kit_stream}} says which form this run is."""
+    r = ctx.recipe
+    spec = r.stream if r.output == "stream" else r.stream_form.stream
+    out = {"kit_ringbuf": int(ringbuf_available()), "kit_stream_pages": spec.pages,
+           "kit_stream_wake_ns": int(WAKE_S * 1e9)}
+    if r.form or r.stream_form is not None:
+        out["kit_stream"] = int(r.output == "stream")
+    return out
 
 
 # ---- decoding ----------------------------------------------------------------
@@ -152,8 +158,35 @@ def _memcg_max(cid, env):
     return found[1] if found else None
 
 
+# open(2) flags by name, in the order strace prints them; a composite (O_SYNC holds O_DSYNC's bit,
+# O_TMPFILE O_DIRECTORY's) comes before its part. This machine's own values, from Python's os module,
+# except O_LARGEFILE, which 64-bit libcs define as 0 (the kernel's bit: its asm/fcntl.h).
+KERNEL_O_LARGEFILE = {"x86_64": 0o100000, "i686": 0o100000, "aarch64": 0o400000}.get(platform.machine(), 0)
+OPEN_FLAGS = [(n, getattr(os, n, 0) or (KERNEL_O_LARGEFILE if n == "O_LARGEFILE" else 0)) for n in (
+    "O_CREAT", "O_EXCL", "O_NOCTTY", "O_TRUNC", "O_APPEND", "O_NONBLOCK", "O_SYNC", "O_DSYNC", "O_ASYNC",
+    "O_DIRECT", "O_LARGEFILE", "O_TMPFILE", "O_DIRECTORY", "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_PATH")]
+OPEN_FLAGS = [(n, v) for n, v in OPEN_FLAGS if v]
+OPEN_ACCESS = {os.O_RDONLY: "O_RDONLY", os.O_WRONLY: "O_WRONLY", os.O_RDWR: "O_RDWR"}
+
+
+def _open_flags(flags, _env):
+    """open(2) flags as O_RDONLY|O_CLOEXEC...; bits without a name here stay, in hex."""
+    flags = int(flags)
+    acc = flags & os.O_ACCMODE
+    names = [OPEN_ACCESS.get(acc, f"{acc:#x}")]
+    rest = flags & ~os.O_ACCMODE
+    for name, bits in OPEN_FLAGS:
+        if rest & bits == bits:
+            names.append(name)
+            rest &= ~bits
+    if rest:
+        names.append(f"{rest:#x}")
+    return "|".join(names)
+
+
 # decode: names a stream field may take beyond the row decoders (kit.contract.DECODERS)
 DECODERS = {
+    "open_flags": _open_flags,
     "strings": _strings,
     "wallclock": _wallclock,
     "exit_code": _exit_code,
@@ -244,21 +277,22 @@ class Cgroups:
 
 
 def decode(env, fields, ev, raw, kind=None):
-    """{field: value} of one record by the catalog's fields (those of its kind)."""
+    """{field: value} of one record by the catalog's fields (those of its kind): `from: event.MEMBER`
+    read as kit.contract reads a map's members, `len:` bounding a byte member."""
     out = {}
     for f in fields:
         if kind is not None and f.kinds and kind not in f.kinds:
             continue
-        member = f.source.split(".", 1)[1]
+        _side, _, member = f.source.partition(".")
         if f.length:
             m = getattr(type(ev), member)
-            n = max(0, min(int(getattr(ev, f.length.split(".", 1)[1])), m.size))
+            n = max(0, min(int(getattr(ev, f.length.partition(".")[2])), m.size))
             v = raw[m.offset:m.offset + n]
         elif f.decode == "strings":
             m = getattr(type(ev), member)
             v = raw[m.offset:m.offset + m.size].rstrip(b"\0") + b"\0"
         else:
-            v = _raw(getattr(ev, member))
+            v = source_value(ev, member)
         if f.values:
             v = f.values[v] if isinstance(v, int) and 0 <= v < len(f.values) else str(v)
         elif f.decode in DECODERS:
@@ -298,9 +332,12 @@ class Streamer:
         self.fields = ctx.recipe.fields
         self.by_name = {f.name: f for f in self.fields}
         self.kind_field = self.by_name.get(self.spec.kind)
-        # what a capped event still needs decoded: its kind, its groups, its failure marks
-        names = {self.spec.kind, *self.spec.group, *(f.name for f in self.fields if f.failure)}
+        # what a capped event still needs decoded: its kind, its groups, its failure and nonzero marks
+        self.marks = [f for f in self.fields if f.show == "nonzero"]
+        names = {self.spec.kind, *self.spec.group, *(f.name for f in self.fields if f.failure),
+                 *(f.name for f in self.marks)}
         self.tally_fields = [f for f in self.fields if f.name in names]
+        self.nonzero = collections.Counter()  # events in which each show: nonzero field was set (argv_cut, cut)
         self.received = self.shown = self.capped = self.errors = self.perf_lost = 0
         self.by_kind = collections.Counter()
         self.groups = {g: {} for g in self.spec.group}
@@ -389,6 +426,9 @@ class Streamer:
     def _tally(self, values, kind):
         failed = any(values.get(f.name) for f in self.fields if f.failure)
         self.failed += failed
+        for f in self.marks:
+            if values.get(f.name):
+                self.nonzero[f.name] += 1
         for g, counts in self.groups.items():
             if g not in values:
                 continue
@@ -465,7 +505,8 @@ class Streamer:
         lost = stats.get("buffer_lost", 0)
         s = {"buffer": self.kind, "pages": self.spec.pages, "received": self.received, "shown": self.shown,
              "capped": self.capped, "limit": self.limit, "lost_in_kernel": lost, "failed": self.failed,
-             "by_kind": self._kinds(), "errors": self.errors}
+             "by_kind": self._kinds(), "errors": self.errors,
+             "nonzero": {f.name: self.nonzero[f.name] for f in self.marks if self.nonzero[f.name]}}
         if self.stopped:
             s["stopped"] = self.stopped
         groups = {g: _top(g, counts) for g, counts in self.groups.items()}

@@ -48,7 +48,7 @@ def _arg_text(spec, v):
 def command(ctx, opts, scope_flag, scope_value, duration=None, budget=None, hook=None):
     """A ready-to-paste `kit run` line: the user's own arguments, with the scope (and what else the way
     out changes) replaced."""
-    words = ["kit", "run", ctx.recipe.name]
+    words = ["kit", "run", ctx.recipe.name] + ([f"--{ctx.recipe.form}"] if ctx.recipe.form else [])
     for spec in ctx.recipe.params.values():
         v = ctx.values.get(spec.name)
         if v is None or (spec.scope and scope_flag is not None):
@@ -65,6 +65,8 @@ def command(ctx, opts, scope_flag, scope_value, duration=None, budget=None, hook
     hook = hook or getattr(opts, "hook", None)
     if hook:
         words += ["--hook", hook]
+    if getattr(opts, "limit", None) is not None:
+        words += ["--limit", str(opts.limit)]
     if getattr(opts, "json", False):
         words.append("--json")
     return " ".join(shlex.quote(w) for w in words)
