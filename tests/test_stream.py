@@ -126,21 +126,48 @@ def test_bad_stream_entries_name_the_line_and_what_is_wrong(bad, says):
     assert says in e.value.message and "cat.yaml:" in e.value.message
 
 
-def test_stream_block_and_stream_field_keys_belong_to_stream_recipes_only():
-    table = ("    output: table\n    table: {map: m}\n    stream: {buffer: events}\n"
-             "    fields:\n      - {name: comm, from: key.comm, help: h}\n")
-    with pytest.raises(CatalogError, match="output: stream recipes only"):
-        parse(table)
+def test_stream_field_keys_belong_to_stream_fields_only():
     with pytest.raises(CatalogError, match="unknown key 'values'"):
         parse(STREAM.replace("output: stream", "output: table").replace("event.", "key.")
               .replace("    stream: {buffer: events, kind: event, group: [comm]}\n", "    table: {map: m}\n"))
 
 
+TABLE = ("    output: table\n    table: {map: m}\n"
+         "    fields:\n      - {name: comm, from: key.comm, help: h}\n")
+FORM = ("    stream:\n      buffer: events\n      cost_class: tracepoint_pair_output\n      group: [comm]\n"
+        "      fields:\n        - {name: comm, from: event.comm, width: 16, help: h}\n"
+        "        - {name: cut, from: event.cut, show: nonzero, help: h}\n")
+
+
+def test_a_table_recipe_with_stream_fields_also_runs_as_a_stream_priced_by_its_own_class():
+    r = parse(TABLE + FORM)
+    assert r.output == "table" and r.stream is None and r.form == ""
+    f = r.stream_form
+    assert f.output == "stream" and f.form == "stream" and f.name == r.name and f.params is r.params
+    assert [x.name for x in f.fields] == ["comm", "cut"] and f.stream.buffer == "events" and f.table is None
+    assert f.guard.cost_class == "tracepoint_pair_output" and r.guard.cost_class == "tracepoint_output"
+    assert parse(TABLE + FORM.replace("      cost_class: tracepoint_pair_output\n", "")).stream_form.guard \
+        .cost_class == "tracepoint_output"  # without one, the table's
+
+
+@pytest.mark.parametrize("bad, says", [
+    (TABLE + "    stream: {buffer: events}\n", "needs fields: of its own"),
+    (TABLE + FORM.replace("event.comm", "key.comm"), "must be event.MEMBER"),
+    (TABLE + FORM.replace("tracepoint_pair_output", "tracepoint_nope"), "unknown cost_class 'tracepoint_nope'"),
+    (TABLE.replace("output: table\n    table: {map: m}", "output: histograms") + FORM, "and to table recipes"),
+])
+def test_a_bad_stream_form_names_its_line(bad, says):
+    with pytest.raises(CatalogError) as e:
+        parse(bad)
+    assert says in e.value.message and "cat.yaml:" in e.value.message
+
+
 def test_shipped_stream_recipes_use_both_buffer_integers_in_their_templates():
-    for name in ("execsnoop", "oomkill"):
+    for name in ("execsnoop", "oomkill", "opensnoop"):
         text = open(SHIPPED[name].template_path).read()
         assert "{{kit_ringbuf}}" in text and "{{kit_stream_pages}}" in text
         assert "BPF_RINGBUF_OUTPUT" in text and "BPF_PERF_OUTPUT" in text
+    assert "{{kit_stream}}" in open(SHIPPED["opensnoop"].template_path).read()  # the one with two forms
 
 
 # ---- which buffer ------------------------------------------------------------------
@@ -328,3 +355,63 @@ def test_oomkill_hints_read_the_limited_cgroup_or_the_kernel_log():
     assert "/app/memory.stat" in hints[0]["command"] and "reached its limit" in hints[0]["text"]
     assert "invoked oom-killer" in hints[1]["command"]
     assert "kit run oomkill --for 30m" in oomkill.hints({"received": 0}, {})[0]["command"]
+
+
+# ---- opensnoop --stream -------------------------------------------------------------------
+
+OPENSNOOP = SHIPPED["opensnoop"].stream_form
+
+
+class OpenEvent(ctypes.Structure):
+    """struct event of probes/opensnoop.c (KIT_STREAM), as BCC would parse it."""
+    _fields_ = [("ts_ns", ctypes.c_ulonglong), ("flags", ctypes.c_ulonglong), ("tgid", ctypes.c_uint),
+                ("tid", ctypes.c_uint), ("fd", ctypes.c_int), ("err", ctypes.c_uint), ("cut", ctypes.c_uint),
+                ("call", ctypes.c_uint), ("comm", ctypes.c_ubyte * 16), ("path", ctypes.c_ubyte * 256)]
+
+
+def open_streamer(**kw):
+    ctx = Context(recipe=OPENSNOOP, hook=OPENSNOOP.hooks[0], values={}, extra={"kit_ringbuf": 1})
+    out, err = io.StringIO(), io.StringIO()
+    s = stream.Streamer(ctx, {"events": Table()}, Opts(**kw), out=out, err=err, clock=lambda: 100.0,
+                        wall=lambda: 1_000_000.0, event_type=OpenEvent)
+    return s, out
+
+
+def open_event(path, fd=3, err=0, flags=os.O_RDONLY | os.O_CLOEXEC, cut=0):
+    e = OpenEvent(ts_ns=5_000_000_000, flags=flags, tgid=7, tid=8, fd=fd, err=err, cut=cut, call=0)
+    _set(e.comm, b"nginx")
+    _set(e.path, path)
+    return e
+
+
+@pytest.mark.parametrize("flags, text", [
+    (os.O_RDONLY | os.O_CLOEXEC, "O_RDONLY|O_CLOEXEC"),
+    (os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "O_WRONLY|O_CREAT|O_TRUNC"),
+    (os.O_RDWR | os.O_SYNC, "O_RDWR|O_SYNC"),            # O_SYNC holds O_DSYNC's bit: one name, as strace says
+    (os.O_RDWR | os.O_TMPFILE, "O_RDWR|O_TMPFILE"),      # and O_TMPFILE O_DIRECTORY's
+    (os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, "O_RDONLY|O_DIRECTORY|O_NOFOLLOW"),
+    (os.O_RDONLY | 1 << 30, "O_RDONLY|0x40000000"),      # a bit without a name is kept, in hex
+])
+def test_open_flags_decode_by_name_and_keep_unknown_bits(flags, text):
+    assert stream.DECODERS["open_flags"](flags, None) == text
+
+
+def test_an_open_line_has_its_result_flags_and_path_and_marks_a_cut_path():
+    s, out = open_streamer()
+    s.handle(open_event(b"/etc/nginx/nginx.conf"), now=100.0)
+    s.handle(open_event(b"/x/" + b"d" * 252, fd=-1, err=2, cut=1), now=100.0)
+    head, ok, cut = out.getvalue().splitlines()
+    assert head.split() == ["time", "pid", "comm", "fd", "error", "flags", "path", "details"]
+    assert ok.split()[1:] == ["7", "nginx", "3", "O_RDONLY|O_CLOEXEC", "/etc/nginx/nginx.conf"]
+    assert cut.split()[1:6] == ["7", "nginx", "-1", "ENOENT", "O_RDONLY|O_CLOEXEC"] and cut.endswith(" cut=1")
+    summary = s.summary({"events": 2})["stream"]
+    assert summary["failed"] == 1 and summary["nonzero"] == {"cut": 1}
+
+
+def test_an_open_as_json_has_every_field():
+    s, out = open_streamer(json=True)
+    s.handle(open_event(b"/etc/hosts"), now=100.0)
+    e = json.loads(out.getvalue())
+    assert {k: e[k] for k in ("pid", "tid", "comm", "fd", "error", "flags", "path", "cut", "call")} == {
+        "pid": 7, "tid": 8, "comm": "nginx", "fd": 3, "error": "", "flags": "O_RDONLY|O_CLOEXEC", "path": "/etc/hosts",
+        "cut": 0, "call": "openat"}
