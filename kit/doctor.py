@@ -149,7 +149,6 @@ def _confidentiality_text():
 
 
 def _frame_pointer_row(recipes=None):
-    from kit.recipes import offcpu
     text = ("Debian's libc is built without them: a frame-pointer stack walk from inside a libc wrapper "
             "(usleep, read, pthread_mutex_lock) skips the function that called the wrapper")
     recipe = (recipes or {}).get("offcpu")
@@ -157,7 +156,7 @@ def _frame_pointer_row(recipes=None):
     if blocked:  # recovery is offcpu's: do not claim it where offcpu cannot run
         return ("frame pointers", text + f"; offcpu cannot run here ({blocked}), so nothing recovers that caller",
                 False)
-    if offcpu.unwind_supported():
+    if features.user_regs_readable():
         return ("frame pointers", text + "; kit's offcpu recovers that caller from libc's .eh_frame "
                 "(bpf_task_pt_regs is available)", True)
     return ("frame pointers", text + "; this kernel lacks bpf_task_pt_regs, so offcpu cannot recover it "

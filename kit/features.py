@@ -241,3 +241,29 @@ def choose_hook(recipe, forced=None):
                           f"its hooks are: {', '.join(h.type for h in recipe.hooks)}")
     raise Unsupported(f"{recipe.name} cannot run on this kernel: " + "; ".join(reasons),
                       "run `kit doctor` to see what this kernel supports")
+
+
+# What a program needs to read the user registers (ip, sp, bp) of the task it stops: offcpu's
+# recovery of a libc wrapper's caller from the unwind tables.
+UNWIND_HELPERS = ("bpf_task_pt_regs", "bpf_get_current_task_btf")
+
+
+def kernel_has(*names):
+    """Whether /proc/kallsyms names every one of these kernel symbols (BPF helpers included)."""
+    want = set(names)
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2] in want:
+                    want.discard(parts[2])
+                    if not want:
+                        return True
+    except OSError:
+        pass
+    return False
+
+
+def user_regs_readable():
+    """Can a BPF program read the user registers (ip, sp, bp) of the task it stops?"""
+    return btf_available() and kernel_has(*UNWIND_HELPERS)

@@ -13,9 +13,18 @@ import os
 import re
 import stat
 
+from kit import procfs
 from kit.errors import BadInput, Unsupported
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: the kernel truncates comm to 15 bytes
+
+
+def byte_initializer(raw=b"", size=16):
+    """A zero-padded C array initializer of `size` bytes, each a decimal literal: how text and
+    addresses reach a template (never as C text)."""
+    if len(raw) > size:
+        raise ValueError(f"{len(raw)} bytes do not fit a {size}-byte initializer")
+    return "{" + ", ".join(str(b) for b in raw.ljust(size, b"\0")) + "}"
 
 
 class ParamType:
@@ -89,7 +98,7 @@ class Pid(ParamType):
         if st.get("State", "").startswith(("Z", "X")):
             raise BadInput(f"{self.what} {pid} is a zombie (exited, not yet reaped)",
                            "scope by the parent or by --comm instead")
-        if _is_kthread(pid):
+        if procfs.is_kthread(pid):
             raise BadInput(f"{self.what} {pid} ({st.get('Name', '?')}) is a kernel thread",
                            "kit probes user-space processes; pick a process id from `ps -e`")
         if self.name == "pid" and st.get("Tgid") != str(pid):
@@ -99,15 +108,6 @@ class Pid(ParamType):
 
     def emit(self, value):
         return str(int(value))
-
-
-def _is_kthread(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return bool(int(fields[6]) & 0x00200000)  # PF_KTHREAD
-    except (OSError, IndexError, ValueError):
-        return False
 
 
 class Tid(Pid):
@@ -142,11 +142,10 @@ class Comm(ParamType):
         return s
 
     def emit(self, value):
-        raw = value.encode("utf-8", "surrogateescape").ljust(16, b"\0")
-        return "{" + ", ".join(str(b) for b in raw) + "}"
+        return byte_initializer(value.encode("utf-8", "surrogateescape"))
 
     def off(self):
-        return "{" + ", ".join(["0"] * 16) + "}"
+        return byte_initializer()
 
 
 class Duration(ParamType):
@@ -214,11 +213,10 @@ class IPAddr(ParamType):
         return addr
 
     def emit(self, value):
-        raw = value.packed.ljust(16, b"\0")
-        return "{" + ", ".join(str(b) for b in raw) + "}"
+        return byte_initializer(value.packed)
 
     def off(self):
-        return "{" + ", ".join(["0"] * 16) + "}"
+        return byte_initializer()
 
 
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd: its CLONE_NEW* type
@@ -417,11 +415,10 @@ class Hostname(ParamType):
         return s
 
     def emit(self, value):
-        raw = value.encode().ljust(self.HOST_LEN, b"\0")
-        return "{" + ", ".join(str(b) for b in raw) + "}"
+        return byte_initializer(value.encode(), self.HOST_LEN)
 
     def off(self):
-        return "{" + ", ".join(["0"] * self.HOST_LEN) + "}"
+        return byte_initializer(size=self.HOST_LEN)
 
 
 class Enum(ParamType):

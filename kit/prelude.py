@@ -8,10 +8,19 @@ from kit.errors import CompileError
 STATS = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
 
 
+def percpu_sum(table, index):
+    """One slot of a BPF_PERCPU_ARRAY of counters, summed over CPUs."""
+    return int(sum(table[table.Key(index)]))
+
+
+def percpu_counts(table, names):
+    """{name: total} of a per-CPU counter array whose slots are `names`, in order."""
+    return {name: percpu_sum(table, i) for i, name in enumerate(names)}
+
+
 def read_stats(bpf):
     """kit's per-CPU self-accounting counters, summed over CPUs."""
-    table = bpf["kit_stats"]
-    return {name: int(sum(table[table.Key(i)])) for i, name in enumerate(STATS)}
+    return percpu_counts(bpf["kit_stats"], STATS)
 
 
 def lost(stats):

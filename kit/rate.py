@@ -35,8 +35,8 @@ import math
 import os
 import time
 
-from kit import features, perfevent
-from kit.targets import read_text
+from kit import features, perfevent, procfs
+from kit.procfs import read_text
 from kit.errors import Unsupported
 
 COUNT_S = 0.05
@@ -246,8 +246,8 @@ def scope_matcher(recipe, values, process_names=True):
 
 
 def _thread_comm(pid, tid):
-    c = read_text(f"/proc/{pid}/task/{tid}/comm") or read_text(f"/proc/{tid}/comm")
-    return c.rstrip("\n") if c is not None else ("swapper" if tid == 0 else "?")
+    c = procfs.comm_of(pid, tid) or procfs.comm_of(tid)
+    return c if c is not None else ("swapper" if tid == 0 else "?")
 
 
 def _thread_cgroup_id(pid, tid):
@@ -278,14 +278,6 @@ def thread_utils(threads, seconds=UTIL_S, sleep=time.sleep):
     return _thread_utils(threads, seconds, sleep)
 
 
-def _state(pid, tid):
-    text = read_text(f"/proc/{pid}/task/{tid}/stat")
-    try:
-        return text.rsplit(")", 1)[1].split()[0]
-    except (AttributeError, IndexError):
-        return None
-
-
 def _thread_utils(threads, seconds, sleep, polls=8):
     before = {t: _sched(*t) for t in threads}
     running = dict.fromkeys(threads, 0)
@@ -293,7 +285,7 @@ def _thread_utils(threads, seconds, sleep, polls=8):
     for _ in range(polls):
         sleep(seconds / polls)
         for t in threads:  # a CPU-bound thread is always running or waiting for a CPU (state R)
-            running[t] += _state(*t) == "R"
+            running[t] += procfs.state(*t) == "R"
     dt = max(time.monotonic() - t0, 1e-3) * 1e9
     out = {}
     for t, b in before.items():

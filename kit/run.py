@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 
-from kit import __version__, features, guard, prelude, render, teardown, uprobes
+from kit import __version__, features, guard, prelude, procfs, render, teardown, uprobes
 from kit.contract import Context, default_collect, hooks_of
 from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
@@ -166,7 +166,7 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
         show = False  # the event lines are the progress; a status line would tear them
     last_line = 0.0
     pid = ctx.values.get("pid") or ctx.values.get("tid")
-    born = _start_time(pid) if pid else None
+    born = procfs.start_time(pid) if pid else None
     try:
         while True:
             now = clock()
@@ -177,7 +177,7 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return "timeout"
             if ctx.stream is not None and ctx.stream.stopped:
                 return ctx.stream.stopped
-            if pid and (born is None or _start_time(pid) != born):  # gone, a zombie, or its id reused
+            if pid and (born is None or procfs.start_time(pid) != born):  # gone, a zombie, or its id reused
                 what = "process" if ctx.values.get("pid") else "thread"
                 ctx.notes.append(f"target {what} {pid} exited {now - started:.1f}s into the run; ended early")
                 return "target_exit"
@@ -210,16 +210,6 @@ def _note_comm_gone(ctx):
     if not targets.pids_by_comm(comm, thread_comm):
         ctx.notes.append(f"no thread in scope of {targets.scope_text(comm, thread_comm)} is running any more "
                          "(the run went on for its whole time)")
-
-
-def _start_time(pid):
-    """The task's start time in clock ticks while it lives (not a zombie), else None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
 def catalog_version(path):

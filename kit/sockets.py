@@ -11,6 +11,8 @@ import os
 import socket
 import threading
 
+from kit import procfs
+
 CLONE_NEWNET = 0x40000000
 
 
@@ -92,12 +94,7 @@ def _owners(inodes):
             except OSError:
                 continue
             if link in want and want[link] not in found:
-                try:
-                    with open(f"/proc/{pid}/comm") as f:
-                        comm = f.read().strip()
-                except OSError:
-                    comm = "?"
-                found[want[link]] = (int(pid), comm)
+                found[want[link]] = (int(pid), procfs.comm_of(pid) or "?")
     return found
 
 

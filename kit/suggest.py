@@ -18,7 +18,8 @@ import math
 import os
 import shlex
 
-from kit import guard
+from kit import guard, procfs
+from kit.procfs import is_kthread
 from kit import params as ptypes
 from kit.errors import KitError
 from kit.guard import _fmt_rate, _pct
@@ -26,17 +27,6 @@ from kit.guard import _fmt_rate, _pct
 SUGGESTIONS = 3
 HEADROOM = 1.25   # a suggestion must fit with this much to spare: the rate moves between estimate and run
 SHORT_S = 3.0     # a short look, when only a raised budget fits
-PF_KTHREAD = 0x00200000
-
-
-def is_kthread(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return bool(int(f.read().rsplit(")", 1)[1].split()[6]) & PF_KTHREAD)
-    except (OSError, IndexError, ValueError):
-        return False
-
-
 def _arg_text(spec, v):
     if spec.type == "flag":
         return [f"--{spec.flag}"] if v else []
@@ -115,14 +105,7 @@ def _groups(r, me):
 
 
 def _own_comms(me):
-    comms = set()
-    try:
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{tid}/comm") as f:
-                comms.add(f.read().rstrip("\n"))
-    except OSError:
-        pass
-    return comms
+    return set(procfs.thread_names(me).values())
 
 
 def scopes(ctx, r, me=None):

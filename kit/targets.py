@@ -10,6 +10,8 @@ import dataclasses
 import os
 import re
 
+from kit.procfs import comm_of, pids, read_text, thread_names
+
 LIBC_RE = re.compile(r"^(libc\.so\.6|libc-[0-9.]+\.so|libc\.so|libc\.musl-[^/]*\.so\.1|ld-musl-[^/]*\.so\.1)$")
 LIBPTHREAD_RE = re.compile(r"^(libpthread\.so\.0|libpthread-[0-9.]+\.so)$")
 
@@ -72,15 +74,6 @@ def parse_maps(text, files_only=True):
         out.append(MapsLine(int(start, 16), int(end, 16), perms, int(off, 16),
                             os.makedev(int(major, 16), int(minor, 16)), int(ino), path, deleted))
     return out
-
-
-def read_text(path):
-    """A /proc file's text, or None if it is gone (the process exited) or unreadable."""
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def _same_inode(path, line, check_dev=True):
@@ -174,29 +167,6 @@ def host_libc():
         raise Unsupported("cannot find the libc kit itself maps in /proc/self/maps",
                           "give the library with --binary PATH")
     return m
-
-
-def pids():
-    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-
-
-def comm_of(pid):
-    text = read_text(f"/proc/{pid}/comm")
-    return text.rstrip("\n") if text is not None else None
-
-
-def thread_names(pid):
-    """{tid: name} of a process's threads ({} once it is gone)."""
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return {}
-    names = {}
-    for t in tids:
-        text = read_text(f"/proc/{pid}/task/{t}/comm")
-        if text is not None and t.isdigit():
-            names[int(t)] = text.rstrip("\n")
-    return names
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,14 +19,14 @@ function begins, so every address in it folds into one frame and
 import os
 import time
 
-from kit import cfi, elf, targets
+from kit import cfi, elf, procfs, targets
 
 DEBUG_ROOT = "/usr/lib/debug"
 
 
 def read_maps(pid):
     """Executable mappings (targets.MapsLine) of a live process, or None if it is gone."""
-    text = targets.read_text(f"/proc/{pid}/maps")
+    text = procfs.read_text(f"/proc/{pid}/maps")
     if text is None:
         return None
     return [m for m in targets.parse_maps(text, files_only=False) if m.perms[2] == "x"]

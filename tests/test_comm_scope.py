@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from kit import catalog, costs, guard, params, rate, render, targets
+from kit import catalog, costs, guard, params, procfs, rate, render, targets
 from kit.errors import BadInput, CatalogError
 from kit.run import Context, Options
 
@@ -189,4 +189,4 @@ def test_by_comm_counts_a_renamed_thread_under_its_own_and_its_processes_name(mo
 
 def test_kit_itself_is_never_a_name_match():
     me = os.getpid()
-    assert all(s.pid != me for s in targets.pids_by_comm(targets.comm_of(me)))
+    assert all(s.pid != me for s in targets.pids_by_comm(procfs.comm_of(me)))

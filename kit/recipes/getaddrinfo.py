@@ -1,6 +1,6 @@
 """getaddrinfo: reading the per-(process, function, host) counts."""
 
-from kit import costs, prelude, targets, uprobes
+from kit import costs, prelude, procfs, uprobes
 from kit.contract import Hooks
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")
@@ -14,7 +14,7 @@ def collect(ctx, bpf):
         stored = bytes(k.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
         rows.append({
             "pid": pid,
-            "comm": targets.comm_of(pid) or stored,
+            "comm": procfs.comm_of(pid) or stored,
             "function": FUNCTIONS[k.fn] if k.fn < len(FUNCTIONS) else str(k.fn),
             # the name is data read from the process: decoded for display, never interpreted
             "host": bytes(k.host).split(b"\0", 1)[0].decode("utf-8", "backslashreplace"),

@@ -2,7 +2,7 @@
 
 import os
 
-from kit import costs, elf, prelude, targets, uprobes
+from kit import costs, elf, prelude, procfs, targets, uprobes
 from kit.errors import Refused
 from kit.contract import Hooks
 from kit.output import duration
@@ -63,7 +63,7 @@ def _warm_symbols(bpf, pid, probes):
     """BCC reads a process's maps and a module's symbols the first time it
     symbolizes there; doing it now for the executable and the probed files
     keeps their names for a process that exits before the run ends."""
-    text = targets.read_text(f"/proc/{pid}/maps") or ""
+    text = procfs.read_text(f"/proc/{pid}/maps") or ""
     inodes = set()
     try:
         inodes.add(os.stat(f"/proc/{pid}/exe").st_ino)
@@ -80,7 +80,7 @@ def _warm_symbols(bpf, pid, probes):
 
 
 def _comm(pid, stored):
-    return targets.comm_of(pid) or stored
+    return procfs.comm_of(pid) or stored
 
 
 def collect(ctx, bpf):
@@ -98,7 +98,7 @@ def collect(ctx, bpf):
         t["max_us"] = max(t["max_us"], round(max_us, 1))
     rows.sort(key=lambda r: (r["what"] != "hold", -r["total_us"]))
     unmatched = bpf["unmatched"]
-    no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
+    no_hold, no_entry = (prelude.percpu_sum(unmatched, i) for i in (0, 1))
     attached = ctx.attached_uprobes
     cost_ns = uprobes.cycle_cost_ns(attached, cal=costs.load_calibration()[0])
     pairing = _pairing(ctx, bpf)
@@ -124,7 +124,7 @@ def _pairing(ctx, bpf):
     whether the first argument and the thread's newest hold agreed (either), or only one
     of them chose it."""
     table = bpf["paired"]
-    holds = {name: int(sum(table[table.Key(i)])) for i, name in enumerate(PAIRED)}
+    holds = prelude.percpu_counts(table, PAIRED)
     return {"match": ctx.value("match"), "rule": pair_rule(ctx), "used": used_pairing(holds), "holds": holds}
 
 
@@ -215,7 +215,7 @@ def _stacks(ctx, bpf):
                     fallbacks[pid] = _fallback_symbolizer(ctx, bpf, pid)
                 name = (fallbacks[pid] and fallbacks[pid](addr)) or f"{addr:#x}"
             frames.append(name)
-        out.append({"pid": pid, "comm": targets.comm_of(pid) or "", "count": int(v.count),
+        out.append({"pid": pid, "comm": procfs.comm_of(pid) or "", "count": int(v.count),
                     "total_us": round(v.total_ns / 1000.0, 1), "max_us": round(v.max_ns / 1000.0, 1),
                     "frames": frames})
     return out

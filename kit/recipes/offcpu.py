@@ -17,7 +17,6 @@ REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
 WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.
 SCHED_ENTRY = "__schedule"
-UNWIND_HELPERS = ("bpf_task_pt_regs", "bpf_get_current_task_btf")
 UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED, UNW_CFI = 0, 1, 2, 3, 4  # as in probes/offcpu.c
 NO_FP_ABOVE = "[callers unknown: no frame pointers above]"
 
@@ -27,26 +26,6 @@ class _Learn(ctypes.Structure):
                 ("ustack", ctypes.c_int32), ("nwords", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("ip", ctypes.c_uint64),
                 ("sp", ctypes.c_uint64), ("words", ctypes.c_uint64 * WINDOW_WORDS)]
-
-
-def _kernel_has(*names):
-    want = set(names)
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in want:
-                    want.discard(parts[2])
-                    if not want:
-                        return True
-    except OSError:
-        pass
-    return False
-
-
-def unwind_supported():
-    """Can the BPF program read the user registers (ip, sp, bp) of the task it stops?"""
-    return features.btf_available() and _kernel_has(*UNWIND_HELPERS)
 
 
 def extra(ctx):
@@ -61,7 +40,7 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    unwind = unwind_supported()
+    unwind = features.user_regs_readable()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
                          "are not recovered")
@@ -346,8 +325,7 @@ def _first(bpf, stack_id):
 
 
 def _stat(bpf, i):
-    t = bpf["offcpu_stats"]
-    return int(sum(t[t.Key(i)]))
+    return prelude.percpu_sum(bpf["offcpu_stats"], i)
 
 
 def _summary(bpf, w, stats, total_ns):

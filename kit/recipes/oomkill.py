@@ -4,7 +4,7 @@ kernel's tracepoint carries, and next steps computed from the kills."""
 import os
 import shlex
 
-from kit import btf, features, prelude, stream
+from kit import btf, features, prelude, procfs, stream
 from kit.contract import Hooks
 
 TRACEPOINT = "oom:mark_victim"
@@ -27,11 +27,10 @@ POINTER = 8
 
 def memory_subsys_id(path="/proc/cgroups"):
     """memory_cgrp_id: /proc/cgroups lists the controllers in the order of their ids."""
-    try:
-        with open(path) as f:
-            names = [line.split()[0] for line in f if line.strip() and not line.startswith("#")]
-    except OSError:
+    text = procfs.read_text(path)
+    if text is None:
         return None
+    names = [line.split()[0] for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return names.index("memory") if "memory" in names else None
 
 
