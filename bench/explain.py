@@ -36,6 +36,16 @@ WORKLOAD = {
     "opensnoop": "`kit-opens` (bench/workloads/opens.c): `open()` in a loop (the openat syscall), half of a file "
                  "that is there (then closed), half of one that is not (ENOENT). Its own call count is the event "
                  "count.",
+    "execsnoop": "`kit-execloop` (bench/workloads/execloop.c): fork and exec `/bin/true kit-bench an-argument` and "
+                 "wait, one after another; each process is two events, its exec and its exit. The tools show "
+                 "what that parent starts: kit with `--pid` (it matches the parent) and `--limit 0` (every line "
+                 "printed), bpftrace printing every exec's argv and every exit's code. Its own count of processes "
+                 "is the event count.",
+    "oomkill": "`kit-oomhog` (bench/workloads/oomhog.c): processes that each join a memory cgroup of the bench's "
+               "own (16 MiB, no swap) and touch memory until its OOM killer kills them. The cgroup's own OOM-kill "
+               "counter is the event count. An OOM kill costs the kernel milliseconds (reclaim, the victim scan, "
+               "the kill); a probe's microsecond is far inside that noise, so the program body is the figure to "
+               "read.",
 }
 
 # kit's own count per workload event where one event is several of kit's (tcplife counts state changes)
@@ -174,6 +184,25 @@ WHY = {
         "kit's filter takes the task's name (bpf_get_current_comm), compares it and counts the rejection; the "
         "exit program looks up a pending entry that is not there. `--pid` costs one helper call instead of the "
         "name's, plus the same count and lookup (1.4× the empty program's ~60 ns body: ~20 ns).",
+    ("filtered_body", "execsnoop"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns), so 1.2× leaves ~12 ns. execsnoop's scope "
+        "is the process or its parent, so a rejection reads the parent's name from its task_struct (two "
+        "bpf_probe_read_kernel at a BTF offset) after the task's own; an exit also looks up whether kit saw that "
+        "process exec in scope (a hash lookup), which is what keeps an exit in scope when its parent has gone. "
+        "The parent's ids are read only for a --pid scope. At exec and exit rates (thousands a second on a busy "
+        "build box) that is well under a thousandth of a CPU.",
+    ("filtered_body", "oomkill"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns). oomkill's scope is the victim or the "
+        "task that triggered the kill, so a rejection reads the victim's pid, name and cgroup from its "
+        "task_struct (BTF offsets) besides the current task's; it fires once per OOM kill.",
+    ("cpu", "execsnoop"):
+        "a stream is work in user space by nature: the bench runs kit with `--limit 0`, so it decodes every "
+        "record in Python and writes every line (thousands a second here), where the aggregating recipes only "
+        "poll. The default `--limit 1000` caps the lines, not the decoding (the tallies count every event).",
+    ("cpu", "oomkill"):
+        "the busy workload is a loop of OOM kills, each decoded (its memory cgroup looked up by walking the "
+        "memory hierarchy the first time) and written as it happens; the measuring window starts right after "
+        "attach, when kit's meter still holds the kernel's run-time statistics.",
     ("filtered_added", None):
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
@@ -196,15 +225,20 @@ def why(key):
     return WHY.get(key) or WHY.get((kind, None)) or "see the figures in the section below."
 
 
-KPROBED = {"bcc offcputime": "finish_task_switch"}  # what a bcc tool that fails for want of kprobes probes
+KPROBED = {  # what a bcc tool that fails for want of kprobes probes
+    "bcc offcputime": "finish_task_switch",
+    "bcc execsnoop": "the execve syscall, __x64_sys_execve",
+    "bcc oomkill": "oom_kill_process",
+}
 
 
 def failure(label, text):
     """One line for a peer that cannot run here."""
     if "kprobes/blacklist" in text or "kprobe" in text.lower():
         what = f" (it probes {KPROBED[label]})" if label in KPROBED else ""
-        return (f"needs kprobes{what}, which this kernel has compiled out "
-                "(BCC fails reading /sys/kernel/debug/kprobes/blacklist)")
+        how = ("BCC fails reading /sys/kernel/debug/kprobes/blacklist" if "kprobes/blacklist" in text
+               else "BCC cannot attach it")
+        return f"needs kprobes{what}, which this kernel has compiled out ({how})"
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[-1][:200] if lines else text[:200]
 
@@ -258,6 +292,11 @@ NOTICED = [
      "flow it still counts a client's SYN_SENT as an event (connect() assigns the port after that state "
      "change; the connection is rejected later and no row comes of it), so its filtered row's `events` is "
      "not 0: up to one a connection."),
+    (("execsnoop", "oomkill"),
+     "bcc's execsnoop and oomkill cannot run on this kernel (kprobes on execve and oom_kill_process): "
+     "bpftrace is their peer. bpftrace's execsnoop reads argv at `syscalls:sys_enter_execve`, and attaching any "
+     "`syscalls:*` tracepoint puts every syscall on the box on the slow path (about 50 ns each here); kit reads "
+     "argv from the new program's memory at `sched_process_exec` and touches no syscall hook."),
 ]
 
 

@@ -195,3 +195,20 @@ def bpftrace_opensnoop(pid):
         "@opens[pid, comm, str(@path[tid]), $e] = count(); delete(@path[tid]); } "
         "END { clear(@path); }"
     )
+def bpftrace_execsnoop(pid):
+    """kit execsnoop's job in bpftrace, as its own execsnoop.bt does it plus the exit: every exec with
+    its argv (from execve's arguments: bpftrace has no reader of the new mm's argv) and every exit with
+    its code, of the processes a parent starts."""
+    return (
+        f"tracepoint:syscalls:sys_enter_execve /curtask->real_parent->tgid == {pid}/ "
+        "{ printf(\"exec %d %d %s \", pid, curtask->real_parent->tgid, comm); join(args->argv); } "
+        f"tracepoint:sched:sched_process_exit /curtask->real_parent->tgid == {pid}/ "
+        "{ printf(\"exit %d %s %d\\n\", pid, comm, curtask->exit_code >> 8); }"
+    )
+
+
+def bpftrace_oomkill(comm):
+    """kit oomkill's job in bpftrace: the victim and its memory as mark_victim gives them, and the task
+    that triggered the kill, for kills triggered by a process of that name."""
+    return (f'tracepoint:oom:mark_victim /comm == "{comm}"/ {{ printf("%d %s anon %d file %d by %d %s\\n", '
+            "args->pid, str(args->comm), args->anon_rss, args->file_rss, pid, comm); }")

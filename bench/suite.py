@@ -20,6 +20,8 @@ class Mode:
     bulk_bytes: int = 48 << 20
     lock_pairs: int = 50_000
     gai_calls: int = 10_000
+    execs: int = 2_000            # processes started per round (execsnoop)
+    oom_kills: int = 5            # OOM kills per round (oomkill)
     dio_ios: int = 4_000          # per round; a tool run is 4 rounds
     udp_sends: int = 100_000
     conns: int = 2_000            # 4 rounds stay within kit's and bpftrace's 10240-entry maps
@@ -35,7 +37,8 @@ class Mode:
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             lock_pairs=5_000, gai_calls=500, dio_ios=400, udp_sends=5_000, conns=200, opens=5_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             lock_pairs=5_000, gai_calls=500, execs=200, oom_kills=2, dio_ios=400, udp_sends=5_000, conns=200,
+             opens=5_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
              guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
 
 
@@ -247,6 +250,41 @@ def opensnoop(outdir, mode):
                  unavailable=no_bcc, wall_runs=mode.wall_runs),
         _footprint("opensnoop", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
         GuardCase("opensnoop", w, args, mode.guard_s, settle_s=mode.settle_s))
+def execsnoop(outdir, mode):
+    w = workloads.execloop(outdir, mode.execs)
+    hook = kit_rung("execsnoop")
+    args = lambda t: ["--pid", str(t.pid), "--limit", "0"]  # noqa: E731  (every line shown, as bpftrace prints all)
+    kit = _kit("execsnoop", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_execsnoop(t.pid))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc execsnoop", "execsnoop", ready="PCOMM")  # noqa: E731
+    return Recipe(
+        HookCase(name="execsnoop", workload=w, hook=f"{hook.type} {hook.target} + sched_process_exit", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc execsnoop": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "execsnoop", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=lambda t: peers.empty("empty program", hook.type, hook.target, hook.type,
+                                             "sched_process_exit" if hook.type == "raw_tracepoint"
+                                             else "sched:sched_process_exit"),
+                 wall_runs=mode.wall_runs),
+        _footprint("execsnoop", w, {"kit": kit, "bpftrace": bpftrace}, mode),
+        GuardCase("execsnoop", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def oomkill(outdir, mode):
+    w = workloads.MemcgOOM(outdir, mode.oom_kills)
+    hook = kit_rung("oomkill")
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("oomkill", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_oomkill(t.comm))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc oomkill", "oomkill", ready="Tracing OOM kills")  # noqa: E731
+    return Recipe(
+        HookCase(name="oomkill", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc oomkill": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "oomkill", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=_empty_on(hook), wall_runs=mode.wall_runs),
+        _footprint("oomkill", w, {"kit": kit, "bpftrace": bpftrace}, mode),
+        GuardCase("oomkill", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
 def _footprint(name, w, tools, mode, **kw):
@@ -272,4 +310,5 @@ def references():
 
 
 RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo,
-           "biolatency": biolatency, "drops": drops, "tcplife": tcplife, "opensnoop": opensnoop}
+           "execsnoop": execsnoop, "oomkill": oomkill, "biolatency": biolatency, "drops": drops, "tcplife": tcplife,
+           "opensnoop": opensnoop}

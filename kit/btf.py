@@ -128,6 +128,13 @@ class BTF:
             raise KeyError(f"{struct_name}.{path} is a bitfield")
         return bits // 8
 
+    def sizeof(self, struct_name):
+        """Size in bytes of a struct (e.g. to step through an array of them)."""
+        tid = self._find(struct_name, typedef=False)
+        if tid is None:
+            raise KeyError(f"struct {struct_name} not in BTF")
+        return self._header(tid)[3]
+
     def raw_tracepoint_args(self, name):
         """Arguments of raw tracepoint `name` (its TP_PROTO, without the leading
         __data), or None when the kernel has no such tracepoint. The kernel

@@ -15,6 +15,10 @@ being descheduled costs the workload nothing.
 - A perf counting event on the same tracepoint: what the guardrail's own
   rate measurement costs per event, so it can undo the slowdown it causes
   in a thread that is already busy on a whole CPU (kit/rate.py).
+- A stream event's record (kit/stream.py): the workload's scope check and a 256-byte record output
+  to a ring buffer (a perf buffer where the kernel has none) on the same tracepoints, the buffer big
+  enough to hold a whole run and drained between runs, so every output succeeds as it does when kit
+  keeps up.
 - offcpu's whole in-scope path (stacks, caller recovery, aggregation), by
   running the recipe itself around a ping-pong (kit/calibrate_offcpu.py).
 - The program body as the kernel times it (BPF_ENABLE_STATS), in separate
@@ -128,6 +132,48 @@ int raw_pair_enter(struct bpf_raw_tracepoint_args *ctx) { if (comm_is_workload()
 int raw_pair_enter_reject(struct bpf_raw_tracepoint_args *ctx) { if (kit_in_scope()) pair_start(); return 0; }
 int raw_pair_exit(struct bpf_raw_tracepoint_args *ctx) { pair_end(); return 0; }
 
+/* A stream event: one fixed-size record out to the stream buffer (kit/stream.py's ladder). */
+struct calib_record { u64 ts; u32 pid; u32 pad; char comm[16]; u8 body[224]; };
+#if KIT_CALIB_RINGBUF
+BPF_RINGBUF_OUTPUT(kit_calib_events, CALIB_RING_PAGES);
+#else
+BPF_PERF_OUTPUT(kit_calib_events);
+#endif
+BPF_PERCPU_ARRAY(kit_calib_scratch, struct calib_record, 1);
+
+static __always_inline void output_record(void *ctx)
+{
+    u32 zero = 0;
+    struct calib_record *r = kit_calib_scratch.lookup(&zero);
+    if (!r)
+        return;
+    r->ts = bpf_ktime_get_ns();
+    r->pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&r->comm, sizeof(r->comm));
+#if KIT_CALIB_RINGBUF
+    if (kit_calib_events.ringbuf_output(r, sizeof(*r), BPF_RB_NO_WAKEUP) != 0)  /* as most of a stream's records */
+        kit_count(KIT_BUFFER_LOST);
+    else
+        kit_count(KIT_EVENTS);
+#else
+    if (kit_calib_events.perf_submit(ctx, r, sizeof(*r)) != 0)
+        kit_count(KIT_BUFFER_LOST);
+    else
+        kit_count(KIT_EVENTS);
+#endif
+}
+
+/* Only the workload's records: another process's syscall storm must not fill the buffer mid-run. */
+int tp_output(void *ctx) { if (comm_is_workload()) output_record(ctx); else kit_count(KIT_FILTERED); return 0; }
+int raw_output(struct bpf_raw_tracepoint_args *ctx)
+{
+    if (comm_is_workload())
+        output_record(ctx);
+    else
+        kit_count(KIT_FILTERED);
+    return 0;
+}
+
 int up_count(struct pt_regs *ctx) { kit_count(KIT_EVENTS); return 0; }
 int up_entry(struct pt_regs *ctx) { pair_start(); return 0; }
 int up_return(struct pt_regs *ctx) { pair_end(); return 0; }
@@ -146,7 +192,10 @@ TP_CONFIGS = {
     "raw_tracepoint_filter": ("raw", {"enter": "raw_filter"}),
     "raw_tracepoint_pair": ("raw", {"enter": "raw_pair_enter", "exit": "raw_pair_exit"}),
     "raw_tracepoint_pair_filter": ("raw", {"enter": "raw_pair_enter_reject", "exit": "raw_pair_exit"}),
+    "tracepoint_output": ("tp", {"enter": "tp_output"}),
+    "raw_tracepoint_output": ("raw", {"enter": "raw_output"}),
 }
+RING_PAGES = 4096  # 16 MiB: a whole dd run's records (2 x DD_BYTES x 264 bytes) fit without draining
 HOOKS = {("tp", "enter"): "raw_syscalls:sys_enter", ("tp", "exit"): "raw_syscalls:sys_exit",
          ("raw", "enter"): "sys_enter", ("raw", "exit"): "sys_exit"}
 
@@ -189,8 +238,29 @@ def program_text():
     # the prelude as a --comm run renders it (the workload is a main thread: its own name decides)
     task = render.task_offsets({"comm": NO_SUCH_COMM})
     lits = render.scope_literals(_CalibScope(), {"comm": NO_SUCH_COMM}, task)
+    from kit import stream
     return (render.prelude(lits, who="calibrate") + f"#define WORKLOAD_COMM {comm.emit(WORKLOAD_COMM)}\n"
+            + f"#define KIT_CALIB_RINGBUF {int(stream.ringbuf_available())}\n#define CALIB_RING_PAGES {RING_PAGES}\n"
             + PROGRAMS)
+
+
+class _Records:
+    """The stream buffer of the output programs, opened so it can be emptied between runs."""
+
+    def __init__(self, bpf):
+        from kit import stream
+        self.bpf, self.ring = bpf, stream.ringbuf_available()
+        table = bpf["kit_calib_events"]
+        if self.ring:
+            table.open_ring_buffer(lambda _ctx, _data, _size: 0)
+        else:
+            table.open_perf_buffer(lambda _cpu, _data, _size: None, page_cnt=RING_PAGES)
+
+    def drain(self):
+        if self.ring:
+            self.bpf.ring_buffer_consume()
+        else:
+            self.bpf.perf_buffer_consume()
 
 
 def dd_cpu_ns(nbytes=DD_BYTES):
@@ -295,6 +365,7 @@ def measure(rounds=5, log=None):
     from bcc import BPF
     log = log or (lambda msg: None)
     bpf = BPF(text=program_text(), cflags=["-Wno-unused-function"])
+    records = _Records(bpf)
     runs = {name: [] for name in list(TP_CONFIGS) + ["perf_tracepoint"]}  # name -> [(bare, probed)]
     events = 2 * DD_BYTES
 
@@ -303,6 +374,7 @@ def measure(rounds=5, log=None):
             with _Attached(bpf, family, progs):
                 cpu = dd_cpu_ns(DD_BYTES)
             time.sleep(SETTLE_S)
+            records.drain()
             return cpu
         return run
 
@@ -326,7 +398,12 @@ def measure(rounds=5, log=None):
         for name, (family, progs) in TP_CONFIGS.items():
             with _Attached(bpf, family, progs):
                 body[name] = _body(bpf, set(progs.values()), lambda: dd_cpu_ns(DD_BYTES))
+            records.drain()
         ups, up_body, pair, pair_body = _uprobes(bpf, rounds, log)
+        from kit import prelude
+        lost = prelude.read_stats(bpf)["buffer_lost"]
+        if lost:
+            log(f"stream records: {lost} outputs failed (buffer full): the output price is low")
     finally:
         bpf.cleanup()
     offcpu_block = calibrate_offcpu.measure(max(3, rounds), log)

@@ -23,7 +23,8 @@ PROBES_DIR = os.path.join(ROOT, "probes")
 
 HOOK_TYPES = features.HOOK_TYPES     # one list, defined where each type's availability is decided
 COST_CLASSES = tuple(costs.CLASSES)  # one list, defined where each class is priced
-OUTPUTS = ("table", "stacks", "histograms")
+OUTPUTS = ("table", "stacks", "histograms", "stream")
+SHOW = ("always", "nonzero", "json")  # stream fields: where a field appears (json: JSON Lines only)
 TASK_SCOPES = {
     "comm": dict(type="comm", help="threads whose own name, or whose process's name (its main thread's: what "
                  "`ps -o comm` shows), is exactly this (at most 15 bytes): every thread of a process, renamed or not"),
@@ -86,7 +87,14 @@ class Field:
     help: str = ""
     source: str = ""   # `from`: key.MEMBER or val.MEMBER of the table map (default collector)
     per: str = ""      # divide by this field's raw value (a mean)
-    decode: str = ""   # an allow-listed decoder (kit.contract.DECODERS)
+    decode: str = ""   # an allow-listed decoder (kit.contract.DECODERS; streams also kit.stream.DECODERS)
+    # stream fields only (output: stream; `from: event.MEMBER` of the record the template outputs):
+    length: str = ""   # `len`: event.MEMBER holding how many bytes of this member are valid (decode: strings)
+    values: tuple = () # the member is an index into these names (e.g. the event's kind)
+    kinds: tuple = ()  # the event kinds that carry this field (default: all)
+    show: str = "always"  # always | nonzero (human lines skip 0/empty) | json (JSON Lines only)
+    failure: bool = False  # a truthy value marks the event failed (the summary counts failures per group)
+    width: int = 0     # human column width (0: as wide as the header)
 
 
 @dataclasses.dataclass
@@ -101,6 +109,16 @@ class Table:
 class Histogram:
     name: str             # shown as the histogram's title, and its key in the result
     map: str              # a log2 BPF_HISTOGRAM (slot index, or a struct key with a `slot` member)
+
+
+@dataclasses.dataclass
+class Stream:
+    """Where a stream recipe's events come from and how the engine (kit/stream.py) tallies them."""
+    buffer: str           # the template's BPF_RINGBUF_OUTPUT / BPF_PERF_OUTPUT map
+    kind: str = ""        # the field (with values:) saying which kind of event a record is
+    group: tuple = ()     # fields the summary counts events by (e.g. comm)
+    limit: int = 1000     # lines per second shown by default (--limit); the rest are counted, not shown
+    pages: int = 64       # buffer size in pages (ring buffer: in all; perf buffer: per CPU), a power of 2
 
 
 @dataclasses.dataclass
@@ -130,6 +148,12 @@ class Recipe:
     module: str = ""          # path of the recipe's Python module (kit.contract.Hooks), or "" for none
     table: Table = None       # rows by the default collector
     histograms: list = dataclasses.field(default_factory=list)  # [Histogram], by the default collector
+    stream: Stream = None     # output: stream: the buffer and its tallies (kit/stream.py)
+    # A table recipe whose stream: block has fields of its own also runs as a stream (`--stream`): that
+    # form is this recipe with output stream, those fields and the block's cost class; the template
+    # tells the two apart by {{kit_stream}}. form is "stream" on the form itself.
+    stream_form: "Recipe" = None
+    form: str = ""
 
     @property
     def where(self):
@@ -262,7 +286,7 @@ def _recipe(c, r, source, probes_dir):
         c.fail(r.lines["next"], "`next:` is no longer part of a recipe: next steps are computed from each run's "
                "results (kit/hints.py)", "remove the next: list")
     c.keys(r, ("name", "summary", "hooks", "duration", "guard", "output", "fields", "runbook", "example"),
-           ("params", "scopes", "module", "table", "histograms"))
+           ("params", "scopes", "module", "table", "histograms", "stream"))
     name = c.typed(r, "name", str)
     if not NAME_RE.fullmatch(name):
         c.fail(r.lines["name"], f"recipe name {name!r} must be lower-case letters, digits and _")
@@ -314,7 +338,7 @@ def _recipe(c, r, source, probes_dir):
     output = c.typed(r, "output", str)
     if output not in OUTPUTS:
         c.fail(r.lines["output"], f"unknown output {output!r}", f"one of {', '.join(OUTPUTS)}")
-    fields = _fields(c, r)
+    fields = _fields(c, r, output)
     module = _module(c, r, os.path.dirname(os.path.abspath(probes_dir)))
     table = _table(c, r, fields)
     histograms = []
@@ -324,41 +348,111 @@ def _recipe(c, r, source, probes_dir):
     if not module and output == "table" and table is None:
         c.fail(r.line, "a table recipe without a module needs table: {map: ...} for the default collector",
                "name the BPF map its rows come from, or give module: with a collect step")
+    stream, form = _stream(c, r, fields, output)
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
     trust.check(template, "template")
-    return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
-                  guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
-                  example=c.typed(r, "example", str), template_path=template,
-                  line=r.line, source=source, module=module, table=table, histograms=histograms)
+    recipe = Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef,
+                    duration_max=dmax, guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
+                    example=c.typed(r, "example", str), template_path=template,
+                    line=r.line, source=source, module=module, table=table, histograms=histograms,
+                    stream=stream)
+    if form is not None:
+        form_stream, form_fields, cost_class = form
+        recipe.stream_form = dataclasses.replace(
+            recipe, output="stream", fields=form_fields, table=None, histograms=[], stream=form_stream,
+            guard=dataclasses.replace(guard, cost_class=cost_class or guard.cost_class), form="stream")
+    return recipe
 
 
 IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _fields(c, r):
-    from kit.contract import DECODERS
+def _fields(c, r, output="table"):
+    from kit.contract import decoders as decoders_for, parse_source
+    decoders = decoders_for(output)
+    stream_keys = ("len", "values", "kinds", "show", "failure", "width") if output == "stream" else ()
     fields = []
     for f in c.typed(r, "fields", list):
-        c.keys(f, ("name", "help"), ("unit", "from", "per", "decode"))
+        c.keys(f, ("name", "help"), ("unit", "from", "per", "decode") + stream_keys)
         field = Field(name=c.typed(f, "name", str), unit=c.typed(f, "unit", str, ""), help=c.typed(f, "help", str),
                       source=c.typed(f, "from", str, ""), per=c.typed(f, "per", str, ""),
-                      decode=c.typed(f, "decode", str, ""))
-        if field.source:
-            side, dot, member = field.source.partition(".")
-            if side not in ("key", "val") or not (IDENT_RE.fullmatch(member) or (not dot and side == "val")):
-                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER, "
-                       "val.MEMBER or val (a scalar value)")
-        if field.decode and field.decode not in DECODERS:
+                      decode=c.typed(f, "decode", str, ""), length=c.typed(f, "len", str, ""),
+                      values=tuple(c.typed(f, "values", list, [])), kinds=tuple(c.typed(f, "kinds", list, [])),
+                      show=c.typed(f, "show", str, "always"), failure=c.typed(f, "failure", bool, False),
+                      width=c.typed(f, "width", int, 0))
+        for key, ref in (("from", field.source), ("len", field.length)):
+            if ref:
+                try:
+                    _side, member = parse_source(ref, output)
+                except ValueError as e:
+                    c.fail(f.lines[key], f"field {field.name!r}: {key} {ref!r} {e}")
+                if key == "len" and not member:
+                    c.fail(f.lines[key], f"field {field.name!r}: len {ref!r} must name a member")
+        if field.decode and field.decode not in decoders:
             c.fail(f.lines["decode"], f"field {field.name!r}: unknown decode {field.decode!r}",
-                   f"one of {', '.join(DECODERS)}")
+                   f"one of {', '.join(decoders)}")
+        if field.show not in SHOW:
+            c.fail(f.lines["show"], f"field {field.name!r}: show {field.show!r}", f"one of {', '.join(SHOW)}")
+        if output == "stream" and not field.source:
+            c.fail(f.line, f"field {field.name!r}: a stream field needs from: event.MEMBER")
         fields.append(field)
     names = {f.name for f in fields}
     for f in fields:
         if f.per and f.per not in names:
             c.fail(r.lines["fields"], f"field {f.name!r}: per {f.per!r} names no field")
     return fields
+
+
+def _stream(c, r, fields, output):
+    """(Stream, form): the stream: block of an output: stream recipe, or of a table recipe that also
+    runs as a stream with --stream: then the block has its own fields (and may price them with its own
+    cost_class), and form is (Stream, fields, cost_class)."""
+    s = c.typed(r, "stream", dict, None)
+    if output == "stream":
+        if s is None:
+            c.fail(r.line, "an output: stream recipe needs stream: {buffer: MAP}",
+                   "name the template's BPF_RINGBUF_OUTPUT/BPF_PERF_OUTPUT map")
+        return _stream_spec(c, r, s, fields, ()), None
+    if s is None:
+        return None, None
+    if output != "table" or "fields" not in s:
+        c.fail(r.lines["stream"], "stream: of a recipe whose output is not stream is its --stream form: it needs "
+               "fields: of its own (from: event.MEMBER)" if output == "table" else
+               "stream: belongs to output: stream recipes, and to table recipes as their --stream form")
+    form_fields = _fields(c, s, "stream")
+    cost_class = c.typed(s, "cost_class", str, "")
+    if cost_class and cost_class not in COST_CLASSES:
+        c.fail(s.lines["cost_class"], f"unknown cost_class {cost_class!r}", f"one of {', '.join(COST_CLASSES)}")
+    return None, (_stream_spec(c, s, s, form_fields, ("fields", "cost_class")), form_fields, cost_class)
+
+
+def _stream_spec(c, r, s, fields, form_keys):
+    """The Stream of a stream: block s (r: where its fields are listed)."""
+    c.keys(s, ("buffer",), ("kind", "group", "limit", "pages") + form_keys)
+    stream = Stream(buffer=c.typed(s, "buffer", str), kind=c.typed(s, "kind", str, ""),
+                    group=tuple(c.typed(s, "group", list, [])), limit=c.typed(s, "limit", int, 1000),
+                    pages=c.typed(s, "pages", int, 64))
+    if not IDENT_RE.fullmatch(stream.buffer):
+        c.fail(s.lines["buffer"], f"stream buffer {stream.buffer!r} is not a C identifier")
+    by_name = {f.name: f for f in fields}
+    if stream.kind and (stream.kind not in by_name or not by_name[stream.kind].values):
+        c.fail(s.lines["kind"], f"stream kind {stream.kind!r} must name a field with values:")
+    kinds = by_name[stream.kind].values if stream.kind else ()
+    for f in fields:
+        for k in f.kinds:
+            if k not in kinds:
+                c.fail(r.lines["fields"], f"field {f.name!r}: kind {k!r} is not one of the stream's kinds "
+                       f"({', '.join(kinds) or 'none: give stream: {kind: FIELD}'})")
+    for g in stream.group:
+        if g not in by_name:
+            c.fail(s.lines["group"], f"stream group {g!r} names no field")
+    if stream.limit < 0:
+        c.fail(s.lines["limit"], "stream limit must be 0 (no limit) or more lines per second")
+    if stream.pages < 1 or stream.pages & (stream.pages - 1) or stream.pages > 65536:
+        c.fail(s.lines["pages"], f"stream pages {stream.pages} must be a power of 2 up to 65536")
+    return stream
 
 
 def _module(c, r, base):

@@ -155,7 +155,11 @@ def recipe_parser(recipe, cmd, out=None):
     if cmd in ("run", "estimate", "show"):
         p.add_argument("--for", dest="duration", default=None,
                        help=f"how long (default {recipe.duration_default:g}s, at most {recipe.duration_max:g}s)")
-        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        p.add_argument("--json", action="store_true",
+                       help="JSON Lines on stdout: an object per event as it happens, then the summary"
+                       if recipe.output == "stream" else "one JSON object on stdout" + (
+                           " (with --stream: JSON Lines, an object per event, then the summary)"
+                           if recipe.stream_form else ""))
         p.add_argument("--budget", default=None, help="overhead budget, percent of the machine's CPU")
         p.add_argument("--force", action="store_true", help="run even if the guardrail refuses (recorded)")
         p.add_argument("--dry-run", action="store_true", help="estimate only, attach nothing")
@@ -164,6 +168,16 @@ def recipe_parser(recipe, cmd, out=None):
         p.add_argument("--progress", action="store_true", default=None, help="progress line even when not a tty")
     if recipe.output == "stacks":
         _stack_output_options(p)
+    if cmd in ("run", "estimate", "show") and recipe.stream_form is not None:
+        p.add_argument("--stream", action="store_true",
+                       help="a line per event as it happens, with the same scopes and options, instead of the "
+                            "table at the end (then --limit applies)")
+    if cmd in ("run", "estimate", "show") and (recipe.output == "stream" or recipe.stream_form is not None):
+        spec = (recipe.stream or recipe.stream_form.stream)
+        p.add_argument("--limit", default=None, metavar="N",
+                       help=("with --stream: " if recipe.output != "stream" else "")
+                       + f"show at most N events a second (default {spec.limit}; 0: all); the rest are counted "
+                       "in the summary")
     return p
 
 
@@ -263,7 +277,8 @@ def list_verbose(recipes):
         hooks = "; ".join(f"{h.type} {h.target}".strip() + ("" if features.hook_supported(h) is None
                                                              else f" (not here: {features.hook_supported(h)})")
                           for h in r.hooks)
-        other = [f"--{p.flag}" for p in r.params.values() if not p.scope]
+        other = [f"--{p.flag}" for p in r.params.values() if not p.scope] + (
+            ["--stream (a line per event as it happens)"] if r.stream_form else [])
         out += [f"{r.name}: {r.summary}",
                 f"  scopes:    {flags} ({rule})",
                 f"  guardrail: {'hot path, ' if r.guard.hot_path else ''}cost class {r.guard.cost_class}, "
@@ -295,11 +310,21 @@ def _recipe_args(args, cmd, out=None):
     recipe = _recipe(recipes, args.recipe)
     rest = (["--help"] if args.verb_help else []) + args.rest
     ns = recipe_parser(recipe, cmd, out=out).parse_args(rest)
-    return recipe, ns, parse_values(recipe, ns)
+    return _form(recipe, ns), ns, parse_values(recipe, ns)
+
+
+def _form(recipe, ns):
+    """The recipe as these options run it: its stream form under --stream."""
+    if getattr(ns, "stream", False):
+        return recipe.stream_form
+    if recipe.output != "stream" and getattr(ns, "limit", None) is not None:
+        raise BadInput(f"--limit is for the stream form of {recipe.name}", "add --stream, or leave --limit out")
+    return recipe
 
 
 RUN_ONLY = (("duration", "--for"), ("json", "--json"), ("budget", "--budget"), ("force", "--force"),
-            ("dry_run", "--dry-run"), ("progress", "--progress"), ("folded", "--folded"), ("svg", "--svg"))
+            ("dry_run", "--dry-run"), ("progress", "--progress"), ("folded", "--folded"), ("svg", "--svg"),
+            ("limit", "--limit"))
 
 
 def cmd_show(args, out, err):
@@ -331,8 +356,12 @@ def _options(recipe, ns, args, dry_run=False):
             raise BadInput(f"--budget {ns.budget!r} is not a number", "give a percentage like 2 or 0.5") from None
         if not 0 < budget <= 100:
             raise BadInput(f"--budget {budget:g} is out of range", "give a percentage above 0 and at most 100")
+    limit = None
+    if getattr(ns, "limit", None) is not None:
+        from kit.catalog import ParamSpec
+        limit = ptypes.TYPES["int"].parse(ns.limit, ParamSpec(name="limit", type="int", max=10_000_000))
     return Options(duration=duration, json=ns.json, debug=args.debug, dry_run=dry_run or ns.dry_run,
-                   force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress)
+                   force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress, limit=limit)
 
 
 def _with_alternatives(e, recipes):
@@ -401,6 +430,7 @@ def cmd_run(args, out, err, dry_run=False):
     from kit import output, run
     recipe, ns, values = _recipe_args(args, "estimate" if dry_run else "run", out)
     opts = _options(recipe, ns, args, dry_run)
+    opts.out = out  # a stream's lines go out as they arrive
     if opts.json and getattr(ns, "folded", False):
         raise BadInput("--json and --folded both write to stdout", "pick one; add --svg FILE for a flame graph "
                        "file beside either")
@@ -419,6 +449,8 @@ def cmd_run(args, out, err, dry_run=False):
             output.write_flamegraph(result, recipe, svg, err)
         except (OSError, KitError) as e:  # checked before attaching, but the disk or directory can go since
             failed.append(f"the flame graph to {svg} ({getattr(e, 'strerror', None) or getattr(e, 'message', e)})")
+    if (result.get("stream") or {}).get("stopped") == "output_closed":
+        return code  # the reader went away (| head): there is no one to give the summary to
     problem = _print_results(result, recipe, ns, opts, out, err)
     if problem:
         failed.insert(0, problem)

@@ -19,6 +19,7 @@ import errno as errno_mod
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import typing
 
@@ -55,6 +56,7 @@ class Context:
     attached_uprobes: list = dataclasses.field(default_factory=list)  # kit.uprobes.attach: what did attach
     task_offsets: dict = None   # kit.render.task_offsets: what the prelude's --comm rule reads, as rendered
     private: object = None   # the one object a recipe module keeps between its steps (offcpu: its watcher)
+    stream: object = None    # output: stream: the run's kit.stream.Streamer (its tallies, for collect)
 
     def value(self, name):
         v = self.values.get(name)
@@ -144,6 +146,41 @@ def _raw(v):
     return int(v) if not isinstance(v, float) else v
 
 
+# ---- `from:`: where a field's value comes from, one vocabulary for every output. The default
+# collector reads the table map's key or value (key.MEMBER, val.MEMBER, or val alone: a scalar count);
+# a stream (kit/stream.py) reads the record its template outputs (event.MEMBER) as each arrives.
+SOURCES = {"key": "map", "val": "map", "event": "stream"}   # side -> what it reads: a BPF map's entry, a record
+SCALAR_SIDES = ("val",)  # sides that may stand alone (the object is the value)
+MEMBER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_source(ref, output):
+    """(side, member) of a field's `from:` (or a stream field's `len:`) for a recipe of this output;
+    ValueError saying what it must be. member is "" for a side standing alone."""
+    reads = "stream" if output == "stream" else "map"
+    sides = [s for s, r in SOURCES.items() if r == reads]
+    side, dot, member = ref.partition(".")
+    if side in sides and (MEMBER_RE.fullmatch(member) or (not dot and side in SCALAR_SIDES)):
+        return side, member
+    forms = [f"{s}.MEMBER" for s in sides] + [f"{s} (a scalar value)" for s in sides if s in SCALAR_SIDES]
+    forms_text = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+    raise ValueError(f"must be {forms_text}")
+
+
+def source_value(obj, member):
+    """The raw value a field reads: obj.member, or obj itself (its .value) for a side standing alone."""
+    return _raw(getattr(obj, member) if member else obj.value)
+
+
+def decoders(output):
+    """The decode: names a field of this output may take: the row decoders, and for a stream also
+    kit.stream's (they see the run: its clock, the cgroup hierarchy)."""
+    if output != "stream":
+        return DECODERS
+    from kit import stream  # late: stream imports this module
+    return {**DECODERS, **stream.DECODERS}
+
+
 def row_of(fields, key, val):
     """One row from a (key, value) pair of the table map, by each field's `from`, `unit`, `per`, `decode`."""
     row, raw = {}, {}
@@ -151,8 +188,7 @@ def row_of(fields, key, val):
         if not f.source:
             continue
         side, _, member = f.source.partition(".")
-        obj = key if side == "key" else val
-        v = _raw(getattr(obj, member) if member else obj.value)  # `val` alone: a scalar value (a u64 count)
+        v = source_value(key if side == "key" else val, member)
         raw[f.name] = v
         if f.decode:
             v = DECODERS[f.decode](v)

@@ -30,6 +30,9 @@ DEFAULT_NS = {
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
     "perf_tracepoint": 120,
     "offcpu_block": 4800,  # offcpu's in-scope path, measured on a Python ping-pong on this kind of VM
+    # the scope check and a 256-byte record to the stream buffer (kit/stream.py): `kit calibrate` here measured it
+    # ~85 ns over the empty program on the same hook (2 runs, 2026-12-03); priced as that over the empty above
+    "tracepoint_output": 190, "raw_tracepoint_output": 165,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -40,6 +43,7 @@ DEFAULT_BODY_NS = {
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
     "perf_tracepoint": 0,
     "offcpu_block": 3500,
+    "tracepoint_output": 135, "raw_tracepoint_output": 130,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -51,6 +55,11 @@ CLASSES = {
     "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
     # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole
     "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),
+    # a stream event (kit/stream.py): the tracepoint and one record output to the buffer
+    "tracepoint_output": (("{f}_output",), ("{f}_filter",), 1),
+    # a syscall's entry and exit as a stream (opensnoop --stream): the pair, then a record out at exit.
+    # Priced as the pair plus a whole output event, one dispatch more than it pays (an over-estimate)
+    "tracepoint_pair_output": (("{f}_pair", "{f}_output"), ("{f}_pair_filter",), 2),
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),

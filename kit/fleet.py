@@ -245,6 +245,12 @@ def main(cli, args, out, err):
     p.prog = f"kit fleet run {recipe.name}"
     fleet_options(p)
     ns = p.parse_args((["--help"] if args.verb_help else []) + args.rest)
+    form = cli._form(recipe, ns)
+    if form.output == "stream":  # hosts' lines have no merge (kit merge takes one result per host)
+        raise BadInput(f"kit fleet run takes aggregating recipes; {recipe.name}"
+                       f"{' --stream' if form.form else ''} is a stream (a line per event on one host)",
+                       f"run `kit run {recipe.name} ...` on the host" + (", or leave --stream out for its table"
+                                                                         if form.form else ""))
     opts = cli._options(recipe, ns, args)
     svg = cli._stack_outputs(recipe, ns, {})
     doc = fleet_run(recipe, ns, opts, err)

@@ -78,6 +78,8 @@ def human(result, recipe, stream, top=20):
         w(table(recipe.fields, rows[:top]) + "\n")
         if len(rows) > top:
             w(f"... {len(rows) - top} more rows (use --json for all)\n")
+    elif recipe.output == "stream":
+        w(stream_summary(result, recipe, top=top))
     elif recipe.output != "histograms":
         w("(no events in scope)\n")
     for name, buckets in (result.get("histograms") or {}).items():
@@ -137,3 +139,72 @@ def write_flamegraph(result, recipe, path, err):
     title = f"kit {recipe.name}: off-CPU time, {scope}, {result.get('duration_s', 0):.0f}s"
     flamegraph.write(path, result.get("rows") or [], title=title, value=result.get("stack_value", "total_us"))
     err.write(f"kit: flame graph written to {path}\n")
+
+
+# ---- streams: a line per event as it arrives (kit/stream.py), then a summary
+
+def _stream_columns(recipe):
+    """Fields every event has, shown as columns (the rest are the line's details)."""
+    return [f for f in recipe.fields if not f.kinds and f.show == "always"]
+
+
+def _stream_text(f, v):
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        import shlex
+        return printable(shlex.join(v))
+    if f.decode == "wallclock" and isinstance(v, str):
+        return v[11:23]  # HH:MM:SS.mmm of the ISO time
+    return printable(v) if isinstance(v, str) else str(v)
+
+
+def stream_header(recipe):
+    cols = _stream_columns(recipe)
+    head = " ".join(f"{f.name:<{max(f.width, len(f.name))}}" for f in cols)
+    return head + (" details" if len(cols) < len(recipe.fields) else "")
+
+
+def stream_line(recipe, values, kind=None):
+    """One human line: the columns, then this kind's other fields as name=value (what a traced process
+    chose, its comm and argv, escaped; argv shell-quoted so it pastes)."""
+    cols = _stream_columns(recipe)
+    parts = [f"{_stream_text(f, values.get(f.name)):<{max(f.width, len(f.name))}}" for f in cols]
+    for f in recipe.fields:
+        if f in cols or f.show == "json" or f.name not in values:
+            continue
+        v = values[f.name]
+        if v is None or (f.show == "nonzero" and not v):
+            continue
+        unit = f" {f.unit}" if f.unit and not f.name.endswith(f"_{f.unit}") else ""
+        parts.append(f"{f.name}={_stream_text(f, v)}{unit}")
+    return " ".join(parts).rstrip()
+
+
+def stream_json(values):
+    """One JSON Lines object per event; the run's summary is the last line (to_json)."""
+    return json.dumps({"type": "event", **values}, default=str)
+
+
+def stream_summary(result, recipe, top=20):
+    """What the run saw, after its lines: events per kind, drops, counts per group, hints."""
+    s = result.get("stream") or {}
+    kinds = ", ".join(f"{k} {n}" for k, n in (s.get("by_kind") or {}).items())
+    n = s.get("received", 0)
+    lines = [f"--- {n} event{'' if n == 1 else 's'} via the {s.get('buffer', 'buffer')}" + (f" ({kinds})" if kinds else "")
+             + f" | {s.get('lost_in_kernel', 0)} dropped in the kernel | {s.get('capped', 0)} over the "
+             f"{s.get('limit') or 'no'}/s limit not shown" + (f" | {s['failed']} failed" if s.get("failed") else "")]
+    for name, rows in (result.get("groups") or {}).items():
+        if not rows:
+            continue
+        cols = [name] + [k for k in rows[0] if k != name]
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        body = [[_cell(r.get(c, 0)) for c in cols] for r in rows[:top]]
+        lines.append(f"\nby {name}:\n" + tabulate(body, headers=cols, tablefmt="simple"))
+    hints = result.get("hints") or []
+    if hints:
+        lines.append("\nhints:")
+        for h in hints:
+            lines.append(f"  {printable(h.get('text', ''))}" + (f": {printable(h['command'])}" if h.get("command") else ""))
+    return "\n".join(lines) + "\n"

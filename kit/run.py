@@ -30,6 +30,8 @@ class Options:
     budget: float = None         # overhead budget, percent of the machine's CPU
     hook: str = None             # force a rung of the ladder (tests, comparisons)
     progress: bool = None        # None: when stderr is a terminal
+    limit: int = None            # output: stream: lines shown per second (None: the catalog's; 0: all)
+    out: object = None           # output: stream: where event lines go as they arrive (default stdout)
 
 
 def prepare(recipe, values, hook_type=None):
@@ -43,6 +45,9 @@ def prepare(recipe, values, hook_type=None):
         uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hooks.extra:
         ctx.extra = hooks.extra(ctx)
+    if recipe.output == "stream" or recipe.stream_form is not None:  # the buffer: kit/stream.py decides
+        from kit import stream
+        ctx.extra = {**stream.extra(ctx), **ctx.extra}
     ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
     text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
     return ctx, text
@@ -113,6 +118,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 attached = uprobes.attach(ctx, bpf)
             else:
                 attached = prelude.auto_attached(bpf)
+            if recipe.output == "stream":
+                from kit import stream
+                ctx.stream = stream.Streamer(ctx, bpf, opts, out=opts.out, err=err, clock=clock)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 # What the scope matches is read once the probes are in, and said before the attach line,
@@ -122,15 +130,22 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                           f"running for {opts.duration:g}s (Ctrl-C prints results now)\n")
                 err.flush()
                 started = clock()
-                stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep)
+                stopped_by = _wait(ctx, opts, bpf, meter, stopper, started, err, clock,
+                                   ctx.stream.poll if ctx.stream else sleep)
                 elapsed = clock() - started
             else:
                 started, stopped_by, elapsed, meter, at_start = clock(), "signal", 0.0, None, None
+            if ctx.stream:
+                ctx.stream.finish()  # probes off, buffer drained: the counts below are final
             stats = prelude.read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
-            result.update((hooks.collect or default_collect)(ctx, bpf))
-            _note_scope_seen(ctx, result, at_start)
-            result["notes"] = ctx.notes + result.get("notes", [])
+            if ctx.stream:
+                result.update(ctx.stream.summary(stats))
+            collected = (hooks.collect or default_collect)(ctx, bpf)
+            collected_notes = collected.pop("notes", [])
+            result.update(collected)
+            _note_scope_seen(ctx, result, at_start)  # reads the rows, adds to ctx.notes
+            result["notes"] = ctx.notes + result.get("notes", []) + collected_notes
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
                     "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
             if stopper.signal and stopped_by not in ("SIGINT", "SIGTERM", "SIGHUP"):
@@ -171,6 +186,8 @@ def _catalog_of(recipe):
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
     """Sleeps in ticks until the time box ends, a signal arrives, the guardrail trips or the target exits."""
     show = err.isatty() if opts.progress is None else opts.progress
+    if opts.progress is None and ctx.stream is not None and ctx.stream.interleaves(err):
+        show = False  # the event lines are the progress; a status line would tear them
     last_line = 0.0
     pid = ctx.values.get("pid") or ctx.values.get("tid")
     born = procfs.start_time(pid) if pid else None
@@ -182,6 +199,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                 return signal.Signals(stopper.signal).name
             if left <= 0:
                 return "timeout"
+            if ctx.stream is not None and ctx.stream.stopped:
+                return ctx.stream.stopped
             if pid and (born is None or procfs.start_time(pid) != born):  # gone, a zombie, or its id reused
                 what = "process" if ctx.values.get("pid") else "thread"
                 ctx.notes.append(f"target {what} {pid} exited {now - started:.1f}s into the run; ended early")

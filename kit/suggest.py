@@ -44,15 +44,17 @@ def shell_line(words):
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
-def _line(recipe, args, duration, budget=None, hook=None, json=False):
-    """`kit run RECIPE ARGS`, then the run's options where they differ from the default."""
-    words = ["kit", "run", recipe.name, *args]
+def _line(recipe, args, duration, budget=None, hook=None, json=False, limit=None):
+    """`kit run RECIPE [--stream] ARGS`, then the run's options where they differ from the default."""
+    words = ["kit", "run", recipe.name] + ([f"--{recipe.form}"] if getattr(recipe, "form", None) else []) + list(args)
     if duration is not None and duration != recipe.duration_default:
         words += ["--for", f"{duration:g}s"]
     if budget is not None:
         words += ["--budget", f"{budget:g}"]
     if hook:
         words += ["--hook", hook]
+    if limit is not None:
+        words += ["--limit", str(limit)]
     if json:
         words.append("--json")
     return shell_line(words)
@@ -71,7 +73,8 @@ def command(ctx, opts, scope_flag, scope_value, duration=None, budget=None, hook
         args += [f"--{scope_flag}", str(scope_value)]
     duration = opts.duration if duration is None else duration
     budget = getattr(opts, "budget", None) if budget is None else budget
-    return _line(ctx.recipe, args, duration, budget, hook or getattr(opts, "hook", None), getattr(opts, "json", False))
+    return _line(ctx.recipe, args, duration, budget, hook or getattr(opts, "hook", None), getattr(opts, "json", False),
+                 getattr(opts, "limit", None))
 
 
 def parses(spec, value):

@@ -14,7 +14,8 @@ from conftest import ROOT
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
-RECIPES = ("offcpu", "tcpretrans", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop")
+RECIPES = ("offcpu", "tcpretrans", "lockhold", "getaddrinfo", "execsnoop", "oomkill", "biolatency", "drops", "tcplife",
+           "opensnoop")
 
 
 def _netns():
@@ -24,7 +25,7 @@ def _netns():
 def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, no_leftovers, tmp_path):
     out = tmp_path / "RESULTS.md"
     p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=360)
     assert p.returncode == 0, p.stderr[-3000:]
     text = out.read_text()
     raw = json.loads((tmp_path / "RESULTS.json").read_text())
@@ -75,6 +76,7 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
             assert rows[peer][0]["runs"] >= 0.95 * rows[peer][0]["stats_events"], (name, peer, rows[peer])
     # a peer that cannot run on this kernel is reported, with the reason, rather than dropped
     assert "bcc offcputime" in raw["hooks"]["offcpu"]["failed"]
+    assert "bcc execsnoop" in raw["hooks"]["execsnoop"]["failed"] and "bcc oomkill" in raw["hooks"]["oomkill"]["failed"]
     assert "needs kprobes" in text
     for tool in ("biolatency-bpfcc", "tcpdrop-bpfcc", "opensnoop-bpfcc"):  # known not to run here, said why
         assert f"none: {tool} " in text
@@ -82,16 +84,21 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
                        ("bcc tcplife -p", "tcplife")):
         assert raw["hooks"][name]["rows"][peer][0]["ready_s"] > 0
 
-    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "execsnoop", "oomkill", "biolatency", "drops", "tcplife",
+                 "opensnoop"):
         fp = raw["footprints"][name]["rows"]["kit"][0]
         assert fp["peak_mb"] > 0 and fp["kit_events"] > 0, (name, fp)
     assert raw["footprints"]["tcpretrans"]["rows"]["kit"][0]["peak_mb"] > 0
     assert raw["starts"]["(reference)"]["figures"]["minimal bpftrace program"]["median"] > 0
-    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "execsnoop", "oomkill", "biolatency", "drops", "tcplife",
+                 "opensnoop"):
         g = raw["guards"][name]["rows"][0]
         assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
     assert "## The guardrail's estimate against the measured cost" in text
     assert "kit-bench-" not in _netns(), "the bench left its network namespace behind"
+    from kit import stream
+    assert not [d for d in os.listdir(stream.memory_root()) if d.startswith("kit-bench-oom-")], \
+        "the bench left its memory cgroup behind"
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert "kit-bench-disk" not in loops and not any(f.startswith("kit-bench-") for f in os.listdir("/dev/shm")), \
         "the bench left its loop device or its backing file behind"

@@ -44,6 +44,9 @@ def test_the_kernels_body_times_are_recorded_for_every_program(kernel, calibrati
     assert set(cal["uprobe_body"]) == set(insn.KINDS)
     # A pair runs two programs per event, one of them four map operations: the kernel times more work.
     assert cal["body_ns"]["raw_tracepoint_pair"] > cal["body_ns"]["raw_tracepoint_hash"]
+    # A stream record (a scope check, a 256-byte copy into the ring) is more work than an empty program.
+    for f in ("tracepoint", "raw_tracepoint"):
+        assert cal["body_ns"][f"{f}_output"] > cal["body_ns"][f"{f}_empty"], cal["body_ns"]
 
 
 def test_more_work_per_event_costs_more(kernel, calibration):

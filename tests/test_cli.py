@@ -29,6 +29,12 @@ def kit(*argv):
     (["run", "tcpretrans", "--budget", "lots"], ExitCode.BAD_INPUT, "--budget 'lots' is not a number"),
     (["--catalog", "/nonexistent.yaml", "list"], ExitCode.CATALOG, "cannot read catalog"),
     (["run"], ExitCode.BAD_INPUT, "no recipe named"),
+    (["run", "opensnoop", "--limit", "5"], ExitCode.BAD_INPUT, "--limit is for the stream form of opensnoop"),
+    (["run", "opensnoop", "--stream", "--limit", "lots"], ExitCode.BAD_INPUT, "--limit must be a whole number"),
+    (["run", "tcpretrans", "--stream"], ExitCode.BAD_INPUT, "unrecognized arguments: --stream"),
+    (["fleet", "run", "opensnoop", "--stream", "--hosts", "h1,"], ExitCode.BAD_INPUT,
+     "opensnoop --stream is a stream"),
+    (["fleet", "run", "execsnoop", "--hosts", "h1,"], ExitCode.BAD_INPUT, "execsnoop is a stream"),
 ])
 def test_bad_input_is_one_line_with_a_fix_and_its_exit_code(argv, code, words):
     c, out, err = kit(*argv)
@@ -46,3 +52,22 @@ def test_show_prints_the_c_text():
 def test_list_says_what_runs_here():
     c, out, _ = kit("list")
     assert c == 0 and "tcpretrans" in out
+
+
+def test_show_stream_prints_the_stream_form_and_the_table_form_without_it():
+    _c, stream_text, _e = kit("show", "opensnoop", "--stream", "--pid", "1")
+    _c, table_text, _e = kit("show", "opensnoop", "--pid", "1", "--failed")
+    assert "#define KIT_STREAM      1" in stream_text and "#define KIT_FAILED_ONLY 0" in stream_text
+    assert "#define KIT_STREAM      0" in table_text and "#define KIT_FAILED_ONLY 1" in table_text
+    c, _out, err = kit("show", "opensnoop", "--stream", "--limit", "0")
+    assert c == ExitCode.OK and "only `kit run` uses --limit" in err
+
+
+def test_a_suggested_command_keeps_the_stream_form_and_its_limit():
+    from kit import catalog, suggest
+    from kit.contract import Context
+    from kit.run import Options
+    r = catalog.load()["opensnoop"].stream_form
+    ctx = Context(recipe=r, hook=r.hooks[0], values={"failed": True})
+    line = suggest.command(ctx, Options(duration=r.duration_default, limit=0), "comm", "nginx")
+    assert line == "kit run opensnoop --stream --failed --comm nginx --limit 0"
