@@ -163,11 +163,13 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                     hooks.cleanup(ctx)
     if result is not None:  # after detaching: reading /proc and symbol tables costs the box nothing then
         try:
-            result["hints"] = hints.compute(result, steps=hints.Steps(lambda: _catalog_of(recipe)))
+            # a recipe's collect may give its own (stream recipes: per limit hit, per failing command)
+            own = result.get("hints") or []
+            result["hints"] = own + hints.compute(result, steps=hints.Steps(lambda: _catalog_of(recipe)))
         except Exception as e:  # a hint is advice: a bug in one must not cost the results
             if opts.debug:
                 raise
-            result["hints"] = []
+            result["hints"] = result.get("hints") or []
             result["notes"].append(f"next steps could not be computed ({type(e).__name__}: {e})")
     return result, code
 
