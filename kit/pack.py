@@ -29,7 +29,7 @@ import sys
 import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCES = ("kit/**/*.py", "probes/*", "incident_recipes.yaml", "deploy/ansible/**/*")
+SOURCES = ("kit/**/*.py", "probes/*", "probes/calibrate/*", "incident_recipes.yaml", "deploy/ansible/**/*")
 # import name -> (licence, where a Debian host has the package)
 DEPS = {
     "yaml": ("MIT", "python3-yaml"),

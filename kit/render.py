@@ -155,6 +155,12 @@ class _Named:
         self.name = name
 
 
+def own_program(path, fills, probes_dir=PROBES_DIR):
+    """One of kit's own programs under probes/ (calibration), filled like a recipe's template: every
+    placeholder by a literal from the typed layer, every literal used."""
+    return _fill(_read(os.path.join(probes_dir, path)), fills, path, _Named(path), fills)
+
+
 def prelude(literals, probes_dir=PROBES_DIR, who="kit"):
     """The shared prelude alone, filled with scope literals (for kit's own probes, e.g. calibration)."""
     return _fill(_read(os.path.join(probes_dir, PRELUDE)), literals, PRELUDE, _Named(who), {})
