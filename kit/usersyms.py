@@ -102,10 +102,11 @@ class ProcessImage:
         m, e, vaddr = self.locate(addr - 1 if is_return else addr)
         if m is None:
             return "[unknown]"
+        where = m.name if m.name.startswith("[") else f"[{m.name}]"  # [vdso] is named so already
         if e is None or vaddr is None:
-            return f"[{m.name}]"
+            return where
         sym = e.symbol(vaddr)
-        return sym[0] if sym else f"[{m.name}]"
+        return sym[0] if sym else where
 
     def module(self, addr):
         m = self.find(addr)

@@ -36,6 +36,7 @@ BAD_VALUE = {
     "int": "ten", "pid": "-1", "tid": "0", "comm": "x" * 16, "duration": "0s", "micros": "soon",
     "port": "0", "ipaddr": "1.2.3", "netns": "/etc/passwd", "cgroup": "../../../etc", "binary": "/etc/passwd",
     "symbol": "a b", "enum": "__nope__", "outpath": "/nonexistent-dir/x", "flag": None, "hostname": "db;rm",
+    "hertz": "1000",
 }
 
 
