@@ -19,6 +19,7 @@ class Mode:
     bulk_bytes: int = 48 << 20
     lock_pairs: int = 50_000
     gai_calls: int = 10_000
+    burn_iterations: int = 1_000_000_000   # ~1 s of one CPU here: ~1000 samples at 999 Hz
     warm: bool = True
     wall_runs: int = 3
     extras: bool = True           # kit variants beyond the one compared (attribution of its costs)
@@ -30,7 +31,7 @@ class Mode:
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             lock_pairs=5_000, gai_calls=500, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             lock_pairs=5_000, gai_calls=500, burn_iterations=100_000_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
              guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
 
 
@@ -159,6 +160,66 @@ def getaddrinfo(outdir, mode):
         GuardCase("getaddrinfo", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
+class _IdlePid:
+    """kit scoped by --pid to an idle process the bench starts (pid 1 wakes now and then, and would be in
+    scope); it lives as long as the tool."""
+
+    def __init__(self, recipe, *args):
+        self.recipe, self.args = recipe, args
+
+    def __call__(self, target):
+        import subprocess
+        idle = subprocess.Popen(["sleep", "100000"])
+        tool = peers.kit("kit", self.recipe, "--pid", str(idle.pid), *self.args)
+        tool.cleanups.append(lambda: (idle.kill(), idle.wait()))
+        return tool
+
+
+NO_BCC_RUNQLAT_SCOPE = ("bcc's runqlat -p reads the task's tgid at the 6.1 headers' offset (no 6.18 headers here), "
+                        "so it runs box-wide")
+
+
+def profile(outdir, mode):
+    w = workloads.burn(outdir, mode.burn_iterations)
+    hz = str(workloads.BURN_HZ)
+    hook = kit_rung("profile")
+    args = lambda t: ["--pid", str(t.pid), "--hz", hz]  # noqa: E731
+    kit = _kit("profile", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_profile(t.pid, hz))  # noqa: E731
+    bcc = lambda t: peers.bcc_sampling("bcc profile", "profile", "-F", hz, "-p", str(t.pid),  # noqa: E731
+                                       ready="Sampling at")  # its banner comes before it attaches
+    return Recipe(
+        HookCase(name="profile", workload=w, hook=f"{hook.type} {hook.target} at {hz} Hz", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc profile": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "profile", "--comm",
+                                                                                 "kit-nomatch", "--hz", hz),
+                           "kit, --pid of another process": _IdlePid("profile", "--hz", hz)},
+                 empty=lambda t: peers.empty("empty program", "perf_event", f"{hook.target}:{hz}"),
+                 wall_runs=mode.wall_runs),
+        _footprint("profile", w, {"kit": kit, "bcc profile": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("profile", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def runqlat(outdir, mode):
+    w = workloads.PingPong(outdir, mode.pingpong_rounds)
+    hook = kit_rung("runqlat")
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("runqlat", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_runqlat(t.comm))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc runqlat (box-wide)", "runqlat", ready="Tracing run queue latency")  # noqa: E731
+    return Recipe(
+        HookCase(name="runqlat", workload=w, hook=f"{hook.type} sched_wakeup, sched_wakeup_new, sched_switch",
+                 kit=kit, peers={"bpftrace": bpftrace, "bcc runqlat (box-wide)": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "runqlat", "--comm",
+                                                                                 "kit-nomatch"),
+                           "kit, --pid of another process": _IdlePid("runqlat")},
+                 empty=lambda t: peers.empty("empty program", "raw_tracepoint", "sched_wakeup", "raw_tracepoint",
+                                             "sched_wakeup_new", "raw_tracepoint", "sched_switch"),
+                 unavailable={"bcc runqlat -p": NO_BCC_RUNQLAT_SCOPE}, wall_runs=mode.wall_runs),
+        _footprint("runqlat", w, {"kit": kit, "bcc runqlat (box-wide)": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("runqlat", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
 def _footprint(name, w, tools, mode, **kw):
     if not mode.footprint_bpftrace:
         tools = {k: v for k, v in tools.items() if k != "bpftrace"}
@@ -181,4 +242,5 @@ def references():
                                                              "tracepoint:sched:sched_switch { }")})
 
 
-RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo}
+RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo,
+           "profile": profile, "runqlat": runqlat}

@@ -28,11 +28,12 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
     raw = json.loads((tmp_path / "RESULTS.json").read_text())
 
     for section in ("## Machine", "## Targets", "### offcpu", "### tcpretrans", "### lockhold", "### getaddrinfo",
+                    "### profile", "### runqlat",
                     "## Start to attached", "## kit's own CPU and memory while it aggregates"):
         assert section in text
     assert os.uname().release in text
 
-    assert set(raw["hooks"]) == {"offcpu", "tcpretrans", "lockhold", "getaddrinfo"}
+    assert set(raw["hooks"]) == {"offcpu", "tcpretrans", "lockhold", "getaddrinfo", "profile", "runqlat"}
     for name, case in raw["hooks"].items():
         rows = case["rows"]
         # only a bcc tool may be missing (kprobes); kit, bpftrace and the empty program run everywhere here
@@ -57,15 +58,16 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
     # a peer that cannot run on this kernel is reported, with the reason, rather than dropped
     assert "bcc offcputime" in raw["hooks"]["offcpu"]["failed"]
     assert "needs kprobes" in text
-    for peer, name in (("bcc tcpretrans -c", "tcpretrans"), ("bcc gethostlatency", "getaddrinfo")):
+    for peer, name in (("bcc tcpretrans -c", "tcpretrans"), ("bcc gethostlatency", "getaddrinfo"),
+                       ("bcc profile", "profile"), ("bcc runqlat (box-wide)", "runqlat")):
         assert raw["hooks"][name]["rows"][peer][0]["ready_s"] > 0
 
-    for name in ("offcpu", "lockhold", "getaddrinfo"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "profile", "runqlat"):
         fp = raw["footprints"][name]["rows"]["kit"][0]
         assert fp["peak_mb"] > 0 and fp["kit_events"] > 0, (name, fp)
     assert raw["footprints"]["tcpretrans"]["rows"]["kit"][0]["peak_mb"] > 0
     assert raw["starts"]["(reference)"]["figures"]["minimal bpftrace program"]["median"] > 0
-    for name in ("offcpu", "lockhold", "getaddrinfo"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "profile", "runqlat"):
         g = raw["guards"][name]["rows"][0]
         assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
     assert "## The guardrail's estimate against the measured cost" in text

@@ -212,3 +212,11 @@ def lockloop(outdir, pairs):
 
 def gai(outdir, calls):
     return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
+
+
+BURN_HZ = 999   # the rate every profiler samples at in the bench; burn.c prices its rounds at its default 999
+
+
+def burn(outdir, iterations):
+    """One thread computing: a round's events are the samples a per-CPU timer at BURN_HZ takes of its CPU time."""
+    return Resident(outdir, "burn.c", "kit-burn", iterations, "sample", "samples")
