@@ -25,7 +25,10 @@ HOOK_TYPES = features.HOOK_TYPES     # one list, defined where each type's avail
 COST_CLASSES = tuple(costs.CLASSES)  # one list, defined where each class is priced
 OUTPUTS = ("table", "stacks", "histograms")
 TASK_SCOPES = {
-    "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
+    "comm": dict(type="comm", help="threads whose own name, or whose process's name (its main thread's: what "
+                 "`ps -o comm` shows), is exactly this (at most 15 bytes): every thread of a process, renamed or not"),
+    "thread_comm": dict(type="comm", help="threads whose own name is exactly this (`ps -L -o comm`, at most 15 "
+                        "bytes), whatever their process is named"),
     "pid": dict(type="pid", help="process id (all its threads)"),
     "tid": dict(type="tid", help="thread id"),
     "cgroup": dict(type="cgroup", help="cgroup v2 directory, e.g. system.slice/nginx.service"),
@@ -270,6 +273,8 @@ def _recipe(c, r, source, probes_dir):
         if s not in TASK_SCOPES:
             c.fail(r.lines["scopes"], f"unknown scope {s!r}", f"task scopes are {', '.join(TASK_SCOPES)}")
         params[s] = ParamSpec(name=s, scope=True, task_scope=True, line=r.lines["scopes"], **TASK_SCOPES[s])
+    if ("comm" in scopes) != ("thread_comm" in scopes):  # one meaning of --comm everywhere, and its sibling
+        c.fail(r.lines["scopes"], "scopes comm and thread_comm go together", "list both, or neither")
     for pname, p in (c.typed(r, "params", dict, {}) or {}).items():
         if pname in params:
             c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")
@@ -340,9 +345,10 @@ def _fields(c, r):
                       source=c.typed(f, "from", str, ""), per=c.typed(f, "per", str, ""),
                       decode=c.typed(f, "decode", str, ""))
         if field.source:
-            side, _, member = field.source.partition(".")
-            if side not in ("key", "val") or not IDENT_RE.fullmatch(member):
-                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER or val.MEMBER")
+            side, dot, member = field.source.partition(".")
+            if side not in ("key", "val") or not (IDENT_RE.fullmatch(member) or (not dot and side == "val")):
+                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER, "
+                       "val.MEMBER or val (a scalar value)")
         if field.decode and field.decode not in DECODERS:
             c.fail(f.lines["decode"], f"field {field.name!r}: unknown decode {field.decode!r}",
                    f"one of {', '.join(DECODERS)}")

@@ -39,6 +39,7 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+STEPS = tuple(f.name for f in dataclasses.fields(Hooks))
 
 
 @dataclasses.dataclass
@@ -52,6 +53,7 @@ class Context:
     notes: list = dataclasses.field(default_factory=list)          # shown under the results
     planned_uprobes: list = dataclasses.field(default_factory=list)   # kit.uprobes.plan: resolved, not attached
     attached_uprobes: list = dataclasses.field(default_factory=list)  # kit.uprobes.attach: what did attach
+    task_offsets: dict = None   # kit.render.task_offsets: what the prelude's --comm rule reads, as rendered
     private: object = None   # the one object a recipe module keeps between its steps (offcpu: its watcher)
 
     def value(self, name):
@@ -70,6 +72,11 @@ def hooks_of(recipe):
     if not isinstance(hooks, Hooks):
         raise CatalogError(f"{recipe.where}: recipe {recipe.name!r}: {recipe.module} defines no HOOKS = Hooks(...)",
                            "say which steps the module takes with kit.contract.Hooks")
+    for step in STEPS:  # a step function the Hooks object forgets would silently never run
+        fn = getattr(mod, step, None)
+        if callable(fn) and getattr(hooks, step) is None:
+            raise CatalogError(f"recipe {recipe.name!r}: {recipe.module} defines {step}() but its HOOKS does not "
+                               f"name it", f"add {step}={step} to HOOKS, or rename the function")
     return hooks
 
 
@@ -79,7 +86,7 @@ def load_module(path, recipe):
     rel = os.path.relpath(path, ROOT)
     if not rel.startswith("..") and rel.endswith(".py"):
         return importlib.import_module(rel[:-3].replace(os.sep, "."))
-    name = f"kit_recipe_{recipe.name}"
+    name = "kit_recipe_" + "".join(c if c.isalnum() else "_" for c in path)  # one module per file
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -102,10 +109,24 @@ def _errno(v):
     return errno_mod.errorcode.get(v, str(v)) if v else ""
 
 
+def _disk(dev):
+    from kit.params import disk_name
+    return disk_name(int(dev))
+
+
+BLOCK_OPS = ("read", "write", "flush", "discard", "other")   # KIT_BLK_* in probes/biolatency.c
+
+
+def _index(names):
+    return lambda v: names[v] if 0 <= v < len(names) else str(v)
+
+
 # decode: names a field's catalog value may take; each turns the raw member into what is shown
 DECODERS = {
     "syscall": _syscall,
     "errno": _errno,
+    "disk": _disk,
+    "block_op": _index(BLOCK_OPS),
 }
 UNIT_SCALE = {"s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}   # from a member in nanoseconds (name ends in _ns)
 UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
@@ -113,9 +134,7 @@ UNIT_DIGITS = {"s": 3, "ms": 3, "us": 2, "ns": 0}
 
 def _raw(v):
     """A ctypes member as Python: char arrays as text (data from the kernel: decoded, never interpreted)."""
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
-    if hasattr(v, "_length_") and getattr(v, "_type_", None) in (bytes, type(b"")):
+    if isinstance(v, (bytes, bytearray)):  # BCC hands char[] members over as bytes
         return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
     if hasattr(v, "_length_"):
         try:
@@ -131,8 +150,9 @@ def row_of(fields, key, val):
     for f in fields:
         if not f.source:
             continue
-        side, member = f.source.split(".", 1)
-        v = _raw(getattr(key if side == "key" else val, member))
+        side, _, member = f.source.partition(".")
+        obj = key if side == "key" else val
+        v = _raw(getattr(obj, member) if member else obj.value)  # `val` alone: a scalar value (a u64 count)
         raw[f.name] = v
         if f.decode:
             v = DECODERS[f.decode](v)
@@ -167,7 +187,10 @@ def collect_histograms(recipe, bpf):
     `slot` member and group members gives one histogram per group, named `name group=value ...`."""
     out = {}
     for h in recipe.histograms:
-        table = bpf[h.map]
+        try:
+            table = bpf[h.map]
+        except KeyError:  # compiled out by a parameter (e.g. biolatency's queue_hist without --queued)
+            continue
         groups = {}
         for k, v in table.items():
             count = int(v.value)
@@ -175,7 +198,7 @@ def collect_histograms(recipe, bpf):
                 continue
             if hasattr(k, "slot"):
                 names = [n for n, *_ in k._fields_ if n != "slot" and not n.startswith("_")]
-                label = " ".join(f"{n}={_raw(getattr(k, n))}" for n in names)
+                label = " ".join(_group(recipe, n, getattr(k, n)) for n in names)
                 groups.setdefault(label, {})[int(k.slot)] = count
             else:
                 groups.setdefault("", {})[int(k.value)] = count
@@ -184,6 +207,16 @@ def collect_histograms(recipe, bpf):
         for label, counts in sorted(groups.items()):
             out[f"{h.name} {label}".strip()] = prelude.buckets(counts)
     return out
+
+
+def _group(recipe, member, raw):
+    """A histogram's group member, shown as the table field read from the same key member (its name
+    and decoder), so one declaration serves both."""
+    v = _raw(raw)
+    for f in recipe.fields:
+        if f.source == f"key.{member}":
+            return f"{f.name}={DECODERS[f.decode](v) if f.decode else v}"
+    return f"{member}={v}"
 
 
 def default_collect(ctx, bpf):

@@ -11,11 +11,10 @@ are snapshotted before attaching.
 """
 
 import ctypes
-import os
 import threading
 import time
 
-from kit import usersyms
+from kit import targets, usersyms
 
 POLL_MS = 50            # how fast a new process is snapshotted after its first sample
 REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
@@ -106,18 +105,9 @@ def in_scope_now(values):
                         return [int(line.split()[1])]
         except OSError:
             return []
-    if comm:
-        out = []
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/comm", "rb") as f:
-                    if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                        out.append(int(p))
-            except OSError:
-                continue
-        return out
+    thread_comm = values.get("thread_comm")
+    if comm is not None or thread_comm is not None:  # the prelude's --comm/--thread-comm rule
+        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
     return []
 
 

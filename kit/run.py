@@ -9,12 +9,11 @@ leaves a named probe in tracefs.
 """
 
 import dataclasses
-import os
 import signal
 import sys
 import time
 
-from kit import features, guard, perfevent, prelude, render, teardown, uprobes
+from kit import __version__, features, guard, perfevent, prelude, render, teardown, uprobes
 from kit.contract import Context, default_collect, hooks_of
 from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
@@ -44,7 +43,8 @@ def prepare(recipe, values, hook_type=None):
         uprobes.plan(ctx)  # every symbol checked before anything attaches
     if hooks.extra:
         ctx.extra = hooks.extra(ctx)
-    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
+    text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
     return ctx, text
 
 
@@ -189,17 +189,13 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
 
 def _note_comm_gone(ctx):
     """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
-    comm = ctx.values.get("comm")
-    if comm is None:
+    comm, thread_comm = ctx.values.get("comm"), ctx.values.get("thread_comm")
+    if comm is None and thread_comm is None:
         return
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                    return
-        except OSError:
-            continue
-    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
+    from kit import targets
+    if not targets.pids_by_comm(comm, thread_comm):
+        ctx.notes.append(f"no thread in scope of {targets.scope_text(comm, thread_comm)} is running any more "
+                         "(the run went on for its whole time)")
 
 
 def _start_time(pid):
@@ -212,15 +208,29 @@ def _start_time(pid):
     return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
+def catalog_version(path):
+    """The catalog's apiVersion and content hash: results of two catalogs merge only when these agree
+    (kit/merge.py), since a recipe's meaning can change with its entry or template."""
+    import hashlib
+    from kit.catalog import API_VERSION
+    try:
+        with open(path, "rb") as f:
+            return f"{API_VERSION}+{hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return f"{API_VERSION}+unknown"
+
+
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
-    params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
+    params = {k: (v if type(v) in (int, float, bool, str) else str(v))
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
     lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
             "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
+        "kit_version": __version__,
+        "catalog_version": catalog_version(recipe.source),
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
         "params": params,
         "scope": scope,

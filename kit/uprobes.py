@@ -9,10 +9,12 @@ so a kill -9 of kit closes the fds and the kernel removes the probes.
 Where a probe goes:
   --binary B            B, for every process that maps it (or only --pid/--comm's)
   --pid P               the file in P's maps that defines the symbol (P's own libc)
-  --comm C              hot path: each running process named C, breakpoints in
-                        those processes only; otherwise the libcs they map plus
-                        kit's own, for every process, filtered in the kernel by
-                        comm (so processes started later are caught)
+  --comm C              hot path: each running process named C, or with a
+  (--thread-comm C)     thread named C (kit/targets.py applies the prelude's
+                        rule), breakpoints in those processes only; otherwise
+                        the libcs they map plus kit's own, for every process,
+                        filtered in the kernel by name (so processes started
+                        later are caught)
   nothing               kit's own libc (hot path) or every libc on the box
 A hot-path recipe (guard.hot_path) attaches per process with a pid, so the
 kernel installs the breakpoint only in processes in scope: the rest of the box
@@ -119,18 +121,29 @@ def _sites(ctx):
     binary_path = ctx.value(ctx.hook.binary) if ctx.hook.binary else None
     pid = ctx.value("pid") if "pid" in ctx.recipe.params else None
     comm = ctx.value("comm") if "comm" in ctx.recipe.params else None
+    thread_comm = ctx.value("thread_comm") if "thread_comm" in ctx.recipe.params else None
+    named = comm is not None or thread_comm is not None
+    scope = targets.scope_text(comm, thread_comm)
 
     def comm_pids():
-        found = targets.pids_by_comm(comm)
+        """The processes with a thread the prelude's name rule admits (kit/targets.py)."""
+        found = targets.pids_by_comm(comm, thread_comm)
         if not found:
-            raise BadInput(f"no running process is named {comm!r}",
-                           f"{ctx.recipe.name} attaches to running processes: start it first, check the name with "
-                           "`ps -eo comm`, or give --binary PATH to trace every process of that executable")
-        return found
+            if thread_comm is None:
+                what = f"no running process is named {comm!r}, nor has a thread of that name"
+            else:
+                what = f"no running process has a thread named {thread_comm!r}" + \
+                    (f" in scope of --comm {comm!r}" if comm is not None else "")
+            raise BadInput(what,
+                           f"{ctx.recipe.name} attaches to running processes: start it first, check the names with "
+                           "`ps -eo comm` (processes) or `ps -eL -o comm` (threads), or give --binary PATH to trace "
+                           "every process of that executable")
+        ctx.notes.extend(targets.thread_only_notes(found, comm))
+        return [f.pid for f in found]
 
     if binary_path:
         binary = targets.user_binary(binary_path)
-        wanted = [pid] if pid else (comm_pids() if comm and per_process else [])
+        wanted = [pid] if pid else (comm_pids() if named and per_process else [])
         if not wanted:
             return [(-1, [binary], binary_path)]
         sites = []
@@ -144,19 +157,22 @@ def _sites(ctx):
                 continue
             sites.append((p, [m], f"pid {p}"))
         if not sites:
-            raise BadInput(f"no process named {comm!r} maps {binary_path}",
+            raise BadInput(f"no process in scope of {scope} maps {binary_path}",
                            "drop --binary to use the files those processes map")
         return sites
     if pid:
         return [(pid, _search_order(targets.mapped_files(pid)), f"pid {pid}")]
-    if comm and per_process:
+    if named and per_process:
         found = comm_pids()
-        ctx.notes.append(f"traced the {len(found)} process{'es' if len(found) > 1 else ''} named {comm!r} running "
-                         "when kit attached; processes started later are not traced (--binary PATH covers them)")
+        ctx.notes.append(f"traced the {len(found)} process{'es' if len(found) > 1 else ''} with threads in scope of "
+                         f"{scope} running when kit attached; processes started later are not traced "
+                         "(--binary PATH covers them)")
         return [(p, _search_order(targets.mapped_files(p)), f"pid {p}") for p in found]
-    if comm:
+    if named:
         libcs = {}
-        for m in [targets.host_libc()] + [targets.libc_of(p) for p in targets.pids_by_comm(comm)]:
+        found = targets.pids_by_comm(comm, thread_comm)
+        ctx.notes.extend(targets.thread_only_notes(found, comm))
+        for m in [targets.host_libc()] + [targets.libc_of(f.pid) for f in found]:
             if m is not None:
                 libcs.setdefault((m.dev, m.ino), m)
         return [(-1, [m], "every process") for m in libcs.values()]

@@ -24,14 +24,14 @@
 #define KIT_PER {{per}}                 /* --per, by index: 0 process, 1 thread, 2 cgroup */
 #define KIT_PER_THREAD 1
 #define KIT_PER_CGROUP 2
-#define KIT_TASK_PID_OFF {{task_pid_off}}
-#define KIT_TASK_TGID_OFF {{task_tgid_off}}
-#define KIT_TASK_COMM_OFF {{task_comm_off}}
-#define KIT_TASK_STATE_OFF {{task_state_off}}
-#define KIT_TASK_CGROUPS_OFF {{task_cgroups_off}}
-#define KIT_CSS_DFL_CGRP_OFF {{css_dfl_cgrp_off}}
-#define KIT_CGROUP_KN_OFF {{cgroup_kn_off}}
-#define KIT_KN_ID_OFF {{kn_id_off}}
+#define RUNQ_TASK_PID_OFF {{task_pid_off}}
+#define RUNQ_TASK_TGID_OFF {{task_tgid_off}}
+#define RUNQ_TASK_COMM_OFF {{task_comm_off}}
+#define RUNQ_TASK_STATE_OFF {{task_state_off}}
+#define RUNQ_TASK_CGROUPS_OFF {{task_cgroups_off}}
+#define RUNQ_CSS_DFL_CGRP_OFF {{css_dfl_cgrp_off}}
+#define RUNQ_CGROUP_KN_OFF {{cgroup_kn_off}}
+#define RUNQ_KN_ID_OFF {{kn_id_off}}
 #define KIT_NEED_CGROUP (KIT_SCOPE_CGROUP || KIT_PER == KIT_PER_CGROUP)
 #define KIT_TASK_REPORT_MAX 0x100       /* sched_switch's prev_state bit for a preempted task */
 
@@ -143,32 +143,39 @@ static __always_inline u64 task_cgroup(const char *task)
     u64 id = 0;
 #if KIT_NEED_CGROUP
     char *css = 0, *cgrp = 0, *kn = 0;   /* task->cgroups->dfl_cgrp->kn->id, what bpf_get_current_cgroup_id reads */
-    bpf_probe_read_kernel(&css, sizeof(css), task + KIT_TASK_CGROUPS_OFF);
+    bpf_probe_read_kernel(&css, sizeof(css), task + RUNQ_TASK_CGROUPS_OFF);
     if (css)
-        bpf_probe_read_kernel(&cgrp, sizeof(cgrp), css + KIT_CSS_DFL_CGRP_OFF);
+        bpf_probe_read_kernel(&cgrp, sizeof(cgrp), css + RUNQ_CSS_DFL_CGRP_OFF);
     if (cgrp)
-        bpf_probe_read_kernel(&kn, sizeof(kn), cgrp + KIT_CGROUP_KN_OFF);
+        bpf_probe_read_kernel(&kn, sizeof(kn), cgrp + RUNQ_CGROUP_KN_OFF);
     if (kn)
-        bpf_probe_read_kernel(&id, sizeof(id), kn + KIT_KN_ID_OFF);
+        bpf_probe_read_kernel(&id, sizeof(id), kn + RUNQ_KN_ID_OFF);
 #endif
     return id;
 }
 
-/* A task was made runnable: in scope by its own ids, comm and cgroup (not current's). */
+/* A task was made runnable: in scope by its own ids, names and cgroup (not current's), by the
+ * prelude's rules, cheapest first as kit_allow_current() takes them. */
 static __always_inline int woken(const char *p)
 {
     u32 tid = 0, tgid = 0;
-    char comm[16] = {};
-    bpf_probe_read_kernel(&tid, sizeof(tid), p + KIT_TASK_PID_OFF);
-    bpf_probe_read_kernel(&tgid, sizeof(tgid), p + KIT_TASK_TGID_OFF);
-#if KIT_SCOPE_COMM_ON
-    bpf_probe_read_kernel(comm, sizeof(comm), p + KIT_TASK_COMM_OFF);
-#endif
-    if (!tid || !kit_allow_task(tgid, tid, comm))
+    bpf_probe_read_kernel(&tid, sizeof(tid), p + RUNQ_TASK_PID_OFF);
+    bpf_probe_read_kernel(&tgid, sizeof(tgid), p + RUNQ_TASK_TGID_OFF);
+    if (!tid || (KIT_SCOPE_TGID && tgid != KIT_SCOPE_TGID) || (KIT_SCOPE_TID && tid != KIT_SCOPE_TID))
         return 0;
+#if KIT_SCOPE_COMM_ON || KIT_SCOPE_THREAD_COMM_ON
+    union kit_comm own = {};
+    bpf_probe_read_kernel(&own, sizeof(own), p + RUNQ_TASK_COMM_OFF);
+    if (!kit_thread_comm_match(&own))
+        return 0;
+#endif
     u64 cgroup = task_cgroup(p);
     if (KIT_SCOPE_CGROUP && cgroup != KIT_SCOPE_CGROUP)
         return 0;
+#if KIT_SCOPE_COMM_ON
+    if (!kit_comm_match_task(p, &own))
+        return 0;
+#endif
     start_wait(tid, tgid, cgroup);
     return 0;
 }
@@ -192,15 +199,15 @@ RAW_TRACEPOINT_PROBE(sched_switch)
     u64 id = bpf_get_current_pid_tgid();   /* current == prev */
     if ((u32)id && kit_allow_current()) {
         u32 state = 0;  /* read after the scope check: out-of-scope switches skip it */
-        bpf_probe_read_kernel(&state, sizeof(state), prev + KIT_TASK_STATE_OFF);
+        bpf_probe_read_kernel(&state, sizeof(state), prev + RUNQ_TASK_STATE_OFF);
         if (ctx->args[0] || state == 0) {   /* preempted, or still TASK_RUNNING: it stays queued */
             start_wait((u32)id, id >> 32, KIT_NEED_CGROUP ? bpf_get_current_cgroup_id() : 0);
             runq_count(RUNQ_PREEMPTED);
         }
     }
     u32 next_tid = 0;
-    bpf_probe_read_kernel(&next_tid, sizeof(next_tid), next + KIT_TASK_PID_OFF);
-    switch_in(next_tid, next + KIT_TASK_COMM_OFF);
+    bpf_probe_read_kernel(&next_tid, sizeof(next_tid), next + RUNQ_TASK_PID_OFF);
+    switch_in(next_tid, next + RUNQ_TASK_COMM_OFF);
     return 0;
 }
 #else
@@ -209,17 +216,25 @@ struct seen_t {
     u32 tgid;
     u32 pad;
 };
-/* tid -> its process and cgroup, as seen at its last switch-out in scope */
+/* tid -> its process and cgroup, as seen at its last switch-out in scope (by kit_allow_current(), so
+ * by --comm's whole rule: its own name or its process's) */
 BPF_TABLE("lru_hash", u32, struct seen_t, tasks, 16384);
 
 static __always_inline int woken(u32 tid, const char *comm)
 {
-    if (!tid || (KIT_SCOPE_TID && tid != KIT_SCOPE_TID) || !kit_comm_match(comm))
+    if (!tid || (KIT_SCOPE_TID && tid != KIT_SCOPE_TID))
         return 0;
+    union kit_comm own = {};
+#if KIT_SCOPE_COMM_ON || KIT_SCOPE_THREAD_COMM_ON
+    __builtin_memcpy(&own, comm, sizeof(own));
+    if (!kit_thread_comm_match(&own))
+        return 0;
+#endif
     struct seen_t *t = tasks.lookup(&tid);
     if (!t) {
-        /* without a pid or cgroup scope every task is remembered once seen: this one was not yet */
-        if (!KIT_SCOPE_TGID && !KIT_SCOPE_CGROUP)
+        /* without a pid or cgroup scope every task is remembered once seen: this one was not yet (under
+         * --comm, known to be in scope only by its own name: the tracepoint has no process name) */
+        if (!KIT_SCOPE_TGID && !KIT_SCOPE_CGROUP && kit_comm_is(&own))
             runq_count(RUNQ_UNSEEN);
         return 0;
     }

@@ -75,8 +75,9 @@ def test_a_table_recipe_without_module_or_table_is_a_catalog_error():
 
 
 @pytest.mark.parametrize("field, words", [
-    ("{name: n, from: count, help: h}", "key.MEMBER or val.MEMBER"),
-    ("{name: n, from: val.x; rm, help: h}", "key.MEMBER or val.MEMBER"),
+    ("{name: n, from: count, help: h}", "must be key.MEMBER"),
+    ("{name: n, from: val.x; rm, help: h}", "must be key.MEMBER"),
+    ("{name: n, from: key, help: h}", "must be key.MEMBER"),
     ("{name: n, from: val.n, decode: eval, help: h}", "unknown decode 'eval'"),
     ("{name: n, from: val.n, per: nothing, help: h}", "per 'nothing' names no field"),
 ])
@@ -124,3 +125,32 @@ def test_the_catalog_checks_cost_classes_and_hook_types_against_their_one_defini
     from kit import costs, features
     assert catalog.COST_CLASSES == tuple(costs.CLASSES)
     assert catalog.HOOK_TYPES is features.HOOK_TYPES
+
+
+@pytest.mark.parametrize("text, dev", [("7:0", 7 << 20), ("259:3", 259 << 20 | 3)])
+def test_a_disk_given_as_maj_min_becomes_the_kernels_internal_dev_t(text, dev):
+    from kit import params
+    spec = catalog.ParamSpec(name="disk", type="disk")
+    assert params.TYPES["disk"].parse(text, spec) == dev
+    assert params.TYPES["disk"].emit(params.TYPES["disk"].parse(text, spec)) == f"{dev}U"
+
+
+@pytest.mark.parametrize("text", ["sda;rm", "../../etc", "99999:0", "no-such-disk-kit", ""])
+def test_a_disk_that_is_not_one_is_refused(text):
+    from kit import params
+    from kit.errors import BadInput
+    with pytest.raises(BadInput):
+        params.TYPES["disk"].parse(text, catalog.ParamSpec(name="disk", type="disk"))
+
+
+def test_a_step_function_its_hooks_forget_is_a_catalog_error(tmp_path):
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "tcpretrans.c").write_text("/* t */\n")
+    (tmp_path / "m2.py").write_text("from kit.contract import Hooks\n"
+                                     "def extra(ctx):\n    return {}\n"
+                                     "def collect(ctx, bpf):\n    return {}\n"
+                                     "HOOKS = Hooks(collect=collect)\n")
+    r = catalog.parse(BASE + "    module: m2.py\n    fields:\n      - {name: n, help: h}\n", "cat.yaml",
+                      probes_dir=str(tmp_path / "probes"))["tcpretrans"]
+    with pytest.raises(CatalogError, match="defines extra\\(\\) but its HOOKS does not name it"):
+        contract.hooks_of(r)

@@ -81,8 +81,9 @@ def test_shipped_recipes_under_confidentiality(confidentiality, monkeypatch):
     assert main(["run", "tcpretrans", "--for", "2s"], out=out, err=err) == ExitCode.UNSUPPORTED
     assert "lockdown=confidentiality blocks tracefs" in err.getvalue()
     listing = io.StringIO()
-    main(["list"], out=listing, err=io.StringIO())
-    row = next(line for line in listing.getvalue().splitlines() if line.startswith("tcpretrans"))
+    main(["list", "-v"], out=listing, err=io.StringIO())  # `kit list` wraps it; -v has it on one line
+    block = listing.getvalue().split("tcpretrans:", 1)[1]
+    row = next(line for line in block.splitlines() if line.startswith("  runs here:"))
     # both rungs named: a reader must not think that mounting tracefs would help
     assert ("no: raw_tracepoint: lockdown=confidentiality blocks bpf_probe_read_kernel, which this rung needs; "
             "tracepoint: lockdown=confidentiality blocks tracefs") in row

@@ -7,7 +7,7 @@ import errno
 import os
 import time
 
-from kit import btf, features, hidden_frames, prelude, procwatch, stacks
+from kit import btf, features, hidden_frames, prelude, procwatch, stacks, usersyms
 from kit.errors import Unsupported
 from kit.contract import Hooks
 
@@ -15,7 +15,8 @@ WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.
 SCHED_ENTRY = "__schedule"
 UNWIND_HELPERS = ("bpf_task_pt_regs", "bpf_get_current_task_btf")
-UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED = 0, 1, 2, 3  # as in probes/offcpu.c
+UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED, UNW_CFI = 0, 1, 2, 3, 4  # as in probes/offcpu.c
+NO_FP_ABOVE = "[callers unknown: no frame pointers above]"
 
 
 class _Learn(ctypes.Structure):
@@ -57,11 +58,6 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    if features.btf_available() and ctx.values.get("comm") is not None:
-        offs.update(btf.offsets({"task_leader_off": ("task_struct", "group_leader"),
-                                 "task_comm_off": ("task_struct", "comm")}))
-    else:
-        offs.update({"task_leader_off": 0, "task_comm_off": 0})
     unwind = unwind_supported()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
@@ -79,7 +75,7 @@ class Watcher(procwatch.Watcher):
         super().__init__(bpf)
         self.learner = hidden_frames.Learner(self.sym)
         self.lost_learn = 0
-        self.asked = {}  # (tid, kstack, ustack) -> [chain computed from the block that asked, ...]
+        self.asked = {}  # (tid, kstack, ustack) -> [(chain, complete) from the block that asked, ...]
         self.unwind = unwind
         if unwind:
             bpf["unwind_learn"].open_perf_buffer(self._on_learn, page_cnt=64, lost_cb=self._on_lost_learn)
@@ -127,16 +123,17 @@ def _kernel_frames(bpf, stack_id, cache):
 
 
 def _hidden_chain(key, w, asked_blocks):
-    """The frames the kernel's walk skipped for this sample, if kit knows them, else None."""
+    """(frames the kernel's walk skipped for this sample, complete), if kit knows them, else None.
+    Not complete: no frame on the way keeps a frame pointer, so nothing above them is known."""
     b = key.block
-    if b.unwind == UNW_DONE and b.nhidden:
-        return list(b.hidden[:b.nhidden])
+    if b.unwind in (UNW_DONE, UNW_CFI) and b.nhidden:
+        return list(b.hidden[:b.nhidden]), b.unwind == UNW_DONE
     if b.unwind == UNW_ASKED:
         # This block sent its own stack window; its chain was computed from it. Usable only if
         # no other block shares the sample's key (the key is all that tells blocks apart).
         ident = (key.tid, b.kstack, b.ustack)
         chains = w.asked.get(ident, [])
-        if asked_blocks.get(ident) == 1 and len(chains) == 1 and chains[0]:
+        if asked_blocks.get(ident) == 1 and len(chains) == 1 and chains[0] and chains[0][0]:
             return chains[0]
     return None
 
@@ -154,20 +151,38 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
         return ["[unknown]"] * len(addrs), 0
     recovered = []
     tail = addrs[1:]
-    hidden = _hidden_chain(key, w, asked_blocks)
-    if hidden:
-        if w.learner.verify(img, addrs[0], hidden):
+    found = _hidden_chain(key, w, asked_blocks)
+    complete = True
+    if found:
+        hidden, complete = found
+        if w.learner.verify(img, addrs[0], hidden, complete):
             recovered = hidden
-            if b.bp_unsure:
+            if not complete:
+                tail = []  # the kernel's walk above them followed a register holding anything
+                stats["cfi_only"] += 1
+            elif b.bp_unsure:
                 tail = []
                 stats["bp_unsure"] += 1
         else:
             stats["rejected_chains"] += 1
     names = [img.symbol(addrs[0])]
     names += [img.symbol(a, is_return=True) for a in recovered + tail]
-    if recovered and b.bp_unsure:
+    if recovered and not complete:
+        names.append(NO_FP_ABOVE)
+    elif recovered and b.bp_unsure:
         names.append("[outer frames unknown: libc reused rbp]")
-    return names, len(recovered)
+    return _collapse_unknown(names), len(recovered)
+
+
+def _collapse_unknown(names):
+    """A run of [unknown] frames is one thing (a frame-pointer walk gone astray): one frame, so the
+    same wait folds together however far the walk strayed."""
+    out = []
+    for n in names:
+        if n == "[unknown]" and out and out[-1] == "[unknown]":
+            continue
+        out.append(n)
+    return out
 
 
 def _libc_top(img, addr):
@@ -198,7 +213,7 @@ def collect(ctx, bpf):
             ident = (k.tid, k.block.kstack, k.block.ustack)
             asked_blocks[ident] = asked_blocks.get(ident, 0) + count
     kcache = {}
-    stats = {"unsnapshotted": set(), "rejected_chains": 0, "bp_unsure": 0}
+    stats = {"unsnapshotted": set(), "rejected_chains": 0, "bp_unsure": 0, "cfi_only": 0}
     merged = {}
     libc_unrecovered = [0, 0]  # rows, ns
     recovered_rows = [0, 0]
@@ -283,10 +298,18 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
         notes.append(f"libc has no frame pointers, so the kernel's stack walk skips the function that called a "
                      f"libc wrapper; kit recovered it from libc's unwind tables in {recovered[0]} stack(s) "
                      f"({100.0 * recovered[1] / max(total_ns, 1):.0f}% of the time)")
+    if stats["cfi_only"]:
+        notes.append(f"{stats['cfi_only']} stack(s) pass through code built without frame pointers: kit followed "
+                     f"them through the unwind tables for up to {hidden_frames.MAX_HIDDEN} frames and marks where "
+                     f"it had to stop ({NO_FP_ABOVE}); building the program with -fno-omit-frame-pointer shows "
+                     "the rest")
     if libc_unrec[0]:
         notes.append(f"{libc_unrec[0]} stack(s) ({100.0 * libc_unrec[1] / max(total_ns, 1):.0f}% of the time) start "
-                     "in libc, which has no frame pointers: the function that called the libc wrapper is missing "
-                     "from them (kit recovers it once it has seen a call site; blocks before that stay short)")
+                     "in libc and lack the function that called into it: libc keeps no frame pointers, so the "
+                     "kernel's stack walk skips that caller. kit works out such a caller from libc's unwind "
+                     "tables, but only after the first time a thread blocks at that spot in libc: blocks that "
+                     "happened before then stay without it (a longer run shows fewer of them)")
+    notes += usersyms.explain(rows, w.sym)
     if stats["rejected_chains"]:
         notes.append(f"{stats['rejected_chains']} recovered caller chain(s) failed the check against the unwind "
                      "tables and are not shown")
