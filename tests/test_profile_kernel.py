@@ -144,3 +144,40 @@ def test_sampling_events_are_closed_even_when_collecting_fails(kernel, no_leftov
     assert code == 1 and "injected failure in collect" in err.getvalue()
     assert leaks.held() == before, "sampling events stayed open after collect failed"
 
+
+@pytest.fixture(scope="module")
+def renamed_hog(tmp_path_factory):
+    return build("runq_work", str(tmp_path_factory.mktemp("profile-renamed")))
+
+
+def _cpu_s(pid):
+    """The process's CPU time from /proc (its exited threads' included), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("scope, comms", [(["--comm", "runq_work"], {"hog-0"}),
+                                          (["--thread-comm", "hog-0"], {"hog-0"})])
+def test_comm_takes_a_renamed_thread_by_its_process_name_and_thread_comm_by_its_own(
+        kernel, no_leftovers, renamed_hog, scope, comms):
+    # runq_work's hog renames itself hog-0 and burns a CPU; the process keeps the name runq_work (its main
+    # thread's), which the prelude reads from the thread-group leader at BTF offsets
+    w = Workload(renamed_hog, "1", "1", "2", "10000", "batch")
+    try:
+        kit = KitProc("run", "profile", *ACCURACY_BUDGET, *scope, "--hz", HZ, "--for", "20s", "--json")
+        kit.wait_attached()
+        truth = json.loads(w.go())
+        cpu_s = _cpu_s(w.pid)    # its threads are done: all the CPU it will use
+        res = kit.stop().json()
+    finally:
+        w.end()
+    assert kit.code == 130, kit.stderr
+    rows = res["rows"]
+    assert {r["pid"] for r in rows} == {truth["pid"]}
+    hog = sum(r["samples"] for r in rows if r["comm"] == "hog-0")
+    mine = sum(r["samples"] for r in rows)
+    assert {r["comm"] for r in rows if r["samples"] > 2} == comms, rows
+    # its samples against its own CPU clock (ticks of 10 ms: a little slack)
+    assert 0.85 * (cpu_s - 0.02) * int(HZ) <= mine <= 1.15 * (cpu_s + 0.02) * int(HZ) + 5, (mine, cpu_s)
+    assert hog >= 0.9 * mine, (hog, mine)

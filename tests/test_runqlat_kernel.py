@@ -130,3 +130,22 @@ def test_cgroup_scope_and_per_cgroup_histograms_read_the_woken_tasks_cgroup(kern
     _counts_agree(ticker["waits"], truth["ticks"])
     # the cgroup's histogram holds the ticker's and the hog's waits, and nothing else
     assert sum(b["count"] for b in res["histograms"][name]) == sum(r["waits"] for r in res["rows"])
+
+
+@pytest.mark.parametrize("hook", [(), ("--hook", "tracepoint")], ids=["raw_tracepoint", "tracepoint"])
+def test_comm_takes_the_woken_threads_of_a_process_by_its_name_and_thread_comm_by_their_own(
+        kernel, no_leftovers, binary, hook):
+    # the prelude's rule for the task woken, not current: the ticker (renamed `ticker`, woken by a timer
+    # while the hog runs) is in scope under its process's name (the main thread's, `runq_work`), read on
+    # the raw rung from its thread-group leader at BTF offsets, on the tracepoint rung at its switch-outs
+    truth, res = _measure(binary, 1, "batch", lambda w: ["--comm", "runq_work"], hook=hook)
+    assert {r["pid"] for r in res["rows"]} == {truth["pid"]}
+    assert {"ticker", "hog-0"} <= {r["comm"] for r in res["rows"]}, res["rows"]
+    _counts_agree(sum(_ticker(res, truth).values()), truth["ticks"])
+    # --thread-comm takes the thread's own name only: the ticker, not the process's other threads
+    truth, res = _measure(binary, 1, "batch", lambda w: ["--thread-comm", "ticker"], hook=hook)
+    assert {(r["pid"], r["tid"]) for r in res["rows"]} == {(truth["pid"], truth["tid"])}
+    _counts_agree(sum(_ticker(res, truth).values()), truth["ticks"])
+    truth, res = _measure(binary, 1, "batch", lambda w: ["--thread-comm", "runq_work"], hook=hook)
+    # the ticker bears the process's name only until it renames itself, before its first tick
+    assert not [r for r in res["rows"] if r["tid"] == truth["tid"] and r["waits"] > 2], res["rows"]
