@@ -136,8 +136,10 @@ def folded(result, stream):
 def write_flamegraph(result, recipe, path, err):
     from kit import flamegraph
     scope = ", ".join(f"{k}={v}" for k, v in result.get("scope", {}).items()) or "no scope"
-    title = f"kit {recipe.name}: off-CPU time, {scope}, {result.get('duration_s', 0):.0f}s"
-    flamegraph.write(path, result.get("rows") or [], title=title, value=result.get("stack_value", "total_us"))
+    from kit.stacks import measure_of
+    value = result.get("stack_value", "total_us")
+    title = f"kit {recipe.name}: {measure_of(value).title}, {scope}, {result.get('duration_s', 0):.0f}s"
+    flamegraph.write(path, result.get("rows") or [], title=title, value=value)
     err.write(f"kit: flame graph written to {path}\n")
 
 

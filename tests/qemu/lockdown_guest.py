@@ -28,6 +28,7 @@ from workloads import lockwork  # noqa: E402
 from workloads.load import Load  # noqa: E402
 
 STEP_S = 300
+PROFILE_HZ = 199
 KIT = [sys.executable, "-m", "kit"]
 # execve too: a trace that shows kit starting proves strace was watching
 STRACE = ["strace", "-f", "-qq", "-e", "trace=execve,bpf,perf_event_open"]
@@ -180,6 +181,23 @@ def syscalls_recipe(out):
     return {"pid": load.pid, "done": done, "kit": r}
 
 
+def profile_recipe(out):
+    """profile (a perf event: no tracefs, no kernel reads) on a load that keeps its own CPU clock; kit,
+    scoped by pid, ends by itself when the load exits."""
+    with Load("syscalls", "kit-pr-guest", seconds=2) as load:
+        k = Kit("run", "profile", "--pid", str(load.pid), "--hz", str(PROFILE_HZ), "--for", "5m", "--json",
+                "--budget", "50")
+        try:
+            k.wait_attached()
+            load.go()
+            done = load.finish(stop=False)
+            r = k.stop(signo=None)
+        finally:
+            if k.p.poll() is None:
+                k.p.kill()
+    return {"pid": load.pid, "done": done, "hz": PROFILE_HZ, "kit": r}
+
+
 # kit's refusal taken away: does the kernel refuse the rung kit refused, and for the reason kit gave?
 UNGUARDED = r"""
 import json, sys
@@ -219,6 +237,7 @@ def main(out):
     res.step("run_offcpu", lambda: blocked_run(out, "offcpu", "--comm", "kit-target", "--for", "5s"))
     res.step("uprobe_recipes", lambda: uprobe_recipes(out))
     res.step("syscalls_recipe", lambda: syscalls_recipe(out))
+    res.step("profile_recipe", lambda: profile_recipe(out))
     res.step("unguarded", lambda: unguarded(out))
     res.step("progs_after", prog_ids)
     res["step"] = "done"
