@@ -283,6 +283,23 @@ class Elf:
                     out.setdefault(value, Symbol(name, value, size, info & 0xF, table))
         return list(out.values())
 
+    def imports(self, names):
+        """Which of `names` this file calls from another (undefined entries of .dynsym)."""
+        want = set(names)
+        found = set()
+        for table, sec in self._symbol_tables():
+            if table != "dynsym":
+                continue
+            strtab = self.sections[sec.link]
+            strs = self._bytes(strtab.offset, strtab.size)
+            for _i, st_name, _value, _size, _info, shndx in self._entries(sec):
+                if shndx == SHN_UNDEF and st_name:
+                    end = strs.find(b"\0", st_name)
+                    name = strs[st_name:end if end >= 0 else len(strs)].decode("utf-8", "replace")
+                    if name in want:
+                        found.add(name)
+        return found
+
     def functions(self):
         """Every defined function as a Functions table (built once per Elf).
 
