@@ -66,7 +66,8 @@ class Attach:
     fn: str            # C function in the template
     symbol: str = ""   # uprobes: name of the symbol parameter (or a literal symbol after '=')
     at: str = "entry"  # entry or return
-    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname
+    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname;
+                            # silently when its symbol parameter is unset (lockhold's --inside)
 
 
 @dataclasses.dataclass
