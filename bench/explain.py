@@ -18,6 +18,12 @@ WORKLOAD = {
     "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
                    "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
                    "the event count.",
+    "profile": "`kit-burn` (bench/workloads/burn.c): one thread computing in a noinline function; every tool "
+               "samples every CPU at 999 Hz and counts the samples of that process by stack. The events are the "
+               "samples a 999 Hz timer takes of the workload's own CPU time (CPU seconds x 999).",
+    "runqlat": "`kit-pingpong` (bench/workloads/pingpong.c), as for offcpu: every round trip wakes each process "
+               "once, and each switch-in ends one wait for the CPU (a wakeup, a switch-out and a switch-in per "
+               "event). bcc's runqlat runs box-wide (its `-p` reads the 6.1 headers' offsets here).",
     "biolatency": "`kit-dio` (bench/workloads/dio.c): 4 KiB O_DIRECT writes and reads, alternating, at distinct "
                   "non-adjacent offsets of a 256 MiB loop device the bench creates over a file in /dev/shm (and "
                   "removes after), so every call is one request and no real disk's I/O joins it. The device's own "
@@ -258,6 +264,14 @@ NOTICED = [
      "flow it still counts a client's SYN_SENT as an event (connect() assigns the port after that state "
      "change; the connection is rejected later and no row comes of it), so its filtered row's `events` is "
      "not 0: up to one a connection."),
+    (("runqlat",),
+     "bcc's runqlat reads task_struct through the 6.1 kernel headers BCC compiles against here: its per-thread "
+     "ids (-L) are garbage on this 6.18 kernel and its -p filter matches nothing, so it runs box-wide in the "
+     "bench (its histogram of every task is still right: the wrong offset is read the same way at the wakeup "
+     "and the switch-in). kit reads the woken task through BTF offsets."),
+    (("profile",),
+     "profile's events are timer samples, not the workload's own actions: a tool's cost per event is what one "
+     "sample of a process in scope costs (a stack walk each); every tool here samples at 999 Hz."),
 ]
 
 

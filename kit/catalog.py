@@ -76,6 +76,7 @@ class Hook:
     target: str = ""
     attach: list = dataclasses.field(default_factory=list)
     binary: str = ""    # uprobes: name of the parameter that gives the binary
+    frequency: str = ""  # perf_event: name of the parameter that gives the samples per second per CPU
     requires: tuple = ()  # extra kernel facts this rung needs: btf, kernel_read (bpf_probe_read_kernel)
     line: int = 0
 
@@ -396,12 +397,13 @@ def _hooks(c, r, params):
         c.fail(r.lines["hooks"], "hooks must list at least one alternative")
     hooks = []
     for h in ladder:
-        c.keys(h, ("type",), ("target", "attach", "binary", "requires"))
+        c.keys(h, ("type",), ("target", "attach", "binary", "requires", "frequency"))
         htype = c.typed(h, "type", str)
         if htype not in HOOK_TYPES:
             c.fail(h.lines["type"], f"unknown hook type {htype!r}", f"one of {', '.join(HOOK_TYPES)}")
         hook = Hook(type=htype, target=c.typed(h, "target", str, ""), binary=c.typed(h, "binary", str, ""),
-                    requires=tuple(c.typed(h, "requires", list, [])), line=h.line)
+                    requires=tuple(c.typed(h, "requires", list, [])), line=h.line,
+                    frequency=c.typed(h, "frequency", str, ""))
         for a in c.typed(h, "attach", list, []):
             c.keys(a, ("fn",), ("symbol", "at", "optional"))
             at = c.typed(a, "at", str, "entry")
@@ -420,6 +422,18 @@ def _hooks(c, r, params):
                 c.fail(h.line, "a uprobe hook needs binary: naming a binary parameter")
         elif not hook.target:
             c.fail(h.line, f"a {htype} hook needs a target")
+        if htype == "perf_event":
+            from kit.perfevent import SAMPLING_EVENTS
+            if hook.target not in SAMPLING_EVENTS:
+                c.fail(h.lines["target"], f"unknown perf event {hook.target!r}", f"one of {', '.join(SAMPLING_EVENTS)}")
+            if len(hook.attach) != 1:
+                c.fail(h.line, "a perf_event hook needs one attach point: attach: [{fn: FUNCTION}]")
+            spec = params.get(hook.frequency)
+            if spec is None or spec.type != "hertz":
+                c.fail(h.line, "a perf_event hook needs frequency: naming a hertz parameter",
+                       "declare e.g. hz: {type: hertz, default: 49, min: 1, max: 999, help: ...}")
+        elif hook.frequency:
+            c.fail(h.lines["frequency"], f"frequency is for perf_event hooks, not {htype}")
         for req in hook.requires:
             if req not in ("btf", "kernel_read"):
                 c.fail(h.lines["requires"], f"unknown requirement {req!r}", "known: btf, kernel_read")

@@ -54,6 +54,12 @@ CLASSES = {
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),
+    # profile: a timer sample on a CPU running a task in scope takes its kernel and user stacks and counts
+    # them in a hash; idle and out-of-scope samples pay the filter
+    "perf_sample_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
+    # runqlat, per sched_switch (its rate hook): the wakeup that queued the task switching in, and that
+    # switch-in (lookup, histogram, worst wait); out of scope, both programs' filters
+    "runq_pair": (("{f}_pair",), ("{f}_pair_filter",), 2),
     # lock entry + its return + unlock entry, per lock/unlock cycle (lockhold)
     "uprobe_lock_cycle": (("uprobe", "uretprobe_extra", "uprobe"), ("uprobe", "uretprobe_extra", "uprobe"), 3),
 }

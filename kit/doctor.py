@@ -8,7 +8,7 @@ from tabulate import tabulate
 from kit import btf, features, teardown
 from kit.errors import ExitCode
 
-KINDS = ("tracepoint", "raw_tracepoint", "kprobe", "uprobe", "uretprobe")
+KINDS = ("tracepoint", "raw_tracepoint", "kprobe", "uprobe", "uretprobe", "perf_event")
 # One function per kind: BCC caches a loaded function by name with its program type.
 PROBE_TEXT = "".join(f"int kit_doctor_{k}(void *ctx) {{ return 0; }}\n" for k in KINDS)
 
@@ -63,6 +63,8 @@ def try_attach():
         "kprobe": lambda: b.attach_kprobe(event="do_sys_openat2", fn_name="kit_doctor_kprobe"),
         "uprobe": lambda: _uprobe(b, "kit_doctor_uprobe", False),
         "uretprobe": lambda: _uprobe(b, "kit_doctor_uretprobe", True),
+        "perf_event": lambda: b.attach_perf_event(ev_type=1, ev_config=0, fn_name=b"kit_doctor_perf_event",
+                                                  sample_freq=49),   # the cpu-clock, as profile samples
     }
     if features.tracefs_problem():  # BCC finds a tracepoint's id in tracefs; the other kinds do not need it
         out["tracepoint"] = (False, features.tracefs_problem())

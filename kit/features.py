@@ -194,6 +194,9 @@ def hook_supported(hook):
         return kprobes_locked_down()
     if t in ("uprobe", "uretprobe"):
         return None if uprobes_available() else "uprobes are not available (CONFIG_UPROBE_EVENTS)"
+    if t == "perf_event":
+        from kit import perfevent
+        return perfevent.sampling_problem(hook.target)
     if t in ("fentry", "fexit"):
         return "fentry/fexit are not used by kit on BCC 0.26 (they need matching kernel headers)"
     return f"hook type {t} is not supported by kit"

@@ -213,7 +213,8 @@ def format_estimate(result):
         lines.append(f"  rate:   {est['hook']}: {_fmt_rate(est['events_per_s'])} box-wide, "
                      f"{_fmt_rate(est['in_scope_per_s'])} in scope"
                      + ("" if est.get("scope_measured", True) else " (scope not measurable from the task: all counted)")
-                     + f" (measured {est['window_s']:.2f}s, {est['samples']} samples)")
+                     + (f" (measured {est['window_s']:.2f}s, {est['samples']} samples)" if est.get("window_s")
+                        else " (set by the sampling frequency: not measured)"))
     else:
         lines.append(f"  rate:   not measured ({est.get('rate_error')})")
     c = est.get("cost", {})

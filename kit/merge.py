@@ -23,7 +23,7 @@ MERGED_KIND = "KitMergedResult"
 HOST_LOCAL = {"netns", "pid", "tid", "cgroup", "disk"}
 # What must agree for sums to mean something.
 SAME = ("recipe", "kit_version", "catalog_version", "requested_s")
-ADDITIVE = {"count", "failed", "errors", "in_progress", "bytes", "rx_bytes", "tx_bytes"}
+ADDITIVE = {"count", "failed", "errors", "in_progress", "bytes", "rx_bytes", "tx_bytes", "samples", "waits"}
 IDENTITY = {"pid", "tid", "host"}   # per-host identifiers: not part of a row key across hosts
 TOP = 5
 
@@ -166,7 +166,7 @@ def summed_rows(rows):
         if r["host"] not in g["hosts"]:
             g["hosts"].append(r["host"])
     out = [_means(g) for g in groups.values()]
-    metric = next((m for m in ("total_us", "total_ms", "count") if any(m in g for g in out)), None)
+    metric = next((m for m in ("total_us", "total_ms", "count", "samples", "waits") if any(m in g for g in out)), None)
     if metric:
         out.sort(key=lambda g: -(g.get(metric) or 0))
     return out

@@ -96,6 +96,8 @@ def human(result, recipe, stream, top=20):
         w(lost_warning(result) + "\n")
     if result.get("forced"):
         w("warning: the guardrail was overridden with --force\n")
+    for h in result.get("hints") or []:  # computed from the result; frame names come from traced files
+        w("hint: " + printable(h["text"]) + (f"\n  {printable(h['command'])}" if h.get("command") else "") + "\n")
     if recipe.next:
         w("next: " + " | ".join(recipe.next) + "\n")
     from kit.guard import summary_line
@@ -134,6 +136,8 @@ def folded(result, stream):
 def write_flamegraph(result, recipe, path, err):
     from kit import flamegraph
     scope = ", ".join(f"{k}={v}" for k, v in result.get("scope", {}).items()) or "no scope"
-    title = f"kit {recipe.name}: off-CPU time, {scope}, {result.get('duration_s', 0):.0f}s"
-    flamegraph.write(path, result.get("rows") or [], title=title, value=result.get("stack_value", "total_us"))
+    from kit.stacks import measure_of
+    value = result.get("stack_value", "total_us")
+    title = f"kit {recipe.name}: {measure_of(value).title}, {scope}, {result.get('duration_s', 0):.0f}s"
+    flamegraph.write(path, result.get("rows") or [], title=title, value=value)
     err.write(f"kit: flame graph written to {path}\n")

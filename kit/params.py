@@ -188,6 +188,18 @@ class Micros(ParamType):
         return f"{int(value)}ULL"
 
 
+class Hertz(ParamType):
+    """Samples per second (per CPU), e.g. 49 or 99Hz, within the catalog's min..max. Used by kit to
+    open the perf event, never written into C."""
+    name = "hertz"
+    c_emitter = False
+
+    def parse(self, text, spec):
+        s = re.sub(r"(?i)\s*hz\s*$", "", str(text).strip())
+        lo = max(spec.min, 1)
+        return _int(s, f"--{spec.flag}", lo, spec.max, f"give a rate from {lo} to {spec.max} samples per second")
+
+
 class Port(ParamType):
     name = "port"
 
@@ -499,7 +511,7 @@ def open_output(path):
 
 
 TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup, Disk,
-                                Binary, Symbol, Enum, Flag, OutPath, Hostname)}
+                               Binary, Symbol, Enum, Flag, OutPath, Hostname, Hertz)}
 
 
 def emit(spec, value):

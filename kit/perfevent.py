@@ -17,7 +17,9 @@ import struct
 
 from kit import features
 
+PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
+PERF_COUNT_SW_CPU_CLOCK = 0
 PERF_SAMPLE_TID = 1 << 1
 PERF_FORMAT_TOTAL_TIME_ENABLED = 1 << 0
 PERF_RECORD_LOST = 2
@@ -217,6 +219,39 @@ def _ring_bytes(ring, off, size, pos, n):
 
 
 IOC_SET_BPF = 0x40042408
+
+# perf_event hook targets a catalog may name: (perf type, config). Sampling events fire on a timer,
+# whatever runs, so their rate is set by kit (frequency x CPUs) rather than measured.
+SAMPLING_EVENTS = {"cpu-clock": (PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK)}
+ATTR_FREQ = 1 << 10
+
+
+def sampling_problem(target):
+    """None if a sampling event on `target` opens on this box (one event on the first CPU, disabled,
+    closed at once), else the kernel's reason."""
+    if target not in SAMPLING_EVENTS:
+        return f"unknown perf event {target!r} (kit knows {', '.join(SAMPLING_EVENTS)})"
+    ptype, config = SAMPLING_EVENTS[target]
+    a = Attr(type=ptype, size=ATTR_SIZE, config=config, sample_period=49, flags=ATTR_DISABLED | ATTR_FREQ)
+    cpus = online_cpus()
+    try:
+        os.close(_open(a, -1, cpus[0] if cpus else 0))
+    except PerfError as e:
+        return f"perf_event_open({target}) failed: {os.strerror(e.errno)}"
+    return None
+
+
+def attach_sampling(ctx, bpf):
+    """Runs the recipe's perf_event program on its sampling event on every online CPU, `frequency`
+    times a second each (BCC opens one event per CPU; the fds are in bpf.open_perf_events, which
+    teardown closes). Returns what was attached, for the 'attached' line."""
+    hook = ctx.hook
+    ptype, config = SAMPLING_EVENTS[hook.target]
+    hz = int(ctx.value(hook.frequency))
+    fn = hook.attach[0].fn
+    bpf.attach_perf_event(ev_type=ptype, ev_config=config, fn_name=fn.encode(), sample_freq=hz)
+    n = len(bpf.open_perf_events.get((ptype, config), {}))
+    return f"{n} {hook.target} event{'s' if n != 1 else ''} at {hz} Hz"
 
 
 def attach_bpf(attr, keep, prog_fd, pid=-1, cpu=-1):

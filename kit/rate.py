@@ -56,13 +56,16 @@ MIN_OWN_SHARE = 0.4   # of a CPU-bound thread's time per event, at least this mu
 
 @dataclasses.dataclass
 class RateHook:
-    kind: str      # "tracepoint" or "uprobe"
-    target: str    # category:name, or binary:symbol
+    kind: str      # "tracepoint", "uprobe" or "perf_event"
+    target: str    # category:name, binary:symbol, or a sampling event (cpu-clock)
     path: str = ""
     offset: int = 0
+    hz: int = 0    # perf_event: samples per second on each CPU
 
     @property
     def label(self):
+        if self.kind == "perf_event":
+            return f"perf_event {self.target} at {self.hz} Hz per CPU"
         return f"{self.kind} {self.target}"
 
     def attr(self):
@@ -174,6 +177,8 @@ def rate_hook(ctx):
         return RateHook("tracepoint", _tracepoint_for_raw(target))
     if hook.type in ("uprobe", "uretprobe"):
         return _uprobe_hook(ctx, rh)
+    if hook.type == "perf_event":
+        return RateHook("perf_event", hook.target, hz=int(ctx.value(hook.frequency)))
     raise Unsupported(f"the guardrail cannot count {hook.type} hooks", "this is a catalog/guard gap: report it")
 
 
@@ -405,10 +410,21 @@ def _per_s(readings):
     return sum(n / on for n, on in readings.values() if on > 0)
 
 
+def sampled(hook, scoped):
+    """The rate of a sampling perf event, known without measuring: its frequency on every online CPU,
+    whatever runs there. Who a sample lands on is not measured: every sample is priced as in scope
+    (an upper bound: idle and out-of-scope samples cost only the filter)."""
+    total = float(hook.hz * len(perfevent.online_cpus()))
+    return Rate(hook=hook, window_s=0.0, total=total, in_scope=total, scope_measured=False, scoped=scoped,
+                threads=[], samples=0, lost=0)
+
+
 def for_run(ctx, **kw):
     """Measure the rate of the run's hook, with the run's scope."""
     hook = rate_hook(ctx)
+    scoped = any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
+    if hook.kind == "perf_event":
+        return sampled(hook, scoped)
     task = ctx.task_offsets or {}
     match, measurable = scope_matcher(ctx.recipe, ctx.values, process_names=task.get("task_read", 1) != 0)
-    scoped = any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
     return measure(hook, match=match, scope_measured=measurable, scoped=scoped, **kw)

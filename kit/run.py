@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from kit import __version__, features, guard, prelude, render, teardown, uprobes
+from kit import __version__, features, guard, perfevent, prelude, render, teardown, uprobes
 from kit.contract import Context, default_collect, hooks_of
 from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
@@ -130,8 +130,12 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     with (Stopper() if stop is None else Borrowed(stop)) as stopper:
         try:
             bpf = compile_program(text, opts.debug)
+            # a sampling event is planned from the catalog and attached here, as BCC attaches tracepoints
+            sampling = perfevent.attach_sampling(ctx, bpf) if ctx.hook.type == "perf_event" else None
             if hooks.attach:
-                attached = hooks.attach(ctx, bpf)
+                attached = hooks.attach(ctx, bpf) or sampling
+            elif sampling:
+                attached = sampling
             elif ctx.planned_uprobes:
                 attached = uprobes.attach(ctx, bpf)
             else:

@@ -22,6 +22,11 @@ def detach_all(bpf):
             if lib.bpf_close_perf_event_fd(fd) < 0:
                 problems.append(f"could not close uprobe {ev.decode(errors='replace')}")
             bpf._del_uprobe_fd(ev)
+    for key in list(getattr(bpf, "open_perf_events", {})):  # sampling events first: nothing may stop them closing
+        try:
+            bpf.detach_perf_event(*key)
+        except Exception as e:
+            problems.append(f"could not close perf event {key}: {e}")
     try:
         bpf.cleanup()
     except Exception as e:  # what is left dies with the process: every probe is held by an fd

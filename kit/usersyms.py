@@ -163,8 +163,9 @@ class ProcessImage:
         m, e, vaddr = self.locate(addr - 1 if is_return else addr)
         if m is None:
             return "[unknown]"
+        where = m.name if m.name.startswith("[") else f"[{m.name}]"  # [vdso] is named so already
         if e is None or vaddr is None:
-            return f"[{m.name}]"
+            return where
         sym = e.symbol(vaddr)
         if sym is None:
             d = self.cache.debug_symbols(self.pid, m, e)
@@ -173,7 +174,7 @@ class ProcessImage:
             return sym[0]
         start = self.cache.function_start(m, e, vaddr)
         if start is None:
-            return f"[{m.name}]"
+            return where
         self.cache.unnamed[m.name] = self.cache.unnamed.get(m.name, 0) + 1
         return f"[{m.name}+{start:#x}]"
 

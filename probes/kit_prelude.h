@@ -129,6 +129,41 @@ static __always_inline int kit_allow_current(void)
     return 1;
 }
 
+/* For a task that is not current (runqlat's woken task): is its own name
+ * --comm's? (1 without --comm.) Then --comm's whole rule for that task, whose
+ * own name is `own`: the thread-group leader's name is read through the task
+ * pointer with bpf_probe_read_kernel, at the same BTF offsets as above. */
+static __always_inline int kit_comm_is(const union kit_comm *name)
+{
+#if KIT_SCOPE_COMM_ON
+    union kit_comm want = {.c = {{scope_comm}}};
+    return kit_comm_eq(name, &want);
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int kit_comm_match_task(const char *task, const union kit_comm *own)
+{
+#if KIT_SCOPE_COMM_ON
+    if (kit_comm_is(own))
+        return 1;
+#if KIT_TASK_READ
+    char *leader = 0;
+    union kit_comm got = {};
+    if (bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_TASK_LEADER_OFF) || !leader || leader == task)
+        return 0;  /* a main thread's own name was its process's */
+    if (bpf_probe_read_kernel(&got, sizeof(got), leader + KIT_TASK_COMM_OFF))
+        return 0;
+    return kit_comm_is(&got);
+#else
+    return 0;
+#endif
+#else
+    return 1;
+#endif
+}
+
 /* Scope check that also keeps the books: counts the rejected event. */
 static __always_inline int kit_in_scope(void)
 {

@@ -37,6 +37,7 @@ BAD_VALUE = {
     "port": "0", "ipaddr": "1.2.3", "netns": "/etc/passwd", "cgroup": "../../../etc", "binary": "/etc/passwd",
     "symbol": "a b", "enum": "__nope__", "outpath": "/nonexistent-dir/x", "flag": None, "hostname": "db;rm",
     "disk": "sda;rm",
+    "hertz": "1000",
 }
 
 

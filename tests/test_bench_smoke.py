@@ -14,7 +14,8 @@ from conftest import ROOT
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
-RECIPES = ("offcpu", "tcpretrans", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop")
+RECIPES = ("offcpu", "tcpretrans", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop", "profile",
+           "runqlat")
 
 
 def _netns():
@@ -79,15 +80,17 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
     for tool in ("biolatency-bpfcc", "tcpdrop-bpfcc", "opensnoop-bpfcc"):  # known not to run here, said why
         assert f"none: {tool} " in text
     for peer, name in (("bcc tcpretrans -c", "tcpretrans"), ("bcc gethostlatency", "getaddrinfo"),
-                       ("bcc tcplife -p", "tcplife")):
+                       ("bcc tcplife -p", "tcplife"), ("bcc profile", "profile"), ("bcc runqlat (box-wide)", "runqlat")):
         assert raw["hooks"][name]["rows"][peer][0]["ready_s"] > 0
 
-    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop", "profile",
+                 "runqlat"):
         fp = raw["footprints"][name]["rows"]["kit"][0]
         assert fp["peak_mb"] > 0 and fp["kit_events"] > 0, (name, fp)
     assert raw["footprints"]["tcpretrans"]["rows"]["kit"][0]["peak_mb"] > 0
     assert raw["starts"]["(reference)"]["figures"]["minimal bpftrace program"]["median"] > 0
-    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop"):
+    for name in ("offcpu", "lockhold", "getaddrinfo", "biolatency", "drops", "tcplife", "opensnoop", "profile",
+                 "runqlat"):
         g = raw["guards"][name]["rows"][0]
         assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
     assert "## The guardrail's estimate against the measured cost" in text

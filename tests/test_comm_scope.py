@@ -16,7 +16,7 @@ from kit import catalog, costs, guard, params, rate, render, targets
 from kit.errors import BadInput, CatalogError
 from kit.run import Context, Options
 
-RECIPES_WITH_COMM = ("offcpu", "lockhold", "getaddrinfo", "syscalls")
+RECIPES_WITH_COMM = ("offcpu", "lockhold", "getaddrinfo", "syscalls", "profile", "runqlat")
 TASK = {"task_read": render.TASK_READ_BTF, "task_leader_off": 1328, "task_comm_off": 1752}
 
 

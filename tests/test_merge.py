@@ -96,6 +96,23 @@ def test_folded_stacks_merge_and_by_host_puts_the_host_at_the_root():
     assert stacks.folded_lines([row]) == ["pay-svc;main;usleep;do_nanosleep;schedule 100"]  # unchanged alone
 
 
+
+def test_profile_samples_and_runqlat_waits_add_up_across_hosts():
+    row = {"pid": 1, "tid": 1, "comm": "api", "samples": 40, "kernel_stack": [], "user_stack": ["hot", "main"]}
+    a = result(recipe="profile", rows=[row], stack_value="samples")
+    b = result(recipe="profile", rows=[dict(row, samples=10, pid=9, tid=9)], stack_value="samples")
+    m = merge.merge([("a.json", a), ("b.json", b)])
+    assert [(r["samples"], r["hosts"]) for r in m["summed"]] == [(50, ["a", "b"])]
+    assert m["totals"]["samples"] == 50 and merge.folded_lines(m) == ["api;main;hot 50"]
+    # runqlat's rows carry their worst wait's circumstances (who had the CPU, which CPU): part of the key
+    wait = {"pid": 1, "tid": 2, "comm": "api", "waits": 7, "avg_us": 30.0, "max_us": 900.0, "ran_instead": "batch",
+            "ran_instead_pid": 77, "cpu": 0}
+    a = result(recipe="runqlat", rows=[wait])
+    b = result(recipe="runqlat", rows=[dict(wait, waits=3, max_us=4000.0, pid=5, tid=6)])
+    m = merge.merge([("a.json", a), ("b.json", b)])
+    assert [(r["waits"], r["max_us"]) for r in m["summed"]] == [(10, 4000.0)]
+    assert (m["totals"]["waits"], m["totals"]["max_us"]) == (10, 4000.0)
+
 def test_kit_merge_command_writes_json_and_svg(tmp_path):
     row = {"pid": 1, "tid": 1, "comm": "pay-svc", "kernel_stack": ["schedule"], "user_stack": ["main"],
            "total_us": 100, "count": 1}

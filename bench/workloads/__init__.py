@@ -233,6 +233,12 @@ def gai(outdir, calls):
     return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
 
 
+BURN_HZ = 999   # the rate every profiler samples at in the bench; burn.c prices its rounds at its default 999
+
+
+def burn(outdir, iterations):
+    """One thread computing: a round's events are the samples a per-CPU timer at BURN_HZ takes of its CPU time."""
+    return Resident(outdir, "burn.c", "kit-burn", iterations, "sample", "samples")
 def netns_inum(name):
     """The inode number of a named network namespace (what the kernel's ns.inum holds)."""
     return os.stat(f"/run/netns/{name}").st_ino

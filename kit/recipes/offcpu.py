@@ -5,15 +5,12 @@ the totals into symbolized stacks at the end."""
 import ctypes
 import errno
 import os
-import threading
 import time
 
-from kit import btf, features, hidden_frames, prelude, targets, usersyms
+from kit import btf, features, hidden_frames, prelude, procwatch, stacks, usersyms
 from kit.errors import Unsupported
 from kit.contract import Hooks
 
-POLL_MS = 50            # how fast a new process is snapshotted after its first switch-out
-REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
 WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.
 SCHED_ENTRY = "__schedule"
@@ -68,43 +65,20 @@ def extra(ctx):
     return {**offs, "unwind": int(unwind)}
 
 
-class Watcher:
-    """Background thread: snapshot processes on first sight, learn unwind hints.
+class Watcher(procwatch.Watcher):
+    """The shared watcher (snapshots on first sight), and learning unwind hints from the stack
+    windows the template sends for call sites it has no hint for."""
 
-    It owns the perf buffers' polling; detach() stops it before BCC frees them."""
+    name = "kit-offcpu-watch"
 
     def __init__(self, bpf, unwind):
-        self.bpf = bpf
-        self.sym = usersyms.Symbolizer()
+        super().__init__(bpf)
         self.learner = hidden_frames.Learner(self.sym)
-        self.lost_sightings = 0
         self.lost_learn = 0
-        self.errors = 0
         self.asked = {}  # (tid, kstack, ustack) -> [(chain, complete) from the block that asked, ...]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        bpf["first_sight"].open_perf_buffer(self._on_sight, page_cnt=8, lost_cb=self._on_lost_sight)
         self.unwind = unwind
         if unwind:
             bpf["unwind_learn"].open_perf_buffer(self._on_learn, page_cnt=64, lost_cb=self._on_lost_learn)
-        self.thread = threading.Thread(target=self._loop, name="kit-offcpu-watch", daemon=True)
-
-    def prewarm(self, pids):
-        for pid in pids:
-            self.sym.see(pid)
-
-    def start(self):
-        self.thread.start()
-
-    def _on_sight(self, cpu, data, size):
-        tgid = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32)).contents.value
-        try:
-            self.sym.see(tgid)
-        except Exception:  # one odd process must not stop the watcher; its frames show as [unknown]
-            self.errors += 1
-
-    def _on_lost_sight(self, n):
-        self.lost_sightings += n
 
     def _on_learn(self, cpu, data, size):
         ev = ctypes.cast(data, ctypes.POINTER(_Learn)).contents
@@ -119,6 +93,10 @@ class Watcher:
     def _on_lost_learn(self, n):
         self.lost_learn += n
 
+    def after_poll(self):
+        if self.unwind:
+            self._push_hints()
+
     def _push_hints(self):
         pending = self.learner.take_pending()
         if not pending:
@@ -131,86 +109,17 @@ class Watcher:
             v.cfa_off, v.flags = off, flags
             table[k] = v
 
-    def poll_once(self, timeout_ms):
-        with self._lock:
-            self.bpf.perf_buffer_poll(timeout=timeout_ms)
-            if self.unwind:
-                self._push_hints()
-
-    def _loop(self):
-        last_refresh = time.monotonic()
-        while not self._stop.is_set():
-            self.poll_once(POLL_MS)
-            with self._lock:
-                if time.monotonic() - last_refresh >= REFRESH_S:
-                    self.sym.refresh_live()
-                    last_refresh = time.monotonic()
-                else:
-                    self.sym.refresh_young(REFRESH_S)
-
-    def stop(self):
-        """Idempotent; after it returns nothing touches the BPF object from another thread."""
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def close(self):
-        self.stop()
-        self.sym.close()
-
-
-def _in_scope_now(ctx):
-    """Processes in scope that already run, so they are snapshotted before they can exit."""
-    pid, tid, comm = ctx.values.get("pid"), ctx.values.get("tid"), ctx.values.get("comm")
-    if pid:
-        return [pid]
-    if tid:
-        try:
-            with open(f"/proc/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("Tgid:"):
-                        return [int(line.split()[1])]
-        except OSError:
-            return []
-    thread_comm = ctx.values.get("thread_comm")
-    if comm is not None or thread_comm is not None:
-        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
-    return []
-
 
 def attach(ctx, bpf):
     what = prelude.auto_attached(bpf)
-    w = Watcher(bpf, bool(ctx.extra.get("unwind")))
-    ctx.private = w
-    w.prewarm(_in_scope_now(ctx))
-    w.start()
+    procwatch.start(ctx, Watcher(bpf, bool(ctx.extra.get("unwind"))))
     return what
-
-
-def detach(ctx, bpf):
-    w = ctx.private
-    if w is not None:
-        w.stop()
-
-
-def cleanup(ctx):
-    w, ctx.private = ctx.private, None
-    if w is not None:
-        w.close()
 
 
 # --- collecting ----------------------------------------------------------
 
 def _kernel_frames(bpf, stack_id, cache):
-    if stack_id < 0:
-        return [f"[missing kernel stack: {errno.errorcode.get(-stack_id, stack_id)}]"]
-    if stack_id in cache:
-        return cache[stack_id]
-    names = [bpf.ksym(a).decode("utf-8", "replace") for a in bpf["stacks"].walk(stack_id)]
-    if SCHED_ENTRY in names:  # drop the tracing machinery that ran the probe
-        names = names[names.index(SCHED_ENTRY):]
-    cache[stack_id] = names
-    return names
+    return stacks.kernel_frames(bpf, stack_id, cache, start_at=SCHED_ENTRY)
 
 
 def _hidden_chain(key, w, asked_blocks):
@@ -407,4 +316,4 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
     return notes
 
 
-HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=detach, cleanup=cleanup)
+HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=procwatch.detach, cleanup=procwatch.cleanup)
