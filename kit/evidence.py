@@ -50,6 +50,7 @@ KERNEL_WAITS = {
         "__x64_sys_pause", "do_sigtimedwait")),
 }
 FRAME_KIND = {f: kind for kind, (_label, frames) in KERNEL_WAITS.items() for f in frames}
+GENERIC_SOCKET = frozenset({"sk_wait_data", "sock_recvmsg", "wait_woken", "__skb_wait_for_more_packets"})
 LABELS = {kind: label for kind, (label, _frames) in KERNEL_WAITS.items()}
 LABELS.update({"resolver": "a name lookup (the resolver)", "condition": "a condition variable or semaphore",
                "other": "something else in the kernel", "unknown": "an unknown reason (no kernel stack)"})
@@ -87,6 +88,8 @@ SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,255}")
 BUSY_SHARE = 0.5         # a thread on CPU this much of the look is busy
 IDLE_ON_SHARE = 0.01     # ... under this, and waking less often than IDLE_WAKEUPS_PER_S, idle
 IDLE_WAKEUPS_PER_S = 10
+STUCK = ("lock", "disk")  # ...unless most of its off-CPU time is in one of these: then it is stuck, waiting
+STUCK_SHARE = 0.5
 FOLLOW_SHARE = 0.05      # a wait site under this share of its threads' time is not followed
 MAX_SITES = 8
 
@@ -195,8 +198,13 @@ def kernel_kind(kernel_stack):
     frames = [f for f in kernel_stack or [] if not f.startswith("[")]
     if not frames:
         return "unknown", None
-    for f in frames:
+    for i, f in enumerate(frames):
         if f in FRAME_KIND:
+            if f in GENERIC_SOCKET:  # any protocol's wait: the protocol's own frame above it decides
+                proto = next((g for g in frames[i + 1:] if FRAME_KIND.get(g) in ("tcp", "peer")
+                              and g not in GENERIC_SOCKET), None)
+                if proto is not None:
+                    return FRAME_KIND[proto], proto
             return FRAME_KIND[f], f
     return "other", next((f for f in frames if f not in ("__schedule", "schedule", "schedule_timeout")), frames[0])
 
@@ -275,6 +283,7 @@ class ThreadTime:
     blocks: int = 0
     on_us: float = None      # from profile's samples, else None (derived from the window)
     samples: int = 0
+    stuck_us: int = 0        # off-CPU time in STUCK kinds of wait (a lock, the disk)
 
     def on(self, window_us):
         """On-CPU time: profile's samples, or what the window leaves after the off-CPU time."""
@@ -290,6 +299,8 @@ def thread_times(offcpu, profile=None):
         t = out.setdefault(r["tid"], ThreadTime(r["pid"], r["tid"], r["comm"]))
         t.off_us += int(r.get("total_us") or 0)
         t.blocks += int(r.get("count") or 0)
+        if kernel_kind(r.get("kernel_stack"))[0] in STUCK and user_kind(r.get("user_stack")) != "condition":
+            t.stuck_us += int(r.get("total_us") or 0)
     if profile is not None:
         hz = (profile.get("params") or {}).get("hz") or 49
         for t in out.values():
@@ -308,7 +319,8 @@ def thread_state(t, window_us):
     on = t.on(window_us) / window_us
     if on >= BUSY_SHARE:
         return "busy"
-    if on < IDLE_ON_SHARE and t.blocks / (window_us / 1e6) < IDLE_WAKEUPS_PER_S:
+    stuck = t.stuck_us >= STUCK_SHARE * max(t.off_us, 1)  # blocked on a lock or the disk is not idle
+    if on < IDLE_ON_SHARE and t.blocks / (window_us / 1e6) < IDLE_WAKEUPS_PER_S and not stuck:
         return "idle"
     return "waiting"
 
@@ -338,9 +350,11 @@ def wait_sites(offcpu, system, window_us, idle_tids=()):
             where = next(f for f in r["user_stack"] if f in RESOLVER_CALLS)
         else:
             where = _first_app(user)
-        g = groups.setdefault((r["pid"], kind, where), {
+        caller = _caller(user, where)
+        g = groups.setdefault((r["pid"], kind, where, caller), {
             "kind": kind, "label": LABELS[kind], "pid": r["pid"], "comm": r["comm"], "us": 0, "blocks": 0,
-            "tids": set(), "frame": where, "user_stack": user, "kernel_frame": kframe, "site": site, "_top": 0})
+            "tids": set(), "frame": where, "caller": caller, "user_stack": user, "kernel_frame": kframe,
+            "site": site, "_top": 0})
         g["us"] += int(r.get("total_us") or 0)
         g["blocks"] += int(r.get("count") or 0)
         g["tids"].add(r["tid"])
@@ -353,8 +367,16 @@ def wait_sites(offcpu, system, window_us, idle_tids=()):
         g["tids"] = sorted(g["tids"])
         g["share"] = g["us"] / (window_us * len(g["tids"])) if window_us > 0 and g["tids"] else 0.0
         out.append(g)
-    out.sort(key=lambda g: (-g["us"], g["pid"], g["kind"], str(g["frame"])))
+    out.sort(key=lambda g: (-g["us"], g["pid"], g["kind"], str(g["frame"]), str(g["caller"])))
     return out[:MAX_SITES]
+
+
+def _caller(user, where):
+    """The frame above `where`: a helper (sleep_us) says little until its caller is named."""
+    if where in user:
+        i = user.index(where)
+        return user[i + 1] if i + 1 < len(user) else None
+    return None
 
 
 def _first_app(user):
@@ -412,7 +434,10 @@ def first_look(offcpu, profile, system, scope_threads=None):
                         "state": thread_state(t, window_us)})
     idle = {t["tid"] for t in threads if t["state"] == "idle"}
     busy = [t for t in threads if t["state"] == "busy"]
-    state = "idle" if threads and len(idle) == len(threads) or not threads else ("busy" if busy else "waiting")
+    if len(idle) == len(threads):  # no thread (none woke, none ran) is idle too
+        state = "idle"
+    else:
+        state = "busy" if busy else "waiting"
     sites = wait_sites(offcpu, system, window_us, idle)
     hot = hot_functions(profile, {t["tid"] for t in busy} or None) if profile else []
     return {"window_s": window_s, "threads": threads, "state": state, "sites": sites, "hot": hot,

@@ -89,8 +89,8 @@ def _flamegraph(path, step, recipe):
     res = step["result"]
     value = res.get("stack_value", "total_us")
     scope = ", ".join(f"{k}={v}" for k, v in res.get("scope", {}).items()) or "no scope"
-    measure = {"samples": "on-CPU samples"}.get(value, "off-CPU time")
-    title = f"kit {recipe.name}: {measure}, {scope}, {res.get('duration_s', 0):.0f}s"
+    from kit.stacks import measure_of
+    title = f"kit {recipe.name}: {measure_of(value).title}, {scope}, {res.get('duration_s', 0):.0f}s"
     flamegraph.write(path, res.get("rows") or [], title=title, value=value)
 
 
@@ -253,7 +253,8 @@ def markdown(report, recipes):
         if look["sites"]:
             L += ["", "Where they wait (the threads that are not idle):", ""] + _sites_table(look)
         if look.get("hot"):
-            L += ["", "Hottest functions (self samples of the busy threads):", ""]
+            whose = "the busy threads" if look["state"] == "busy" else "the scope's threads"
+            L += ["", f"Hottest functions (self samples of {whose}):", ""]
             L += md_table(["function", "samples", "share"], [[h["function"], words.plural(h["samples"], "sample"),
                                                               words.pct(h["share"])] for h in look["hot"]])
         L.append("")

@@ -25,7 +25,9 @@ import time
 from kit import evidence
 from kit.errors import BadInput, ExitCode, KitError, Refused, Unsupported
 
-FIRST_LOOK = ("offcpu", "profile")
+# the first look's recipes, side by side, and the share of the budget each gets: profile's cost is set
+# by its sampling rate (49 Hz x CPUs, a few µs each), offcpu's by how often the scope switches
+FIRST_LOOK = {"offcpu": 0.8, "profile": 0.2}
 FOLLOW = {            # evidence kind -> the recipes that measure it next
     "lock": ("lockhold",),
     "resolver": ("getaddrinfo",),
@@ -104,12 +106,9 @@ def _pct(share):
 def first_look_steps(recipes, scope_args, duration_s, budget_pct):
     """The first look's steps: FIRST_LOOK's recipes the catalog has, side by side, sharing the budget."""
     names = [n for n in FIRST_LOOK if n in recipes]
-    steps = []
-    for n in names:
-        steps.append(Step(n, list(scope_args), why="the first look: where the threads' time goes",
-                          duration_s=duration_s,
-                          budget_pct=round(budget_pct / len(names), 3)))
-    return steps
+    weight = sum(FIRST_LOOK[n] for n in names)
+    return [Step(n, list(scope_args), why="the first look: where the threads' time goes", duration_s=duration_s,
+                 budget_pct=float(f"{budget_pct * FIRST_LOOK[n] / weight:.2g}")) for n in names]
 
 
 def _lockhold_args(site, pid, system):

@@ -39,7 +39,7 @@ def site_text(site):
         s = site.get("site")
         if not s:
             return f"a lock (futex) in {where}"
-        callers = [f for f in s["callers"] if f != s["lock"]][:2]
+        callers = [f for f in s["callers"] if f not in (s["lock"], s["frame"])][:2]
         frm = f", called from {' < '.join(callers)}" if callers else ""
         if s["wrapper"]:
             return (f"the lock taken through {s['lock']}()/{s['unlock']}() (the application's own pair, "
@@ -47,7 +47,8 @@ def site_text(site):
         return f"the lock {s['lock']}() takes in {s['frame']}{frm}"
     if kind == "resolver":
         return f"a name lookup ({where})"
-    return f"{evidence.LABELS[kind]}, in {where}"
+    caller = site.get("caller")
+    return f"{evidence.LABELS[kind]}, in {where}" + (f" < {caller}" if caller else "")
 
 
 # --- the first look ---------------------------------------------------------------------------------
