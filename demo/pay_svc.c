@@ -113,7 +113,7 @@ __attribute__((noinline)) void checkout_conn(void)
 __attribute__((noinline)) void ledger_append(void)
 {
     pthread_mutex_lock(&ledger);
-    sleep_us(2000);  /* "fsync" while holding the lock */
+    sleep_us(1000);  /* "fsync" while holding the lock */
     BOOK(ledger_holds);
     pthread_mutex_unlock(&ledger);
 }

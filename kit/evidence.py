@@ -88,6 +88,7 @@ SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,255}")
 BUSY_SHARE = 0.5         # a thread on CPU this much of the look is busy
 IDLE_ON_SHARE = 0.01     # ... under this, and waking less often than IDLE_WAKEUPS_PER_S, idle
 IDLE_WAKEUPS_PER_S = 10
+PER_PROCESS = ("runqueue",)  # kinds whose user frames say nothing: where a thread was preempted is chance
 STUCK = ("lock", "disk")  # ...unless most of its off-CPU time is in one of these: then it is stuck, waiting
 STUCK_SHARE = 0.5
 FOLLOW_SHARE = 0.05      # a wait site under this share of its threads' time is not followed
@@ -348,6 +349,8 @@ def wait_sites(offcpu, system, window_us, idle_tids=()):
             where = site["lock"] if site else (user[0] if user else kframe)
         elif kind == "resolver":
             where = next(f for f in r["user_stack"] if f in RESOLVER_CALLS)
+        elif kind in PER_PROCESS:
+            where = None
         else:
             where = _first_app(user)
         caller = _caller(user, where)
@@ -419,29 +422,35 @@ def first_look(offcpu, profile, system, scope_threads=None):
     when it began, so threads that never woke count too."""
     window_s = float((offcpu or profile or {}).get("duration_s") or 0.0)
     window_us = window_s * 1e6
+    known = offcpu is not None  # without offcpu, on-CPU time is known and off-CPU time is not
     times = thread_times(offcpu, profile)
     for tid, (pid, comm) in (scope_threads or {}).items():
         if tid not in times:  # blocked all along (offcpu sees a block only when it ends or is in progress)
-            times[tid] = ThreadTime(pid, tid, comm, off_us=int(window_us), on_us=0.0 if profile else None)
+            times[tid] = ThreadTime(pid, tid, comm, off_us=int(window_us) if known else 0,
+                                    on_us=0.0 if profile else None)
     threads = []
     for t in sorted(times.values(), key=lambda t: (t.pid, t.tid)):
         on = t.on(window_us)
-        threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "on_us": round(on), "off_us": t.off_us,
-                        "blocks": t.blocks, "samples": t.samples,
-                        "on_share": round(on / window_us, 4) if window_us else 0.0,
-                        "off_share": round(min(t.off_us / window_us, 1.0), 4) if window_us else 0.0,
-                        "wakeups_per_s": round(t.blocks / window_s, 1) if window_s else 0.0,
-                        "state": thread_state(t, window_us)})
+        state = thread_state(t, window_us)
+        threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "on_us": round(on),
+                        "off_us": t.off_us if known else None, "blocks": t.blocks if known else None,
+                        "samples": t.samples, "on_share": round(on / window_us, 4) if window_us else 0.0,
+                        "off_share": (round(min(t.off_us / window_us, 1.0), 4) if window_us else 0.0) if known
+                        else None,
+                        "wakeups_per_s": (round(t.blocks / window_s, 1) if window_s else 0.0) if known else None,
+                        "state": state if known or state == "busy" else "not busy"})
     idle = {t["tid"] for t in threads if t["state"] == "idle"}
     busy = [t for t in threads if t["state"] == "busy"]
-    if len(idle) == len(threads):  # no thread (none woke, none ran) is idle too
+    if not known:
+        state = "busy" if busy else "not busy"
+    elif len(idle) == len(threads):  # no thread (none woke, none ran) is idle too
         state = "idle"
     else:
         state = "busy" if busy else "waiting"
-    sites = wait_sites(offcpu, system, window_us, idle)
+    sites = wait_sites(offcpu, system, window_us, idle) if known else []
     hot = hot_functions(profile, {t["tid"] for t in busy} or None) if profile else []
     return {"window_s": window_s, "threads": threads, "state": state, "sites": sites, "hot": hot,
-            "on_cpu_from": "profile" if profile is not None else "offcpu"}
+            "on_cpu_from": "profile" if profile is not None else "offcpu", "off_cpu_known": known}
 
 
 # --- step results ---------------------------------------------------------------------------------

@@ -207,10 +207,12 @@ def _stack_table(res):
 
 def _look_table(look):
     body = []
-    for t in sorted(look["threads"], key=lambda t: (t["state"] != "busy", t["state"] == "idle", -t["off_us"],
-                                                    t["tid"]))[:12]:
+    for t in sorted(look["threads"], key=lambda t: (t["state"] != "busy", t["state"] == "idle",
+                                                    -(t["off_us"] or 0), -t["on_us"], t["tid"]))[:12]:
+        known = t["off_share"] is not None
         body.append([f"{t['comm']} (pid {t['pid']}, tid {t['tid']})", t["state"], words.pct(t["on_share"]),
-                     words.pct(t["off_share"]), f"{t['wakeups_per_s']:.1f}/s"])
+                     words.pct(t["off_share"]) if known else "not measured",
+                     f"{t['wakeups_per_s']:.1f}/s" if known else "not measured"])
     return md_table(["thread", "state", "on CPU", "off CPU", "wakeups"], body)
 
 

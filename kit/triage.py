@@ -25,9 +25,7 @@ import time
 from kit import evidence
 from kit.errors import BadInput, ExitCode, KitError, Refused, Unsupported
 
-# the first look's recipes, side by side, and the share of the budget each gets: profile's cost is set
-# by its sampling rate (49 Hz x CPUs, a few µs each), offcpu's by how often the scope switches
-FIRST_LOOK = {"offcpu": 0.8, "profile": 0.2}
+FIRST_LOOK = ("offcpu", "profile")   # side by side; they share the budget by what each is estimated to need
 FOLLOW = {            # evidence kind -> the recipes that measure it next
     "lock": ("lockhold",),
     "resolver": ("getaddrinfo",),
@@ -104,11 +102,45 @@ def _pct(share):
 # --- planning -------------------------------------------------------------------------------------
 
 def first_look_steps(recipes, scope_args, duration_s, budget_pct):
-    """The first look's steps: FIRST_LOOK's recipes the catalog has, side by side, sharing the budget."""
-    names = [n for n in FIRST_LOOK if n in recipes]
-    weight = sum(FIRST_LOOK[n] for n in names)
+    """The first look's steps: FIRST_LOOK's recipes the catalog has, side by side (budgets: share_budget)."""
     return [Step(n, list(scope_args), why="the first look: where the threads' time goes", duration_s=duration_s,
-                 budget_pct=float(f"{budget_pct * FIRST_LOOK[n] / weight:.2g}")) for n in names]
+                 budget_pct=budget_pct) for n in FIRST_LOOK if n in recipes]
+
+
+HEADROOM = 1.25  # a step's share of a shared budget: its estimate with room to spare (kit/suggest.py's)
+
+
+def share_budget(budget, needs):
+    """Budgets for steps side by side, from their estimated cost (None: not known). The cheapest known
+    get what they need with HEADROOM, while that leaves something for the rest; the others split what is
+    left. They add up to the budget."""
+    shares = [None] * len(needs)
+    left = budget
+    order = sorted((i for i, n in enumerate(needs) if n is not None), key=lambda i: needs[i])
+    rest = [i for i, n in enumerate(needs) if n is None]
+    for k, i in enumerate(order):
+        others = len(order) - k - 1 + len(rest)
+        want = needs[i] * HEADROOM
+        if others == 0:
+            shares[i] = left
+        elif want < left:
+            shares[i] = want
+        else:  # it would leave nothing: it and the dearer ones share what is left
+            rest += order[k:]
+            break
+        left -= shares[i]
+    for i in rest:
+        shares[i] = left / len(rest)
+    return [_floor3(x) for x in shares]
+
+
+def _floor3(x):
+    """x rounded down to three significant digits: shares that read well and never add up past the budget."""
+    import math
+    if x <= 0:
+        return 0.0
+    step = 10 ** (math.floor(math.log10(x)) - 2)
+    return round(math.floor(x / step + 1e-9) * step, 10)
 
 
 def _lockhold_args(site, pid, system):
@@ -144,7 +176,10 @@ ARGS = {              # recipe -> its arguments for an evidence site (None: the 
 
 def why_text(site):
     where = site.get("frame") or site.get("kernel_frame") or "?"
-    return WHY[site["kind"]].format(comm=site["comm"], share=_pct(site["share"]), where=where)
+    text = WHY[site["kind"]].format(comm=site["comm"], share=_pct(site["share"]), where=where)
+    if len(site.get("tids") or ()) == 1:
+        text = text.replace(" threads wait ", " thread waits ").replace(" their time", " its time")
+    return text
 
 
 def follow(sites, recipes, runs_here, system):
@@ -218,6 +253,17 @@ class Runner:
         recipe, values, opts = self.options(step, progress)
         return run.execute(recipe, values, opts, err=self.err, stop=self.stop)
 
+    def estimate(self, step):
+        """The guardrail's estimate of the step (CPU %), nothing attached; None when it cannot be made
+        (the step itself will say why)."""
+        from kit import guard, run
+        try:
+            recipe, values, opts = self.options(step)
+            ctx, _text = run.prepare(recipe, values, opts.hook)
+            return guard.estimate(ctx, opts).get("cpu_pct")
+        except KitError:
+            return None
+
 
 def run_step(runner, step, progress=None):
     """Runs one step; its status, reason, result and exit code are set, whatever happens."""
@@ -290,6 +336,9 @@ def chain(plan, recipes, runner, system=None, runs_here=None, clock=time.monoton
     say = (lambda msg: (err.write(f"kit: triage: {msg}\n"), err.flush())) if err else (lambda msg: None)
     look_s = min(first_look_s(plan.time_box_s), max(plan.time_box_s - STARTUP_S - REPORT_S, MIN_STEP_S))
     steps = first_look_steps(recipes, plan.scope_args, look_s, plan.budget_pct)
+    if len(steps) > 1:
+        for s, b in zip(steps, share_budget(plan.budget_pct, [runner.estimate(s) for s in steps])):
+            s.budget_pct = b
     for s in steps:
         say(f"first look: {s.command()}")
     run_group(runner, steps)

@@ -47,6 +47,8 @@ def site_text(site):
         return f"the lock {s['lock']}() takes in {s['frame']}{frm}"
     if kind == "resolver":
         return f"a name lookup ({where})"
+    if site.get("frame") is None and kind in evidence.PER_PROCESS:
+        return evidence.LABELS[kind]
     caller = site.get("caller")
     return f"{evidence.LABELS[kind]}, in {where}" + (f" < {caller}" if caller else "")
 
@@ -67,8 +69,8 @@ def look_lines(look, scope_text):
                 f"{secs(window)} look and woke {wake:.1f} times a second in all{src}; nothing to follow."]
     lines = []
     on = sum(t["on_us"] for t in active) / (window * 1e6 * len(active)) if window and active else 0.0
-    off = sum(min(t["off_us"], window * 1e6) for t in active) / (window * 1e6 * len(active)) if window and active \
-        else 0.0
+    off = sum(min(t["off_us"] or 0, window * 1e6) for t in active) / (window * 1e6 * len(active)) \
+        if window and active else 0.0
     rest = f" ({plural(len(idle), 'more thread')} idle)" if idle else ""
     if look["state"] == "busy":
         busy = sorted((t for t in threads if t["state"] == "busy"), key=lambda t: (-t["on_share"], t["tid"]))
@@ -80,6 +82,9 @@ def look_lines(look, scope_text):
             h = look["hot"][0]
             lines.append(f"The hottest function is {h['function']}: {pct(h['share'])} of the busy threads' "
                          f"on-CPU samples ({plural(h['samples'], 'sample')}).")
+    elif look["state"] == "not busy":
+        lines.append(f"{scope_text} is not busy: its {plural(len(threads), 'thread')} were on CPU {pct(on)} of the "
+                     f"{secs(window)} look; where they wait is not known (offcpu did not run).")
     else:
         lines.append(f"{scope_text} is waiting, not busy: its {plural(len(active), 'active thread')} were on CPU "
                      f"{pct(on)} and off CPU {pct(off)} of the {secs(window)} look{rest}{src}.")
@@ -87,7 +92,9 @@ def look_lines(look, scope_text):
     # the biggest wait kit can follow leads; the other big ones are named after it
     lead = next((s for s in worth if s["kind"] in FOLLOWED), None)
     if lead is not None:
-        lines.append(f"{_who(lead, look)} spend {pct(lead['share'])} of their time waiting for {site_text(lead)}.")
+        one = len(lead["tids"]) == 1
+        lines.append(f"{_who(lead, look)} {'spends' if one else 'spend'} {pct(lead['share'])} of "
+                     f"{'its' if one else 'their'} time waiting for {site_text(lead)}.")
     others = [s for s in worth if s is not lead][:OTHER_SITES]
     if others:
         lines.append("Other waits: " + "; ".join(f"{_who(s, look)} {pct(s['share'])} for {site_text(s)}"
@@ -167,6 +174,27 @@ def _tcplife(step):
     return out
 
 
+def _runqlat(step):
+    rows = step.result.get("rows") or []
+    if not rows:
+        return [f"no waits for a CPU in {secs(step.result['duration_s'])}"]
+    out = []
+    for r in rows[:3]:
+        worst = f"; during the worst, {r['ran_instead']} (pid {r['ran_instead_pid']}) had the CPU" \
+            if r.get("ran_instead") else ""
+        out.append(f"{r['comm']} (pid {r['pid']}): {plural(r['waits'], 'wait')} for a CPU, {us(r['avg_us'])} on "
+                   f"average, at most {us(r['max_us'])}{worst}")
+    return out
+
+
+def _biolatency(step):
+    rows = step.result.get("rows") or []
+    if not rows:
+        return [f"no block I/O in {secs(step.result['duration_s'])}"]
+    return [f"{r['disk']} {r['op']}: {plural(r['count'], 'request')}, {us(r['avg_us'])} on average, at most "
+            f"{us(r['max_us'])}" for r in rows[:3]]
+
+
 def _stacks(step):
     rows = step.result.get("rows") or []
     value = step.result.get("stack_value", "total_us")
@@ -182,7 +210,7 @@ def _table(step):
 
 
 SUMMARIES = {"lockhold": _lockhold, "getaddrinfo": _getaddrinfo, "tcpretrans": _tcpretrans, "tcplife": _tcplife,
-             "offcpu": _stacks, "profile": _stacks}
+             "runqlat": _runqlat, "biolatency": _biolatency, "offcpu": _stacks, "profile": _stacks}
 
 
 def step_lines(step):

@@ -271,9 +271,13 @@ class Clock:
 class FakeRunner:
     """Results by recipe; a step's duration passes on the fake clock. raises: recipe -> exception."""
 
-    def __init__(self, clock, results, raises=None, compile_s=1.0):
+    def __init__(self, clock, results, raises=None, compile_s=1.0, costs=None):
         self.clock, self.results, self.raises, self.compile_s = clock, results, raises or {}, compile_s
+        self.costs = {"offcpu": 0.3, "profile": 0.02} if costs is None else costs
         self.ran = []
+
+    def estimate(self, step):
+        return self.costs.get(step.recipe)
 
     def run(self, step, progress=None):
         self.ran.append((step.recipe, list(step.args), step.duration_s, step.budget_pct))
@@ -302,7 +306,8 @@ def test_the_chain_follows_the_lock_to_the_resolver_inside_it_in_one_time_box_an
     assert [r[0] for r in runner.ran] == ["offcpu", "profile", "lockhold", "getaddrinfo"]
     first, second = runner.ran[0], runner.ran[1]
     assert first[2] == second[2] == triage.first_look_s(60.0) == 15.0
-    assert first[3] + second[3] == pytest.approx(2.0)  # side by side, they share the budget
+    # side by side, they share the budget: profile what it needs (0.02% with headroom), offcpu the rest
+    assert (first[3], second[3]) == (1.97, 0.025) and first[3] + second[3] <= 2.0
     assert all(r[3] == 2.0 for r in runner.ran[2:])     # one after another, each has it all
     assert out["state"] == "waiting" and all(s.status == "ran" for s in out["steps"])
     assert clock.t - 1000.0 <= 60.0
@@ -445,3 +450,31 @@ def test_a_report_directory_that_is_not_empty_is_refused_before_anything_attache
         code, out, err = kit(*argv, "--out", str(tmp_path))
         assert code == ExitCode.BAD_INPUT and "is not empty" in err
     assert os.listdir(tmp_path) == ["old.md"]
+
+
+@pytest.mark.parametrize("budget, needs, shares", [
+    (2.0, [0.3, 0.02], [1.975, 0.025]),       # the cheap one gets its need, the other the rest
+    (2.0, [None, 0.02], [1.975, 0.025]),      # unknown: what is left
+    (2.0, [None, None], [1.0, 1.0]),
+    (0.5, [3.0, 0.02], [0.475, 0.025]),       # the dear one is refused on its own, not the cheap one
+    (0.01, [0.3, 0.02], [0.005, 0.005]),      # nothing fits: an even split, both refused with their reasons
+    (2.0, [0.5], [2.0]),
+])
+def test_steps_side_by_side_share_one_budget_by_what_each_needs(budget, needs, shares):
+    got = triage.share_budget(budget, needs)
+    assert got == pytest.approx(shares, rel=0.02) and sum(got) <= budget
+
+
+def test_a_look_without_offcpu_says_on_cpu_time_and_that_where_threads_wait_is_not_known():
+    clock = Clock()
+    prof = profile([row(101, 0, 0, [], ["busy_us", "checkout_conn"]) | {"samples": 4}])
+    runner = FakeRunner(clock, {"profile": prof}, raises={"offcpu": Refused("offcpu would cost more than its "
+                                                                            "budget: 342k/s box-wide")})
+    out = triage.chain(plan(), RECIPES, runner, FakeSystem(), clock=clock)
+    look = out["look"]
+    assert look["state"] == "not busy" and look["sites"] == [] and not look["off_cpu_known"]
+    assert look["threads"][0]["off_share"] is None and look["threads"][0]["on_share"] == pytest.approx(4 / 49 / 10, abs=1e-4)
+    assert [s.recipe for s in out["steps"]] == ["offcpu", "profile"]  # nothing to follow without the waits
+    lines = verdict.verdict(out, "--comm pay-svc")
+    assert "is not busy" in lines[0] and "where they wait is not known" in lines[0]
+    assert any(ln.startswith("Not measured: offcpu (refused by the guardrail: offcpu would cost") for ln in lines)
