@@ -15,7 +15,7 @@ import stat
 
 from kit import __version__
 from kit.errors import BadInput, printable
-from kit.output import cell, heading
+from kit.output import cell, heading, log2_hist
 from kit import verdict as words
 
 TOP_ROWS = 10
@@ -294,12 +294,16 @@ def _step_md(i, step, recipe, report):
     if table:
         L += [""] + table
     for name, buckets in sorted((res.get("histograms") or {}).items()):
-        if buckets:
-            L += ["", f"{md_text(name)}:", "", "```"] + [md_code(x) for x in _hist(buckets, name)] + ["```"]
+        if buckets:  # the name carries the unit of its buckets (hold_us: microseconds)
+            L += ["", f"{md_text(name)}:", "", "```"] + [md_code(x) for x in log2_hist(buckets, name).splitlines()] \
+                + ["```"]
     if step.get("svg"):
         L += ["", f"Flame graph: {md_text(step['svg'])}"]
     for n in res.get("notes") or []:
         L.append(f"- note: {md_text(n)}")
+    for h in res.get("hints") or []:  # a recipe's own computed next steps, where it has them
+        L.append(f"- hint: {md_text(h.get('text', ''))}" + (f" (`{md_code(h['command'])}`)" if h.get("command")
+                                                             else ""))
     ov = res.get("overhead") or {}
     if "cpu_pct" in ov:
         L.append(f"- cost: {ov['events']} events and {ov['filtered']} filtered in {ov['seconds']:.1f} s, "
@@ -307,9 +311,3 @@ def _step_md(i, step, recipe, report):
     L.append("")
     return L
 
-
-def _hist(buckets, name):
-    from kit.output import log2_hist
-    unit = name.split()[0]
-    unit = unit.rsplit("_", 1)[-1] if "_" in unit else ""
-    return [f"  ({unit})"] + log2_hist(buckets, name).splitlines() if unit else log2_hist(buckets, name).splitlines()

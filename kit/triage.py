@@ -23,7 +23,7 @@ import threading
 import time
 
 from kit import evidence
-from kit.errors import BadInput, ExitCode, KitError, Refused, Unsupported
+from kit.errors import ExitCode, KitError, Refused, Unsupported
 
 FIRST_LOOK = ("offcpu", "profile")   # side by side; they share the budget by what each is estimated to need
 FOLLOW = {            # evidence kind -> the recipes that measure it next
@@ -405,10 +405,4 @@ def exit_code(outcome):
         codes = [s.code for s in outcome["steps"] if s.code]
         return ExitCode(codes[0]) if codes else ExitCode.INTERNAL
     return ExitCode.OK
-
-
-def check_scope_has_threads(plan):
-    if not plan.scope_threads:
-        raise BadInput(f"nothing runs in scope of {plan.scope_text}",
-                       "start the process first; check the name with `ps -eo pid,comm` or the cgroup's cgroup.procs")
 

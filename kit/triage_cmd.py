@@ -4,7 +4,6 @@ chain run under one stop flag (Ctrl-C and SIGTERM end the current steps with the
 still write the report), the verdict (kit/verdict.py) and the bundle (kit/report.py).
 """
 
-import argparse
 import os
 import shlex
 

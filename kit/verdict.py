@@ -199,9 +199,8 @@ def _stacks(step):
     rows = step.result.get("rows") or []
     value = step.result.get("stack_value", "total_us")
     total = sum(int(r.get(value) or 0) for r in rows)
-    what = "samples" if value == "samples" else "off-CPU time"
-    amount = plural(total, "sample") if value == "samples" else us(total)
-    return [f"{amount} of {what} in {plural(len(rows), 'stack')} over {secs(step.result['duration_s'])}"]
+    amount = f"{plural(total, 'sample')} on CPU" if value == "samples" else f"{us(total)} of off-CPU time"
+    return [f"{amount} in {plural(len(rows), 'stack')} over {secs(step.result['duration_s'])}"]
 
 
 def _table(step):
