@@ -335,14 +335,19 @@ def chain(plan, recipes, runner, system=None, runs_here=None, clock=time.monoton
     deadline = t0 + plan.time_box_s
     say = (lambda msg: (err.write(f"kit: triage: {msg}\n"), err.flush())) if err else (lambda msg: None)
     look_s = min(first_look_s(plan.time_box_s), max(plan.time_box_s - STARTUP_S - REPORT_S, MIN_STEP_S))
-    steps = first_look_steps(recipes, plan.scope_args, look_s, plan.budget_pct)
+    notes = []
+    steps = []
+    for s in first_look_steps(recipes, plan.scope_args, look_s, plan.budget_pct):
+        if runs_here(s.recipe):
+            steps.append(s)
+        else:
+            notes.append(f"{s.recipe} cannot run here, so the first look is without it")
     if len(steps) > 1:
         for s, b in zip(steps, share_budget(plan.budget_pct, [runner.estimate(s) for s in steps])):
             s.budget_pct = b
     for s in steps:
         say(f"first look: {s.command()}")
     run_group(runner, steps)
-    notes = []
     by_name = {s.recipe: s for s in steps}
     off, prof = by_name.get("offcpu"), by_name.get("profile")
     measured = [s for s in steps if s.result is not None]
@@ -403,6 +408,6 @@ def exit_code(outcome):
         return ExitCode.REFUSED
     if state == "unmeasured":
         codes = [s.code for s in outcome["steps"] if s.code]
-        return ExitCode(codes[0]) if codes else ExitCode.INTERNAL
+        return ExitCode(codes[0]) if codes else ExitCode.UNSUPPORTED  # no first-look recipe runs here
     return ExitCode.OK
 

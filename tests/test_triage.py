@@ -478,3 +478,15 @@ def test_a_look_without_offcpu_says_on_cpu_time_and_that_where_threads_wait_is_n
     lines = verdict.verdict(out, "--comm pay-svc")
     assert "is not busy" in lines[0] and "where they wait is not known" in lines[0]
     assert any(ln.startswith("Not measured: offcpu (refused by the guardrail: offcpu would cost") for ln in lines)
+
+
+def test_a_first_look_recipe_this_kernel_cannot_run_is_left_out_and_said():
+    clock = Clock()
+    runner = FakeRunner(clock, {"offcpu": waiting_service()})
+    out = triage.chain(plan(), RECIPES, runner, FakeSystem(), clock=clock, runs_here=lambda n: n != "profile")
+    assert [s.recipe for s in out["steps"]][:1] == ["offcpu"] and "profile" not in [r[0] for r in runner.ran]
+    assert "profile cannot run here, so the first look is without it" in out["notes"]
+    assert out["look"]["on_cpu_from"] == "offcpu"
+    none = triage.chain(plan(), RECIPES, FakeRunner(Clock(), {}), FakeSystem(), clock=Clock(),
+                        runs_here=lambda n: False)
+    assert none["state"] == "unmeasured" and triage.exit_code(none) == ExitCode.UNSUPPORTED
