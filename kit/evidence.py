@@ -85,7 +85,8 @@ UNLOCK_WORDS = (("lock", "unlock"), ("Lock", "Unlock"), ("LOCK", "UNLOCK"), ("ac
 WRAPPER_DEPTH = 3        # application frames above the lock call searched for a function with an unlock
 SYMBOL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,255}")
 
-BUSY_SHARE = 0.5         # a thread on CPU this much of the look is busy
+BUSY_SHARE = 0.5         # a thread on CPU this much of the look is busy, or on CPU CPU_BOUND_ON of it and
+CPU_BOUND_ON = 0.2       # runnable waiting for one the rest of BUSY_SHARE (it wants a CPU it does not get)
 IDLE_ON_SHARE = 0.01     # ... under this, and waking less often than IDLE_WAKEUPS_PER_S, idle
 IDLE_WAKEUPS_PER_S = 10
 PER_PROCESS = ("runqueue",)  # kinds whose user frames say nothing: where a thread was preempted is chance
@@ -285,6 +286,7 @@ class ThreadTime:
     on_us: float = None      # from profile's samples, else None (derived from the window)
     samples: int = 0
     stuck_us: int = 0        # off-CPU time in STUCK kinds of wait (a lock, the disk)
+    runq_us: int = 0         # off-CPU time runnable, waiting for a CPU (preempted)
 
     def on(self, window_us):
         """On-CPU time: profile's samples, or what the window leaves after the off-CPU time."""
@@ -300,8 +302,11 @@ def thread_times(offcpu, profile=None):
         t = out.setdefault(r["tid"], ThreadTime(r["pid"], r["tid"], r["comm"]))
         t.off_us += int(r.get("total_us") or 0)
         t.blocks += int(r.get("count") or 0)
-        if kernel_kind(r.get("kernel_stack"))[0] in STUCK and user_kind(r.get("user_stack")) != "condition":
+        kind = kernel_kind(r.get("kernel_stack"))[0]
+        if kind in STUCK and user_kind(r.get("user_stack")) != "condition":
             t.stuck_us += int(r.get("total_us") or 0)
+        elif kind == "runqueue":
+            t.runq_us += int(r.get("total_us") or 0)
     if profile is not None:
         hz = (profile.get("params") or {}).get("hz") or 49
         for t in out.values():
@@ -318,8 +323,8 @@ def thread_state(t, window_us):
     if window_us <= 0:
         return "idle"
     on = t.on(window_us) / window_us
-    if on >= BUSY_SHARE:
-        return "busy"
+    if on >= BUSY_SHARE or (on >= CPU_BOUND_ON and on + t.runq_us / window_us >= BUSY_SHARE):
+        return "busy"  # on CPU, or wanting a CPU it does not get (the guardrail's CPU-bound, kit/rate.py)
     stuck = t.stuck_us >= STUCK_SHARE * max(t.off_us, 1)  # blocked on a lock or the disk is not idle
     if on < IDLE_ON_SHARE and t.blocks / (window_us / 1e6) < IDLE_WAKEUPS_PER_S and not stuck:
         return "idle"
@@ -434,6 +439,7 @@ def first_look(offcpu, profile, system, scope_threads=None):
         state = thread_state(t, window_us)
         threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "on_us": round(on),
                         "off_us": t.off_us if known else None, "blocks": t.blocks if known else None,
+                        "runq_share": round(t.runq_us / window_us, 4) if known and window_us else None,
                         "samples": t.samples, "on_share": round(on / window_us, 4) if window_us else 0.0,
                         "off_share": (round(min(t.off_us / window_us, 1.0), 4) if window_us else 0.0) if known
                         else None,

@@ -77,7 +77,9 @@ def look_lines(look, scope_text):
         top = busy[0]
         who = (f"{top['comm']} (pid {top['pid']}, tid {top['tid']}) was" if len(busy) == 1 else
                f"{plural(len(busy), 'thread')} were, {top['comm']} (tid {top['tid']}) the most,")
-        lines.append(f"{scope_text} is busy: {who} on CPU {pct(top['on_share'])} of the {secs(window)} look{src}.")
+        runq = f" and runnable, waiting for a CPU, {pct(top['runq_share'])} more" if top.get("runq_share") else ""
+        lines.append(f"{scope_text} is busy: {who} on CPU {pct(top['on_share'])} of the {secs(window)} look{runq}"
+                     f"{src}.")
         if look["hot"]:
             h = look["hot"][0]
             lines.append(f"The hottest function is {h['function']}: {pct(h['share'])} of the busy threads' "

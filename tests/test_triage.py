@@ -148,6 +148,19 @@ def test_a_thread_on_cpu_most_of_the_look_is_busy_and_its_hottest_function_is_na
     assert look["hot"][2]["function"] == "__x64_sys_getpid (kernel)"
 
 
+def test_a_thread_that_wants_a_cpu_it_does_not_get_is_busy():
+    # on CPU 45% and runnable the other 55%: another process has the CPU it wants
+    prof = profile([row(7, 0, 0, [], ["hot_a", "burn"], pid=7) | {"samples": 220}])
+    look = evidence.first_look(offcpu([row(7, 5_500_000, 900, PREEMPT, ["hot_a", "burn"], pid=7)]), prof,
+                               FakeSystem())
+    assert look["state"] == "busy" and look["threads"][0]["runq_share"] == pytest.approx(0.55)
+    assert "and runnable, waiting for a CPU, 55% more" in verdict.look_lines(look, "--pid 7")[0]
+    # ...but a thread that barely runs and mostly waits for a CPU is not busy: it waits
+    prof = profile([row(7, 0, 0, [], ["hot_a", "burn"], pid=7) | {"samples": 49}])
+    look = evidence.first_look(offcpu([row(7, 6_000_000, 900, PREEMPT, ["hot_a"], pid=7)]), prof, FakeSystem())
+    assert look["state"] == "waiting"
+
+
 def test_without_profile_on_cpu_time_is_what_the_window_leaves():
     look = evidence.first_look(offcpu([row(7, 1_000_000, 500, PREEMPT, ["hot_a"], pid=7)]), None, FakeSystem())
     assert look["state"] == "busy" and look["on_cpu_from"] == "offcpu"
