@@ -67,7 +67,8 @@ class Attach:
     fn: str            # C function in the template
     symbol: str = ""   # uprobes: name of the symbol parameter (or a literal symbol after '=')
     at: str = "entry"  # entry or return
-    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname
+    optional: bool = False  # uprobes: skip (with a note) when the symbol is absent, e.g. gethostbyname;
+                            # silently when its symbol parameter is unset (lockhold's --inside)
 
 
 @dataclasses.dataclass
@@ -232,6 +233,9 @@ class _Checker:
 
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# options kit run (kit/cli.py) gives every recipe, or every recipe of a kind: no parameter may take their names
+RUN_OPTIONS = frozenset({"duration", "for", "json", "budget", "force", "dry_run", "hook", "progress", "out", "unit",
+                         "container", "folded", "svg", "help"})
 
 
 def load(path=DEFAULT_CATALOG, probes_dir=None):
@@ -306,6 +310,9 @@ def _recipe(c, r, source, probes_dir):
             c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")
         if not NAME_RE.fullmatch(str(pname)):
             c.fail(r.lines["params"], f"parameter name {pname!r} must be lower-case letters, digits and _")
+        if pname in RUN_OPTIONS:
+            c.fail(r.lines["params"], f"parameter {pname!r} is named like `kit run`'s own --{pname.replace('_', '-')}",
+                   "give it another name")
         c.keys(p, ("type", "help"), ("default", "min", "max", "choices", "scope"))
         ptype = c.typed(p, "type", str)
         if ptype not in TYPES:

@@ -18,6 +18,7 @@ EPILOG = """examples:
   kit list                                   what kit can run here
   kit run offcpu --comm pay-svc --for 20s    where pay-svc waits
   kit run tcpretrans --port 443 --json       retransmits as JSON
+  kit triage --comm pay-svc                  where pay-svc's time goes, the next steps, one report
   kit show tcpretrans --port 443             the exact C that would be compiled
   kit doctor                                 what this kernel supports
 """
@@ -107,6 +108,8 @@ def _base_parser(out=None):
         s.add_argument("-h", "--help", action="store_true", dest="verb_help")
         s.add_argument("recipe", nargs="?")
         s.add_argument("rest", nargs=argparse.REMAINDER)
+    from kit import triage_cmd
+    triage_cmd.add_parser(sub, out)
     sub.add_parser("doctor", help="what this kernel and these privileges support", out=out)
     f = sub.add_parser("fleet", help="run a recipe on many hosts through Ansible (docs/fleet.md)", add_help=False,
                        out=out)
@@ -166,6 +169,11 @@ def recipe_parser(recipe, cmd, out=None):
         p.add_argument("--hook", default=None, choices=[h.type for h in recipe.hooks],
                        help="use this rung of the hook ladder")
         p.add_argument("--progress", action="store_true", default=None, help="progress line even when not a tty")
+        p.add_argument("--out", metavar="DIR", default=None,
+                       help="also write an incident report bundle to DIR (report.md, report.json, flame graph, "
+                            "host facts); DIR must be new or empty")
+    if "cgroup" in recipe.params:
+        _cgroup_aliases(p)
     if recipe.output == "stacks":
         _stack_output_options(p)
     if cmd in ("run", "estimate", "show") and recipe.stream_form is not None:
@@ -179,6 +187,30 @@ def recipe_parser(recipe, cmd, out=None):
                        + f"show at most N events a second (default {spec.limit}; 0: all); the rest are counted "
                        "in the summary")
     return p
+
+
+def _cgroup_aliases(p):
+    p.add_argument("--unit", metavar="NAME", default=None,
+                   help="the cgroup of this systemd unit (NAME.service; .service is assumed), as --cgroup")
+    p.add_argument("--container", metavar="ID", default=None,
+                   help="the cgroup of the container whose id starts with ID (docker, containerd, CRI-O, podman, "
+                        "kubelet), as --cgroup")
+
+
+def scope_aliases(recipe, ns, values):
+    """--unit and --container: the cgroup they name, through --cgroup's own type, in values["cgroup"]."""
+    from kit import cgroups
+    given = [(flag, getattr(ns, dest, None)) for flag, dest in (("--cgroup", "cgroup"), ("--unit", "unit"),
+                                                                 ("--container", "container"))]
+    given = [(flag, v) for flag, v in given if v is not None]
+    if len(given) > 1:
+        raise BadInput(f"{' and '.join(f for f, _v in given)} both name a cgroup", "give one of them")
+    if not given or given[0][0] == "--cgroup":
+        return values
+    flag, v = given[0]
+    path = cgroups.unit(v) if flag == "--unit" else cgroups.container(v)
+    values["cgroup"] = ptypes.TYPES["cgroup"].parse(path, recipe.params["cgroup"])
+    return values
 
 
 def _stack_output_options(p):
@@ -310,7 +342,7 @@ def _recipe_args(args, cmd, out=None):
     recipe = _recipe(recipes, args.recipe)
     rest = (["--help"] if args.verb_help else []) + args.rest
     ns = recipe_parser(recipe, cmd, out=out).parse_args(rest)
-    return _form(recipe, ns), ns, parse_values(recipe, ns)
+    return _form(recipe, ns), ns, scope_aliases(recipe, ns, parse_values(recipe, ns))
 
 
 def _form(recipe, ns):
@@ -324,7 +356,7 @@ def _form(recipe, ns):
 
 RUN_ONLY = (("duration", "--for"), ("json", "--json"), ("budget", "--budget"), ("force", "--force"),
             ("dry_run", "--dry-run"), ("progress", "--progress"), ("folded", "--folded"), ("svg", "--svg"),
-            ("limit", "--limit"))
+            ("limit", "--limit"), ("out", "--out"))
 
 
 def cmd_show(args, out, err):
@@ -436,6 +468,10 @@ def cmd_run(args, out, err, dry_run=False):
                        "file beside either")
     svg = _stack_outputs(recipe, ns, values)  # every output path is checked before anything is attached
     _check_stdout(out)
+    bundle = None
+    if getattr(ns, "out", None) is not None and not opts.dry_run:
+        from kit import report
+        bundle = report.check_dir(ns.out)  # before anything is attached
     try:
         result, code = run.execute(recipe, values, opts, err=err)
     except Unsupported as e:
@@ -449,6 +485,8 @@ def cmd_run(args, out, err, dry_run=False):
             output.write_flamegraph(result, recipe, svg, err)
         except (OSError, KitError) as e:  # checked before attaching, but the disk or directory can go since
             failed.append(f"the flame graph to {svg} ({getattr(e, 'strerror', None) or getattr(e, 'message', e)})")
+    if bundle:
+        _run_bundle(bundle, recipe, args, result, code, err)
     if (result.get("stream") or {}).get("stopped") == "output_closed":
         return code  # the reader went away (| head): there is no one to give the summary to
     problem = _print_results(result, recipe, ns, opts, out, err)
@@ -462,6 +500,41 @@ def cmd_run(args, out, err, dry_run=False):
                             "give a path that can be written and run again") + "\n")
         return ExitCode.OUTPUT if code == ExitCode.OK else code
     return code
+
+
+def _run_bundle(d, recipe, args, result, code, err):
+    """`kit run --out DIR`: the run as a one-step report (the command without --out reproduces it)."""
+    import shlex
+    from kit import report, triage
+    words = _without(args.rest, "--out")
+    step = triage.Step(recipe.name, words, why="", kind="run", status="ran" if code == ExitCode.OK else "stopped",
+                       result=result, code=int(code))
+    if code != ExitCode.OK:
+        step.reason = f"stopped by {result.get('stopped_by')}"
+    recipes = _load(args)
+    command = shlex.join(["kit", "run", recipe.name, *words])
+    rep = report.build("kit run", command, " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                     result.get("scope", {}).items()) or "no scope",
+                       [step], [], [], report.host_facts(recipes), elapsed_s=result.get("duration_s"),
+                       state=result.get("stopped_by"))
+    files = report.write(d, rep, recipes)
+    err.write(f"kit: report written to {d} ({', '.join(files)})\n")
+
+
+def _without(words, flag):
+    """words without `flag VALUE` (or flag=VALUE)."""
+    out, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w == flag:
+            skip = True
+            continue
+        if w.startswith(flag + "="):
+            continue
+        out.append(w)
+    return out
 
 
 def _estimate_text(result):
@@ -485,6 +558,9 @@ def main(argv=None, out=None, err=None):
             return cmd_show(args, out, err)
         if args.cmd in ("run", "estimate"):
             return cmd_run(args, out, err, dry_run=args.cmd == "estimate")
+        if args.cmd == "triage":
+            from kit import triage_cmd
+            return triage_cmd.main(args, argv[argv.index("triage") + 1:], out, err)
         if args.cmd in ("fleet", "merge"):
             from kit import fleet
             return fleet.main(sys.modules[__name__], args, out, err) if args.cmd == "fleet" \

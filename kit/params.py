@@ -310,10 +310,23 @@ class Cgroup(ParamType):
             raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {path[:120]}", fix)
         if not os.path.isfile(os.path.join(real, "cgroup.procs")):
             raise BadInput(f"--cgroup {s[:80]!r}: no cgroup at {real[:120]}", fix)
-        return os.stat(real).st_ino
+        return CgroupId(os.stat(real).st_ino, real)
 
     def emit(self, value):
         return f"{int(value)}ULL"
+
+
+class CgroupId(int):
+    """A cgroup's id (its directory's inode, what the kernel compares) that shows as its directory, so a
+    command kit prints (a refusal's way out, a report's) names the cgroup as --cgroup takes it."""
+
+    def __new__(cls, ino, path):
+        obj = super().__new__(cls, ino)
+        obj.path = path
+        return obj
+
+    def __str__(self):
+        return self.path
 
 
 class Disk(ParamType):

@@ -11,6 +11,7 @@ leaves a named probe in tracefs.
 import dataclasses
 import signal
 import sys
+import threading
 import time
 
 from kit import __version__, features, guard, hints, perfevent, prelude, procfs, render, scope, teardown, uprobes
@@ -53,17 +54,21 @@ def prepare(recipe, values, hook_type=None):
     return ctx, text
 
 
+_COMPILING = threading.Lock()  # runs side by side (kit triage's first look) compile one at a time
+
+
 def compile_program(text, debug=False):
     from bcc import BPF  # imported late so `kit list/show` work without bcc
     try:
-        return BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-unused-variable"])
+        with _COMPILING:
+            return BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-unused-variable"])
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CompileError(f"BCC could not compile or load the program: {msg}",
                            "run `kit doctor`; rerun with --debug to see the compiler output") from e
 
 
-class _Stopper:
+class Stopper:
     """Turns SIGINT/SIGTERM into a flag the loop reads; restores handlers on exit."""
 
     def __init__(self):
@@ -85,8 +90,27 @@ class _Stopper:
             signal.signal(s, h)
 
 
-def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep):
-    """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching."""
+class Borrowed:
+    """Another's stop flag (a Stopper the caller holds in the main thread): runs in other threads read it
+    and leave the signal handlers alone, which only the main thread may set."""
+
+    def __init__(self, stopper):
+        self._stopper = stopper
+
+    @property
+    def signal(self):
+        return self._stopper.signal
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep, stop=None):
+    """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching.
+    stop: a Stopper the caller holds (runs in threads side by side); default, this run's own."""
     if opts.duration > recipe.duration_max:
         raise BadInput(f"--for {opts.duration:g}s is over {recipe.name}'s maximum of {recipe.duration_max:g}s",
                        f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
@@ -109,7 +133,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     result = None
     code = ExitCode.OK
     bpf = None
-    with _Stopper() as stopper:
+    with (Stopper() if stop is None else Borrowed(stop)) as stopper:
         try:
             bpf = compile_program(text, opts.debug)
             # a sampling event is planned from the catalog and attached here, as BCC attaches tracepoints

@@ -190,6 +190,8 @@ def plan(ctx):
                            "it exited, or kit lacks the privilege to read /proc/PID/maps")
         for a in ctx.hook.attach:
             name = symbol_of(ctx, a)
+            if not name and a.optional:
+                continue  # an optional attach point whose symbol parameter is unset
             if not name:
                 raise BadInput(f"no symbol given for {a.fn}", f"give --{a.symbol.replace('_', '-')} NAME")
             found = None

@@ -68,6 +68,7 @@ def test_minimal_catalog_parses():
     (("hot_path: false", "hot_path: 'false'"), 13, "'hot_path' must be bool"),
     (("apiVersion: kit/v1", "apiVersion: kit/v9"), 1, "apiVersion"),
     (("port: {type: port", "port: {type: portz"), 11, "unknown type 'portz'"),
+    (("port: {type: port", "out: {type: port"), 11, "parameter 'out' is named like `kit run`'s own --out"),
     (("cost_class: tracepoint_hash", "cost_class: free"), 13, "unknown cost_class"),
     (("  - name: tcpretrans\n", "  - name: tcpretrans\n    name: again\n"), 5, "duplicate key 'name'"),
 ])

@@ -48,3 +48,21 @@ def test_demo_shows_where_pay_svc_waits_and_writes_its_flame_graph(kernel, no_le
     text = " ".join(t.text or "" for t in ET.parse(svg).iter() if t.tag.endswith("title"))
     for fn in ("pay-svc", "ledger_append", "query_db", "rate_limit"):
         assert fn in text, fn
+
+
+def test_demo_triage_walks_from_the_first_look_to_the_lookup_inside_the_pool_lock(kernel, no_leftovers):
+    import json
+    import shutil
+    report = os.path.join(ROOT, "demo", "pay-svc-report")
+    shutil.rmtree(report, ignore_errors=True)
+    p = subprocess.run([os.path.join(ROOT, "demo.sh"), "triage"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "$ kit triage --comm pay-svc --for 45s --out demo/pay-svc-report" in p.stdout
+    rep = json.load(open(os.path.join(report, "report.json")))
+    assert [s["recipe"] for s in rep["steps"]][:4] == ["offcpu", "profile", "lockhold", "getaddrinfo"], p.stderr
+    verdict = " ".join(rep["verdict"])
+    # what pay_svc.c does: its workers wait on the pool lock, whose holder resolves localhost inside it
+    for words in ("pool_lock()/pool_unlock()", "checkout_conn", "getaddrinfo for localhost", "inside the lock"):
+        assert words in verdict, (words, rep["verdict"])
+    assert "## Verdict" in p.stdout and os.path.exists(os.path.join(report, "report.md"))

@@ -48,7 +48,8 @@ def pair_rule(ctx):
 
 
 def extra(ctx):
-    return {"lock_arg_known": int(pair_rule(ctx) == "lock" and ctx.value("match") == "auto")}
+    return {"lock_arg_known": int(pair_rule(ctx) == "lock" and ctx.value("match") == "auto"),
+            "inside_on": int(ctx.value("inside") is not None)}
 
 
 def attach(ctx, bpf):
@@ -113,10 +114,42 @@ def collect(ctx, bpf):
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
            "pairing": pairing,
            "uprobes": uprobes.summary(ctx), "cost_ns_per_lock": cost_ns, "notes": notes}
+    if ctx.value("inside") is not None:
+        out["inside"] = _inside(ctx, bpf, totals["hold"]["count"])
+        notes.append(inside_note(out["inside"]))
     if ctx.value("stacks"):
         out["stacks"] = _stacks(ctx, bpf)
         out["text"] = [_stacks_text(out["stacks"])]
     return out
+
+
+def _inside(ctx, bpf, holds):
+    """The --inside function's calls, inside a hold and outside any, from the per-CPU counters."""
+    fn = ctx.value("inside")
+    attached = any(p.fn == "inside_entry" for p in ctx.attached_uprobes)
+    stats = bpf["inside_stats"]
+    where = {}
+    for i, name in enumerate(("outside", "inside")):
+        per_cpu = stats[stats.Key(i)]
+        count = sum(int(v.count) for v in per_cpu)
+        total = sum(int(v.total_ns) for v in per_cpu) / 1000.0
+        where[name] = {"count": count, "total_us": round(total, 1),
+                       "avg_us": round(total / count, 1) if count else 0.0,
+                       "max_us": round(max((int(v.max_ns) for v in per_cpu), default=0) / 1000.0, 1)}
+    table = bpf["inside_holds"]
+    return {"function": fn, "attached": attached, "holds": holds,
+            "holds_with_calls": int(sum(table[table.Key(0)])), **where}
+
+
+def inside_note(s):
+    """One line: how often the --inside function ran while a lock was held."""
+    fn = s["function"]
+    if not s["attached"]:
+        return f"--inside {fn}: no file the traced processes map defines it; its calls were not counted"
+    i, o = s["inside"], s["outside"]
+    return (f"{fn} was called {i['count']} times while a lock was held (in {s['holds_with_calls']} of "
+            f"{s['holds']} holds; {duration(i['avg_us'])} on average, at most {duration(i['max_us'])}) and "
+            f"{o['count']} times outside any hold")
 
 
 def _pairing(ctx, bpf):
