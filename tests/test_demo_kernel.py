@@ -39,11 +39,12 @@ def test_demo_shows_where_pay_svc_waits_and_writes_its_flame_graph(kernel, no_le
     assert sorted(c for c, _ in threads.values()) == ["pay-db"] * 4 + ["pay-svc"] * 5, threads
     assert all(sec <= 10.0 * 1.01 for _, sec in threads.values()), threads
     assert all(sec >= 9.0 for c, sec in threads.values() if c == "pay-db"), threads
-    # the first next step is computed from this run: the ledger lock, by the function pay_svc.c takes it in,
-    # and pay-svc's own pid (from its own output), with a command for it
+    # the first next step is computed from this run: the lock pay_svc.c's workers wait on longest, the pool
+    # lock behind its argument-less pool_lock()/pool_unlock() wrappers (held through a reconnect on every
+    # tenth checkout), and pay-svc's own pid (from its own output), with the command that pairs the wrappers
     first = re.search(r"^next 1: (.*)\n    \$ (.*)$", out, re.M)
-    assert first and "ledger_append" in first.group(1) and f"pid {pid}" in first.group(1), out[-3000:]
-    assert first.group(2) == f"kit run lockhold --pid {pid} --stacks"
+    assert first and "pool_lock" in first.group(1) and f"pid {pid}" in first.group(1), out[-3000:]
+    assert first.group(2) == f"kit run lockhold --pid {pid} --lock pool_lock --unlock pool_unlock"
     # the flame graph a person opens: an SVG whose frames name the same functions
     text = " ".join(t.text or "" for t in ET.parse(svg).iter() if t.tag.endswith("title"))
     for fn in ("pay-svc", "ledger_append", "query_db", "rate_limit"):

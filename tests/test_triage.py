@@ -319,8 +319,9 @@ def test_the_chain_follows_the_lock_to_the_resolver_inside_it_in_one_time_box_an
     assert [r[0] for r in runner.ran] == ["offcpu", "profile", "lockhold", "getaddrinfo"]
     first, second = runner.ran[0], runner.ran[1]
     assert first[2] == second[2] == triage.first_look_s(60.0) == 15.0
-    # side by side, they share the budget: profile what it needs (0.02% with headroom), offcpu the rest
-    assert (first[3], second[3]) == (1.97, 0.025) and first[3] + second[3] <= 2.0
+    # side by side, they share the budget: each what it needs with headroom (profile 0.02%, offcpu 0.3%)
+    # and an equal part of the rest
+    assert (first[3], second[3]) == (1.17, 0.825) and first[3] + second[3] <= 2.0
     assert all(r[3] == 2.0 for r in runner.ran[2:])     # one after another, each has it all
     assert out["state"] == "waiting" and all(s.status == "ran" for s in out["steps"])
     assert clock.t - 1000.0 <= 60.0
@@ -466,10 +467,10 @@ def test_a_report_directory_that_is_not_empty_is_refused_before_anything_attache
 
 
 @pytest.mark.parametrize("budget, needs, shares", [
-    (2.0, [0.3, 0.02], [1.975, 0.025]),       # the cheap one gets its need, the other the rest
-    (2.0, [None, 0.02], [1.975, 0.025]),      # unknown: what is left
+    (2.0, [0.3, 0.02], [1.175, 0.825]),       # both fit: each its need with headroom, and half the rest
+    (2.0, [None, 0.02], [0.987, 1.01]),       # unknown: a part of the rest
     (2.0, [None, None], [1.0, 1.0]),
-    (0.5, [3.0, 0.02], [0.475, 0.025]),       # the dear one is refused on its own, not the cheap one
+    (0.5, [3.0, 0.02], [0.475, 0.025]),       # not all fit: the cheap one gets its need, the dear one the rest
     (0.01, [0.3, 0.02], [0.005, 0.005]),      # nothing fits: an even split, both refused with their reasons
     (2.0, [0.5], [2.0]),
 ])
