@@ -256,7 +256,7 @@ def measure(rounds=5, log=None):
         return run
 
     def with_perf_event():  # what kit's own rate measurement (a perf counting event, no BPF) costs
-        with perfevent.CpuEvents(*perfevent.tracepoint_attr(HOOKS[("tp", "enter")])) as ev:
+        with perfevent.CpuEvents(*perfevent.tracepoint_attr(features.tracepoint_id(HOOKS[("tp", "enter")]))) as ev:
             ev.enable()
             cpu = dd_cpu_ns(DD_BYTES)
         time.sleep(SETTLE_S)

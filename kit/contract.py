@@ -172,13 +172,17 @@ def source_value(obj, member):
     return _raw(getattr(obj, member) if member else obj.value)
 
 
+# decode: names only a stream field may take: kit.stream defines them (they see the run: its clock, the
+# cgroup hierarchy) and checks at import that it defines exactly these, so the catalog (which loads before
+# any run) validates names without importing the engine above it.
+STREAM_DECODERS = ("open_flags", "strings", "wallclock", "exit_code", "exit_signal", "cgroup", "memcg",
+                   "memcg_limit", "memcg_max")
+
+
 def decoders(output):
     """The decode: names a field of this output may take: the row decoders, and for a stream also
-    kit.stream's (they see the run: its clock, the cgroup hierarchy)."""
-    if output != "stream":
-        return DECODERS
-    from kit import stream  # late: stream imports this module
-    return {**DECODERS, **stream.DECODERS}
+    kit.stream's."""
+    return sorted(set(DECODERS) | (set(STREAM_DECODERS) if output == "stream" else set()))
 
 
 def row_of(fields, key, val):

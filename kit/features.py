@@ -64,6 +64,17 @@ def need_tracefs():
     return tracefs()
 
 
+def tracepoint_id(target):
+    """The id of tracepoint 'category:name' from tracefs (what a perf event's config needs)."""
+    cat, _, name = target.partition(":")
+    d = need_tracefs()
+    try:
+        with open(os.path.join(d, "events", cat, name, "id")) as f:
+            return int(f.read())
+    except OSError:
+        raise Unsupported(f"no tracepoint {target} in {d}/events", "run `kit doctor` to see what works here") from None
+
+
 def tracepoint_format(target):
     """Field names of a tracepoint 'cat:name' from tracefs, or None if it does not exist."""
     cat, _, name = target.partition(":")

@@ -10,7 +10,7 @@ small; a click on a frame zooms to it (a few lines of inline script).
 import html
 import zlib
 
-from kit.output import duration
+from kit.units import duration
 
 WIDTH = 1200
 FRAME_H = 16

@@ -9,13 +9,11 @@ once, after the window is closed.
 """
 
 import ctypes
-import errno
 import mmap
 import os
 import platform
 import struct
 
-from kit import features
 
 PERF_TYPE_SOFTWARE = 1
 PERF_TYPE_TRACEPOINT = 2
@@ -83,19 +81,9 @@ def online_cpus():
     return cpus
 
 
-def tracepoint_id(target):
-    """The id of tracepoint 'category:name' from tracefs (what perf's config needs)."""
-    cat, _, name = target.partition(":")
-    d = features.need_tracefs()
-    try:
-        with open(os.path.join(d, "events", cat, name, "id")) as f:
-            return int(f.read())
-    except OSError:
-        raise PerfError(errno.ENOENT, f"no tracepoint {target} in {d}/events") from None
-
-
-def tracepoint_attr(target):
-    a = Attr(type=PERF_TYPE_TRACEPOINT, size=ATTR_SIZE, config=tracepoint_id(target))
+def tracepoint_attr(tracepoint_id):
+    """A counting event on a tracepoint, by its id (features.tracepoint_id: from tracefs)."""
+    a = Attr(type=PERF_TYPE_TRACEPOINT, size=ATTR_SIZE, config=tracepoint_id)
     return a, None
 
 

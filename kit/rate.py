@@ -70,7 +70,7 @@ class RateHook:
 
     def attr(self):
         if self.kind == "tracepoint":
-            return perfevent.tracepoint_attr(self.target)
+            return perfevent.tracepoint_attr(features.tracepoint_id(self.target))
         return perfevent.uprobe_attr(self.path, self.offset)
 
 

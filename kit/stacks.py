@@ -70,7 +70,7 @@ def wait_path(kernel_stack):
 
 
 def _ms(us):
-    from kit.output import duration
+    from kit.units import duration
     return duration(us, "us")
 
 

@@ -40,7 +40,7 @@ import sys
 import time
 
 from kit import bpfstats
-from kit.contract import DECODERS as ROW_DECODERS, UNIT_DIGITS, UNIT_SCALE, source_value
+from kit.contract import DECODERS as ROW_DECODERS, STREAM_DECODERS, UNIT_DIGITS, UNIT_SCALE, source_value
 from kit.errors import CompileError
 
 BPF_MAP_CREATE = 0
@@ -196,6 +196,8 @@ DECODERS = {
     "memcg_limit": _memcg_limit,
     "memcg_max": _memcg_max,
 }
+
+assert set(DECODERS) == set(STREAM_DECODERS), "kit.contract.STREAM_DECODERS names the stream's decoders"
 
 V1_UNLIMITED = 1 << 62   # v1 says "no limit" with PAGE_COUNTER_MAX pages in bytes (9223372036854771712 on 4k pages)
 

@@ -244,15 +244,15 @@ class Runner:
     def options(self, step, progress=None):
         """(recipe, values, opts) for the step, checked as `kit run` checks them (raises KitError)."""
         import argparse
-        from kit import cli
+        from kit import runargs
         recipe = self.recipes[step.recipe]
         words = [*step.args, "--for", f"{step.duration_s:g}s"]
         if step.budget_pct is not None:
             words += ["--budget", f"{step.budget_pct:g}"]
-        ns = cli.recipe_parser(recipe, "run").parse_args(words)
-        values = cli.parse_values(recipe, ns)
-        cli.scope_aliases(recipe, ns, values)
-        opts = cli._options(recipe, ns, argparse.Namespace(debug=self.debug))
+        ns = runargs.recipe_parser(recipe, "run").parse_args(words)
+        values = runargs.parse_values(recipe, ns)
+        runargs.scope_aliases(recipe, ns, values)
+        opts = runargs._options(recipe, ns, argparse.Namespace(debug=self.debug))
         opts.progress = progress
         return recipe, values, opts
 

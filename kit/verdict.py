@@ -4,7 +4,7 @@ and the readings of kit/evidence.py; nothing here decides what to run.
 """
 
 from kit import evidence
-from kit.output import duration
+from kit.units import duration
 
 
 def pct(share):

@@ -5,7 +5,7 @@ import os
 from kit import costs, elf, prelude, procfs, targets, uprobes
 from kit.errors import Refused
 from kit.contract import Hooks
-from kit.output import duration
+from kit.units import duration
 
 STACKS_TOP = 10
 
