@@ -1,88 +1,204 @@
-"""Calibrates what offcpu costs per block on this host, by running offcpu itself.
+"""Calibrates what one offcpu block costs on this host, by running offcpu's own program.
 
 offcpu's in-scope path is more than a stack capture: at switch-out both stack
 ids, the walk that recovers callers libc's missing frame pointers hide, and
-the start entry; at switch-in the lookup, the delete and the aggregation. No
-primitive measured under `dd` prices that, so `kit calibrate` runs the real
-recipe (`kit run offcpu --comm <ping-pong>`) around a pipe ping-pong pinned to
-one CPU (every round trip is two blocks) and divides the CPU time it added to
-the ping-pong by the blocks kit counted. Bare and probed runs alternate, as
-for the other primitives; the median of the pairs is kept.
+the start entry; at switch-in the lookup, the delete and the aggregation.
+What that costs depends most on how warm the caches are: a block in a hot
+loop (a ping-pong, a hundred thousand a second on one CPU) finds the
+unwinder's tables, the maps and the stacks in cache; a block of a service
+that blocks a thousand times a second does not, and costs two to three
+times more here. So the recipe's own program, rendered and compiled as
+`kit run offcpu --comm <ping-pong>` would, is attached around a ping-pong
+pinned to one CPU, run back to back (hot) and paced (cold), and the
+kernel's run time of the program (BPF_ENABLE_STATS) is divided by the blocks
+kit counted. The ping-pong's own block shape (stack depths, the walk:
+kit/blockshape.py) is kept with the figures, so that a target's blocks are
+priced by how they differ from it (kit/costs.py, offcpu_price).
+
+`kit calibrate` runs it with the other primitives; the first `kit run
+offcpu` on a host without a calibration runs it once (about 2 s) and caches
+what it measured (first_use).
 """
 
-import json
+import datetime
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import time
+
+from kit import blockshape, bpfstats, costs
 
 COMM = "kit-calib-pp"
-ROUND_TRIPS = 20_000
+HOT_ROUNDS = 6000        # back to back: ~0.2 s, two blocks per round trip
+COLD_PACE = 500          # round trips per second when paced: ~1500 blocks/s (the sleep is a block too)
+COLD_S = 0.8
+WARM_UP_S = 0.3          # paced, before measuring: kit learns the ping-pong's libc sites and sees the process
+SHAPE_S = 0.1
+PR_SET_PDEATHSIG = 1
 PINGPONG = r"""
-import ctypes, os, sys
-ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)  # PR_SET_NAME: the comm kit is scoped to
-n = int(sys.argv[1]); a, b = os.pipe(), os.pipe()
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None)
+libc.prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME: the comm kit is scoped to
+n, pace = int(sys.argv[1]), float(sys.argv[2])
+a, b = os.pipe(), os.pipe()
 if os.fork() == 0:
+    libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL: gone with its parent
+    os.close(a[1]); os.close(b[0])
     for _ in range(n):
-        os.read(a[0], 1); os.write(b[1], b"x")
+        if not os.read(a[0], 1):
+            break
+        os.write(b[1], b"x")
     os._exit(0)
+os.close(a[0]); os.close(b[1])
 for _ in range(n):
     os.write(a[1], b"x"); os.read(b[0], 1)
+    if pace:
+        time.sleep(1 / pace)
 os.wait()
 """
 
 
-def pingpong_cpu_ns(n=ROUND_TRIPS):
-    """CPU time (user+sys, ns) of both sides of an n-round-trip ping-pong on CPU 0."""
-    p = subprocess.Popen([sys.executable, "-c", PINGPONG, str(n), COMM], stdin=subprocess.DEVNULL,
-                         preexec_fn=lambda: os.sched_setaffinity(0, {0}))
-    _pid, _status, ru = os.wait4(p.pid, 0)  # includes the forked side, which the parent waited for
-    return (ru.ru_utime + ru.ru_stime) * 1e9
+def _preexec():
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one CPU: its in-scope rate is the whole rate
+    import ctypes
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlives kit
 
 
-class _Kit:
-    """`kit run offcpu --comm COMM` in the background, until stop() returns its events in scope."""
-
-    def __init__(self):
-        env = dict(os.environ, KIT_CALIBRATION=os.devnull)  # no stale calibration; the guard is not the point
-        self.p = subprocess.Popen([sys.executable, "-m", "kit", "run", "offcpu", "--comm", COMM, "--for", "120s",
-                                   "--budget", "100", "--force", "--json"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=env)
-        for line in self.p.stderr:
-            if " attached to " in line:
-                return
-        self.p.wait()
-        raise RuntimeError(f"offcpu did not attach for calibration: {self.p.stderr.read()[-300:]}")
-
-    def stop(self):
-        self.p.send_signal(signal.SIGINT)
-        out, _err = self.p.communicate(timeout=60)
-        return json.loads(out)["events"]
+def pingpong(rounds, pace=0.0):
+    """A ping-pong of `rounds` round trips (paced at `pace` per second, or back to back), started."""
+    return subprocess.Popen([sys.executable, "-c", PINGPONG, str(rounds), str(pace), COMM], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_preexec)
 
 
-def _probed():
-    """(CPU ns of a ping-pong with offcpu attached to it, blocks offcpu counted)."""
-    kit = _Kit()
+def _threads(p):
+    """(pid, tid) of the ping-pong's two processes."""
+    pids = [p.pid]
     try:
-        cpu = pingpong_cpu_ns()
-        return cpu, kit.stop()
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            pids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return [(pid, pid) for pid in pids]
+
+
+def _shape(log):
+    p = pingpong(int(COLD_PACE * (SHAPE_S + 0.2)), COLD_PACE)
+    try:
+        time.sleep(0.05)  # forked and running
+        return blockshape.sample(_threads(p), SHAPE_S)
+    except OSError as e:
+        log(f"offcpu: block shape not sampled ({e})")
+        return None
     finally:
-        if kit.p.poll() is None:
-            kit.p.kill()
-            kit.p.wait()
+        p.kill()
+        p.wait()
 
 
-def measure(pairs, log):
-    """ns offcpu adds per in-scope block, median over bare/probed pairs in alternating order; None if
-    offcpu could not count any block."""
-    log(f"offcpu: the recipe itself around a {ROUND_TRIPS}-round-trip ping-pong, {pairs} pairs")
-    per = []
-    for i in range(pairs):
-        if i % 2:
-            (probed, events), bare = _probed(), pingpong_cpu_ns()
-        else:
-            bare, (probed, events) = pingpong_cpu_ns(), _probed()
-        if events:
-            per.append((probed - bare) / events)
-    return statistics.median(per) if per else None
+class _Attached:
+    """offcpu's own program, scoped to the ping-pong's comm, attached for a with-block."""
+
+    def __enter__(self):
+        from kit import catalog, run
+        from kit.recipes import offcpu
+        self.ctx, text = run.prepare(catalog.load()["offcpu"], {"comm": COMM})
+        self.bpf = run.compile_program(text)
+        try:
+            offcpu.attach(self.ctx, self.bpf)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        from kit import teardown
+        from kit.recipes import offcpu
+        try:
+            offcpu.detach(self.ctx, self.bpf)
+        finally:
+            teardown.detach_all(self.bpf)
+            offcpu.cleanup(self.ctx)
+
+    def window(self, p):
+        """(body ns per in-scope block, in-scope blocks per second) while the ping-pong p runs to its end."""
+        from kit import run
+        w = bpfstats.Window(bpfstats.program_fds(self.bpf))
+        s0, t0 = run.read_stats(self.bpf), time.monotonic()
+        if not w.start(t0):
+            p.kill()
+            p.wait()
+            raise OSError("BPF_ENABLE_STATS refused")
+        try:
+            p.wait()
+        finally:
+            w.stop(time.monotonic())
+        s1, t1 = run.read_stats(self.bpf), time.monotonic()
+        r = w.result()
+        events, filtered = s1["events"] - s0["events"], s1["filtered"] - s0["filtered"]
+        if events < 100:
+            return None, 0.0
+        family = "raw_tracepoint" if self.ctx.hook.type == "raw_tracepoint" else "tracepoint"
+        # What the box's other switches cost to filter out is taken off; the rest is the blocks' own.
+        body = (r["run_time_ns"] - filtered * costs.DEFAULT_BODY_NS[f"{family}_filter"]) / events
+        return body, events / (t1 - t0)
+
+
+def measure(rounds=1, log=None):
+    """{"ns", "body_ns", "offcpu"} for kit/costs.py, or None when offcpu could not run or count here."""
+    log = log or (lambda msg: None)
+    log(f"offcpu: its program around a ping-pong on one CPU, back to back and paced, {rounds} round(s)")
+    shape = _shape(log)
+    hot, cold = [], []
+    with _Attached() as a:
+        a.window(pingpong(int(COLD_PACE * WARM_UP_S), COLD_PACE))
+        for i in range(rounds):
+            for which in (("hot", "cold") if i % 2 == 0 else ("cold", "hot")):
+                if which == "hot":
+                    hot.append(a.window(pingpong(HOT_ROUNDS)))
+                else:
+                    cold.append(a.window(pingpong(int(COLD_PACE * COLD_S), COLD_PACE)))
+    hot = [x for x in hot if x[0]]
+    cold = [x for x in cold if x[0]]
+    if not hot or not cold:
+        return None
+    body_hot, rate_hot = (statistics.median(x[i] for x in hot) for i in (0, 1))
+    body_cold, rate_cold = (statistics.median(x[i] for x in cold) for i in (0, 1))
+    ref = dict(costs.OFFCPU_REF)
+    if shape is not None:
+        ref.update(kernel_depth=round(shape.kernel_depth, 1), user_depth=round(shape.user_depth, 1),
+                   walk_share=round(shape.walk_share, 2))
+    ref.update(hot_rate=round(rate_hot), cold_rate=round(rate_cold))
+    return costs.offcpu_calibration(body_hot, body_cold, ref)
+
+
+def first_use(err, path=None):
+    """On a host with no calibration file at all, measure offcpu's block costs once and cache them.
+    Returns the note to show, or None when nothing was measured."""
+    path = path or costs.cache_path()
+    if os.path.exists(path):
+        return None  # calibrated (maybe not for offcpu: `kit calibrate` says so), or deliberately unusable
+
+    def log(msg):
+        err.write(f"kit: {msg}\n")
+        err.flush()
+
+    log(f"first offcpu run on this host: measuring what a block costs here (about 2 s, once; cached in {path})")
+    t0 = time.monotonic()
+    try:
+        off = measure(1, lambda msg: None)
+    except Exception as e:  # noqa: BLE001 - a failed measurement leaves the defaults, never the run
+        log(f"could not measure offcpu's block cost here ({e}); using defaults")
+        return None
+    if off is None:
+        log("could not count blocks of the calibration ping-pong; using defaults")
+        return None
+    cal = {"version": costs.CALIBRATION_VERSION, "host": costs.host_key(), "partial": ["offcpu"],
+           "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "method": "offcpu's program body per block (BPF_ENABLE_STATS) around a ping-pong, hot and paced",
+           "ns": off["ns"], "body_ns": off["body_ns"], "offcpu": off["offcpu"]}
+    try:
+        costs.save_calibration(cal, path)
+    except OSError as e:
+        log(f"could not cache the offcpu calibration in {path} ({e})")
+    return f"offcpu block costs measured on this host in {time.monotonic() - t0:.1f}s"

@@ -19,6 +19,18 @@ from kit import insn
 
 CALIBRATION_VERSION = 1
 
+# offcpu, measured by kit/calibrate_offcpu.py on the development VM: the program body per block of a Python
+# ping-pong pinned to one CPU, back to back and paced, and the shape of those blocks (kit/blockshape.py).
+OFFCPU_HOT_BODY = 2550
+OFFCPU_COLD_BODY = 4600
+OFFCPU_REF = {"hot_rate": 90000, "cold_rate": 1350, "kernel_depth": 8.0, "user_depth": 2.0, "walk_share": 1.0}
+# The CPU a block takes beyond its body (the tracepoint's dispatch, the caches it evicts): the bench's C
+# ping-pong gained 4013 ns of CPU per block for a 3657 ns body.
+OFFCPU_OVERHEAD = 1.1
+# How a block's cost falls as blocks come faster on a CPU: paced ping-pongs here cost ~6.6 us per block at
+# 1.1k/s, 4.3 at 3.3k/s, 3.6 at 7.9k/s, 2.9 at 17k/s, 2.3 back to back (290k/s): warmth 1 / (1 + rate / R0).
+OFFCPU_WARM_RATE = 1500.0
+
 # ns per event: `kit calibrate` on the 2-core 6.18 development VM (extra CPU time per event, medians of 5
 # rounds). Used when this host has no calibration of its own.
 DEFAULT_NS = {
@@ -29,7 +41,12 @@ DEFAULT_NS = {
     "stack": 1704,
     "uprobe_emulated": 630, "uprobe_stepped": 11500, "uretprobe_extra": 980,
     "perf_tracepoint": 120,
-    "offcpu_block": 4800,  # offcpu's in-scope path, measured on a Python ping-pong on this kind of VM
+    # offcpu's whole in-scope path per block (kit/calibrate_offcpu.py): around a ping-pong back to back (warm
+    # caches) and paced (cold); then what one more frame of a kernel or user stack, and the hidden-caller walk,
+    # add to a cold block (measured with stacks 1..120 frames deep and with the walk switched off)
+    "offcpu_block": OFFCPU_HOT_BODY * OFFCPU_OVERHEAD, "offcpu_block_cold": OFFCPU_COLD_BODY * OFFCPU_OVERHEAD,
+    "offcpu_kernel_frame": 180 * OFFCPU_OVERHEAD, "offcpu_user_frame": 40 * OFFCPU_OVERHEAD,
+    "offcpu_walk": 600 * OFFCPU_OVERHEAD,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -39,7 +56,8 @@ DEFAULT_BODY_NS = {
     "raw_tracepoint_pair": 516, "raw_tracepoint_pair_filter": 184,
     "stack": 1749, "uprobe_emulated": 55, "uprobe_stepped": 69, "uretprobe_extra": 450,
     "perf_tracepoint": 0,
-    "offcpu_block": 3500,
+    "offcpu_block": OFFCPU_HOT_BODY, "offcpu_block_cold": OFFCPU_COLD_BODY,
+    "offcpu_kernel_frame": 180, "offcpu_user_frame": 40, "offcpu_walk": 600,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -49,8 +67,9 @@ CLASSES = {
     "tracepoint_hash": (("{f}_hash",), ("{f}_filter",), 1),
     "tracepoint_pair": (("{f}_pair",), ("{f}_pair_filter",), 2),
     "tracepoint_stack": (("{f}_hash", "stack"), ("{f}_filter",), 1),
-    # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole
-    "offcpu_block": (("offcpu_block",), ("{f}_filter",), 1),
+    # offcpu: a block's switch-out (stacks, caller recovery) and switch-in (aggregation), calibrated whole;
+    # priced cold until the rate and the blocks' shape are known (offcpu_priced)
+    "offcpu_block": (("offcpu_block_cold",), ("{f}_filter",), 1),
     "uprobe_count": (("uprobe",), ("uprobe",), 1),
     "uprobe_pair": (("uprobe", "uretprobe_extra"), ("uprobe", "uretprobe_extra"), 2),
     "uprobe_pair_stack": (("uprobe", "uretprobe_extra", "stack"), ("uprobe", "uretprobe_extra"), 2),
@@ -71,12 +90,15 @@ class Costs:
     kind: str = ""       # uprobes: kind of the target's first instruction
     note: str = ""
     measure_ns: float = 0.0  # what kit's rate measurement (a perf event on the hook) adds per event
+    detail: dict = None      # offcpu: what the block price was made of (offcpu_priced)
 
     def as_dict(self):
         d = {"in_ns": round(self.in_ns), "out_ns": round(self.out_ns), "source": self.source,
              "terms": {k: round(v) for k, v in self.terms.items()}}
         if self.kind:
             d["uprobe_first_insn"] = self.kind
+        if self.detail:
+            d["offcpu"] = self.detail
         return d
 
 
@@ -115,6 +137,9 @@ def load_calibration(path=None):
         return None, f"calibration {path} is unreadable ({e}); using cost-class defaults"
     if cal.get("version") != CALIBRATION_VERSION or cal.get("host") != host_key():
         return None, f"calibration {path} is for another kernel or CPU; run `kit calibrate` again"
+    if cal.get("partial"):
+        return cal, (f"{', '.join(cal['partial'])} calibrated {cal.get('created', '?')} (on first use); other costs "
+                     "are the cost-class defaults (run `kit calibrate`)")
     return cal, f"calibrated {cal.get('created', '?')}"
 
 
@@ -180,3 +205,65 @@ def for_class(cost_class, hook_type, kind="", cal=None, note=""):
         measure_ns = _primitive("perf_tracepoint", cal, kind)[0]
     return Costs(in_ns=in_ns, out_ns=out_ns, progs_per_event=progs, body_in_ns=body_in, body_out_ns=body_out,
                  source=source, terms=terms, kind=kind, note=note, measure_ns=measure_ns)
+
+
+# --- offcpu: a block priced by how warm the caches are and how deep its stacks go ----------------------
+
+def warmth(rate):
+    """1 for a block on a CPU where blocks are rare (cold caches), towards 0 as they come back to back."""
+    return 1.0 / (1.0 + max(rate, 0.0) / OFFCPU_WARM_RATE)
+
+
+def offcpu_calibration(body_hot, body_cold, ref):
+    """The calibration entries for offcpu from its measured body per block, hot and cold, and the
+    calibration ping-pong's rates and shape (ref). The per-frame and walk terms are the development VM's,
+    scaled by how much dearer a cold block is on this host than there."""
+    host = body_cold / OFFCPU_COLD_BODY
+    body = {"offcpu_block": body_hot, "offcpu_block_cold": body_cold}
+    for k in ("offcpu_kernel_frame", "offcpu_user_frame", "offcpu_walk"):
+        body[k] = DEFAULT_BODY_NS[k] * host
+    return {"ns": {k: max(1.0, round(v * OFFCPU_OVERHEAD, 1)) for k, v in body.items()},
+            "body_ns": {k: round(v, 1) for k, v in body.items()}, "offcpu": dict(ref)}
+
+
+def offcpu_block_body(rate, shape, prim, ref):
+    """Body ns of one block on a CPU where in-scope blocks come at `rate` per second, for blocks of
+    `shape` (kit/blockshape.py; None: the calibration ping-pong's). prim: primitive -> body ns.
+    Between the hot and the cold measurement the price follows warmth(); a shape differs from the
+    calibration's by frames and walks, each priced cold and scaled by the same warmth."""
+    hot, cold = prim["offcpu_block"], prim["offcpu_block_cold"]
+    w_hot, w_cold = warmth(ref["hot_rate"]), warmth(ref["cold_rate"])
+    slope = (cold - hot) / (w_cold - w_hot) if w_cold > w_hot else 0.0
+    base = max(hot + slope * (warmth(rate) - w_hot), 0.5 * min(hot, cold))
+    if shape is None:
+        return base
+    extra = (prim["offcpu_kernel_frame"] * (shape.kernel_depth - ref["kernel_depth"])
+             + prim["offcpu_user_frame"] * (shape.user_depth - ref["user_depth"])
+             + prim["offcpu_walk"] * (shape.walk_share - ref["walk_share"]))
+    return max(base + extra * base / cold, 0.3 * base)
+
+
+def offcpu_priced(c, rates, shape, cal=None):
+    """Costs c (cost class offcpu_block) with the in-scope price set for in-scope blocks coming at
+    rates {cpu: per second} and looking like shape: the rate-weighted mean over CPUs."""
+    names = ("offcpu_block", "offcpu_block_cold", "offcpu_kernel_frame", "offcpu_user_frame", "offcpu_walk")
+    got = {n: _primitive(n, cal, "") for n in names}
+    body_prim = {n: b for n, (_v, b, _c) in got.items()}
+    ratio = {n: v / b if b else OFFCPU_OVERHEAD for n, (v, b, _c) in got.items()}
+    ref = dict(OFFCPU_REF, **((cal or {}).get("offcpu") or {}))
+    total = sum(r for r in rates.values() if r > 0)
+    weights = {cpu: r / total for cpu, r in rates.items() if r > 0} if total else {None: 1.0}
+    body = sum(wt * offcpu_block_body(rates.get(cpu, 0.0) if cpu is not None else 0.0, shape, body_prim, ref)
+               for cpu, wt in weights.items())
+    in_ns = body * ratio["offcpu_block_cold"]
+    calibrated = [ok for _v, _b, ok in got.values()]
+    calibrated += [_primitive(t, cal, "")[2] for t in c.terms if not t.startswith("offcpu_")]
+    source = "calibration" if all(calibrated) else "calibration + cost class defaults" if any(calibrated) else \
+        "cost class defaults"
+    busiest = max(rates.values(), default=0.0)
+    detail = {"blocks_per_s_per_cpu": round(busiest, 1), "warmth": round(warmth(busiest), 2),
+              "shape": shape.as_dict() if shape else None, "reference": ref}
+    terms = dict(c.terms)
+    terms.pop("offcpu_block_cold", None)
+    terms["offcpu_block"] = in_ns
+    return dataclasses.replace(c, in_ns=in_ns, body_in_ns=body, terms=terms, source=source, detail=detail)

@@ -29,7 +29,7 @@ import shlex
 import time
 import weakref
 
-from kit import bpfstats, costs, insn, perfevent, rate
+from kit import blockshape, bpfstats, calibrate_offcpu, costs, insn, perfevent, rate
 from kit.errors import Refused, Unsupported
 
 DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
@@ -136,7 +136,21 @@ def estimate(ctx, opts):
         est.costs = c
         est.update(cost=c.as_dict(), cost_note=c.note, rate_error=str(e))
         return est
-    return priced(est, r, c)
+    return priced(est, r, block_priced(ctx, c, r))
+
+
+def block_priced(ctx, c, r):
+    """offcpu: what a block costs depends on how often blocks come on a CPU (how warm the caches stay)
+    and on how deep the blocked threads' stacks are (kit/costs.py offcpu_priced); both known only now."""
+    if ctx.recipe.guard.cost_class != "offcpu_block":
+        return c
+    threads = [(t.pid, t.tid) for t in r.threads if t.in_scope and t.pid]
+    try:
+        shape = blockshape.sample(threads) if threads else None
+    except (OSError, Unsupported):
+        shape = None  # priced as the calibration's own ping-pong
+    cal, _ = costs.load_calibration()
+    return costs.offcpu_priced(c, r.in_scope_by_cpu or {}, shape, cal)
 
 
 def priced(est, r, c, cpus=None):
@@ -258,6 +272,10 @@ def _hint(sugg, est=None):
 
 def check_before(ctx, opts, err):
     """The pre-attach estimate; raises Refused unless --force (or --dry-run, which reports the verdict)."""
+    if ctx.recipe.guard.cost_class == "offcpu_block" and not getattr(opts, "dry_run", False):
+        note = calibrate_offcpu.first_use(err)  # a host never calibrated: measure a block here, once
+        if note:
+            ctx.notes.append(note)
     est = estimate(ctx, opts)
     why = verdict(ctx, est)
     if est.get("rate_error"):

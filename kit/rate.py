@@ -100,6 +100,7 @@ class Rate:
     threads: list             # [Thread], busiest first (at most MAX_THREADS)
     samples: int
     lost: int
+    in_scope_by_cpu: dict = None  # cpu -> in-scope events/s there, from the samples (as counted)
 
     @property
     def unattributed(self):
@@ -207,8 +208,10 @@ def _uprobe_hook(ctx, rh):
     return RateHook("uprobe", f"{path}:{symbol}", path=path, offset=offset)
 
 
-def scope_matcher(recipe, values):
-    """(match(pid, tid) -> bool, measurable) for the run's task scopes; None when unscoped."""
+def scope_matcher(recipe, values, comm_of_process=False):
+    """(match(pid, tid) -> bool, measurable) for the run's task scopes; None when unscoped.
+    comm_of_process: --comm also takes every thread of a process whose main thread has that name
+    (offcpu's template does, for worker threads that renamed themselves)."""
     set_scopes = {p.name: values.get(p.name) for p in recipe.scope_params() if values.get(p.name) is not None}
     if not set_scopes:
         return None, True
@@ -222,7 +225,8 @@ def scope_matcher(recipe, values):
             return False
         if tid is not None and t != tid:
             return False
-        if want_comm is not None and _thread_comm(p, t).encode("utf-8", "surrogateescape") != want_comm:
+        if want_comm is not None and _thread_comm(p, t).encode("utf-8", "surrogateescape") != want_comm and not (
+                comm_of_process and _thread_comm(p, p).encode("utf-8", "surrogateescape") == want_comm):
             return False
         if cgroup is not None and _thread_cgroup_id(p, t) != cgroup:
             return False
@@ -367,8 +371,12 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
     in_scope = min(sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0), total)
     n_samples = sum(len(got) for got, _ in samples.values())
     lost = sum(lost for _, lost in samples.values())
+    inside = {(t.pid, t.tid) for t in threads if t.in_scope}
+    by_cpu = {cpu: sum(w for pt, w in _weights({cpu: got}, counts, windows).items() if pt in inside)
+              for cpu, got in samples.items()}
     return Rate(hook=hook, window_s=window, total=total, in_scope=in_scope, scope_measured=scope_measured,
-                scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost)
+                scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost,
+                in_scope_by_cpu=by_cpu)
 
 
 def _weights(samples, counts, windows):
@@ -391,6 +399,8 @@ def _per_s(readings):
 def for_run(ctx, **kw):
     """Measure the rate of the run's hook, with the run's scope."""
     hook = rate_hook(ctx)
-    match, measurable = scope_matcher(ctx.recipe, ctx.values)
+    # Matched as the template matches: a template given the group leader's offset checks its name too.
+    leader = bool(ctx.extra.get("task_leader_off"))
+    match, measurable = scope_matcher(ctx.recipe, ctx.values, comm_of_process=leader)
     scoped = any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
     return measure(hook, match=match, scope_measured=measurable, scoped=scoped, **kw)
