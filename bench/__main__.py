@@ -87,9 +87,10 @@ def main(argv=None):
             save()
     if "guard" in a.kinds:
         for name, r in built.items():
-            with _prepared(r.guard.workload):
-                guards[name] = r.guard.run(mode.guard_reps)
-            save()
+            for g in r.guards():
+                with _prepared(g.workload):
+                    guards[g.key] = g.run(mode.guard_reps)
+                save()
     save()  # first, so that the samples survive a bug in the report
     text = report.render(meta, hooks, starts, footprints, guards, mode)
     with open(out, "w") as f:
@@ -108,7 +109,8 @@ def rerender(raw_path, out, outdir, mode):
     built = {name: suite.RECIPES[name](outdir, mode) for name in names}
     hooks = {n: HookResult(built[n].hook, r["rows"], r["failed"]) for n, r in raw["hooks"].items()}
     footprints = {n: FootprintResult(built[n].footprint, r["rows"], r["failed"]) for n, r in raw["footprints"].items()}
-    guards = {n: GuardResult(built[n].guard, r["rows"]) for n, r in raw.get("guards", {}).items()}
+    cases = {g.key: g for b in built.values() for g in b.guards()}
+    guards = {n: GuardResult(cases[n], r["rows"]) for n, r in raw.get("guards", {}).items() if n in cases}
     starts = {n: {"figures": {lab: Figure(fig["samples"], fig["unit"]) for lab, fig in r["figures"].items()},
                   "failed": r["failed"]} for n, r in raw["starts"].items()}
     with open(out, "w") as f:

@@ -48,12 +48,13 @@ Peak memory is the program's VmHWM (/proc/PID/status, peak RSS since exec), read
 kit compile with clang in-process, so their peak is mostly the compiler's."""
 
 GUARD_METHOD = """\
-On the busy workload, `kit estimate` (nothing attached: it counts the hook's rate with perf and prices it), then
-`kit run` with the same scope for {seconds:g} s. Measured is the bench's own price: the events kit counted in
-scope and filtered, per second, at the CPU per event the per-event section measured on the same workload (its
-CPU-added figure where that is resolved, else the program body, which leaves out dispatch and traps: a lower
-bound). kit's meter is kit's own running figure; the programs' run time is the kernel's, over the last seconds
-of the run. All as percent of the machine ({ncpu} CPUs)."""
+On the busy workload, `kit run` with the recipe's scope for {seconds:g} s; the estimate is the run's own, made
+before it attached (it counts the hook's rate with perf, and for offcpu samples the target's stack depths, then
+prices it). Measured is the bench's own price: the events kit counted in scope and filtered, per second, at the
+CPU per event the per-event section measured on the same workload (its CPU-added figure where that is resolved,
+else the program body, which leaves out dispatch and traps: a lower bound); on the demo, which has no per-event
+case, the kernel's run time of kit's programs. kit's meter is kit's own running figure; the programs' run time
+is the kernel's, over the last seconds of the run. All as percent of the machine ({ncpu} CPUs)."""
 
 METHOD_FOOTER = """\
 ## Reproducing

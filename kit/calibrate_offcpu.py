@@ -33,9 +33,10 @@ from kit import blockshape, bpfstats, costs
 COMM = "kit-calib-pp"
 HOT_ROUNDS = 6000        # back to back: ~0.2 s, two blocks per round trip
 COLD_PACE = 500          # round trips per second when paced: ~1500 blocks/s (the sleep is a block too)
-COLD_S = 0.8
-WARM_UP_S = 0.3          # paced, before measuring: kit learns the ping-pong's libc sites and sees the process
+COLD_S = 0.6
+WARM_UP_S = 0.2          # paced, before measuring: kit learns the ping-pong's libc sites and sees the process
 SHAPE_S = 0.1
+FILTER_S = 0.1           # before each window: what the box's other switches cost the program to filter out
 PR_SET_PDEATHSIG = 1
 PINGPONG = r"""
 import ctypes, os, sys, time
@@ -120,28 +121,38 @@ class _Attached:
             teardown.detach_all(self.bpf)
             offcpu.cleanup(self.ctx)
 
-    def window(self, p):
-        """(body ns per in-scope block, in-scope blocks per second) while the ping-pong p runs to its end."""
+    def _run_time(self, work):
+        """(run_time_ns, run_cnt, events, filtered, seconds) of the program while work() runs."""
         from kit import run
         w = bpfstats.Window(bpfstats.program_fds(self.bpf))
         s0, t0 = run.read_stats(self.bpf), time.monotonic()
         if not w.start(t0):
-            p.kill()
-            p.wait()
             raise OSError("BPF_ENABLE_STATS refused")
         try:
-            p.wait()
+            work()
         finally:
             w.stop(time.monotonic())
         s1, t1 = run.read_stats(self.bpf), time.monotonic()
         r = w.result()
-        events, filtered = s1["events"] - s0["events"], s1["filtered"] - s0["filtered"]
-        if events < 100:
+        return r["run_time_ns"], r["run_cnt"], s1["events"] - s0["events"], s1["filtered"] - s0["filtered"], t1 - t0
+
+    def window(self, start):
+        """(body ns per in-scope block, in-scope blocks per second) while the ping-pong start() makes runs
+        to its end, or (None, 0) when the box's other switches drown it."""
+        # What a filtered run costs right now: the same program while nothing in scope runs.
+        ns_f, cnt_f, *_ = self._run_time(lambda: time.sleep(FILTER_S))
+        p = start()
+        try:
+            ns, cnt, events, filtered, seconds = self._run_time(p.wait)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        per_filtered = ns_f / cnt_f if cnt_f else 0.0
+        others = filtered * per_filtered
+        if events < 100 or others > 0.8 * ns:
             return None, 0.0
-        family = "raw_tracepoint" if self.ctx.hook.type == "raw_tracepoint" else "tracepoint"
-        # What the box's other switches cost to filter out is taken off; the rest is the blocks' own.
-        body = (r["run_time_ns"] - filtered * costs.DEFAULT_BODY_NS[f"{family}_filter"]) / events
-        return body, events / (t1 - t0)
+        return (ns - others) / events, events / seconds
 
 
 def measure(rounds=1, log=None):
@@ -150,20 +161,22 @@ def measure(rounds=1, log=None):
     log(f"offcpu: its program around a ping-pong on one CPU, back to back and paced, {rounds} round(s)")
     shape = _shape(log)
     hot, cold = [], []
+    runs = {"hot": (hot, lambda: pingpong(HOT_ROUNDS)),
+            "cold": (cold, lambda: pingpong(int(COLD_PACE * COLD_S), COLD_PACE))}
     with _Attached() as a:
-        a.window(pingpong(int(COLD_PACE * WARM_UP_S), COLD_PACE))
-        for i in range(rounds):
+        a.window(lambda: pingpong(int(COLD_PACE * WARM_UP_S), COLD_PACE))
+        for i in range(rounds + 2):  # two more tries for windows a crowded moment spoilt
             for which in (("hot", "cold") if i % 2 == 0 else ("cold", "hot")):
-                if which == "hot":
-                    hot.append(a.window(pingpong(HOT_ROUNDS)))
-                else:
-                    cold.append(a.window(pingpong(int(COLD_PACE * COLD_S), COLD_PACE)))
-    hot = [x for x in hot if x[0]]
-    cold = [x for x in cold if x[0]]
+                got, start = runs[which]
+                if len(got) < rounds:
+                    body, rate = a.window(start)
+                    if body:
+                        got.append((body, rate))
     if not hot or not cold:
         return None
     body_hot, rate_hot = (statistics.median(x[i] for x in hot) for i in (0, 1))
     body_cold, rate_cold = (statistics.median(x[i] for x in cold) for i in (0, 1))
+    body_cold = max(body_cold, body_hot)  # colder caches never make a block cheaper: a crowded moment did
     ref = dict(costs.OFFCPU_REF)
     if shape is not None:
         ref.update(kernel_depth=round(shape.kernel_depth, 1), user_depth=round(shape.user_depth, 1),

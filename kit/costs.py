@@ -255,6 +255,7 @@ def offcpu_priced(c, rates, shape, cal=None):
     weights = {cpu: r / total for cpu, r in rates.items() if r > 0} if total else {None: 1.0}
     body = sum(wt * offcpu_block_body(rates.get(cpu, 0.0) if cpu is not None else 0.0, shape, body_prim, ref)
                for cpu, wt in weights.items())
+    body = max(body, c.body_out_ns)  # a block does at least what a filtered switch does
     in_ns = body * ratio["offcpu_block_cold"]
     calibrated = [ok for _v, _b, ok in got.values()]
     calibrated += [_primitive(t, cal, "")[2] for t in c.terms if not t.startswith("offcpu_")]
