@@ -80,6 +80,7 @@ class Thread:
     util: float = None        # share of one CPU it runs; for a CPU-bound one, wants (None: not measured)
     busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
     measured_rate: float = None  # before undoing the measurement's own slowdown
+    cpus: tuple = ()          # the CPUs its samples came from
 
 
 @dataclasses.dataclass
@@ -356,6 +357,10 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
     window = max(windows.values(), default=1e-3)
     total = sum(counts[cpu] / windows[cpu] for cpu in counts)
     threads = []
+    where = collections.defaultdict(set)
+    for cpu, (got, _lost) in samples.items():
+        for pt in got:
+            where[pt].add(cpu)
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
         util = utils.get((pid, tid))
@@ -364,7 +369,7 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
             own = r
         total += own - r
         threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
-                              util=util, busy=busy, measured_rate=r))
+                              util=util, busy=busy, measured_rate=r, cpus=tuple(sorted(where[(pid, tid)]))))
     attributed = sum(t.rate for t in threads)
     total = max(total, attributed)  # the same events summed two ways: keep rounding from showing
     rest = total - attributed

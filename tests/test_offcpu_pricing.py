@@ -127,3 +127,22 @@ def test_first_use_caches_a_partial_calibration_the_next_run_loads(tmp_path, mon
     assert cal["ns"]["offcpu_block_cold"] == off["ns"]["offcpu_block_cold"]
     c = costs.for_class("offcpu_block", "raw_tracepoint", cal=cal)
     assert c.in_ns == off["ns"]["offcpu_block_cold"] and c.source == "calibration + cost class defaults"
+
+
+def test_threads_sharing_one_cpu_slow_down_together_instead_of_each_paying_a_whole_cpu():
+    from kit import guard
+    hook = rate.RateHook("tracepoint", "sched:sched_switch")
+
+    def pair(cpus):
+        th = [rate.Thread(pid=p, tid=p, comm="pp", rate=450e3, in_scope=True, util=0.45, cpus=cpu)
+              for p, cpu in ((1, cpus[0]), (2, cpus[1]))]
+        return rate.Rate(hook=hook, window_s=0.2, total=900e3, in_scope=900e3, scope_measured=True, scoped=True,
+                         threads=th, samples=500, lost=0)
+    c = costs.Costs(in_ns=2700, out_ns=120, progs_per_event=1, body_in_ns=2400, body_out_ns=100, source="t", terms={})
+    # a pinned ping-pong: both sides on CPU 0 get that one CPU, the probe 1.215 / (0.9 + 2.43) of it
+    pinned, _ = guard.project(pair([(0,), (0,)]), c, cpus=2)
+    assert pinned == pytest.approx(100 * 2.43 / 3.33 / 2)
+    # on a CPU each, each side slows down alone (saturated)
+    apart, _ = guard.project(pair([(0,), (1,)]), c, cpus=2)
+    assert apart == pytest.approx(2 * 100 * guard.saturated(1.215, 0.45) / 2)
+    assert pinned < apart
