@@ -56,6 +56,17 @@ else the program body, which leaves out dispatch and traps: a lower bound); on t
 case, the kernel's run time of kit's programs. kit's meter is kit's own running figure; the programs' run time
 is the kernel's, over the last seconds of the run. All as percent of the machine ({ncpu} CPUs)."""
 
+GUARD_NOTES = """\
+- offcpu prices a block by how often blocks come on a CPU and by the blocks' stack depths (docs/guardrail.md,
+  *What an offcpu block costs*): the ping-pong's blocks come back to back and find warm caches (~2.5 us
+  here); the demo's, ~1400 a second over 2 CPUs, find them cold (5-8 us of program body on this shared VM,
+  what a ping-pong paced to the same rate costs too). The demo row is the figure the issue's 5x was about
+  (0.237% estimated against 1.238%: a hot ping-pong's price and half its blocks missed by the rate).
+- The programs' run time leaves out a uprobe's trap, so on lockhold and getaddrinfo estimate / programs'
+  run time is well above 1 by design: read estimate / measured there.
+- tcpretrans: the bulk transfer's retransmits come in bursts, and the estimate counts a quarter second
+  before attaching; the cost is a few hundredths of a percent either way."""
+
 METHOD_FOOTER = """\
 ## Reproducing
 

@@ -252,6 +252,7 @@ def guard_section(guards, hooks, out):
           f"| {_ratio_cell(paired_ratio(est, meas))} | {_ratio_cell(paired_ratio(est, meter))} "
           f"| {_ratio_cell(paired_ratio(est, stats))} |")
     w("")
+    w(explain.GUARD_NOTES + "\n")
 
 
 def render(meta, hooks, starts, footprints, guards, mode):
