@@ -185,12 +185,22 @@ def measure(rounds=1, log=None):
     return costs.offcpu_calibration(body_hot, body_cold, ref)
 
 
-def first_use(err, path=None):
+def _can_time():
+    fd = bpfstats.enable()
+    if fd is None:
+        return False
+    os.close(fd)
+    return True
+
+
+def first_use(err, path=None, can_time=_can_time):
     """On a host with no calibration file at all, measure offcpu's block costs once and cache them.
     Returns the note to show, or None when nothing was measured."""
     path = path or costs.cache_path()
     if os.path.exists(path):
         return None  # calibrated (maybe not for offcpu: `kit calibrate` says so), or deliberately unusable
+    if not can_time():
+        return None  # the kernel's run-time statistics need CAP_SYS_ADMIN: nothing to measure with
 
     def log(msg):
         err.write(f"kit: {msg}\n")

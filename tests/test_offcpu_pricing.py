@@ -108,10 +108,13 @@ def test_first_use_measures_only_where_no_calibration_file_exists(tmp_path, monk
     monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log: calls.append(rounds) or None)
     existing = tmp_path / "cal.json"
     existing.write_text("{}")
-    assert calibrate_offcpu.first_use(io.StringIO(), str(existing)) is None and calls == []
-    assert calibrate_offcpu.first_use(io.StringIO(), os.devnull) is None and calls == []
+    yes = lambda: True  # noqa: E731 - the kernel would time programs
+    assert calibrate_offcpu.first_use(io.StringIO(), str(existing), yes) is None and calls == []
+    assert calibrate_offcpu.first_use(io.StringIO(), os.devnull, yes) is None and calls == []
+    assert calibrate_offcpu.first_use(io.StringIO(), str(tmp_path / "x.json"), lambda: False) is None
+    assert calls == []  # no CAP_SYS_ADMIN for BPF_ENABLE_STATS: nothing to measure with
     err = io.StringIO()
-    assert calibrate_offcpu.first_use(err, str(tmp_path / "none.json")) is None  # measure found nothing
+    assert calibrate_offcpu.first_use(err, str(tmp_path / "none.json"), yes) is None  # measure found nothing
     assert calls == [1] and "using defaults" in err.getvalue()
     assert not (tmp_path / "none.json").exists()
 
@@ -120,7 +123,7 @@ def test_first_use_caches_a_partial_calibration_the_next_run_loads(tmp_path, mon
     off = costs.offcpu_calibration(2500.0, 6000.0, dict(REF))
     monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log: off)
     path = str(tmp_path / "cal.json")
-    note = calibrate_offcpu.first_use(io.StringIO(), path)
+    note = calibrate_offcpu.first_use(io.StringIO(), path, lambda: True)
     assert note and "measured on this host" in note
     cal, why = costs.load_calibration(path)
     assert cal["partial"] == ["offcpu"] and "kit calibrate" in why
