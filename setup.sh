@@ -32,6 +32,22 @@ install_missing -- "${pkgs[@]}"
 # it with qemu, builds its initramfs with busybox and kmod's depmod/modprobe.
 install_missing --no-install-recommends -- qemu-system-x86 busybox-static kmod
 
+# kit fleet's tests (tests/test_fleet_kernel.py) drive Ansible over SSH to sshd's the test starts in its
+# own network namespaces. Installing openssh-server must not start the box's own ssh service: a
+# policy-rc.d that says no is put in place for the install only (Docker images already have one).
+fleet_missing=
+for p in ansible-core openssh-server; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || fleet_missing=1
+done
+if [ -n "$fleet_missing" ]; then
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  install_missing --no-install-recommends -- ansible-core openssh-server
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+
 # BCC reads tracepoint formats from tracefs; doctor reads lockdown from securityfs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 mountpoint -q /sys/kernel/debug || mount -t debugfs nodev /sys/kernel/debug 2>/dev/null || true

@@ -1,6 +1,7 @@
 """kit's benchmarks against bpftrace and bcc's tools: `sudo ./bench/run`.
 
     python -m bench [--quick] [--only RECIPE,...] [--kinds hook,footprint,guard] [--out FILE] [--reps N]
+                    [--from-json RAW] [--into RESULTS.md]
 
 Builds the workloads into bench/out/, runs each case alternating kit and its
 peers, and writes RESULTS.md (bench/RESULTS.md by default; --quick writes
@@ -24,13 +25,17 @@ KINDS = ("hook", "footprint", "guard")  # the start-up is timed at every tool st
 def parse(argv):
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one repetition, tiny workloads (the smoke test)")
-    p.add_argument("--only", default=",".join(suite.RECIPES), help="recipes to bench, comma-separated")
+    p.add_argument("--only", "--recipes", dest="only", default=",".join(suite.RECIPES),
+                   help="recipes to bench, comma-separated")
     p.add_argument("--kinds", default=",".join(KINDS),
                    help="which kinds of case: hook (per-event cost, and start-up), footprint, guard")
     p.add_argument("--out", default=None, help="where to write the results (markdown)")
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 7; 1 with --quick)")
     p.add_argument("--from-json", metavar="RAW", default=None,
                    help="measure nothing: write the results again from a run's raw samples (its .json)")
+    p.add_argument("--into", metavar="RESULTS", default=None,
+                   help="also put the results in RESULTS (e.g. bench/RESULTS.md) as a section of these recipes, "
+                        "keeping its other rows (an earlier section of the same recipes is replaced)")
     a = p.parse_args(argv)
     a.only = [x for x in a.only.split(",") if x]
     a.kinds = [x for x in a.kinds.split(",") if x]
@@ -56,7 +61,7 @@ def main(argv=None):
     os.makedirs(outdir, exist_ok=True)
     out = a.out or (os.path.join(outdir, "RESULTS.quick.md") if a.quick else os.path.join(HERE, "RESULTS.md"))
     if a.from_json:
-        return rerender(a.from_json, out, outdir, mode)
+        return rerender(a.from_json, out, outdir, mode, a.into)
     t0 = time.monotonic()
     meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
     hooks, starts, footprints, guards = {}, {}, {}, {}
@@ -96,10 +101,23 @@ def main(argv=None):
     with open(out, "w") as f:
         f.write(text)
     log(f"wrote {out} and {raw} in {meta['minutes']:.1f} min")
+    if a.into:
+        into(a.into, meta, hooks, starts, footprints, guards, mode)
     return 0
 
 
-def rerender(raw_path, out, outdir, mode):
+def into(path, meta, hooks, starts, footprints, guards, mode):
+    """The run as a section of an existing RESULTS.md, the rest of which is kept."""
+    names = list(hooks or footprints or guards)
+    section = report.render(meta, hooks, starts, footprints, guards, mode, section=True)
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(report.merge_section(text, names, section))
+    log(f"put the section of {', '.join(names)} into {path}")
+
+
+def rerender(raw_path, out, outdir, mode, into_path=None):
     """The report again from a run's raw samples (for its wording; nothing is measured)."""
     from bench.cases import FootprintResult, GuardResult, HookResult
     from bench.stats import Figure
@@ -113,6 +131,9 @@ def rerender(raw_path, out, outdir, mode):
     guards = {n: GuardResult(cases[n], r["rows"]) for n, r in raw.get("guards", {}).items() if n in cases}
     starts = {n: {"figures": {lab: Figure(fig["samples"], fig["unit"]) for lab, fig in r["figures"].items()},
                   "failed": r["failed"]} for n, r in raw["starts"].items()}
+    if into_path:
+        into(into_path, raw["meta"], hooks, starts, footprints, guards, mode)
+        return 0
     with open(out, "w") as f:
         f.write(report.render(raw["meta"], hooks, starts, footprints, guards, mode))
     log(f"wrote {out} from {raw_path}")

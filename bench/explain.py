@@ -18,7 +18,28 @@ WORKLOAD = {
     "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
                    "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
                    "the event count.",
+    "biolatency": "`kit-dio` (bench/workloads/dio.c): 4 KiB O_DIRECT writes and reads, alternating, at distinct "
+                  "non-adjacent offsets of a 256 MiB loop device the bench creates over a file in /dev/shm (and "
+                  "removes after), so every call is one request and no real disk's I/O joins it. The device's own "
+                  "counters (/sys/block/loopN/stat, reads and writes completed) are the event count. The loop "
+                  "driver completes each request from its worker thread, so the completion program's time is not "
+                  "in the workload's CPU: read the program body, which has both.",
+    "drops": "`kit-udpsend` (bench/workloads/udpsend.c): UDP datagrams to 127.0.0.1:7071 in a network namespace of "
+             "the bench's own, where an nftables rule on the input hook drops them all (reason NETFILTER_DROP, freed "
+             "in the sender's own context by loopback's softirq). The rule's own counter is the event count.",
+    "tcplife": "`kit-conns` (bench/workloads/conns.c): short TCP connections over 127.0.0.1 to a server thread of "
+               "the same process, in a network namespace of the bench's own: connect, 64 bytes each way, the server "
+               "closes, the client aborts (a reset, so that no TIME_WAIT piles up). Each connection is 8 state "
+               "changes (client CLOSE→SYN_SENT→ESTABLISHED→CLOSE_WAIT→CLOSE, server LISTEN→SYN_RECV→ESTABLISHED→"
+               "FIN_WAIT1→CLOSE), each a run of the tools' programs. The namespace's TcpActiveOpens (nstat) is the "
+               "event count: costs here are per connection.",
+    "opensnoop": "`kit-opens` (bench/workloads/opens.c): `open()` in a loop (the openat syscall), half of a file "
+                 "that is there (then closed), half of one that is not (ENOENT). Its own call count is the event "
+                 "count.",
 }
+
+# kit's own count per workload event where one event is several of kit's (tcplife counts state changes)
+KIT_EVENTS_PER = {"tcplife": 8}
 
 PER_EVENT_METHOD = """\
 Each repetition runs every tool once, in rotating order, on a fresh target: {wall_runs} rounds of the workload
@@ -72,7 +93,9 @@ METHOD_FOOTER = """\
 
 `sudo ./bench/run` (about half an hour here) builds the workloads into bench/out/, runs every case, writes this
 file and the raw samples to bench/out/results.json; `--only RECIPE,...` and `--kinds hook,footprint,guard` run
-a part, `--from-json bench/out/results.json` writes this file again from the samples without measuring.
+a part, `--from-json bench/out/results.json` writes this file again from the samples without measuring, and
+`--into bench/RESULTS.md` puts a run of some recipes (`--only`) in this file as a section of their own, keeping
+the other rows.
 `sudo ./bench/run --quick` is the smoke test's tiny mode (one repetition, tiny workloads, writes to bench/out/).
 Targets are reported here, never asserted in tests.
 """
@@ -111,6 +134,14 @@ WHY = {
     ("per_event_added", "offcpu"):
         "as for the program body: the hidden-caller walk (compare the *kit without the hidden-caller unwinding* "
         "row).",
+    ("per_event_body", "opensnoop"):
+        "not attributed by a measurement in this work; the difference the code shows: kit keeps 255 bytes of "
+        "the path (bpftrace 64), so it copies up to four times as much from user memory at exit and hashes a "
+        "key of ~290 bytes (path, pid, comm, errno, cut flag) where bpftrace's is ~100. On this workload's "
+        "short paths the copy stops at the NUL; the hash of the whole key does not. A bench variant with a "
+        "64-byte path would settle it.",
+    ("per_event_added", "opensnoop"):
+        "as for the program body (the longer path buffer and key, not measured apart).",
     ("filtered_body", None):
         "an empty program's body is bpf_stats' own floor here (~60 ns: the kernel reading the clock around it), "
         "so 1.2× leaves ~12 ns, less than one helper call. A filter has to read who the event belongs to (a "
@@ -136,6 +167,25 @@ WHY = {
         "return probe looks up a start entry that is not there; the empty programs do nothing. All of that is "
         "small beside what a uprobe costs the process anyway (two traps per call): compare the CPU-added "
         "columns.",
+    ("filtered_body", "drops"):
+        "the port kit scopes on is in the packet, not in the event: kit reads the packet's flow from its headers "
+        "(the head pointer, the network header offset, the IP header, the ports, the device's namespace: about "
+        "eight bpf_probe_read_kernel calls at offsets from BTF) before it can reject it, and counts the "
+        "rejection. The empty program reads nothing. Reading only the ports before the addresses and the "
+        "namespace when only --port is given would cut it; left to the recipe's owner.",
+    ("filtered_body", "tcplife"):
+        "every state change is read from the socket (protocol, family, ports, addresses: bpf_probe_read_kernel "
+        "at BTF offsets) before the port scope applies, and a client's SYN_SENT is kept until its port is known "
+        "(connect() assigns it after that event), so a rejected connection still costs a map update and "
+        "delete. Costs here are per connection, 8 program runs each.",
+    ("filtered_body", "biolatency"):
+        "`--comm` is decided at issue (bpf_get_current_comm, compare, count the rejection); the completion "
+        "program still looks up a start entry that is not there, since only a lookup tells whether the request "
+        "was in scope. `--disk` is one compare in both programs and costs no more than the empty program.",
+    ("filtered_body", "opensnoop"):
+        "kit's filter takes the task's name (bpf_get_current_comm), compares it and counts the rejection; the "
+        "exit program looks up a pending entry that is not there. `--pid` costs one helper call instead of the "
+        "name's, plus the same count and lookup (1.4× the empty program's ~60 ns body: ~20 ns).",
     ("filtered_added", None):
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
@@ -158,44 +208,74 @@ def why(key):
     return WHY.get(key) or WHY.get((kind, None)) or "see the figures in the section below."
 
 
+KPROBED = {"bcc offcputime": "finish_task_switch"}  # what a bcc tool that fails for want of kprobes probes
+
+
 def failure(label, text):
     """One line for a peer that cannot run here."""
     if "kprobes/blacklist" in text or "kprobe" in text.lower():
-        return ("needs kprobes (it probes finish_task_switch), which this kernel has compiled out "
+        what = f" (it probes {KPROBED[label]})" if label in KPROBED else ""
+        return (f"needs kprobes{what}, which this kernel has compiled out "
                 "(BCC fails reading /sys/kernel/debug/kprobes/blacklist)")
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[-1][:200] if lines else text[:200]
 
 
-# Things about the peers and the method a reader needs to read the figures right.
+# Things about the peers and the method a reader needs to read the figures right: (recipes it is about, or
+# None for the method and every recipe; a section of some recipes prints only theirs), text.
 NOTICED = [
-    "bcc's offcputime (and offwaketime) cannot run on this kernel: it needs kprobes. bpftrace is the offcpu peer. "
-    "bcc has no user-space lock-hold tool (klockstat is for kernel mutexes, through kprobes): bpftrace is the "
-    "lockhold peer.",
-    "Start-up: kit is BCC, and BCC compiles the recipe's C with clang against kernel headers at every start "
-    "(the minimal BCC program row is that floor); bpftrace emits LLVM IR directly, with no C front end and no "
-    "headers. kit sits near BCC's floor plus its own program's size plus the guardrail's rate measurement "
-    "(0.35–0.7 s, see the start-up rows above); bpftrace's times would need precompiled (CO-RE) programs, "
-    "which BCC 0.26's Python bindings cannot load.",
-    "kit runs here with `--budget 100`: on these deliberately hot workloads its breaker would otherwise stop "
-    "it after 3 s (under any tool the offcpu ping-pong's probe costs ~30% of the machine), as it should on a "
-    "production box, while the peers keep going.",
-    "bcc's gethostlatency sends every lookup to user space and prints it, so its own CPU grows with the lookup "
-    "rate (see the footprint table), where kit and bpftrace aggregate in the kernel.",
-    "bcc's tcpretrans reads the socket's state and family through the 6.1 kernel headers BCC compiles against "
-    "here (no 6.18 headers exist on this box); its counts per flow come from the tracepoint's own fields. kit "
-    "takes every struct offset from the running kernel's BTF.",
-    "bpftrace 0.17 loses a SIGINT that arrives right after it is ready (it then never exits); the harness "
-    "repeats the signal. bpftrace 0.17 also puts uprobes in every process that maps the file (`-p` is for "
-    "USDT only), so its uprobe programs here filter on the pid, while kit and bcc attach to the one process.",
-    "The tcpretrans workload's time and CPU move by tens of percent from run to run (TCP's recovery from the "
-    "drops differs each time), far more than a few thousand events at a few hundred ns can add: its "
-    "CPU-added figures are not resolved, and its program body is the figure to read.",
+    (('offcpu', 'lockhold'),
+     "bcc's offcputime (and offwaketime) cannot run on this kernel: it needs kprobes. bpftrace is the "
+     'offcpu peer. bcc has no user-space lock-hold tool (klockstat is for kernel mutexes, through '
+     'kprobes): bpftrace is the lockhold peer.'),
+    (None,
+     "Start-up: kit is BCC, and BCC compiles the recipe's C with clang against kernel headers at every "
+     'start (the minimal BCC program row is that floor); bpftrace emits LLVM IR directly, with no C front '
+     "end and no headers. kit sits near BCC's floor plus its own program's size plus the guardrail's rate "
+     "measurement (0.35–0.7 s, see the start-up rows above); bpftrace's times would need precompiled "
+     "(CO-RE) programs, which BCC 0.26's Python bindings cannot load."),
+    (None,
+     'kit runs here with `--budget 100`: on these deliberately hot workloads its breaker would otherwise '
+     "stop it after 3 s (under any tool the offcpu ping-pong's probe costs ~30% of the machine), as it "
+     'should on a production box, while the peers keep going.'),
+    (('getaddrinfo',),
+     "bcc's gethostlatency sends every lookup to user space and prints it, so its own CPU grows with the "
+     'lookup rate (see the footprint table), where kit and bpftrace aggregate in the kernel.'),
+    (('tcpretrans',),
+     "bcc's tcpretrans reads the socket's state and family through the 6.1 kernel headers BCC compiles "
+     "against here (no 6.18 headers exist on this box); its counts per flow come from the tracepoint's own "
+     "fields. kit takes every struct offset from the running kernel's BTF."),
+    (None,
+     'bpftrace 0.17 loses a SIGINT that arrives right after it is ready (it then never exits); the harness '
+     'repeats the signal. bpftrace 0.17 also puts uprobes in every process that maps the file (`-p` is for '
+     'USDT only), so its uprobe programs here filter on the pid, while kit and bcc attach to the one '
+     'process.'),
+    (('tcpretrans',),
+     "The tcpretrans workload's time and CPU move by tens of percent from run to run (TCP's recovery from "
+     'the drops differs each time), far more than a few thousand events at a few hundred ns can add: its '
+     'CPU-added figures are not resolved, and its program body is the figure to read.'),
+    (("biolatency", "drops", "opensnoop"),
+     "bcc's biolatency and tcpdrop need kprobes and its opensnoop fentry/fexit (with a kprobe fallback), none of "
+     "which this kernel offers: bpftrace is the peer of biolatency, drops and opensnoop. bcc's tcplife runs (on "
+     "the tracepoint) and is compared, with -p, its narrowest scope that holds the workload; it sends every "
+     "connection to user space and prints it, so its own CPU grows with the connection rate."),
+    (("biolatency",),
+     "biolatency's `--disk` of another device rejects a request before kit counts it as filtered (the disk "
+     "check comes first in both programs, uncounted): its row's `filtered` is 0, and the guardrail's meter "
+     "prices such requests at nothing. They cost the least of any (one compare, below the empty program's "
+     "figure within bpf_stats' resolution), so the price it misses is small. Left to the recipe's owner."),
+    (("tcplife",),
+     "tcplife counts each state change it follows as an event (8 per connection here), so its check line and "
+     "the guardrail table price kit's events at the per-connection cost over 8. Under `--port` of another "
+     "flow it still counts a client's SYN_SENT as an event (connect() assigns the port after that state "
+     "change; the connection is rejected later and no row comes of it), so its filtered row's `events` is "
+     "not 0: up to one a connection."),
 ]
 
 
-def notes(hooks, starts, footprints):
-    """Observations drawn from the figures themselves, then NOTICED."""
+def notes(hooks, starts, footprints, section=False):
+    """Observations drawn from the figures themselves, then NOTICED: those about the recipes run
+    (and, unless this is a section of some recipes, those about the method)."""
     out = []
     for name, res in (hooks or {}).items():
         for label, rows in res.rows.items():
@@ -203,4 +283,6 @@ def notes(hooks, starts, footprints):
                 out.append(f"{name}: kernel.bpf_stats_enabled was on during some {label} runs (someone else's): "
                            "those wall-clock figures include the timing overhead.")
                 break
-    return out + NOTICED
+    names = set(hooks or {}) | set(footprints or {})
+    return out + [text for about, text in NOTICED
+                  if (about is None and not section) or (about and names & set(about))]

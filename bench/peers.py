@@ -43,10 +43,14 @@ def kit_patched(label, patch, recipe, *args, duration="300s"):
                         "--json"], ready=r"kit: \S+ attached to ", cwd=ROOT, grace=KIT_GRACE)
 
 
-def bpftrace(label, program):
+def bpftrace(label, program, env=None):
     prog = 'BEGIN { printf("%s\\n", "' + READY + '"); } ' + program
     # bpftrace 0.17 can miss the first SIGINT (see procs.Tool.stop): ask again soon
-    return Tool(label, ["bpftrace", "-e", prog], ready=READY, grace=0.5)
+    return Tool(label, ["bpftrace", "-e", prog], ready=READY, grace=0.5, env=env)
+
+
+# kit's hash maps hold 10240 entries; bpftrace's 4096 unless told (a map that is full drops updates)
+BPFTRACE_KIT_MAPS = {"BPFTRACE_MAP_KEYS_MAX": "10240"}
 
 
 LIBC = os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
@@ -125,4 +129,69 @@ def bpftrace_getaddrinfo(pid, libc=LIBC):
         "if (retval == 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
         "delete(@ts[tid]); delete(@host[tid]); } "
         "END { clear(@ts); clear(@host); }"
+    )
+
+
+def bpftrace_biolatency(devno):
+    """kit biolatency's job in bpftrace: on one disk, the issue time, process and name by request
+    (dev, sector); at completion, a log2 histogram of latency per disk and operation, and
+    count/mean/total and max per disk, operation, process and name."""
+    d = f"/args->dev == {devno}/"
+    k = "args->dev, args->sector"
+    return (
+        f"tracepoint:block:block_rq_issue {d} {{ @start[{k}] = nsecs; @pid[{k}] = pid; @comm[{k}] = comm; }} "
+        f"tracepoint:block:block_rq_complete {d} {{ $t = @start[{k}]; if ($t) {{ $d = nsecs - $t; "
+        f"@lat_us[args->dev, args->rwbs] = hist($d / 1000); "
+        f"@stats[args->dev, args->rwbs, @pid[{k}], @comm[{k}]] = stats($d); "
+        f"@max[args->dev, args->rwbs, @pid[{k}], @comm[{k}]] = max($d); "
+        f"delete(@start[{k}]); delete(@pid[{k}]); delete(@comm[{k}]); }} }} "
+        "END { clear(@start); clear(@pid); clear(@comm); }"
+    )
+
+
+def bpftrace_drops(netns_inum):
+    """kit drops' job in bpftrace: packets freed by kfree_skb in one network namespace (the
+    device's), counted by drop reason, dropping function and IPv4 flow, read from the packet's
+    headers through BTF (kit reads IPv6 flows too)."""
+    return (
+        "tracepoint:skb:kfree_skb { $skb = (struct sk_buff *)args->skbaddr; "
+        f"if ($skb->dev->nd_net.net->ns.inum == {netns_inum}) {{ "
+        "$ip = (struct iphdr *)($skb->head + $skb->network_header); "
+        "$l4 = (struct udphdr *)($skb->head + $skb->transport_header); "
+        "$sp = $l4->source; $dp = $l4->dest; "
+        "@drops[args->reason, ksym(args->location), $ip->protocol, ntop($ip->saddr), "
+        "(($sp & 0xff) << 8) | ($sp >> 8), ntop($ip->daddr), (($dp & 0xff) << 8) | ($dp >> 8)] = count(); } }"
+    )
+
+
+def bpftrace_tcplife(netns_inum):
+    """kit tcplife's job in bpftrace (after bpftrace's tools/tcplife.bt, on the tracepoint): in
+    one network namespace, each TCP socket's birth and owner by socket address; at CLOSE its
+    lifetime and bytes each way (tcp_sock through BTF) kept in a map per connection, and connect
+    latency (SYN_SENT to ESTABLISHED) as a histogram per remote."""
+    sk = "args->skaddr"
+    return (
+        "tracepoint:sock:inet_sock_set_state /args->protocol == 6/ { "
+        f"$sk = (struct sock *){sk}; if ($sk->__sk_common.skc_net.net->ns.inum == {netns_inum}) {{ "
+        f"if (args->newstate < 4 && !@birth[{sk}]) {{ @birth[{sk}] = nsecs; }} "
+        f"if (args->newstate == 2 || args->newstate == 4 || args->newstate == 9) {{ "
+        f"@skpid[{sk}] = pid; @skcomm[{sk}] = comm; }} "
+        f"if (args->oldstate == 2 && args->newstate == 1) {{ "
+        f"@connect_us[ntop(args->daddr), args->dport] = hist((nsecs - @birth[{sk}]) / 1000); }} "
+        f"if (args->newstate == 7 && @birth[{sk}]) {{ $tp = (struct tcp_sock *){sk}; $b = @birth[{sk}]; "
+        f"@life[{sk}, $b, @skpid[{sk}], @skcomm[{sk}], ntop(args->saddr), args->sport, ntop(args->daddr), "
+        "args->dport] = (nsecs - $b, $tp->bytes_received, $tp->bytes_acked); "
+        f"delete(@birth[{sk}]); delete(@skpid[{sk}]); delete(@skcomm[{sk}]); }} }} }} "
+        "END { clear(@birth); clear(@skpid); clear(@skcomm); }"
+    )
+
+
+def bpftrace_opensnoop(pid):
+    """kit opensnoop's job in bpftrace: one process's openat calls counted by process, comm,
+    path and errno (the path read at exit, as kit does; bpftrace keeps 64 bytes of it, kit 255)."""
+    return (
+        f"tracepoint:syscalls:sys_enter_openat /pid == {pid}/ {{ @path[tid] = args->filename; }} "
+        "tracepoint:syscalls:sys_exit_openat /@path[tid]/ { $e = args->ret < 0 ? - args->ret : 0; "
+        "@opens[pid, comm, str(@path[tid]), $e] = count(); delete(@path[tid]); } "
+        "END { clear(@path); }"
     )

@@ -135,7 +135,10 @@ def hook_section(res, verdicts, out):
       + "; ".join(checks) + ".")
     seen = res.kit_seen(c.kit_label)
     filt = [(label, res.kit_seen(label, "kit_filtered")) for label in c.filtered]
-    w(f"Check against the workload's own count: kit recorded {seen.fmt(3)} of the workload's events "
+    per = explain.KIT_EVENTS_PER.get(c.name)
+    of = (f"of its own events per workload event (it counts each of the {per} state changes a connection here "
+          f"goes through: {per} expected)" if per else "of the workload's events")
+    w(f"Check against the workload's own count: kit recorded {seen.fmt(3)} {of} "
       f"(its `events` over the workload's count, all runs under it); the filtering runs rejected "
       + "; ".join(f"{f.fmt(3)} ({label})" for label, f in filt) + " of them (`filtered`).\n")
 
@@ -209,13 +212,15 @@ def footprint_section(results, verdicts, out):
 
 
 def _price(hook, label):
-    """ns per event a tool costs the workload: the hook case's CPU added when it is resolved,
-    else the program body (a lower bound), and which of the two it is."""
+    """ns per event of kit's count a tool costs the workload: the hook case's CPU added when it is
+    resolved, else the program body (a lower bound), and which of the two it is. Where one workload
+    event is several of kit's (explain.KIT_EVENTS_PER), its price is shared among them."""
+    per = explain.KIT_EVENTS_PER.get(hook.case.name, 1)
     added = hook.added_ns(label)
     if added and not noise_bound(added):
-        return added.median, "CPU added"
+        return added.median / per, "CPU added" + (f" / {per}" if per > 1 else "")
     body = hook.body_ns(label)
-    return (body.median, "body, lower bound") if body else (None, None)
+    return (body.median / per, "body, lower bound" + (f", / {per}" if per > 1 else "")) if body else (None, None)
 
 
 def guard_section(guards, hooks, out):
@@ -255,7 +260,10 @@ def guard_section(guards, hooks, out):
     w(explain.GUARD_NOTES + "\n")
 
 
-def render(meta, hooks, starts, footprints, guards, mode):
+def render(meta, hooks, starts, footprints, guards, mode, section=False):
+    """The whole RESULTS.md, or (section) the part a run of some recipes adds to one: its own
+    header, machine, targets and figures, every heading one level down, without the method's
+    footer and the earlier run's changes to kit."""
     verdicts = Verdicts()
     body = []
     if hooks:
@@ -276,13 +284,16 @@ def render(meta, hooks, starts, footprints, guards, mode):
         body.append(explain.GUARD_METHOD.format(seconds=mode.guard_s, ncpu=os.cpu_count() or 1) + "\n")
         guard_section(guards, hooks, body)
 
-    out = ["# kit benchmarks: results\n",
-           f"Written by `sudo ./bench/run` on {meta['date']} in {meta['minutes']:.0f} min"
+    names = ", ".join(hooks or footprints or guards)
+    title = f"# {names}: results of a run of their own\n" if section else "# kit benchmarks: results\n"
+    command = f"sudo ./bench/run --only {names.replace(', ', ',')}" if section else "sudo ./bench/run"
+    out = [title,
+           f"Written by `{command}` on {meta['date']} in {meta['minutes']:.0f} min"
            f"{' (QUICK MODE: one repetition, tiny workloads; not for reading)' if meta['quick'] else ''}. "
            f"Every figure is the median [min–max] over the repetitions; ratios kit / peer are taken inside each "
            f"repetition, where the two ran back to back in alternating order, and then summarized the same way. "
            "Absolute times drift on this shared 2-CPU VM (other sessions run their tests on it); the ratios are "
-           "the result.\n",
+           "the result." + (SECTION_NOISE if section else "") + "\n",
            "## Machine\n", "| | |", "|---|---|"]
     for k, v in meta["machine"].items():
         out.append(f"| {k} | {v} |")
@@ -312,11 +323,12 @@ def render(meta, hooks, starts, footprints, guards, mode):
             seen.add(r["key"])
             out.append(f"- **{r['target']}, {r['case']}**: {explain.why(r['key'])}")
         out.append("")
-    out.append("### Changes to kit\n")
-    out.append("Where a miss was cheap to fix in kit, it was fixed (small, local changes), then measured against "
-               "the kit before it, side by side in the same way:\n")
-    out.append(explain.CHANGES)
-    notes = explain.notes(hooks, starts, footprints)
+    if not section:
+        out.append("### Changes to kit\n")
+        out.append("Where a miss was cheap to fix in kit, it was fixed (small, local changes), then measured "
+                   "against the kit before it, side by side in the same way:\n")
+        out.append(explain.CHANGES)
+    notes = explain.notes(hooks, starts, footprints, section=section)
     if guards and not any(g.has_estimate() for g in guards.values()):
         notes = ["The guardrail in this kit prices runs from a fixed cost class only; its rate-measuring "
                  "estimate (`kit estimate`) is not in it yet, so the estimate columns of its table are empty."] + notes
@@ -324,7 +336,35 @@ def render(meta, hooks, starts, footprints, guards, mode):
         out.append("### Also noticed\n")
         out += [f"- {n}" for n in notes]
         out.append("")
+    if section:
+        return "\n".join("#" + line if line.startswith("#") else line for line in out + body) + "\n"
     return "\n".join(out + body) + "\n" + explain.METHOD_FOOTER
+
+
+SECTION_NOISE = (" These recipes were measured in a run of their own, later than the rows above and on a busier "
+                 "box (other helpers' sessions were running their tests on it: see the load average), so their "
+                 "absolute figures are noisier than the rows above and are not to be compared with them; the "
+                 "ratios inside this section, taken in the same repetitions, are the result (the machine table says on "
+                 "which CPU they ran; it may not be the one above). The method is the "
+                 "one described above; a full `sudo ./bench/run` measures every recipe in one run again.")
+
+MARK_BEGIN, MARK_END = "<!-- bench section: {} -->", "<!-- end of bench section: {} -->"
+
+
+def merge_section(text, names, section):
+    """RESULTS.md with the section of the recipes `names` put in (replacing an earlier one of the same
+    recipes), before its Reproducing footer; the rest of the file is kept as it is."""
+    key = ",".join(names)
+    begin, end = MARK_BEGIN.format(key), MARK_END.format(key)
+    block = f"{begin}\n{section.rstrip()}\n{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return head + block + rest.split(end, 1)[1].lstrip("\n")
+    footer = "## Reproducing"
+    if footer in text:
+        head, tail = text.split(footer, 1)
+        return head + block + "\n" + footer + tail
+    return text.rstrip("\n") + "\n\n" + block
 
 
 def now():

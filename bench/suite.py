@@ -4,6 +4,7 @@ smoke test). Tools are factories of the workload's target (t.pid, t.comm,
 t.binary), since some attach to one process."""
 
 import dataclasses
+import os
 
 from bench import peers, workloads
 from bench.cases import FootprintCase, GuardCase, HookCase, StartCase
@@ -19,6 +20,10 @@ class Mode:
     bulk_bytes: int = 48 << 20
     lock_pairs: int = 50_000
     gai_calls: int = 10_000
+    dio_ios: int = 4_000          # per round; a tool run is 4 rounds
+    udp_sends: int = 100_000
+    conns: int = 2_000            # 4 rounds stay within kit's and bpftrace's 10240-entry maps
+    opens: int = 100_000
     warm: bool = True
     wall_runs: int = 3
     extras: bool = True           # kit variants beyond the one compared (attribution of its costs)
@@ -30,7 +35,7 @@ class Mode:
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             lock_pairs=5_000, gai_calls=500, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             lock_pairs=5_000, gai_calls=500, dio_ios=400, udp_sends=5_000, conns=200, opens=5_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
              guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
 
 
@@ -166,6 +171,91 @@ def getaddrinfo(outdir, mode):
         GuardCase("getaddrinfo", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
+# bcc's tools for these jobs that cannot run on this kernel (each tried here: python3-bpfcc 0.26, kernel 6.18)
+NO_KPROBES = "BCC fails reading /sys/kernel/debug/kprobes/blacklist: this kernel has kprobes compiled out"
+NO_BCC_BIOLATENCY = f"biolatency-bpfcc needs kprobes (on blk_mq_start_request and __blk_account_io_done); {NO_KPROBES}"
+NO_BCC_TCPDROP = (f"tcpdrop-bpfcc needs a kprobe on tcp_drop; {NO_KPROBES} (and it follows TCP drops only: the "
+                  "workload's are UDP)")
+NO_BCC_OPENSNOOP = ("opensnoop-bpfcc attaches fentry/fexit to do_sys_openat2 (BCC sees BTF and chooses them), "
+                    "which cannot load on this kernel (bpf() refuses: \"Need super-user privileges to run\", as "
+                    "root); its kprobe fallback needs kprobes, compiled out here")
+
+
+def biolatency(outdir, mode):
+    w = workloads.LoopDisk(outdir, mode.dio_ios)
+    args = lambda t: ["--disk", os.path.basename(w.dev)]  # noqa: E731
+    kit = _kit("biolatency", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_biolatency(w.devno),  # noqa: E731
+                                        env=peers.BPFTRACE_KIT_MAPS)
+    no_bcc = {"bcc biolatency": NO_BCC_BIOLATENCY}
+    return Recipe(
+        HookCase(name="biolatency", workload=w, hook="tracepoint block:block_rq_issue + block:block_rq_complete",
+                 kit=kit, peers={"bpftrace": bpftrace},
+                 extras=_extras(mode, {"kit --queued": lambda t: peers.kit("kit", "biolatency", *args(t),
+                                                                           "--queued")}),
+                 filtered={"kit, --disk of another device": lambda t: peers.kit("kit", "biolatency", "--disk",
+                                                                                "7:1048575"),
+                           "kit, --comm of another process": lambda t: peers.kit("kit", "biolatency", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=lambda t: peers.empty("empty program", "tracepoint", "block:block_rq_issue", "tracepoint",
+                                             "block:block_rq_complete"),
+                 unavailable=no_bcc, wall_runs=mode.wall_runs),
+        _footprint("biolatency", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
+        GuardCase("biolatency", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def drops(outdir, mode):
+    w = workloads.UdpDrops(outdir, mode.udp_sends)
+    hook = kit_rung("drops")
+    args = lambda t: ["--netns", w.ns]  # noqa: E731
+    kit = _kit("drops", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_drops(w.netns_inum()))  # noqa: E731
+    no_bcc = {"bcc tcpdrop": NO_BCC_TCPDROP}
+    return Recipe(
+        HookCase(name="drops", workload=w, hook=f"{hook.type} {hook.target}", kit=kit, peers={"bpftrace": bpftrace},
+                 filtered={"kit, --port of another flow": lambda t: peers.kit("kit", "drops", "--port", "9")},
+                 empty=_empty_on(hook), unavailable=no_bcc, wall_runs=mode.wall_runs),
+        _footprint("drops", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
+        GuardCase("drops", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def tcplife(outdir, mode):
+    w = workloads.Conns(outdir, mode.conns)
+    hook = kit_rung("tcplife")
+    args = lambda t: ["--netns", w.ns]  # noqa: E731
+    kit = _kit("tcplife", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_tcplife(w.netns_inum()),  # noqa: E731
+                                        env=peers.BPFTRACE_KIT_MAPS)
+    # bcc's tcplife prints each connection as it closes; -p is its narrowest scope that holds the workload
+    bcc = lambda t: peers.bcc("bcc tcplife -p", "tcplife", "-p", str(t.pid), ready=r"^PID\s+COMM")  # noqa: E731
+    return Recipe(
+        HookCase(name="tcplife", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc tcplife -p": bcc},
+                 filtered={"kit, --port of another flow": lambda t: peers.kit("kit", "tcplife", "--port", "9")},
+                 empty=_empty_on(hook), wall_runs=mode.wall_runs),
+        _footprint("tcplife", w, {"kit": kit, "bcc tcplife -p": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("tcplife", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def opensnoop(outdir, mode):
+    w = workloads.Opens(outdir, mode.opens)
+    args = lambda t: ["--pid", str(t.pid)]  # noqa: E731
+    kit = _kit("opensnoop", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_opensnoop(t.pid))  # noqa: E731
+    no_bcc = {"bcc opensnoop": NO_BCC_OPENSNOOP}
+    return Recipe(
+        HookCase(name="opensnoop", workload=w, hook="tracepoint syscalls:sys_enter_openat + sys_exit_openat",
+                 kit=kit, peers={"bpftrace": bpftrace},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "opensnoop", "--comm",
+                                                                                 "kit-nomatch"),
+                           "kit, --pid of another process": lambda t: peers.kit("kit", "opensnoop", "--pid", "1")},
+                 empty=lambda t: peers.empty("empty program", "tracepoint", "syscalls:sys_enter_openat",
+                                             "tracepoint", "syscalls:sys_exit_openat"),
+                 unavailable=no_bcc, wall_runs=mode.wall_runs),
+        _footprint("opensnoop", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
+        GuardCase("opensnoop", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
 def _footprint(name, w, tools, mode, **kw):
     if not mode.footprint_bpftrace:
         tools = {k: v for k, v in tools.items() if k != "bpftrace"}
@@ -188,4 +278,5 @@ def references():
                                                              "tracepoint:sched:sched_switch { }")})
 
 
-RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo}
+RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo,
+           "biolatency": biolatency, "drops": drops, "tcplife": tcplife, "opensnoop": opensnoop}

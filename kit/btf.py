@@ -12,6 +12,7 @@ import struct
 from kit.errors import Unsupported
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
+_ENUM, _ENUM64 = 6, 19
 _PTR, _STRUCT, _UNION, _TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _FUNC_PROTO, _TYPE_TAG = 2, 4, 5, 8, 9, 10, 11, 13, 18
 # bytes of kind-specific data after each 12-byte type header: (fixed, per vlen item)
 _TRAILER = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7: (0, 0), 8: (0, 0),
@@ -44,6 +45,8 @@ class BTF:
             pos_append(pos)
             if name_off and kind in (_STRUCT, _UNION, _TYPEDEF):
                 named.setdefault((kind == _TYPEDEF, name_off), len(self.pos) - 1)
+            elif name_off and kind in (_ENUM, _ENUM64):
+                named.setdefault(("enum", name_off), len(self.pos) - 1)
             fixed, per = _TRAILER[kind]
             pos += 12 + fixed + per * (info & 0xFFFF)
 
@@ -91,6 +94,23 @@ class BTF:
                 if found:
                     return m_off + found[0], found[1]
         return None
+
+    def enum(self, name):
+        """{enumerator: value} of enum `name` (e.g. skb_drop_reason), or None."""
+        tid = self._find(name, typedef="enum")
+        if tid is None:
+            return None
+        kind, vlen, kflag, _ = self._header(tid)
+        base, step = self.pos[tid] + 12, 8 if kind == _ENUM else 12
+        out = {}
+        for i in range(vlen):
+            n_off, lo = struct.unpack_from("<II", self.data, base + step * i)
+            hi = struct.unpack_from("<I", self.data, base + step * i + 8)[0] if kind == _ENUM64 else 0
+            v = hi << 32 | lo
+            if kflag and kind == _ENUM and v >= 1 << 31:  # signed enum
+                v -= 1 << 32
+            out[self._str(n_off)] = v
+        return out
 
     def offsetof(self, struct_name, path):
         """Byte offset of a dotted member path, e.g. offsetof('sock', '__sk_common.skc_net')."""

@@ -39,6 +39,7 @@ import time
 
 from kit import bpfstats, calibrate_offcpu, costs, features, insn, perfevent, render
 from kit import params as ptypes
+from kit.catalog import ParamSpec
 from kit.errors import BadInput, ExitCode, KitError, Unsupported
 
 DD_BYTES = 25_000  # short runs, many pairs: a crowded moment spoils fewer of them
@@ -178,10 +179,17 @@ for line in sys.stdin:
 """
 
 
+class _CalibScope:
+    """Stands in for a recipe with a --comm scope (the only scope calibration sets)."""
+    name = "calibrate"
+    params = {"comm": ParamSpec(name="comm", type="comm")}
+
+
 def program_text():
     comm = ptypes.TYPES["comm"]
-    lits = {"scope_tgid": "0", "scope_tid": "0", "scope_cgroup": "0ULL",
-            "scope_comm": comm.emit(NO_SUCH_COMM), "scope_comm_on": "1"}
+    # the prelude as a --comm run renders it (the workload is a main thread: its own name decides)
+    task = render.task_offsets({"comm": NO_SUCH_COMM})
+    lits = render.scope_literals(_CalibScope(), {"comm": NO_SUCH_COMM}, task)
     return (render.prelude(lits, who="calibrate") + f"#define WORKLOAD_COMM {comm.emit(WORKLOAD_COMM)}\n"
             + PROGRAMS)
 

@@ -101,12 +101,13 @@ class _Attached:
     """offcpu's own program, scoped to the ping-pong's comm, attached for a with-block."""
 
     def __enter__(self):
-        from kit import catalog, run
-        from kit.recipes import offcpu
-        self.ctx, text = run.prepare(catalog.load()["offcpu"], {"comm": COMM})
+        from kit import catalog, contract, run
+        recipe = catalog.load()["offcpu"]
+        self.hooks = contract.hooks_of(recipe)
+        self.ctx, text = run.prepare(recipe, {"comm": COMM})
         self.bpf = run.compile_program(text)
         try:
-            offcpu.attach(self.ctx, self.bpf)
+            self.hooks.attach(self.ctx, self.bpf)
         except BaseException:
             self.__exit__()
             raise
@@ -114,25 +115,26 @@ class _Attached:
 
     def __exit__(self, *exc):
         from kit import teardown
-        from kit.recipes import offcpu
         try:
-            offcpu.detach(self.ctx, self.bpf)
+            if self.hooks.detach:
+                self.hooks.detach(self.ctx, self.bpf)
         finally:
             teardown.detach_all(self.bpf)
-            offcpu.cleanup(self.ctx)
+            if self.hooks.cleanup:
+                self.hooks.cleanup(self.ctx)
 
     def _run_time(self, work):
         """(run_time_ns, run_cnt, events, filtered, seconds) of the program while work() runs."""
-        from kit import run
+        from kit import prelude
         w = bpfstats.Window(bpfstats.program_fds(self.bpf))
-        s0, t0 = run.read_stats(self.bpf), time.monotonic()
+        s0, t0 = prelude.read_stats(self.bpf), time.monotonic()
         if not w.start(t0):
             raise OSError("BPF_ENABLE_STATS refused")
         try:
             work()
         finally:
             w.stop(time.monotonic())
-        s1, t1 = run.read_stats(self.bpf), time.monotonic()
+        s1, t1 = prelude.read_stats(self.bpf), time.monotonic()
         r = w.result()
         return r["run_time_ns"], r["run_cnt"], s1["events"] - s0["events"], s1["filtered"] - s0["filtered"], t1 - t0
 

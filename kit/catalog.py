@@ -11,7 +11,7 @@ import re
 
 import yaml
 
-from kit import trust
+from kit import costs, features, trust
 from kit.errors import CatalogError
 from kit.params import TYPES, Duration
 
@@ -21,12 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CATALOG = os.path.join(ROOT, "incident_recipes.yaml")
 PROBES_DIR = os.path.join(ROOT, "probes")
 
-HOOK_TYPES = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "uprobe", "uretprobe",
-              "perf_event")
-COST_CLASSES = ("tracepoint_count", "tracepoint_hash", "tracepoint_stack", "uprobe_pair", "uprobe_pair_stack",
-                "uprobe_count", "tracepoint_pair", "uprobe_lock_cycle", "offcpu_block")
+HOOK_TYPES = features.HOOK_TYPES     # one list, defined where each type's availability is decided
+COST_CLASSES = tuple(costs.CLASSES)  # one list, defined where each class is priced
+OUTPUTS = ("table", "stacks", "histograms")
 TASK_SCOPES = {
-    "comm": dict(type="comm", help="process name, exactly as `ps -o comm` shows it (at most 15 bytes)"),
+    "comm": dict(type="comm", help="threads whose own name, or whose process's name (its main thread's: what "
+                 "`ps -o comm` shows), is exactly this (at most 15 bytes): every thread of a process, renamed or not"),
+    "thread_comm": dict(type="comm", help="threads whose own name is exactly this (`ps -L -o comm`, at most 15 "
+                        "bytes), whatever their process is named"),
     "pid": dict(type="pid", help="process id (all its threads)"),
     "tid": dict(type="tid", help="thread id"),
     "cgroup": dict(type="cgroup", help="cgroup v2 directory, e.g. system.slice/nginx.service"),
@@ -82,6 +84,23 @@ class Field:
     name: str
     unit: str = ""
     help: str = ""
+    source: str = ""   # `from`: key.MEMBER or val.MEMBER of the table map (default collector)
+    per: str = ""      # divide by this field's raw value (a mean)
+    decode: str = ""   # an allow-listed decoder (kit.contract.DECODERS)
+
+
+@dataclasses.dataclass
+class Table:
+    """Where the default collector reads rows: one BPF hash, one row per entry."""
+    map: str
+    sort: tuple = ()      # field names, '-' first for descending
+    nonzero: str = ""     # drop rows where this field is 0
+
+
+@dataclasses.dataclass
+class Histogram:
+    name: str             # shown as the histogram's title, and its key in the result
+    map: str              # a log2 BPF_HISTOGRAM (slot index, or a struct key with a `slot` member)
 
 
 @dataclasses.dataclass
@@ -109,6 +128,9 @@ class Recipe:
     template_path: str
     line: int
     source: str
+    module: str = ""          # path of the recipe's Python module (kit.contract.Hooks), or "" for none
+    table: Table = None       # rows by the default collector
+    histograms: list = dataclasses.field(default_factory=list)  # [Histogram], by the default collector
 
     @property
     def where(self):
@@ -238,7 +260,7 @@ def parse(text, source="<catalog>", probes_dir=PROBES_DIR):
 def _recipe(c, r, source, probes_dir):
     c.recipe = r.get("name") if isinstance(r, dict) and isinstance(r.get("name"), str) else None
     c.keys(r, ("name", "summary", "hooks", "duration", "guard", "output", "fields", "runbook", "example"),
-           ("params", "scopes", "next"))
+           ("params", "scopes", "next", "module", "table", "histograms"))
     name = c.typed(r, "name", str)
     if not NAME_RE.fullmatch(name):
         c.fail(r.lines["name"], f"recipe name {name!r} must be lower-case letters, digits and _")
@@ -250,6 +272,8 @@ def _recipe(c, r, source, probes_dir):
         if s not in TASK_SCOPES:
             c.fail(r.lines["scopes"], f"unknown scope {s!r}", f"task scopes are {', '.join(TASK_SCOPES)}")
         params[s] = ParamSpec(name=s, scope=True, task_scope=True, line=r.lines["scopes"], **TASK_SCOPES[s])
+    if ("comm" in scopes) != ("thread_comm" in scopes):  # one meaning of --comm everywhere, and its sibling
+        c.fail(r.lines["scopes"], "scopes comm and thread_comm go together", "list both, or neither")
     for pname, p in (c.typed(r, "params", dict, {}) or {}).items():
         if pname in params:
             c.fail(r.lines["params"], f"parameter {pname!r} is also a scope")
@@ -286,12 +310,18 @@ def _recipe(c, r, source, probes_dir):
     if guard.scope_required and not any(p.scope for p in params.values()):
         c.fail(g.line, "scope_required but the recipe declares no scope parameter")
     output = c.typed(r, "output", str)
-    if output not in ("table", "stacks", "histograms"):
-        c.fail(r.lines["output"], f"unknown output {output!r}", "one of table, stacks, histograms")
-    fields = []
-    for f in c.typed(r, "fields", list):
-        c.keys(f, ("name", "help"), ("unit",))
-        fields.append(Field(name=c.typed(f, "name", str), unit=c.typed(f, "unit", str, ""), help=c.typed(f, "help", str)))
+    if output not in OUTPUTS:
+        c.fail(r.lines["output"], f"unknown output {output!r}", f"one of {', '.join(OUTPUTS)}")
+    fields = _fields(c, r)
+    module = _module(c, r, os.path.dirname(os.path.abspath(probes_dir)))
+    table = _table(c, r, fields)
+    histograms = []
+    for h in c.typed(r, "histograms", list, []):
+        c.keys(h, ("name", "map"))
+        histograms.append(Histogram(name=c.typed(h, "name", str), map=c.typed(h, "map", str)))
+    if not module and output == "table" and table is None:
+        c.fail(r.line, "a table recipe without a module needs table: {map: ...} for the default collector",
+               "name the BPF map its rows come from, or give module: with a collect step")
     template = os.path.join(probes_dir, f"{name}.c")
     if not os.path.isfile(template):
         c.fail(r.line, f"missing template probes/{name}.c", "every recipe needs probes/<name>.c")
@@ -299,7 +329,64 @@ def _recipe(c, r, source, probes_dir):
     return Recipe(name=name, summary=summary, hooks=hooks, params=params, duration_default=ddef, duration_max=dmax,
                   guard=guard, output=output, fields=fields, runbook=c.typed(r, "runbook", str),
                   next=c.typed(r, "next", list, []), example=c.typed(r, "example", str), template_path=template,
-                  line=r.line, source=source)
+                  line=r.line, source=source, module=module, table=table, histograms=histograms)
+
+
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _fields(c, r):
+    from kit.contract import DECODERS
+    fields = []
+    for f in c.typed(r, "fields", list):
+        c.keys(f, ("name", "help"), ("unit", "from", "per", "decode"))
+        field = Field(name=c.typed(f, "name", str), unit=c.typed(f, "unit", str, ""), help=c.typed(f, "help", str),
+                      source=c.typed(f, "from", str, ""), per=c.typed(f, "per", str, ""),
+                      decode=c.typed(f, "decode", str, ""))
+        if field.source:
+            side, dot, member = field.source.partition(".")
+            if side not in ("key", "val") or not (IDENT_RE.fullmatch(member) or (not dot and side == "val")):
+                c.fail(f.lines["from"], f"field {field.name!r}: from {field.source!r} must be key.MEMBER, "
+                       "val.MEMBER or val (a scalar value)")
+        if field.decode and field.decode not in DECODERS:
+            c.fail(f.lines["decode"], f"field {field.name!r}: unknown decode {field.decode!r}",
+                   f"one of {', '.join(DECODERS)}")
+        fields.append(field)
+    names = {f.name for f in fields}
+    for f in fields:
+        if f.per and f.per not in names:
+            c.fail(r.lines["fields"], f"field {f.name!r}: per {f.per!r} names no field")
+    return fields
+
+
+def _module(c, r, base):
+    """module: is relative to the catalog's folder (the parent of its probes/)."""
+    rel = c.typed(r, "module", str, "")
+    if not rel:
+        return ""
+    path = os.path.normpath(os.path.join(base, rel))
+    if not rel.endswith(".py") or not os.path.isfile(path):
+        c.fail(r.lines["module"], f"module {rel!r} is not a Python file beside the catalog",
+               "give the path of the recipe's module relative to the catalog, e.g. kit/recipes/NAME.py")
+    trust.check(path, "recipe module")
+    return path
+
+
+def _table(c, r, fields):
+    t = c.typed(r, "table", dict, None)
+    if t is None:
+        return None
+    c.keys(t, ("map",), ("sort", "nonzero"))
+    names = {f.name for f in fields}
+    table = Table(map=c.typed(t, "map", str), sort=tuple(c.typed(t, "sort", list, [])),
+                  nonzero=c.typed(t, "nonzero", str, ""))
+    for s in table.sort + ((table.nonzero,) if table.nonzero else ()):
+        if s.lstrip("-") not in names:
+            c.fail(t.line, f"table: {s!r} names no field")
+    if not all(f.source for f in fields):
+        missing = ", ".join(f.name for f in fields if not f.source)
+        c.fail(r.lines["fields"], f"fields without from: {missing}", "the default collector needs from: on every field")
+    return table
 
 
 def _hooks(c, r, params):

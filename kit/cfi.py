@@ -187,6 +187,19 @@ class EhFrame:
         self._cies[addr] = c
         return c
 
+    def function_start(self, pc):
+        """Where the function covering ELF virtual address pc starts, by its FDE; None if none covers it.
+        Names a function no symbol table lists (an unexported one in a stripped library)."""
+        k = bisect.bisect_right(self.starts, pc) - 1
+        if k < 0:
+            return None
+        d, body, _length, ident = self._entry(self.fdes[k])
+        cie = self._cie(body + self.eh_addr - ident)
+        i = body + 4
+        start, i = _ptr(d, i, cie.fde_enc, self.eh_addr + i)
+        size, i = _ptr(d, i, cie.fde_enc & 0x0F, 0)
+        return start if start <= pc < start + size else None
+
     def row(self, pc):
         """The unwind Row in effect at ELF virtual address pc, or None if no FDE covers it."""
         k = bisect.bisect_right(self.starts, pc) - 1

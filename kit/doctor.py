@@ -172,6 +172,18 @@ def main(out, catalog_path=None):
     except KitError as e:
         recipes = None
         out.write(f"catalog: {e.line()}\n")
-    rows = report(recipes)
-    out.write(tabulate([(k, "ok" if ok else "NO", v) for k, v, ok in rows], headers=["check", "", "detail"]) + "\n")
+    out.write(render(report(recipes)))
     return ExitCode.OK
+
+
+WIDTH = 100
+
+
+def render(rows, width=WIDTH):
+    """The report as a table that fits `width` columns: a long detail wraps under itself."""
+    import textwrap
+    check_w = max([len("check")] + [len(k) for k, _v, _ok in rows])
+    detail_w = max(width - check_w - (len("status") + 2) - 4, 30)  # tabulate pads a heading by 2
+    body = [(k, "ok" if ok else "NO", "\n".join(textwrap.wrap(str(v), detail_w, break_on_hyphens=False)) or "-")
+            for k, v, ok in rows]
+    return tabulate(body, headers=["check", "status", "detail"], disable_numparse=True) + "\n"

@@ -25,7 +25,8 @@ from kit.errors import BadInput
 
 ET_EXEC, ET_DYN = 2, 3
 EM_386, EM_X86_64 = 3, 62
-SHT_SYMTAB, SHT_DYNSYM, SHT_GNU_VERSYM = 2, 11, 0x6FFFFFFF
+SHT_SYMTAB, SHT_NOTE, SHT_DYNSYM, SHT_GNU_VERSYM = 2, 7, 11, 0x6FFFFFFF
+NT_GNU_BUILD_ID = 3
 PT_LOAD = 1
 STT_FUNC, STT_GNU_IFUNC = 2, 10
 SHN_UNDEF, SHN_LORESERVE = 0, 0xFF00
@@ -206,6 +207,29 @@ class Elf:
         """n bytes at ELF virtual address addr (ElfError if they are not in the file)."""
         return self._bytes(self.file_offset(addr), n)
 
+    def build_id(self):
+        """The GNU build id as hex (what names the file's separate debug symbols), or None."""
+        sec = self.section(".note.gnu.build-id")
+        if sec is None or sec.type != SHT_NOTE:
+            return None
+        data, i = self.section_data(sec), 0
+        while i + 12 <= len(data):
+            namesz, descsz, ntype = struct.unpack_from(self.end + "III", data, i)
+            name_at = i + 12
+            desc_at = name_at + (namesz + 3) // 4 * 4
+            if ntype == NT_GNU_BUILD_ID and data[name_at:name_at + namesz] == b"GNU\0":
+                return data[desc_at:desc_at + descsz].hex() or None
+            i = desc_at + (descsz + 3) // 4 * 4
+        return None
+
+    def debuglink(self):
+        """The file name .gnu_debuglink gives for the separate debug symbols, or None."""
+        sec = self.section(".gnu_debuglink")
+        if sec is None or not sec.size:
+            return None
+        name = self.section_data(sec).split(b"\0", 1)[0]
+        return os.fsdecode(name) if name and b"/" not in name else None
+
     # --- symbols ------------------------------------------------------------
     def _symbol_tables(self):
         """(table name, section) of .symtab then .dynsym: the fuller table first."""
@@ -263,7 +287,8 @@ class Elf:
         """Every defined function as a Functions table (built once per Elf).
 
         Where several names share an address (aliases), the one with the
-        largest size wins, then the first seen (.symtab before .dynsym).
+        largest size wins, then the shortest (glibc's public `write` over its
+        internal `__write` and `__GI___write`), then the first seen.
         """
         if self._functions is not None:
             return self._functions
@@ -274,10 +299,11 @@ class Elf:
             for _i, st_name, value, size, info, shndx in self._entries(sec):
                 if not self._defined_function(value, info, shndx):
                     continue
-                if value not in best or best[value][0] < size:
-                    end = strs.find(b"\0", st_name)
-                    name = strs[st_name:end if end >= 0 else len(strs)].decode("utf-8", "replace")
-                    best[value] = (size, name.split("@")[0], shndx)
+                end = strs.find(b"\0", st_name)
+                name = strs[st_name:end if end >= 0 else len(strs)].decode("utf-8", "replace").split("@")[0]
+                if value not in best or best[value][0] < size or \
+                        (best[value][0] == size and len(name) < len(best[value][1])):
+                    best[value] = (size, name, shndx)
         addrs = sorted(best)
         entries = []
         for k, addr in enumerate(addrs):

@@ -13,6 +13,7 @@ class ExitCode(enum.IntEnum):
     UNSUPPORTED = 5       # the kernel or privileges lack what the recipe needs
     COMPILE = 6           # BCC could not compile, or the verifier rejected the program
     BREAKER = 7           # the guardrail stopped a running probe for overhead
+    FLEET_PARTIAL = 8     # kit fleet run: some host refused, failed, was unreachable or stopped early
     INTERRUPTED = 130     # Ctrl-C (results are still printed)
     TERMINATED = 143      # SIGTERM (results are still printed)
 
@@ -20,14 +21,19 @@ class ExitCode(enum.IntEnum):
 class KitError(Exception):
     code = ExitCode.INTERNAL
 
-    def __init__(self, message, hint=None):
+    def __init__(self, message, hint=None, details=()):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = list(details)  # lines under the error (a refusal's ready-to-paste ways out)
 
     def line(self):
         """One printable line: user text quoted in a message cannot break it or drive the terminal."""
         return printable(f"{self.message}" + (f" — {self.hint}" if self.hint else ""))
+
+    def lines(self):
+        """The line, then each detail line on its own, each printable."""
+        return [self.line()] + [printable(d) for d in self.details]
 
 
 def printable(text):

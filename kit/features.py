@@ -11,6 +11,11 @@ import re
 
 from kit.errors import Unsupported
 
+# Every hook type a catalog may name, in one place: hook_problem() below says whether each works here.
+HOOK_TYPES = ("raw_tracepoint", "tracepoint", "kprobe", "kretprobe", "fentry", "fexit", "uprobe", "uretprobe",
+              "perf_event")
+UPROBE_TYPES = ("uprobe", "uretprobe")   # planned and attached by kit.uprobes
+
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CAPS = {"CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_SYS_ADMIN": 21, "CAP_PERFMON": 38, "CAP_BPF": 39}
 

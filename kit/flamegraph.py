@@ -10,6 +10,8 @@ small; a click on a frame zooms to it (a few lines of inline script).
 import html
 import zlib
 
+from kit.output import duration
+
 WIDTH = 1200
 FRAME_H = 16
 PAD_TOP = 40
@@ -87,14 +89,16 @@ def _fit(name, width):
     return name if len(name) <= n else name[: n - 2] + ".."
 
 
-def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
-    """SVG text for stack rows (see kit.stacks): comm, user frames, kernel frames from the root up."""
+def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us", by_host=False):
+    """SVG text for stack rows (see kit.stacks): comm, user frames, kernel frames from the root up
+    (with by_host, each row's host below its comm: kit merge --by-host)."""
     folded = []
     for r in rows:
         user = list(reversed(r.get("user_stack") or []))
         kern = list(reversed(r.get("kernel_stack") or []))
-        frames = [r.get("comm") or "?"] + user + kern
-        kinds = ["comm"] + ["user"] * len(user) + ["kernel"] * len(kern)
+        host = [r.get("host") or "?"] if by_host else []
+        frames = host + [r.get("comm") or "?"] + user + kern
+        kinds = ["comm"] * len(host) + ["comm"] + ["user"] * len(user) + ["kernel"] * len(kern)
         v = int(r.get(value) or 0)
         if v > 0:
             folded.append((frames, v, kinds))
@@ -110,7 +114,7 @@ def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
            f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="rgb(248,248,240)"/>',
            f'<text x="{WIDTH / 2}" y="24" text-anchor="middle" font-size="17">{html.escape(title)}</text>',
            f'<text x="{PAD_SIDE}" y="{height - 10}" onclick="unzoom()" style="cursor:pointer">'
-           f'{html.escape(f"total {total} {unit}; click a frame to zoom, here to reset")}</text>']
+           f'{html.escape(f"total {duration(total, unit)}; click a frame to zoom, here to reset")}</text>']
 
     def emit(node, x, level):
         w = node.value * scale
@@ -118,7 +122,7 @@ def render(rows, title="Off-CPU time flame graph", value="total_us", unit="us"):
             return
         y = height - PAD_BOTTOM - (level + 1) * FRAME_H
         pct = 100.0 * node.value / total
-        tip = f"{node.name} ({node.value} {unit}, {pct:.2f}%)"
+        tip = f"{node.name} ({duration(node.value, unit)}, {pct:.2f}%)"
         name = html.escape(node.name)
         out.append(f'<g class="f" onclick="zoom(this)" style="cursor:pointer"><title>{html.escape(tip)}</title>'
                    f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{FRAME_H - 1}" data-x="{x:.2f}" '

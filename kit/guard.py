@@ -10,7 +10,8 @@ calibration or the recipe's cost class (kit/costs.py). The sum runs per
 thread: a CPU-bound thread cannot pay on top of a whole CPU, it slows down,
 and is priced that way (thread_cost). A run is refused when
 the projection exceeds the budget, or when a hot-path recipe has no scope;
-the refusal names the busiest comms on that hook as ready-to-paste commands.
+the refusal names the busiest comms on that hook as ready-to-paste commands
+(kit/suggest.py).
 --force overrides a refusal (a warning, and `forced` in the result); it does
 not switch off the breaker: --budget says what the user will pay.
 
@@ -25,11 +26,10 @@ BREAKER_S seconds in a row trips the breaker.
 
 import dataclasses
 import os
-import shlex
 import time
 import weakref
 
-from kit import blockshape, bpfstats, calibrate_offcpu, costs, insn, perfevent, rate
+from kit import blockshape, bpfstats, calibrate_offcpu, costs, insn, perfevent, prelude, rate
 from kit.errors import Refused, Unsupported
 
 DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
@@ -39,7 +39,6 @@ STATS_MIN_EVENTS = 5000  # ...and until this many events were counted (a quiet w
 STATS_MIN_IN_SCOPE = 200  # in-scope events enough to put the body time beyond the filter's on them
 STATS_MAX_S = 10.0     # but never longer than this: while on, every BPF program on the box pays for them
 RUN_SCALE_SLACK = 1.25  # kernel runs / counted runs above this: kit's counters undercount
-SUGGESTIONS = 3
 
 
 def ncpu():
@@ -137,7 +136,7 @@ def attached_per_process(ctx):
     """True when every uprobe goes into the scoped processes only (kit/uprobes.py plans a hot-path
     recipe per process): the kernel installs the breakpoint in those processes, so the others'
     calls never trap and cost nothing to filter."""
-    planned = ctx.state.get("uprobes")
+    planned = ctx.planned_uprobes
     return bool(planned) and all(p.pid > 0 for p in planned)
 
 
@@ -198,58 +197,6 @@ def _fmt_rate(v):
     return f"{v:.0f}/s"
 
 
-def _arg_text(spec, v):
-    if spec.type == "flag":
-        return [f"--{spec.flag}"] if v else []
-    if spec.type == "duration":
-        return [f"--{spec.flag}", f"{v:g}s"]
-    return [f"--{spec.flag}", str(v)]
-
-
-def command(ctx, opts, scope_flag, scope_value):
-    """A ready-to-paste `kit run` line: the user's own arguments, with the scope replaced."""
-    words = ["kit", "run", ctx.recipe.name]
-    for spec in ctx.recipe.params.values():
-        v = ctx.values.get(spec.name)
-        if v is None or spec.scope:
-            continue
-        words += _arg_text(spec, v)
-    words += [f"--{scope_flag}", str(scope_value)]
-    if opts.duration != ctx.recipe.duration_default:
-        words += ["--for", f"{opts.duration:g}s"]
-    if getattr(opts, "budget", None) is not None:
-        words += ["--budget", f"{opts.budget:g}"]
-    if getattr(opts, "hook", None):
-        words += ["--hook", opts.hook]
-    if getattr(opts, "json", False):
-        words.append("--json")
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def suggestions(ctx, opts, est):
-    """[{command, events_per_s, cpu_pct, fits}] for the busiest comms (or pids) on the hook."""
-    r, c = est.rate, est.costs
-    if r is None:
-        return []
-    params = ctx.recipe.params
-    out = []
-    me = os.getpid()
-    if "comm" in params:
-        cands = [(t.comm, t.rate, lambda th, comm=t.comm: th.comm == comm)
-                 for t in r.by_comm if t.comm != "?" and me not in t.pids]
-        flag = "comm"
-    elif "pid" in params:
-        cands = [(p, rt, lambda th, pid=p: th.pid == pid) for p, _comm, rt in r.by_pid if p != me]
-        flag = "pid"
-    else:
-        return []
-    for value, rt, inside in cands[:SUGGESTIONS]:
-        pct = sum(project(r, c, in_scope=inside))
-        out.append({"command": command(ctx, opts, flag, value), "events_per_s": round(rt, 1),
-                    "cpu_pct": round(pct, 3), "fits": pct <= est["budget_pct"]})
-    return out
-
-
 def _why(ctx, est):
     c = est.costs
     if est.rate is None:
@@ -276,26 +223,6 @@ def verdict(ctx, est):
     return None
 
 
-def _hint(sugg, est=None):
-    lines = []
-    floor = (est or {}).get("filtered_pct") if est and est["scoped"] else None
-    if floor is not None and floor > est["budget_pct"]:
-        busiest = ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}" for t in est.get("busiest_comms", [])[:2])
-        lines.append(f"even filtered out, this hook's events cost ~{_pct(floor)} ({busiest}): no scope fits a "
-                     f"{est['budget_pct']:g}% budget while they last; raise --budget above {floor:.2g}, "
-                     "or wait for the hook to quieten, or --force (recorded in the result)")
-        return "\n".join(lines)
-    if sugg:
-        lines.append("scope it to one of the busiest on that hook:")
-        for s in sugg:
-            fit = "" if s["fits"] else ", over budget: add --budget or pick a quieter scope"
-            lines.append(f"  {s['command']}    # {_fmt_rate(s['events_per_s'])}, ~{_pct(s['cpu_pct'])} of CPU{fit}")
-        lines.append("or raise --budget, or --force to run anyway (recorded in the result)")
-    else:
-        lines.append("narrow the scope, raise --budget, or --force to run anyway (recorded in the result)")
-    return "\n".join(lines)
-
-
 def check_before(ctx, opts, err):
     """The pre-attach estimate; raises Refused unless --force (or --dry-run, which reports the verdict)."""
     if ctx.recipe.guard.cost_class == "offcpu_block" and not getattr(opts, "dry_run", False):
@@ -310,12 +237,13 @@ def check_before(ctx, opts, err):
     if why is None:
         est["verdict"] = "accept"
         return est
-    sugg = suggestions(ctx, opts, est)
-    est.update(verdict="refuse", reason=why, suggestions=sugg)
+    from kit import suggest
+    sugg, kthreads = suggest.suggestions(ctx, opts, est)
+    est.update(verdict="refuse", reason=why, suggestions=sugg, kernel_threads=kthreads)
     if getattr(opts, "dry_run", False):
         return est
     if not opts.force:
-        raise Refused(why, _hint(sugg, est))
+        raise Refused(why, details=suggest.render(est))
     est["verdict"] = "forced"
     err.write(f"kit: warning: running despite the guardrail because of --force: {why}\n")
     return est
@@ -343,11 +271,12 @@ def format_estimate(result):
                      f"(in scope {est['in_scope_pct']:.3f}%, filtered {est['filtered_pct']:.3f}%), "
                      f"budget {est['budget_pct']:g}%")
     if est.get("busiest_comms"):
-        lines.append("  busiest: " + ", ".join(f"{t['comm']} {_fmt_rate(t['events_per_s'])}"
-                                               for t in est["busiest_comms"]))
+        from kit import suggest
+        lines.append("  busiest: " + suggest.busiest_text(est["busiest_comms"]))
     if est.get("verdict") == "refuse":
         lines.append(f"  verdict: refused: {est['reason']}")
-        lines += ["  " + line for line in _hint(est.get("suggestions"), est).splitlines()]
+        from kit import suggest
+        lines += ["  " + line for line in suggest.render(est)]
     else:
         lines.append("  verdict: would attach")
     return "\n".join(lines) + "\n"
@@ -358,8 +287,7 @@ class Meter:
 
     def __init__(self, ctx, opts, bpf, est, clock=time.monotonic, read=None, kernel_check=True):
         if read is None:
-            from kit.run import read_stats
-            read = lambda: read_stats(bpf)  # noqa: E731
+            read = lambda: prelude.read_stats(bpf)  # noqa: E731
         self._read = read
         self.ctx, self.bpf, self.est, self.clock = ctx, bpf, est, clock
         self.budget = budget_of(opts)

@@ -17,6 +17,11 @@ its stack window once; this module computes the hints from that window and
 the process's mapped files. Before kit shows a recovered chain it checks it
 again against the real CFI of each site, so a fingerprint collision can cost
 a frame but never invent one.
+
+A program built without frame pointers has no such frame to stop at: there
+the walk keeps the frames the unwind tables gave, up to MAX_HIDDEN, and
+says nothing above them (the kernel's walk followed rbp, which such code
+uses as an ordinary register). learn() tells the two apart: complete or not.
 """
 
 from kit import cfi as cfimod
@@ -99,22 +104,24 @@ class Learner:
 
     def learn(self, tgid, ip, sp, words):
         """Compute hints for every site on the chain from a syscall at ip, using the stack window.
-        Returns the frames the frame-pointer walk skipped for this very stack, or None if the
-        chain could not be followed to a frame-pointer frame."""
+        Returns (frames the frame-pointer walk skipped for this very stack, complete): complete when
+        the chain reached a frame-pointer frame, so the kernel's walk goes on correctly above it; not
+        when the unwind tables alone gave the frames (as the kernel's walk does, UNW_CFI). None if
+        the chain could not be followed at all."""
         img = self.sym.covering(tgid, ip)  # the block is in progress: the process is alive to re-read
         if img is None:
             return None
         addr, cur, chain = ip, sp, []
-        for _ in range(MAX_HIDDEN + 1):
+        for i in range(MAX_HIDDEN + 1):
             s = self.site(img, addr)
             if s is None:
                 return None
             fp, _code, (off, flags) = s
             self._install(fp, (off, flags))
             if flags & HINT_TERMINAL:
-                return chain
-            if flags & HINT_STOP:
-                return None
+                return chain, True
+            if flags & HINT_STOP or i == MAX_HIDDEN:
+                return (chain, False) if chain else None
             idx = (cur + off - 8 - sp) // 8
             if idx >= len(words):
                 return None
@@ -127,8 +134,10 @@ class Learner:
         out, self.pending = self.pending, {}
         return out
 
-    def verify(self, img, ip, hidden):
-        """True if a chain the kernel recovered agrees with the real CFI of every site on it."""
+    def verify(self, img, ip, hidden, complete=True):
+        """True if a chain the kernel recovered agrees with the real CFI of every site on it.
+        complete: it ends at a frame-pointer frame; else (UNW_CFI) the last frame is only a return
+        address the previous site's rule found, whatever its own rule."""
         if img is None or not hidden:
             return False
         s = self.site(img, ip)
@@ -142,9 +151,12 @@ class Learner:
             fp, code8, value = s
             if i > 0 and not _after_call(code8):
                 return False
+            last = i == len(chain) - 1
+            if not complete and last:
+                return True
             if self.values.get(fp) != {value}:
                 return False
             terminal = bool(value[1] & HINT_TERMINAL)
-            if terminal != (i == len(chain) - 1) or value[1] & HINT_STOP:
+            if terminal != (complete and last) or value[1] & HINT_STOP:
                 return False
         return True

@@ -7,6 +7,47 @@ from tabulate import tabulate
 from kit.errors import printable
 
 
+TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def duration(value, unit="us"):
+    """A time given in `unit` as fixed-point text in the unit that reads best: 4.89 s, 12.3 ms, 850 µs."""
+    if value is None:
+        return ""
+    if not value:
+        return "0"
+    secs = float(value) * TIME_UNITS[unit]
+    if secs >= 1.0:
+        return f"{secs:.2f} s"
+    if secs >= 1e-3:
+        return f"{secs * 1e3:.1f} ms"
+    us = secs * 1e6
+    return f"{us:.1f} µs" if us >= 1 else f"{us:.2f} µs"
+
+
+def heading(field):
+    """A column's heading: the field's name, its unit said once (total_ms -> total, its cells say ms)."""
+    if field.unit in TIME_UNITS:
+        return field.name[: -len(field.unit) - 1] if field.name.endswith("_" + field.unit) else field.name
+    return f"{field.name} ({field.unit})" if field.unit else field.name
+
+
+def cell(field, v):
+    """One table cell through its catalog field: times in human units, other numbers fixed-point."""
+    if field.unit in TIME_UNITS and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return duration(v, field.unit)
+    return _cell(v)
+
+
+def table(fields, rows):
+    """Rows as an aligned text table, numbers and times right-aligned."""
+    body = [[cell(f, r.get(f.name)) for f in fields] for r in rows]
+    align = ["right" if all(isinstance(r.get(f.name), (int, float)) or r.get(f.name) is None for r in rows)
+             else "left" for f in fields]
+    return tabulate(body, headers=[heading(f) for f in fields], tablefmt="simple", colalign=align,
+                    disable_numparse=True)
+
+
 def to_json(result, stream):
     json.dump(result, stream, default=str, sort_keys=False)
     stream.write("\n")
@@ -29,15 +70,12 @@ def human(result, recipe, stream, top=20):
     w(f"{recipe.name}: {recipe.summary}\n")
     w(f"hook {result['hook']} | {result['duration_s']:.1f}s | scope "
       f"{', '.join(f'{k}={v}' for k, v in result['scope'].items()) or 'none'}\n\n")
-    cols = [f.name for f in recipe.fields]
     rows = result.get("rows") or []
     if recipe.output == "stacks":
         from kit import stacks
         w(stacks.human_text(result, top=top // 2, value=result.get("stack_value", "total_us")))
-    elif rows and recipe.output == "table":
-        heads = [f"{f.name} ({f.unit})" if f.unit else f.name for f in recipe.fields]
-        body = [[_cell(r.get(c)) for c in cols] for r in rows[:top]]
-        w(tabulate(body, headers=heads, tablefmt="simple") + "\n")
+    elif rows and recipe.output in ("table", "histograms"):
+        w(table(recipe.fields, rows[:top]) + "\n")
         if len(rows) > top:
             w(f"... {len(rows) - top} more rows (use --json for all)\n")
     elif recipe.output != "histograms":
@@ -81,7 +119,9 @@ def _cell(v):
         return printable(";".join(map(str, v)))
     if isinstance(v, str):
         return printable(v)
-    return "" if v is None else v
+    if isinstance(v, float):
+        return f"{v:.2f}".rstrip("0").rstrip(".") if abs(v) < 1e15 else f"{v:.0f}"
+    return "" if v is None else str(v)
 
 
 def folded(result, stream):

@@ -116,26 +116,29 @@ class Tid(Pid):
 
 
 class Comm(ParamType):
-    """A process name as the kernel stores it: at most 15 bytes, matched
+    """A task name as the kernel stores it: at most 15 bytes, matched
     exactly. Emitted as a 16-byte initializer so the program compares two
-    64-bit words instead of looping over characters."""
+    64-bit words instead of looping over characters. (Which names a scope
+    compares it with, thread's or process's, is the prelude's rule.)"""
     name = "comm"
 
     def parse(self, text, spec):
         s = str(text)
+        flag = f"--{spec.flag}"
+        shown = "`ps -L -o comm`" if spec.name == "thread_comm" else "`ps -o comm`"
         try:
             raw = s.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
-            raise BadInput("--comm is not valid text", "give the name as `ps -o comm` shows it") from None
+            raise BadInput(f"{flag} is not valid text", f"give the name as {shown} shows it") from None
         if not raw:
-            raise BadInput("--comm is empty", "give the process name as `ps -o comm` shows it")
+            raise BadInput(f"{flag} is empty", f"give the name as {shown} shows it")
         if len(raw) > COMM_LEN:
             raise BadInput(
-                f"--comm {s[:40]!r} is {len(raw)} bytes; the kernel truncates comm to {COMM_LEN}",
-                f"use the truncated name --comm {raw[:COMM_LEN].decode('utf-8', 'replace')!r}"
-                " (as `ps -o comm` shows it) or scope by --pid")
+                f"{flag} {s[:40]!r} is {len(raw)} bytes; the kernel truncates comm to {COMM_LEN}",
+                f"use the truncated name {flag} {raw[:COMM_LEN].decode('utf-8', 'replace')!r}"
+                f" (as {shown} shows it) or scope by --pid")
         if any(b < 0x20 or b == 0x7F for b in raw):
-            raise BadInput("--comm contains control characters or NUL", "give the name as `ps -o comm` shows it")
+            raise BadInput(f"{flag} contains control characters or NUL", f"give the name as {shown} shows it")
         return s
 
     def emit(self, value):
@@ -303,6 +306,59 @@ class Cgroup(ParamType):
         return f"{int(value)}ULL"
 
 
+class Disk(ParamType):
+    """A block device by name (loop0, /dev/nvme0n1) or MAJ:MIN, as the kernel's internal dev_t
+    (major << 20 | minor), which is what block tracepoints carry (not the userspace makedev)."""
+    name = "disk"
+    FIX = "give a name from `lsblk -d -o NAME` (e.g. sda, nvme0n1, loop0) or MAJ:MIN from /sys/block/NAME/dev"
+
+    def parse(self, text, spec):
+        s = str(text).strip()
+        m = re.fullmatch(r"([0-9]{1,4}):([0-9]{1,7})", s)
+        if m:
+            major, minor = int(m.group(1)), int(m.group(2))
+            if major >= 1 << 12 or minor >= 1 << 20:
+                raise BadInput(f"--{spec.flag} {s!r} is out of range (major < 4096, minor < 1048576)", self.FIX)
+            return DiskId(major << 20 | minor, s)
+        name = s[5:] if s.startswith("/dev/") else s
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}", name):
+            raise BadInput(f"--{spec.flag} {s[:40]!r} is not a block device name", self.FIX)
+        try:
+            with open(f"/sys/class/block/{name}/dev") as f:
+                major, minor = (int(x) for x in f.read().strip().split(":"))
+        except (OSError, ValueError):
+            raise BadInput(f"--{spec.flag} {name!r}: no such block device", self.FIX) from None
+        return DiskId(major << 20 | minor, name)
+
+    def emit(self, value):
+        return f"{int(value)}U"
+
+
+class DiskId(int):
+    """A kernel dev_t that shows as the device's name (in a run's scope line and JSON params)."""
+
+    def __new__(cls, dev, name):
+        obj = super().__new__(cls, dev)
+        obj.name = name
+        return obj
+
+    def __str__(self):
+        return self.name
+
+
+def disk_name(dev):
+    """The name of a kernel dev_t (major << 20 | minor), or MAJ:MIN when it has none."""
+    major, minor = dev >> 20, dev & ((1 << 20) - 1)
+    try:
+        with open(f"/sys/dev/block/{major}:{minor}/uevent") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return line.split("=", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{major}:{minor}"
+
+
 class Binary(ParamType):
     """An ELF file to attach uprobes to. Used by kit, never written into C."""
     name = "binary"
@@ -429,7 +485,7 @@ def open_output(path):
     return os.fdopen(fd, "w")
 
 
-TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup,
+TYPES = {t.name: t() for t in (Integer, Pid, Tid, Comm, Duration, Micros, Port, IPAddr, Netns, Cgroup, Disk,
                                 Binary, Symbol, Enum, Flag, OutPath, Hostname)}
 
 

@@ -12,8 +12,9 @@ Three short phases on per-CPU perf events (kit/perfevent.py), no BPF:
    their state.
 Counts are exact; samples, weighted by their CPU's count, say who the events
 belong to: the share in scope (matched the way kit_prelude.h matches: pid
-is the tgid, comm the thread's name, cgroup the thread's cgroup id) and the
-busiest comms and processes for the guardrail's suggestions. A CPU-bound
+is the tgid, --comm the thread's own name or its process's (main thread's)
+name, --thread-comm the thread's own name, cgroup the thread's cgroup id) and
+the busiest names and processes for the guardrail's suggestions. A CPU-bound
 thread (one that wants a whole CPU, running or waiting) cannot pay for a
 probe on top, it slows down instead, and the guardrail prices it that way.
 Such a thread was also slowed by the perf event itself while it was
@@ -81,6 +82,11 @@ class Thread:
     busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
     measured_rate: float = None  # before undoing the measurement's own slowdown
     cpus: tuple = ()          # the CPUs its samples came from
+    pcomm: str = None         # its process's (main thread's) name; None: the same as comm
+
+    def named(self, name):
+        """Does --comm NAME take this thread? (kit_prelude.h: its own name, or its process's)"""
+        return name == self.comm or name == (self.pcomm or self.comm)
 
 
 @dataclasses.dataclass
@@ -110,14 +116,17 @@ class Rate:
 
     @property
     def by_comm(self):
+        """[Task] per name, busiest first: the events/s `--comm NAME` would admit. A renamed thread counts
+        under its own name and under its process's, so a process's name sums all its threads."""
         comms = {}
         for t in self.threads:
             if t.pid == 0:
                 continue  # the idle task: nothing to scope to
-            task = comms.setdefault(t.comm, Task(t.comm, 0.0, []))
-            task.rate += t.rate
-            if t.pid not in task.pids:
-                task.pids.append(t.pid)
+            for name in dict.fromkeys((t.comm, t.pcomm or t.comm)):
+                task = comms.setdefault(name, Task(name, 0.0, []))
+                task.rate += t.rate
+                if t.pid not in task.pids:
+                    task.pids.append(t.pid)
         return sorted(comms.values(), key=lambda t: -t.rate)
 
     @property
@@ -136,7 +145,8 @@ class Rate:
             "scope_measured": self.scope_measured, "samples": self.samples,
             "busiest_comms": [{"comm": t.comm, "events_per_s": round(t.rate, 1), "pids": t.pids[:5]}
                               for t in self.by_comm[:top]],
-            "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "events_per_s": round(t.rate, 1),
+            "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "process_comm": t.pcomm or t.comm,
+                                 "events_per_s": round(t.rate, 1),
                                  "while_counted_per_s": None if t.measured_rate is None else round(t.measured_rate, 1),
                                  "cpu_util": None if t.util is None else round(t.util, 3), "cpu_bound": t.busy,
                                  "in_scope": t.in_scope}
@@ -171,7 +181,7 @@ def rate_hook(ctx):
 
 def uprobe_target(ctx, attach):
     """(binary path, symbol) of one uprobe attach point, from the run's values."""
-    binary = ctx.state.get("binary") or ctx.value(ctx.hook.binary)
+    binary = ctx.value(ctx.hook.binary)
     sym = attach.symbol
     symbol = sym[1:] if sym.startswith("=") else ctx.value(sym)
     return binary, symbol
@@ -189,7 +199,7 @@ def resolve(binary, symbol):
 
 
 def _uprobe_hook(ctx, rh):
-    planned = ctx.state.get("uprobes")  # kit/uprobes.plan: every attach point resolved to a file and offset
+    planned = ctx.planned_uprobes  # kit/uprobes.plan: every attach point resolved to a file and offset
     if planned:
         chosen = next((p for p in planned if rh in (p.fn, p.symbol)), planned[0])
         # The same file offset in every process (per-pid probes share it); a perf uprobe event
@@ -209,27 +219,29 @@ def _uprobe_hook(ctx, rh):
     return RateHook("uprobe", f"{path}:{symbol}", path=path, offset=offset)
 
 
-def scope_matcher(recipe, values, comm_of_process=False):
+def scope_matcher(recipe, values, process_names=True):
     """(match(pid, tid) -> bool, measurable) for the run's task scopes; None when unscoped.
-    comm_of_process: --comm also takes every thread of a process whose main thread has that name
-    (offcpu's template does, for worker threads that renamed themselves)."""
+    process_names: --comm also takes a thread by its process's name (False: the kernel reads no such name)."""
     set_scopes = {p.name: values.get(p.name) for p in recipe.scope_params() if values.get(p.name) is not None}
     if not set_scopes:
         return None, True
     if any(not recipe.params[n].task_scope for n in set_scopes):
         return None, False  # e.g. a port or a netns: not knowable from who triggered the event
-    comm, pid, tid, cgroup = (set_scopes.get(k) for k in ("comm", "pid", "tid", "cgroup"))
-    want_comm = comm.encode("utf-8", "surrogateescape")[:15] if comm is not None else None
+    comm, thread_comm, pid, tid, cgroup = (set_scopes.get(k) for k in ("comm", "thread_comm", "pid", "tid", "cgroup"))
 
     def match(p, t):
         if pid is not None and p != pid:
             return False
         if tid is not None and t != tid:
             return False
-        if want_comm is not None and _thread_comm(p, t).encode("utf-8", "surrogateescape") != want_comm and not (
-                comm_of_process and _thread_comm(p, p).encode("utf-8", "surrogateescape") == want_comm):
+        own = _thread_comm(p, t) if comm is not None or thread_comm is not None else None
+        if thread_comm is not None and own != thread_comm:
             return False
         if cgroup is not None and _thread_cgroup_id(p, t) != cgroup:
+            return False
+        # kit_prelude.h's --comm: the thread's own name, else its process's (the main thread's);
+        # process_names=False where the kernel cannot read the latter (render.task_offsets)
+        if comm is not None and own != comm and not (process_names and _thread_comm(p, p) == comm):
             return False
         return True
     return match, True
@@ -368,8 +380,11 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         if not busy:
             own = r
         total += own - r
-        threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=own, in_scope=in_scope,
-                              util=util, busy=busy, measured_rate=r, cpus=tuple(sorted(where[(pid, tid)]))))
+        comm = _thread_comm(pid, tid)
+        pcomm = _thread_comm(pid, pid) if pid and pid != tid else None
+        threads.append(Thread(pid=pid, tid=tid, comm=comm, rate=own, in_scope=in_scope, util=util, busy=busy,
+                              measured_rate=r, pcomm=None if pcomm == comm else pcomm,
+                              cpus=tuple(sorted(where[(pid, tid)]))))
     attributed = sum(t.rate for t in threads)
     total = max(total, attributed)  # the same events summed two ways: keep rounding from showing
     rest = total - attributed
@@ -404,8 +419,7 @@ def _per_s(readings):
 def for_run(ctx, **kw):
     """Measure the rate of the run's hook, with the run's scope."""
     hook = rate_hook(ctx)
-    # Matched as the template matches: a template given the group leader's offset checks its name too.
-    leader = bool(ctx.extra.get("task_leader_off"))
-    match, measurable = scope_matcher(ctx.recipe, ctx.values, comm_of_process=leader)
+    task = ctx.task_offsets or {}
+    match, measurable = scope_matcher(ctx.recipe, ctx.values, process_names=task.get("task_read", 1) != 0)
     scoped = any(ctx.values.get(p.name) is not None for p in ctx.recipe.scope_params())
     return measure(hook, match=match, scope_measured=measurable, scoped=scoped, **kw)

@@ -9,33 +9,15 @@ leaves a named probe in tracefs.
 """
 
 import dataclasses
-import importlib
-import os
 import signal
 import sys
 import time
 
-from kit import features, guard, render, teardown, uprobes
-from kit.errors import BadInput, CompileError, ExitCode, KitError, Unsupported
+from kit import __version__, features, guard, prelude, render, teardown, uprobes
+from kit.contract import Context, default_collect, hooks_of
+from kit.errors import BadInput, CompileError, ExitCode, Unsupported
 
 TICK = 0.25
-
-
-@dataclasses.dataclass
-class Context:
-    """Everything a recipe module sees: the recipe, the chosen hook, checked values."""
-    recipe: object
-    hook: object
-    values: dict
-    extra: dict = dataclasses.field(default_factory=dict)
-    state: dict = dataclasses.field(default_factory=dict)   # recipe-private (e.g. resolved binary)
-    notes: list = dataclasses.field(default_factory=list)   # shown under the results
-
-    def value(self, name):
-        v = self.values.get(name)
-        if v is None and name in self.recipe.params:
-            return self.recipe.params[name].default_value
-        return v
 
 
 @dataclasses.dataclass
@@ -50,22 +32,19 @@ class Options:
     progress: bool = None        # None: when stderr is a terminal
 
 
-def recipe_module(recipe):
-    return importlib.import_module(f"kit.recipes.{recipe.name}")
-
-
 def prepare(recipe, values, hook_type=None):
     """Everything up to (not including) compiling: returns (context, C text)."""
     hook = features.choose_hook(recipe, hook_type)
     ctx = Context(recipe=recipe, hook=hook, values=dict(values))
-    mod = recipe_module(recipe)
-    if hasattr(mod, "prepare"):
-        mod.prepare(ctx)
-    if hook.type in uprobes.HOOK_TYPES and "uprobes" not in ctx.state:
+    hooks = hooks_of(recipe)
+    if hooks.prepare:
+        hooks.prepare(ctx)
+    if hook.type in uprobes.HOOK_TYPES and not ctx.planned_uprobes:
         uprobes.plan(ctx)  # every symbol checked before anything attaches
-    if hasattr(mod, "extra"):
-        ctx.extra = mod.extra(ctx)
-    text = render.render(recipe, hook, ctx.values, ctx.extra)
+    if hooks.extra:
+        ctx.extra = hooks.extra(ctx)
+    ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
+    text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
     return ctx, text
 
 
@@ -101,16 +80,6 @@ class _Stopper:
             signal.signal(s, h)
 
 
-def read_stats(bpf):
-    """Sum kit's per-CPU self-accounting counters."""
-    names = ("events", "filtered", "map_full", "stack_lost", "lost_other", "buffer_lost")
-    table = bpf["kit_stats"]
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = int(sum(table[table.Key(i)]))
-    return out
-
-
 def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=time.sleep):
     """Runs a recipe; returns (result dict, ExitCode). Raises KitError before attaching."""
     if opts.duration > recipe.duration_max:
@@ -130,19 +99,19 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
     if opts.dry_run:
         code = ExitCode.REFUSED if estimate.get("verdict") == "refuse" else ExitCode.OK
         return {"recipe": recipe.name, "dry_run": True, "hook": ctx.hook.type, "estimate": estimate}, code
-    mod = recipe_module(recipe)
+    hooks = hooks_of(recipe)
     result = None
     code = ExitCode.OK
     bpf = None
     with _Stopper() as stopper:
         try:
             bpf = compile_program(text, opts.debug)
-            if hasattr(mod, "attach"):
-                attached = mod.attach(ctx, bpf)
-            elif "uprobes" in ctx.state:
+            if hooks.attach:
+                attached = hooks.attach(ctx, bpf)
+            elif ctx.planned_uprobes:
                 attached = uprobes.attach(ctx, bpf)
             else:
-                attached = _auto_attached(bpf)
+                attached = prelude.auto_attached(bpf)
             if stopper.signal is None:
                 meter = guard.Meter(ctx, opts, bpf, estimate, clock=clock)
                 err.write(f"kit: {recipe.name} attached to {attached} via {ctx.hook.type}; "
@@ -154,9 +123,9 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 _note_comm_gone(ctx)
             else:
                 started, stopped_by, elapsed, meter = clock(), "signal", 0.0, None
-            stats = read_stats(bpf)
+            stats = prelude.read_stats(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
-            result.update(mod.collect(ctx, bpf))
+            result.update((hooks.collect or default_collect)(ctx, bpf))
             result["notes"] = ctx.notes + result.get("notes", [])
             code = {"breaker": ExitCode.BREAKER, "SIGINT": ExitCode.INTERRUPTED,
                     "SIGTERM": ExitCode.TERMINATED, "SIGHUP": ExitCode.TERMINATED}.get(stopped_by, ExitCode.OK)
@@ -164,23 +133,16 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
                 code = ExitCode.INTERRUPTED if stopper.signal == signal.SIGINT else ExitCode.TERMINATED
         finally:
             try:
-                if bpf is not None and hasattr(mod, "detach"):
-                    mod.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
+                if bpf is not None and hooks.detach:
+                    hooks.detach(ctx, bpf)  # the recipe's own threads stop before BCC frees what they poll
             finally:  # a failing recipe hook must never keep the probes attached
                 if bpf is not None:
                     problems = teardown.detach_all(bpf)
                     if result is not None:
                         result.setdefault("notes", []).extend(f"detach: {p}" for p in problems)
-                if hasattr(mod, "cleanup"):
-                    mod.cleanup(ctx)
+                if hooks.cleanup:
+                    hooks.cleanup(ctx)
     return result, code
-
-
-def _auto_attached(bpf):
-    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {}))
-    if n == 0:
-        raise CompileError("the program compiled but attached no probe", "this is a template bug: check its hooks")
-    return f"{n} probe{'s' if n > 1 else ''}"
 
 
 def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
@@ -208,8 +170,8 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
                           else f"kit: {trip}; detaching, partial results follow\n")
                 return "breaker"
             if show and (now - last_line >= 1.0 or last_line == 0.0):
-                stats = read_stats(bpf)
-                lost = stats["map_full"] + stats["stack_lost"] + stats["lost_other"] + stats["buffer_lost"]
+                stats = prelude.read_stats(bpf)
+                lost = prelude.lost(stats)
                 line = (f"kit: {ctx.recipe.name} {left:5.1f}s left | {stats['events']} events"
                         f" | {lost} lost | {meter.progress()}")
                 err.write("\r" + line[:150] + "\033[K" if err.isatty() else line + "\n")
@@ -223,17 +185,13 @@ def _wait(ctx, opts, bpf, meter, stopper, started, err, clock, sleep):
 
 def _note_comm_gone(ctx):
     """A --comm run goes on when its processes exit (a new one may start); it says so at the end."""
-    comm = ctx.values.get("comm")
-    if comm is None:
+    comm, thread_comm = ctx.values.get("comm"), ctx.values.get("thread_comm")
+    if comm is None and thread_comm is None:
         return
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/comm", "rb") as f:
-                if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                    return
-        except OSError:
-            continue
-    ctx.notes.append(f"no process named {comm} is running any more (the run went on for its whole time)")
+    from kit import targets
+    if not targets.pids_by_comm(comm, thread_comm):
+        ctx.notes.append(f"no thread in scope of {targets.scope_text(comm, thread_comm)} is running any more "
+                         "(the run went on for its whole time)")
 
 
 def _start_time(pid):
@@ -246,15 +204,29 @@ def _start_time(pid):
     return None if fields[0] in ("Z", "X", "x") else fields[19]
 
 
+def catalog_version(path):
+    """The catalog's apiVersion and content hash: results of two catalogs merge only when these agree
+    (kit/merge.py), since a recipe's meaning can change with its entry or template."""
+    import hashlib
+    from kit.catalog import API_VERSION
+    try:
+        with open(path, "rb") as f:
+            return f"{API_VERSION}+{hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return f"{API_VERSION}+unknown"
+
+
 def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
     recipe = ctx.recipe
-    params = {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v)
+    params = {k: (v if type(v) in (int, float, bool, str) else str(v))
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
     lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
             "other": stats["lost_other"]}
     return {
         "recipe": recipe.name,
+        "kit_version": __version__,
+        "catalog_version": catalog_version(recipe.source),
         "hook": f"{ctx.hook.type} {ctx.hook.target}".strip(),
         "params": params,
         "scope": scope,
@@ -270,7 +242,3 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
         "rows": [],
         "histograms": {},
     }
-
-
-def describe_error(e: KitError):
-    return e.line()

@@ -17,17 +17,18 @@ def _clean(frame):
     return frame.replace(";", ":").replace(" ", "_") or "[empty]"
 
 
-def fold(row):
-    """Frames root first: comm, user stack outermost to innermost, kernel stack outermost to innermost."""
-    return [row.get("comm") or "?"] + list(reversed(row.get("user_stack") or [])) + \
+def fold(row, by_host=False):
+    """Frames root first: comm, user stack outermost to innermost, kernel stack outermost to innermost;
+    with by_host, the row's host (kit merge) below its comm, so one graph shows a fleet."""
+    return ([row.get("host") or "?"] if by_host else []) + [row.get("comm") or "?"] + list(reversed(row.get("user_stack") or [])) + \
         list(reversed(row.get("kernel_stack") or []))
 
 
-def folded_lines(rows, value="total_us"):
+def folded_lines(rows, value="total_us", by_host=False):
     """Folded lines, identical stacks merged (threads of one process fold together), biggest first."""
     acc = {}
     for r in rows:
-        key = ";".join(_clean(f) for f in fold(r))
+        key = ";".join(_clean(f) for f in fold(r, by_host))
         acc[key] = acc.get(key, 0) + int(r.get(value) or 0)
     return [f"{k} {v}" for k, v in sorted(acc.items(), key=lambda kv: (-kv[1], kv[0])) if v > 0]
 
@@ -39,7 +40,8 @@ def wait_path(kernel_stack):
 
 
 def _ms(us):
-    return f"{us / 1000:.1f} ms" if us < 10_000_000 else f"{us / 1e6:.2f} s"
+    from kit.output import duration
+    return duration(us, "us")
 
 
 def human_text(result, top=10, value="total_us"):
@@ -83,8 +85,9 @@ def human_text(result, top=10, value="total_us"):
             mark = "   [recovered]" if 1 <= j <= rec else ""
             out.append(("    user:   " if j == 0 else "            ") + f + mark)
     if any(r.get("recovered") for r in rows[:top]):
-        out.append("\n[recovered]: a frame the kernel's frame-pointer walk skipped (libc keeps no frame pointers); "
-                   "kit read it from the stack using libc's unwind tables")
+        out.append("\n[recovered]: a frame the kernel's frame-pointer walk skipped, in code that keeps no frame "
+                   "pointers (libc, or a program built without them); kit read it from the stack with that code's "
+                   "unwind tables")
     if len(rows) > top:
         out.append(f"\n... {len(rows) - top} more stacks (use --json, --folded or --svg FILE for all)")
     return "\n".join(out) + "\n"

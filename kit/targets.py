@@ -185,10 +185,67 @@ def comm_of(pid):
     return text.rstrip("\n") if text is not None else None
 
 
-def pids_by_comm(comm):
-    """Processes (not threads) whose name is exactly comm, as `ps -o comm` shows it."""
+def thread_names(pid):
+    """{tid: name} of a process's threads ({} once it is gone)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    names = {}
+    for t in tids:
+        text = read_text(f"/proc/{pid}/task/{t}/comm")
+        if text is not None and t.isdigit():
+            names[int(t)] = text.rstrip("\n")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class InScope:
+    """A process with threads in scope of --comm/--thread-comm, by kit_prelude.h's rule."""
+    pid: int
+    name: str        # the process's (main thread's) name, what `ps -o comm` shows
+    by_process: bool  # --comm is its name: every thread is in scope (with --thread-comm, those so named)
+    tids: tuple = ()  # otherwise: the threads whose own name admits them
+
+
+def pids_by_comm(comm=None, thread_comm=None):
+    """[InScope] for the processes with a thread that the prelude's rule admits: --comm NAME takes a
+    thread whose own name or whose process's name is NAME; --thread-comm NAME a thread whose own name
+    is NAME. Threads are read only for a process whose own name does not settle it."""
     me = os.getpid()
-    return [p for p in pids() if p != me and comm_of(p) == comm]
+    out = []
+    for p in pids():
+        if p == me:
+            continue
+        name = comm_of(p)
+        if name is None:
+            continue
+        by_process = comm is not None and name == comm
+        if by_process and thread_comm is None:
+            out.append(InScope(p, name, True))
+            continue
+        tids = tuple(sorted(t for t, own in thread_names(p).items()
+                            if (thread_comm is None or own == thread_comm)
+                            and (comm is None or by_process or own == comm)))
+        if tids:
+            out.append(InScope(p, name, by_process, tids))
+    return out
+
+
+def scope_text(comm=None, thread_comm=None):
+    """How the user named the scope, for messages: --comm 'x' --thread-comm 'y'."""
+    return " ".join(f"--{flag} {v!r}" for flag, v in (("comm", comm), ("thread-comm", thread_comm)) if v is not None)
+
+
+def thread_only_notes(found, comm):
+    """Notes for the processes --comm NAME reached only through a thread of that name."""
+    notes = []
+    for s in found:
+        if comm is not None and not s.by_process:
+            notes.append(f"no process is named {comm!r} in pid {s.pid} ({s.name}): {comm!r} is the name of its "
+                         f"thread{'s' if len(s.tids) > 1 else ''} {', '.join(map(str, s.tids[:5]))}, so only "
+                         f"{'they are' if len(s.tids) > 1 else 'that thread is'} traced (--pid {s.pid} takes them all)")
+    return notes
 
 
 def all_libcs():

@@ -9,10 +9,12 @@ so a kill -9 of kit closes the fds and the kernel removes the probes.
 Where a probe goes:
   --binary B            B, for every process that maps it (or only --pid/--comm's)
   --pid P               the file in P's maps that defines the symbol (P's own libc)
-  --comm C              hot path: each running process named C, breakpoints in
-                        those processes only; otherwise the libcs they map plus
-                        kit's own, for every process, filtered in the kernel by
-                        comm (so processes started later are caught)
+  --comm C              hot path: each running process named C, or with a
+  (--thread-comm C)     thread named C (kit/targets.py applies the prelude's
+                        rule), breakpoints in those processes only; otherwise
+                        the libcs they map plus kit's own, for every process,
+                        filtered in the kernel by name (so processes started
+                        later are caught)
   nothing               kit's own libc (hot path) or every libc on the box
 A hot-path recipe (guard.hot_path) attaches per process with a pid, so the
 kernel installs the breakpoint only in processes in scope: the rest of the box
@@ -26,7 +28,7 @@ import os
 from kit import costs, elf, features, insn, perfevent, targets
 from kit.errors import BadInput, CompileError, Unsupported
 
-HOOK_TYPES = ("uprobe", "uretprobe")
+HOOK_TYPES = features.UPROBE_TYPES
 
 def first_insn_kind(code, machine=elf.EM_X86_64):
     """kit/insn.py's kind of the instruction at the start of `code`; None off x86."""
@@ -119,18 +121,29 @@ def _sites(ctx):
     binary_path = ctx.value(ctx.hook.binary) if ctx.hook.binary else None
     pid = ctx.value("pid") if "pid" in ctx.recipe.params else None
     comm = ctx.value("comm") if "comm" in ctx.recipe.params else None
+    thread_comm = ctx.value("thread_comm") if "thread_comm" in ctx.recipe.params else None
+    named = comm is not None or thread_comm is not None
+    scope = targets.scope_text(comm, thread_comm)
 
     def comm_pids():
-        found = targets.pids_by_comm(comm)
+        """The processes with a thread the prelude's name rule admits (kit/targets.py)."""
+        found = targets.pids_by_comm(comm, thread_comm)
         if not found:
-            raise BadInput(f"no running process is named {comm!r}",
-                           f"{ctx.recipe.name} attaches to running processes: start it first, check the name with "
-                           "`ps -eo comm`, or give --binary PATH to trace every process of that executable")
-        return found
+            if thread_comm is None:
+                what = f"no running process is named {comm!r}, nor has a thread of that name"
+            else:
+                what = f"no running process has a thread named {thread_comm!r}" + \
+                    (f" in scope of --comm {comm!r}" if comm is not None else "")
+            raise BadInput(what,
+                           f"{ctx.recipe.name} attaches to running processes: start it first, check the names with "
+                           "`ps -eo comm` (processes) or `ps -eL -o comm` (threads), or give --binary PATH to trace "
+                           "every process of that executable")
+        ctx.notes.extend(targets.thread_only_notes(found, comm))
+        return [f.pid for f in found]
 
     if binary_path:
         binary = targets.user_binary(binary_path)
-        wanted = [pid] if pid else (comm_pids() if comm and per_process else [])
+        wanted = [pid] if pid else (comm_pids() if named and per_process else [])
         if not wanted:
             return [(-1, [binary], binary_path)]
         sites = []
@@ -144,19 +157,22 @@ def _sites(ctx):
                 continue
             sites.append((p, [m], f"pid {p}"))
         if not sites:
-            raise BadInput(f"no process named {comm!r} maps {binary_path}",
+            raise BadInput(f"no process in scope of {scope} maps {binary_path}",
                            "drop --binary to use the files those processes map")
         return sites
     if pid:
         return [(pid, _search_order(targets.mapped_files(pid)), f"pid {pid}")]
-    if comm and per_process:
+    if named and per_process:
         found = comm_pids()
-        ctx.notes.append(f"traced the {len(found)} process{'es' if len(found) > 1 else ''} named {comm!r} running "
-                         "when kit attached; processes started later are not traced (--binary PATH covers them)")
+        ctx.notes.append(f"traced the {len(found)} process{'es' if len(found) > 1 else ''} with threads in scope of "
+                         f"{scope} running when kit attached; processes started later are not traced "
+                         "(--binary PATH covers them)")
         return [(p, _search_order(targets.mapped_files(p)), f"pid {p}") for p in found]
-    if comm:
+    if named:
         libcs = {}
-        for m in [targets.host_libc()] + [targets.libc_of(p) for p in targets.pids_by_comm(comm)]:
+        found = targets.pids_by_comm(comm, thread_comm)
+        ctx.notes.extend(targets.thread_only_notes(found, comm))
+        for m in [targets.host_libc()] + [targets.libc_of(f.pid) for f in found]:
             if m is not None:
                 libcs.setdefault((m.dev, m.ino), m)
         return [(-1, [m], "every process") for m in libcs.values()]
@@ -166,7 +182,7 @@ def _sites(ctx):
 
 def plan(ctx):
     """Resolves every attach point to (file, address, pid) and checks it, before
-    anything attaches. Stores the probes in ctx.state['uprobes']."""
+    anything attaches. Stores the probes in ctx.planned_uprobes."""
     probes, missing_optional = [], set()
     for pid, candidates, _what in _sites(ctx):
         if not candidates:
@@ -202,7 +218,7 @@ def plan(ctx):
             probes.append(Probe(fn=a.fn, at=a.at, symbol=name, open_path=found.open_path, shown=found.shown,
                                 addr=sym.addr, offset=offset, pid=pid, cost=cost_class(kind),
                                 insn=code[:8].hex(" "), kind=kind or "other"))
-    ctx.state["uprobes"] = probes
+    ctx.planned_uprobes = probes
     for name in sorted(missing_optional):
         ctx.notes.append(f"{name} is not defined in the probed library; its calls are not counted")
     slow = sorted({p.symbol for p in probes if p.cost == "single-step"})
@@ -261,7 +277,7 @@ def attach(ctx, bpf):
     skipped; anything else is an error (the run engine then detaches whatever
     did attach)."""
     done, gone = [], set()
-    for i, p in enumerate(ctx.state["uprobes"]):
+    for i, p in enumerate(ctx.planned_uprobes):
         e = attach_one(bpf, p.open_path, p.offset, p.fn, ret=p.at == "return", pid=p.pid, tag=str(i))
         if e is not None:
             if p.pid > 0 and not os.path.exists(f"/proc/{p.pid}"):
@@ -275,7 +291,7 @@ def attach(ctx, bpf):
     if not done:
         raise CompileError("no uprobe could be attached (every target process exited)",
                            "start the process again and rerun kit")
-    ctx.state["uprobes_attached"] = done
+    ctx.attached_uprobes = done
     return describe(done)
 
 
@@ -290,4 +306,4 @@ def describe(probes):
 
 def summary(ctx):
     """What was attached, for the result: file, symbol, pid and cost class of each probe."""
-    return [p.as_dict() for p in ctx.state.get("uprobes_attached", ctx.state.get("uprobes", []))]
+    return [p.as_dict() for p in (ctx.attached_uprobes or ctx.planned_uprobes)]

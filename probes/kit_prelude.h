@@ -11,7 +11,19 @@
 #define KIT_SCOPE_TGID   {{scope_tgid}}
 #define KIT_SCOPE_TID    {{scope_tid}}
 #define KIT_SCOPE_CGROUP {{scope_cgroup}}
-#define KIT_SCOPE_COMM_ON {{scope_comm_on}}
+/* --comm NAME: a thread whose own name is NAME, or whose process's name (its
+ * main thread's, the thread-group leader's: what `ps -o comm` shows) is NAME.
+ * --thread-comm NAME: a thread whose own name is NAME, nothing else. */
+#define KIT_SCOPE_COMM_ON        {{scope_comm_on}}
+#define KIT_SCOPE_THREAD_COMM_ON {{scope_thread_comm_on}}
+/* How --comm reads a thread's process name: the thread-group leader's comm,
+ * at task_struct offsets from the running kernel's BTF (the headers here may be
+ * another kernel's). 2: BTF-typed loads from bpf_get_current_task_btf() (no
+ * helper call per load); 1: bpf_probe_read_kernel; 0: not read (no --comm, or
+ * a kernel without BTF): --comm matches the thread's own name only. */
+#define KIT_TASK_READ       {{scope_task_read}}
+#define KIT_TASK_LEADER_OFF {{scope_task_leader_off}}
+#define KIT_TASK_COMM_OFF   {{scope_task_comm_off}}
 
 /* Self-accounting, read by kit for the progress line, the overhead meter and
  * the "lost" report. Per-CPU so counting never contends. Every map insert,
@@ -41,31 +53,60 @@ union kit_comm {
     u64 w[2];
 };
 
-static __always_inline int kit_comm_match(const char *comm)
+static __always_inline int kit_comm_eq(const union kit_comm *got, const union kit_comm *want)
+{
+    return got->w[0] == want->w[0] && got->w[1] == want->w[1];
+}
+
+/* --comm's rule for the current thread, whose own name is `own`. The thread's
+ * own name is compared first (no read); only a thread that is not its
+ * process's main thread pays for reading the main thread's name. */
+static __always_inline int kit_comm_match_current(const union kit_comm *own)
 {
 #if KIT_SCOPE_COMM_ON
     union kit_comm want = {.c = {{scope_comm}}};
-    union kit_comm got;
-    __builtin_memcpy(&got, comm, sizeof(got));
-    return got.w[0] == want.w[0] && got.w[1] == want.w[1];
+    if (kit_comm_eq(own, &want))
+        return 1;
+#if KIT_TASK_READ
+    u64 id = bpf_get_current_pid_tgid();
+    if ((u32)id == (id >> 32))
+        return 0;  /* the main thread itself: its own name was the process's */
+    union kit_comm got = {};
+#if KIT_TASK_READ == 2
+    char *task = (char *)bpf_get_current_task_btf();
+    char *leader = *(char **)(task + KIT_TASK_LEADER_OFF);
+    got.w[0] = *(u64 *)(leader + KIT_TASK_COMM_OFF);
+    got.w[1] = *(u64 *)(leader + KIT_TASK_COMM_OFF + 8);
+#else
+    char *task = (char *)bpf_get_current_task();
+    char *leader = 0;
+    if (bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_TASK_LEADER_OFF) || !leader)
+        return 0;
+    if (bpf_probe_read_kernel(&got, sizeof(got), leader + KIT_TASK_COMM_OFF))
+        return 0;
+#endif
+    return kit_comm_eq(&got, &want);
+#else
+    return 0;
+#endif
 #else
     return 1;
 #endif
 }
 
-/* Is this task in scope? tgid/tid/comm as given (e.g. from tracepoint fields). */
-static __always_inline int kit_allow_task(u32 tgid, u32 tid, const char *comm)
+/* --thread-comm's rule: the thread's own name only. */
+static __always_inline int kit_thread_comm_match(const union kit_comm *own)
 {
-    if (KIT_SCOPE_TGID && tgid != KIT_SCOPE_TGID)
-        return 0;
-    if (KIT_SCOPE_TID && tid != KIT_SCOPE_TID)
-        return 0;
-    if (!kit_comm_match(comm))
-        return 0;
+#if KIT_SCOPE_THREAD_COMM_ON
+    union kit_comm want = {.c = {{scope_thread_comm}}};
+    return kit_comm_eq(own, &want);
+#else
     return 1;
+#endif
 }
 
-/* Is the current task in scope? Use in any context where current is the subject. */
+/* Is the current task in scope? Use in any context where current is the subject.
+ * Cheapest checks first: ids, then names (own name before the main thread's). */
 static __always_inline int kit_allow_current(void)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -73,14 +114,18 @@ static __always_inline int kit_allow_current(void)
         return 0;
     if (KIT_SCOPE_TID && (u32)id != KIT_SCOPE_TID)
         return 0;
-#if KIT_SCOPE_COMM_ON
-    char comm[16] = {};
-    bpf_get_current_comm(&comm, sizeof(comm));
-    if (!kit_comm_match(comm))
+#if KIT_SCOPE_COMM_ON || KIT_SCOPE_THREAD_COMM_ON
+    union kit_comm own = {};
+    bpf_get_current_comm(&own.c, sizeof(own.c));
+    if (!kit_thread_comm_match(&own))
         return 0;
 #endif
     if (KIT_SCOPE_CGROUP && bpf_get_current_cgroup_id() != KIT_SCOPE_CGROUP)
         return 0;
+#if KIT_SCOPE_COMM_ON
+    if (!kit_comm_match_current(&own))
+        return 0;
+#endif
     return 1;
 }
 

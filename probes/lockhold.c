@@ -6,18 +6,37 @@
  *   lock_entry   entry of the lock function     wait starts
  *   lock_return  return of the lock function    wait ends, hold starts
  *   unlock_entry entry of the unlock function   hold ends
- * A hold is matched to its unlock per thread and lock object (the first
- * argument), so nested locks are measured apart; --match thread pairs per
- * thread only, for lock functions that take no argument. Per-thread entries
- * are deleted when used, so the maps stay bounded; a full map is counted.
+ * Pairing an unlock with the hold it ends (--match):
+ *   lock    the hold its thread took on the same lock object (the first argument)
+ *   thread  its thread's most recent hold (a stack per thread), for functions
+ *           that take no lock argument: their first-argument register holds
+ *           whatever the caller left there, which may or may not agree
+ *   auto    (default) by lock object when the unlock's first argument is that
+ *           of a hold its thread has open, else by thread; kit uses lock for
+ *           pairs known to take the lock as first argument (pthread_mutex_*)
+ * Each pairing is counted by the rule that made it, so kit can say which one
+ * the run used. Per-thread entries are deleted (holds) or reused (stacks) so
+ * the maps stay bounded; a full map is counted.
  * Based on bcc's tools/klockstat.py (the same three points on kernel
  * mutexes) and the bpftrace lock-hold one-liner in kit's field notes.
  */
-#define KIT_MATCH_THREAD ({{match}} == 1)
-#define KIT_STACKS       {{stacks}}
+#define KIT_MATCH          {{match}}           /* the catalog's order: 0 lock, 1 thread, 2 auto */
+#define KIT_LOCK_ARG_KNOWN {{lock_arg_known}}  /* the pair takes its lock as first argument */
+#define KIT_PAIR_LOCK      (KIT_MATCH == 0 || (KIT_MATCH == 2 && KIT_LOCK_ARG_KNOWN))
+#define KIT_PAIR_THREAD    (KIT_MATCH == 1)
+#define KIT_STACKS         {{stacks}}
+
+/* auto keeps the order of this many open holds per thread (a power of two, at
+ * most 32: the bits of nest.live); holds taken deeper pair by argument only */
+#define KIT_NEST 32
 
 #define KIND_HOLD 0
 #define KIND_WAIT 1
+
+/* which rule paired a hold (the `paired` counters) */
+#define PAIRED_EITHER 0  /* auto: the first argument named the thread's newest hold: both rules agree */
+#define PAIRED_ARG    1  /* by lock object (lock; auto: an older hold, released out of order) */
+#define PAIRED_THREAD 2  /* the thread's newest hold (thread; auto: no open hold had that argument) */
 
 struct wait_val {
     u64 ts;
@@ -25,14 +44,23 @@ struct wait_val {
 };
 
 struct hold_key {
-    u64 lock;
+    u64 lock;   /* first argument of the lock call (0 when pairing by thread) */
     u32 tid;
-    u32 pad;
+    u32 depth;  /* the hold's place in its thread's stack (1 = oldest), 0 outside any stack */
 };
 
 struct hold_val {
     u64 ts;
     s64 stackid;
+};
+
+/* A thread's open holds, oldest first (thread: only their number). */
+struct nest {
+    u32 n;               /* slots in use */
+    u32 live;            /* auto: bit i set while slot i is held (out-of-order releases leave gaps) */
+    u32 over;            /* auto: holds taken while every slot was in use */
+    u32 pad;
+    u64 arg[KIT_NEST];   /* auto: each slot's first argument */
 };
 
 struct stat_key {
@@ -49,6 +77,8 @@ struct stat_val {
 
 BPF_HASH(waiting, u32, struct wait_val, 10240);
 BPF_HASH(holding, struct hold_key, struct hold_val, 10240);
+/* LRU: a thread that exits leaves its (empty) stack to be reused, not a full map */
+BPF_TABLE("lru_hash", u32, struct nest, nests, 10240);
 BPF_HASH(stats, struct stat_key, struct stat_val, 4096);
 BPF_HISTOGRAM(hold_hist, int, KIT_LOG2_SLOTS);
 BPF_HISTOGRAM(wait_hist, int, KIT_LOG2_SLOTS);
@@ -56,6 +86,7 @@ BPF_HISTOGRAM(wait_hist, int, KIT_LOG2_SLOTS);
  * in another thread); 1: lock returns with no entry recorded (call in flight
  * when kit attached). */
 BPF_PERCPU_ARRAY(unmatched, u64, 2);
+BPF_PERCPU_ARRAY(paired, u64, 3);
 
 #if KIT_STACKS
 struct stack_key {
@@ -84,6 +115,13 @@ static __always_inline void count_unmatched(int which)
         (*v)++;
 }
 
+static __always_inline void count_paired(int how)
+{
+    u64 *v = paired.lookup(&how);
+    if (v)
+        (*v)++;
+}
+
 static __always_inline void record(u32 tgid, u32 kind, u64 ns)
 {
     struct stat_key key = {.tgid = tgid, .kind = kind};
@@ -106,6 +144,99 @@ static __always_inline void record(u32 tgid, u32 kind, u64 ns)
         v->max_ns = ns;  /* racy across CPUs; a lost update only under-reports max */
 }
 
+#if !KIT_PAIR_LOCK
+/* The newest held slot whose lock call had this first argument, or -1. */
+static __always_inline int nest_find(struct nest *ns, u64 arg)
+{
+    u32 n = ns->n, live = ns->live;
+    for (int j = 0; j < KIT_NEST; j++) {
+        int i = (int)n - 1 - j;
+        if (i < 0)
+            break;
+        if (((live >> i) & 1) && ns->arg[i & (KIT_NEST - 1)] == arg)
+            return i;
+    }
+    return -1;
+}
+
+/* Frees a slot, then the free slots on top, so the top slot is always held. */
+static __always_inline void nest_release(struct nest *ns, int slot)
+{
+    ns->live &= ~(1u << (slot & (KIT_NEST - 1)));
+    for (int i = 0; i < KIT_NEST; i++) {
+        u32 n = ns->n;
+        if (n == 0 || n > KIT_NEST || ((ns->live >> (n - 1)) & 1))
+            break;
+        ns->n = n - 1;
+    }
+}
+
+/* At the lock's return: puts the hold on its thread's stack and keys it there. */
+static __always_inline void nest_push(u32 tid, struct hold_key *hk)
+{
+    struct nest zero = {};
+    struct nest *ns = nests.lookup_or_try_init(&tid, &zero);
+    if (!ns) {
+        kit_count(KIT_MAP_FULL);  /* the hold is kept outside any stack: paired by argument only */
+        return;
+    }
+#if KIT_PAIR_THREAD
+    hk->lock = 0;
+    hk->depth = ++ns->n;
+#else
+    u32 n = ns->n;
+    if (n < KIT_NEST && !ns->over) {  /* after an overflow, newer holds stay above it */
+        ns->arg[n & (KIT_NEST - 1)] = hk->lock;
+        ns->live |= 1u << (n & (KIT_NEST - 1));
+        ns->n = n + 1;
+        hk->depth = n + 1;
+    } else {
+        ns->over++;
+    }
+#endif
+}
+
+/* At the unlock: the key of the hold it ends, and the rule that chose it. */
+static __always_inline int nest_pop(u32 tid, struct hold_key *hk)
+{
+    struct nest *ns = nests.lookup(&tid);
+    if (!ns)
+        return KIT_PAIR_THREAD ? PAIRED_THREAD : PAIRED_ARG;
+#if KIT_PAIR_THREAD
+    hk->lock = 0;
+    if (ns->n)
+        hk->depth = ns->n--;
+    return PAIRED_THREAD;
+#else
+    int slot = nest_find(ns, hk->lock);
+    if (ns->over) {
+        /* the newest holds are past the stack: pair by argument, the stack's first if it has none */
+        if (slot >= 0 && !holding.lookup(hk)) {
+            hk->depth = slot + 1;
+            nest_release(ns, slot);
+        } else {
+            ns->over--;
+        }
+        return PAIRED_ARG;
+    }
+    if (slot >= 0) {
+        int newest = (u32)(slot + 1) == ns->n;
+        hk->depth = slot + 1;
+        nest_release(ns, slot);
+        return newest ? PAIRED_EITHER : PAIRED_ARG;
+    }
+    if (ns->n) {
+        u32 top = (ns->n - 1) & (KIT_NEST - 1);
+        hk->lock = ns->arg[top];
+        hk->depth = top + 1;
+        nest_release(ns, top);
+        return PAIRED_THREAD;
+    }
+    return PAIRED_ARG;  /* nothing on the stack: a hold kept outside it, if any */
+#endif
+}
+#endif
+
 int lock_entry(struct pt_regs *ctx)
 {
     if (!kit_in_scope())
@@ -115,7 +246,7 @@ int lock_entry(struct pt_regs *ctx)
     kit_count(KIT_EVENTS);
     u64 id = bpf_get_current_pid_tgid();
     u32 tid = id;
-    struct wait_val w = {.ts = bpf_ktime_get_ns(), .lock = KIT_MATCH_THREAD ? 0 : PT_REGS_PARM1(ctx)};
+    struct wait_val w = {.ts = bpf_ktime_get_ns(), .lock = KIT_PAIR_THREAD ? 0 : PT_REGS_PARM1(ctx)};
 #if KIT_STACKS
     u32 tgid = id >> 32;
     if (!lock_ips.lookup(&tgid)) {
@@ -144,6 +275,9 @@ int lock_return(struct pt_regs *ctx)
     u64 waited = now - w->ts;
     waiting.delete(&tid);
     record(id >> 32, KIND_WAIT, waited);
+#if !KIT_PAIR_LOCK
+    nest_push(tid, &hk);  /* on the stack even if the hold below cannot be stored: the order stays right */
+#endif
 #if KIT_STACKS
     hv.stackid = stacks.get_stackid(ctx, BPF_F_USER_STACK);
     if (hv.stackid < 0)
@@ -158,7 +292,12 @@ int unlock_entry(struct pt_regs *ctx)
 {
     u64 now = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
-    struct hold_key hk = {.lock = KIT_MATCH_THREAD ? 0 : PT_REGS_PARM1(ctx), .tid = (u32)id};
+    struct hold_key hk = {.lock = KIT_PAIR_THREAD ? 0 : PT_REGS_PARM1(ctx), .tid = (u32)id};
+#if KIT_PAIR_LOCK
+    int how = PAIRED_ARG;
+#else
+    int how = nest_pop((u32)id, &hk);
+#endif
     struct hold_val *h = holding.lookup(&hk);
     if (!h) {
         if (kit_allow_current())
@@ -169,6 +308,7 @@ int unlock_entry(struct pt_regs *ctx)
     s64 stackid = h->stackid;
     holding.delete(&hk);
     record(id >> 32, KIND_HOLD, held);
+    count_paired(how);
 #if KIT_STACKS
     if (stackid >= 0) {
         struct stack_key sk = {.tgid = id >> 32, .stackid = stackid};

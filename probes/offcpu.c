@@ -21,7 +21,10 @@
  * frame that keeps a frame pointer: the return addresses read on the way are
  * the frames the walk skipped. A site without a hint is reported once
  * (unwind_learn) and recovered from then on; user space checks every
- * recovered chain against the real CFI before it shows it.
+ * recovered chain against the real CFI before it shows it. Where no frame
+ * on the way keeps a frame pointer (a program built without them), the
+ * frames the unwind tables gave are kept (UNW_CFI) and the kernel's walk,
+ * which followed a register holding anything, is not believed above them.
  *
  * Based on bcc's tools/offcputime.py and libbpf-tools' offcputime.bpf.c
  * (which hook finish_task_switch with a kprobe or tp_btf), adapted to the
@@ -31,8 +34,6 @@
 #define KIT_TASK_PID_OFF   {{task_pid_off}}
 #define KIT_TASK_STATE_OFF {{task_state_off}}
 #define KIT_UNWIND         {{unwind}}
-#define KIT_LEADER_OFF     {{task_leader_off}}
-#define KIT_COMM_OFF       {{task_comm_off}}
 #define KIT_HIDDEN_MAX 4
 #define KIT_WINDOW_WORDS 64
 #define KIT_TASK_DEAD 0x80         /* task_struct.__state of an exiting task's last switch */
@@ -53,6 +54,8 @@ BPF_PERCPU_ARRAY(offcpu_stats, u64, OFFCPU_STAT_MAX);
 #define UNW_DONE 1        /* reached a frame-pointer frame: hidden[] holds every frame the walk skipped */
 #define UNW_PARTIAL 2     /* stopped early (site not learned yet, unreadable stack): hidden[] cleared */
 #define UNW_ASKED 3       /* stopped at a site not learned yet and sent this block's stack window */
+#define UNW_CFI 4         /* no frame-pointer frame within reach: hidden[] holds the frames the unwind
+                             tables gave, and nothing above them is known */
 
 /* Who blocked and where: taken at switch-out, kept in `start` until the
  * switch-in, then part of the totals' key. */
@@ -179,6 +182,7 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
     if (!ip || site_key(&k, ip) || (k.code >> 48) != 0x050f)  /* not right after `syscall` (0f 05) */
         return;
     u64 addr = ip, cur = sp;
+    int n = 0, cfi_only = 0;
     b->unwind = UNW_PARTIAL;
 #pragma unroll
     for (int i = 0; i <= KIT_HIDDEN_MAX; i++) {
@@ -195,8 +199,10 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
             b->nhidden = i;
             return;
         }
-        if ((h->flags & HINT_STOP) || i == KIT_HIDDEN_MAX)
+        if ((h->flags & HINT_STOP) || i == KIT_HIDDEN_MAX) {
+            cfi_only = 1;  /* every frame so far came from a learned hint: real, but no frame pointer */
             break;
+        }
         if (h->flags & HINT_SAVES_BP) {
             /* this frame saved rbp: if rbp now differs from what it saved, the kernel's
              * frame-pointer walk above this point followed a reused register */
@@ -209,8 +215,15 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
         if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cur + h->cfa_off - 8)) || !ra)
             break;
         b->hidden[i] = ra;
+        n = i + 1;
         cur += h->cfa_off;
         addr = ra;
+    }
+    if (cfi_only && n > 0) {
+        b->unwind = UNW_CFI;
+        b->nhidden = n;
+        b->bp_unsure = 0;
+        return;
     }
     /* stopped early: keep no partial chain, so samples are grouped as without recovery */
 #pragma unroll
@@ -219,31 +232,6 @@ static __always_inline void unwind(void *ctx, struct block_t *b, u32 tid)
     b->bp_unsure = 0;
 }
 #endif
-
-/* The prelude's scope, except that --comm also takes every thread of a process
- * whose main thread (the thread-group leader, what `ps -o comm` shows) has that
- * name: worker threads are often renamed. */
-static __always_inline int offcpu_in_scope(void)
-{
-    if (kit_allow_current())
-        return 1;
-#if KIT_SCOPE_COMM_ON && KIT_LEADER_OFF
-    u64 id = bpf_get_current_pid_tgid();
-    /* a thread that leads its group has just been checked by its own name */
-    if ((u32)id != (id >> 32) &&
-        (!KIT_SCOPE_TGID || (id >> 32) == KIT_SCOPE_TGID) && (!KIT_SCOPE_TID || (u32)id == KIT_SCOPE_TID) &&
-        (!KIT_SCOPE_CGROUP || bpf_get_current_cgroup_id() == KIT_SCOPE_CGROUP)) {
-        char *task = (char *)bpf_get_current_task();
-        char *leader = 0;
-        char comm[16] = {};
-        bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_LEADER_OFF);
-        if (leader && !bpf_probe_read_kernel(comm, sizeof(comm), leader + KIT_COMM_OFF) && kit_comm_match(comm))
-            return 1;
-    }
-#endif
-    kit_count(KIT_FILTERED);
-    return 0;
-}
 
 /* prev: the task switching out (raw tracepoint rung); prev_state: its state (tracepoint rung) */
 static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_state)
@@ -255,7 +243,7 @@ static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_sta
         kit_count(KIT_FILTERED);
         return;
     }
-    if (!offcpu_in_scope())
+    if (!kit_in_scope())  /* --comm also takes a renamed thread of a process of that name */
         return;
     /* its last switch: it never comes back (priced like a filtered run) */
 #ifdef KIT_HOOK_RAW_TRACEPOINT

@@ -36,6 +36,7 @@ BAD_VALUE = {
     "int": "ten", "pid": "-1", "tid": "0", "comm": "x" * 16, "duration": "0s", "micros": "soon",
     "port": "0", "ipaddr": "1.2.3", "netns": "/etc/passwd", "cgroup": "../../../etc", "binary": "/etc/passwd",
     "symbol": "a b", "enum": "__nope__", "outpath": "/nonexistent-dir/x", "flag": None, "hostname": "db;rm",
+    "disk": "sda;rm",
 }
 
 
@@ -87,6 +88,7 @@ def _broken_catalogs(d):
         "not_a_mapping": "- just\n- a list\n",
     }
     os.symlink(catalog.PROBES_DIR, d / "probes")
+    os.symlink(os.path.join(catalog.ROOT, "kit"), d / "kit")  # recipe modules are named relative to the catalog
     out = {}
     for name, t in variants.items():
         (d / f"{name}.yaml").write_text(t)
@@ -94,6 +96,7 @@ def _broken_catalogs(d):
     out["first_recipe"] = first.group(1)
     shared = d / "shared"  # a catalog, then a template, that other users could rewrite
     shutil.copytree(catalog.PROBES_DIR, shared / "probes")
+    os.symlink(os.path.join(catalog.ROOT, "kit"), shared / "kit")
     (shared / "incident_recipes.yaml").write_text(text)
     os.chmod(shared / "probes" / f"{first.group(1)}.c", 0o666)
     out["template_writable_by_others"] = str(shared / "incident_recipes.yaml")
@@ -256,7 +259,6 @@ def bpf_loads(monkeypatch):
 @pytest.mark.parametrize("argv, code, words", FIXED + _generated())
 def test_bad_input_is_one_line_with_its_fix_and_exit_code_and_nothing_attached(
         kernel, res, bpf_loads, argv, code, words):
-    kitshim.enable()
     argv = argv(res)
     before = snapshot()
     out, err = io.StringIO(), io.StringIO()

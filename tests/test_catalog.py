@@ -24,8 +24,9 @@ recipes:
     guard: {hot_path: false, cost_class: tracepoint_hash, scope_required: false}
     output: table
     fields:
-      - {name: count, help: h}
+      - {name: count, from: val.count, help: h}
     runbook: r
+    table: {map: flows}
 """
 
 
@@ -38,14 +39,20 @@ def test_the_shipped_catalog_loads():
     assert "tcpretrans" in recipes
 
 
-def test_every_recipe_has_a_template_module_and_runbook_and_every_template_a_recipe():
+def test_every_recipe_has_a_template_and_runbook_and_every_template_and_module_a_recipe():
+    from kit import contract
     recipes = catalog.load()
     templates = {f[:-2] for f in os.listdir(catalog.PROBES_DIR) if f.endswith(".c")}
     assert templates == set(recipes)
+    modules = {os.path.join(catalog.ROOT, "kit", "recipes", f) for f in os.listdir(os.path.join(catalog.ROOT, "kit", "recipes"))
+               if f.endswith(".py") and f != "__init__.py"}
+    assert modules == {r.module for r in recipes.values() if r.module}, "a recipe module no catalog entry names"
     for r in recipes.values():
-        assert os.path.isfile(os.path.join(catalog.ROOT, "kit", "recipes", f"{r.name}.py"))
         assert os.path.isfile(os.path.join(catalog.ROOT, r.runbook)), r.runbook
         assert r.example.startswith(f"kit run {r.name}")
+        hooks = contract.hooks_of(r)
+        assert r.module or r.table is not None or r.output != "table", r.name
+        assert hooks.collect or r.table is not None or r.histograms, f"{r.name}: nothing would collect its results"
 
 
 def test_minimal_catalog_parses():

@@ -33,9 +33,9 @@ def test_demo_shows_where_pay_svc_waits_and_writes_its_flame_graph(kernel, no_le
     # and the database threads do nothing but wait for a query and sleep 8 ms, so they wait nearly all of it.
     threads = {}
     for value, unit, comm, tpid, tid in re.findall(
-            r"^\s*([\d.]+) (s|ms)\s+[\d.]+%\s+\d+ blocks\s+(\S+) \(pid (\d+), tid (\d+)\)", out, re.M):
+            r"^\s*([\d.]+) (s|ms|µs)\s+[\d.]+%\s+\d+ blocks\s+(\S+) \(pid (\d+), tid (\d+)\)", out, re.M):
         assert int(tpid) == pid, (comm, tpid, pid)  # no process but pay-svc
-        threads[int(tid)] = (comm, float(value) * (1.0 if unit == "s" else 1e-3))
+        threads[int(tid)] = (comm, float(value) * {"s": 1.0, "ms": 1e-3, "µs": 1e-6}[unit])
     assert sorted(c for c, _ in threads.values()) == ["pay-db"] * 4 + ["pay-svc"] * 5, threads
     assert all(sec <= 10.0 * 1.01 for _, sec in threads.values()), threads
     assert all(sec >= 9.0 for c, sec in threads.values() if c == "pay-db"), threads

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from kit import catalog, costs, guard, insn, rate
+from kit import catalog, costs, guard, insn, rate, suggest
 from kit.errors import ExitCode, Refused
 from kit.run import Context, Options
 
@@ -34,6 +34,12 @@ def a_rate(threads, total=None, scoped=False):
     ins = sum(t.rate for t in threads if t.in_scope)
     return rate.Rate(hook=hook, window_s=0.2, total=total, in_scope=ins, scope_measured=True, scoped=scoped,
                      threads=threads, samples=500, lost=0)
+
+
+@pytest.fixture(autouse=True)
+def _made_up_pids_are_user_processes(monkeypatch):
+    """The pids in these hand-made rates are inventions: whatever they are on this box, not kernel threads."""
+    monkeypatch.setattr(suggest, "is_kthread", lambda pid: False)
 
 
 FLAT = costs.Costs(in_ns=500, out_ns=200, progs_per_event=2, body_in_ns=400, body_out_ns=150,
@@ -132,7 +138,7 @@ def test_unscoped_hot_path_is_refused_even_when_cheap_and_the_message_says_why()
     c = ctx()
     est = _estimate(c, a_rate([thread("bash", 50, 7)]))
     why = guard.verdict(c, est)
-    assert why.startswith("syscalls hooks a hot path and needs a scope (--comm, --pid, --tid, --cgroup)")
+    assert why.startswith("syscalls hooks a hot path and needs a scope (--comm, --thread-comm, --pid, --tid, --cgroup)")
     for words in ("fires 50/s box-wide", "500 ns per event", "200 ns per filtered event", "budget 2%"):
         assert words in why
 
@@ -144,17 +150,19 @@ def test_scoped_run_over_budget_is_refused_and_under_budget_accepted():
     assert guard.verdict(c, _estimate(c, hot, budget=20)) is None
 
 
-def test_suggestions_are_paste_ready_commands_for_the_busiest_comms_with_their_own_projection():
+def test_suggestions_are_paste_ready_commands_for_the_busiest_comms_with_their_own_projection(monkeypatch):
     c = ctx({"tid": None})
     r = a_rate([thread("pay svc", 1e6, 10, util=0.2), thread("bash", 10, 11), thread("kit-me", 5, 12)])
     est = _estimate(c, r)
     opts = Options(duration=30.0, budget=5.0, json=True)
-    sugg = guard.suggestions(c, opts, est)
-    assert sugg[0]["command"] == "kit run syscalls --comm 'pay svc' --for 30s --budget 5 --json"
-    assert sugg[1]["command"].startswith("kit run syscalls --comm bash")
-    assert sugg[0]["cpu_pct"] == pytest.approx(100 * (1e6 * 500e-9 + 15 * 200e-9) / 2, rel=1e-3)
-    assert not sugg[0]["fits"] and sugg[1]["fits"] is False  # bash still pays the filter for pay svc
-    assert len(sugg) == guard.SUGGESTIONS
+    sugg, kthreads = suggest.suggestions(c, opts, est, me=12)
+    scopes = [s for s in sugg if s["kind"] == "scope"]
+    # pay svc alone costs 25% of 2 CPUs: over the 5% budget, so its command carries the budget it needs
+    assert scopes[0]["command"] == "kit run syscalls --comm 'pay svc' --for 30s --budget 32 --json"
+    assert scopes[1]["command"] == "kit run syscalls --comm bash --for 30s --budget 13 --json"  # filtering pay svc: 10%
+    assert scopes[0]["cpu_pct"] == pytest.approx(100 * (1e6 * 500e-9 + 15 * 200e-9) / 2, rel=1e-3)
+    assert not scopes[0]["fits"] and scopes[1]["fits"] is False  # bash still pays the filter for pay svc
+    assert len(scopes) == 2 and kthreads == []  # kit itself (pid 12) is never suggested
 
 
 def test_check_before_raises_refused_with_suggestions_and_force_turns_it_into_a_warning(monkeypatch):
@@ -164,7 +172,7 @@ def test_check_before_raises_refused_with_suggestions_and_force_turns_it_into_a_
     with pytest.raises(Refused) as e:
         guard.check_before(c, Options(duration=10.0), io.StringIO())
     assert e.value.code == ExitCode.REFUSED
-    assert "kit run syscalls --comm hot" in e.value.hint
+    assert any(line.startswith("  kit run syscalls --comm hot") for line in e.value.details)
     err = io.StringIO()
     out = guard.check_before(c, Options(duration=10.0, force=True), err)
     assert out["verdict"] == "forced" and "because of --force" in err.getvalue()
@@ -263,5 +271,6 @@ def test_when_filtering_alone_is_over_budget_the_hint_says_no_scope_fits(monkeyp
     monkeypatch.setattr(guard, "estimate", lambda ctx, opts: est)
     with pytest.raises(Refused) as e:
         guard.check_before(c, Options(duration=10.0), io.StringIO())
-    assert "no scope fits a 2% budget" in e.value.hint and "storm 1.00M/s" in e.value.hint
-    assert "raise --budget above 10" in e.value.hint
+    hint = "\n".join(e.value.details)
+    assert "no scope fits a 2% budget" in hint and "storm 1.00M/s" in hint
+    assert "raise --budget above 10" in hint

@@ -93,7 +93,9 @@ def test_refuses_unscoped_hot_hook_and_suggests_the_busiest_comm(case, kernel, n
     assert est.returncode == 4, est.stderr
     e = json.loads(est.stdout)["estimate"]
     assert e["verdict"] == "refuse" and e["busiest_comms"][0]["comm"] == hot.comm
-    assert e["suggestions"][0]["command"].endswith(f"--comm {hot.comm} --json")
+    # the hot load's own line: its scope, the --budget it needs if it is over the default, the user's --json
+    first = e["suggestions"][0]["command"]
+    assert f"--comm {hot.comm}" in first and first.endswith("--json"), first
     assert e["events_per_s"] >= e["busiest_comms"][0]["events_per_s"] > 0
 
 
@@ -121,11 +123,11 @@ def test_accepts_a_quiet_scope_and_refuses_a_scope_over_budget(case, kernel, no_
     assert last.startswith("cost: ") and "estimated" in last and f"budget {budget}%" in last, ok.stdout
 
 
-def _budget_above_others(case, comm, times=3):
-    """A budget `times` what filtering everybody else's events on the hook costs right now, at least 5%."""
+def _budget_above_others(case, comm, times=3, floor=5.0):
+    """A budget `times` what filtering everybody else's events on the hook costs right now, at least floor %."""
     p = run_kit("estimate", case.recipe, *case.args, "--comm", comm, "--budget", "100", "--json")
     assert p.returncode == 0, p.stderr
-    return f"{max(5.0, times * json.loads(p.stdout)['estimate']['filtered_pct']):.3g}"
+    return f"{max(floor, times * json.loads(p.stdout)['estimate']['filtered_pct']):.3g}"
 
 
 def probe_cost_per_call(before, during, after):
@@ -240,7 +242,9 @@ def test_budget_exceeded_while_running_trips_the_breaker(case, kernel, no_leftov
     # may start between the budget's choice and the estimate; this test is about the breaker.
     with _load(case.hot, "b", delay=6) as load:
         load.go()
-        budget = _budget_above_others(case, load.comm, times=1.5)
+        # Floor 2%: the hot ping-pong's offcpu blocks peak at ~5.5% of 2 CPUs here, too close to 5% for
+        # a fresh machine's CI (it ran under 5% for the whole minute there).
+        budget = _budget_above_others(case, load.comm, times=1.5, floor=2.0)
         kit = KitProc("run", case.recipe, *case.args, "--comm", load.comm, "--budget", budget, "--for", "60s",
                       "--json", "--force")
         kit.wait_attached()

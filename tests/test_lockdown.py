@@ -67,7 +67,6 @@ def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_only(confidenti
 
 def test_run_under_confidentiality_says_what_is_blocked_and_what_still_works(confidentiality, monkeypatch):
     monkeypatch.setattr(features, "uprobes_available", lambda: True)
-    kitshim.enable()
     out, err = io.StringIO(), io.StringIO()
     code = main(["--catalog", kitshim.CATALOG, "run", "fillup", "--pid", "1", "--for", "2s"], out=out, err=err)
     assert code == ExitCode.UNSUPPORTED
@@ -82,8 +81,9 @@ def test_shipped_recipes_under_confidentiality(confidentiality, monkeypatch):
     assert main(["run", "tcpretrans", "--for", "2s"], out=out, err=err) == ExitCode.UNSUPPORTED
     assert "lockdown=confidentiality blocks tracefs" in err.getvalue()
     listing = io.StringIO()
-    main(["list"], out=listing, err=io.StringIO())
-    row = next(line for line in listing.getvalue().splitlines() if line.startswith("tcpretrans"))
+    main(["list", "-v"], out=listing, err=io.StringIO())  # `kit list` wraps it; -v has it on one line
+    block = listing.getvalue().split("tcpretrans:", 1)[1]
+    row = next(line for line in block.splitlines() if line.startswith("  runs here:"))
     # both rungs named: a reader must not think that mounting tracefs would help
     assert ("no: raw_tracepoint: lockdown=confidentiality blocks bpf_probe_read_kernel, which this rung needs; "
             "tracepoint: lockdown=confidentiality blocks tracefs") in row
@@ -149,7 +149,6 @@ def test_detach_closes_uprobes_itself_under_confidentiality_even_with_tracefs_fi
 def test_doctor_under_confidentiality_names_blocked_recipes_and_what_works(confidentiality, monkeypatch):
     monkeypatch.setattr(doctor, "try_attach", lambda: {})
     monkeypatch.setattr(features, "uprobes_available", lambda: True)
-    kitshim.enable()
     rows = {k: (v, ok) for k, v, ok in doctor.report(catalog.load(kitshim.CATALOG))}
     assert rows["lockdown"] == ("confidentiality", False)
     assert "confidentiality blocks tracefs" in rows[""][0] and "uprobes still work" in rows[""][0]

@@ -66,16 +66,33 @@ def step(guest, name):
     return r
 
 
-def doctor_rows(stdout):
-    """{check: (ok, detail)} from doctor's table (columns as its dashes line draws them);
-    the unnamed row under lockdown is keyed ''."""
-    lines = stdout.splitlines()
-    widths = [len(d) for d in lines[1].split("  ")]
-    rows = {}
+def table_rows(stdout, new_row=lambda cells: bool(cells[0])):
+    """The rows of a tabulate table whose cells may wrap (kit list, kit doctor): each cell's lines
+    joined with a space. Columns as the dashes line draws them; new_row(cells) says where a row starts."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    starts, pos = [], 0
+    for dashes in lines[1].split("  "):
+        starts.append(pos)
+        pos += len(dashes) + 2
+    rows = []
     for line in lines[2:]:
-        check, ok, detail = line[:widths[0]], line[widths[0] + 2:widths[0] + 4], line[widths[0] + 6:]
-        assert ok in ("ok", "NO"), line
-        rows[check.strip()] = (ok == "ok", detail)
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+        if line.startswith("`"):  # kit list's closing hint
+            break
+        if rows and not new_row(cells):
+            rows[-1] = [f"{old} {new}".strip() for old, new in zip(rows[-1], cells)]
+        else:
+            rows.append(cells)
+    return rows
+
+
+def doctor_rows(stdout):
+    """{check: (ok, detail)} from doctor's table; the unnamed row under lockdown is keyed ''."""
+    rows = {}
+    # doctor's unnamed row under lockdown has a status and no check
+    for check, ok, detail in table_rows(stdout, new_row=lambda cells: bool(cells[0]) or cells[1] in ("ok", "NO")):
+        assert ok in ("ok", "NO"), (check, ok, detail)
+        rows[check] = (ok == "ok", detail)
     return rows
 
 
@@ -143,7 +160,7 @@ def test_doctor_reports_confidentiality_what_it_blocks_and_which_recipes_run(gue
 def test_list_says_which_recipes_run_and_why_the_others_do_not(guest):
     r = step(guest, "list")
     assert r["code"] == 0, r["stderr"]
-    rows = {line.split()[0]: line for line in r["stdout"].splitlines()[2:]}
+    rows = {cells[0]: cells[-1] for cells in table_rows(r["stdout"])}
     for name in ("lockhold", "getaddrinfo"):
         assert rows[name].endswith("yes (uprobe)"), rows[name]
     for name in BLOCKED:

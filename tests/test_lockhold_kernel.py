@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import ACCURACY_BUDGET, KitProc, orphan_progs, loaded_prog_ids
-from kit import features, histo
-from workloads import lockwork
+from kit import features, prelude
+from workloads import lockwork, wrapwork
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -23,6 +23,15 @@ SLOW_MS = 17  # lands in [16384, 32767] us with 15 ms of slack for a busy box
 @pytest.fixture(scope="module")
 def binary(tmp_path_factory):
     return lockwork.build(str(tmp_path_factory.mktemp("lockhold")), f"lkh{os.getpid() % 100000}")
+
+
+@pytest.fixture(scope="module")
+def wrapper(tmp_path_factory):
+    """wrapwork: pool_lock(void)/pool_unlock(void), wrappers that take no lock argument."""
+    return wrapwork.build(str(tmp_path_factory.mktemp("lockwrap")), f"lkw{os.getpid() % 100000}")
+
+
+APP_PAIR = ["--lock", "pool_lock", "--unlock", "pool_unlock"]
 
 
 def hist_count(buckets, low):
@@ -37,14 +46,14 @@ def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(k
              f"uprobe:{binary}:pool_unlock /@h[tid]/ {{ @n = count(); "
              f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
 
-    slow_slot = str(histo.slot_of(SLOW_MS * 1000))
+    slow_slot = str(prelude.slot_of(SLOW_MS * 1000))
     assert book["holds"] == 3000 + 4 + 6 and book["hold_slots"].get(slow_slot) == 4, book
     hold = next(r for r in res["rows"] if r["what"] == "hold")
     wait = next(r for r in res["rows"] if r["what"] == "wait")
     assert hold["pid"] == w.pid and hold["count"] == book["holds"]
     assert wait["count"] == book["waits"]
     # the slow holds land in the same log2 bucket for kit, the workload and bpftrace
-    low = histo.slot_range(int(slow_slot))[0]
+    low = prelude.slot_range(int(slow_slot))[0]
     assert hist_count(res["histograms"]["hold_us"], low) == book["hold_slots"][slow_slot]
     assert lockwork.bpftrace_hist(bt, "us").get(low) == book["hold_slots"][slow_slot]
     assert lockwork.bpftrace_counts(bt, "n") == {None: book["holds"]}
@@ -53,6 +62,59 @@ def test_app_lock_pair_counts_and_slow_buckets_equal_the_workload_and_bpftrace(k
     assert wait["total_us"] <= book["wait_total_us"]
     assert res["lost_events"] == 0 and res["unmatched"] == {"unlock_without_hold": 0, "return_without_entry": 0}
     assert {u["cost_class"] for u in res["uprobes"]} == {"emulated"}
+    # pool_lock(struct pool *) passes its lock: every unlock named its thread's hold by argument
+    p = res["pairing"]
+    assert (p["match"], p["rule"], p["used"]) == ("auto", "auto", "argument")
+    assert p["holds"] == {"either": book["holds"], "by_argument": 0, "by_thread": 0}
+
+
+def test_argless_wrappers_pair_by_thread_by_default_as_the_workload_and_bpftrace_count(kernel, no_leftovers, wrapper):
+    # the issue's shape: 4 threads, 300 holds through pool_lock(void), 10 of them ~40 ms
+    res, book, bt, w = lockwork.under_kit(
+        ["lockhold", "--binary", wrapper, *APP_PAIR, "--for", "15s"],
+        lambda: wrapwork.Workload(wrapper, "flat", 4, 300, 10, 40),
+        peer=f"uretprobe:{wrapper}:pool_lock {{ @h[tid] = nsecs; }} "
+             f"uprobe:{wrapper}:pool_unlock /@h[tid]/ {{ @n = count(); "
+             f"@us = hist((nsecs - @h[tid]) / 1000); delete(@h[tid]); }}")
+    assert book["holds"] == book["waits"] == 300
+    slow = {int(s): c for s, c in book["hold_slots"].items() if int(s) > prelude.slot_of(1000)}
+    assert sum(slow.values()) == 10, book
+    hold = next(r for r in res["rows"] if r["what"] == "hold")
+    wait = next(r for r in res["rows"] if r["what"] == "wait")
+    assert (hold["pid"], hold["count"], wait["count"]) == (w.pid, 300, 300)
+    assert lockwork.bpftrace_counts(bt, "n") == {None: 300}
+    peer_hist = lockwork.bpftrace_hist(bt, "us")
+    for s, count in slow.items():  # each slow hold in the bucket the workload and bpftrace put it in
+        low = prelude.slot_range(s)[0]
+        assert hist_count(res["histograms"]["hold_us"], low) == count == peer_hist.get(low), (s, peer_hist)
+    assert hold["total_us"] >= book["hold_total_us"] and hold["max_us"] >= book["hold_max_us"]
+    assert res["lost_events"] == 0 and res["unmatched"] == {"unlock_without_hold": 0, "return_without_entry": 0}
+    # the workload leaves its lock call's value in the register at the odd-numbered unlocks only
+    p = res["pairing"]
+    assert (p["match"], p["rule"], p["used"]) == ("auto", "auto", "thread")
+    assert p["holds"] == {"either": 150, "by_argument": 0, "by_thread": 150}
+    assert any(n.startswith("holds paired by thread (the functions take no lock argument)") for n in res["notes"])
+
+
+@pytest.mark.parametrize("match", [None, "thread"])
+def test_nested_argless_wrappers_pair_each_unlock_with_its_threads_newest_hold(kernel, no_leftovers, wrapper, match):
+    # each of 2 threads, 3 times: take A, 20 ms, take B, 5 ms, release B, 20 ms, release A: B is held ~5 ms and
+    # A ~45 ms. Pairing oldest first would give two ~25 ms holds; one hold per thread would lose A's.
+    res, book, _, _ = lockwork.under_kit(
+        ["lockhold", "--binary", wrapper, *APP_PAIR, "--for", "15s"] + (["--match", match] if match else []),
+        lambda: wrapwork.Workload(wrapper, "nested", 2, 3, 20, 5, 20))
+    assert (book["outer_holds"], book["inner_holds"]) == (6, 6)
+    assert set(book["inner_slots"]).isdisjoint(book["outer_slots"]), book
+    hold = next(r for r in res["rows"] if r["what"] == "hold")
+    assert hold["count"] == 12 and hold["max_us"] >= book["hold_max_us"]
+    kit_hist = {b["low"]: b["count"] for b in res["histograms"]["hold_us"] if b["count"]}
+    assert kit_hist == {prelude.slot_range(int(s))[0]: c for s, c in book["hold_slots"].items()}
+    assert res["lost_events"] == 0 and res["unmatched"]["unlock_without_hold"] == 0
+    # of each thread's 3 rounds, the unlocks of one pass values no hold has (see wrapwork.c's nested_hold)
+    p = res["pairing"]
+    assert (p["rule"], p["used"]) == ("auto" if match is None else "thread", "thread")
+    assert p["holds"] == ({"either": 8, "by_argument": 0, "by_thread": 4} if match is None else
+                          {"either": 0, "by_argument": 0, "by_thread": 12})
 
 
 def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processes_pay_nothing(
@@ -66,7 +128,7 @@ def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processe
     hold = [r for r in res["rows"] if r["what"] == "hold"]
     assert [(r["pid"], r["count"]) for r in hold] == [(target.pid, book["holds"])]
     assert lockwork.bpftrace_counts(bt, "locks") == {None: book["holds"]}
-    low = histo.slot_range(histo.slot_of(SLOW_MS * 1000))[0]
+    low = prelude.slot_range(prelude.slot_of(SLOW_MS * 1000))[0]
     assert hist_count(res["histograms"]["hold_us"], low) == 2
     # breakpoints went only into the target: the other process was never even filtered
     assert res["filtered"] == 0
@@ -76,6 +138,12 @@ def test_default_pair_is_pthread_in_the_libc_the_process_maps_and_other_processe
     assert all(os.path.samefile(p["binary"], LIBC) for p in probes)
     assert {p["cost_class"] for p in probes} == {"single-step"}
     assert any("single-steps" in n for n in res["notes"])
+    # the pthread pair takes the mutex as first argument: auto pairs by it alone
+    p = res["pairing"]
+    assert (p["match"], p["rule"], p["used"]) == ("auto", "lock", "argument")
+    assert p["holds"] == {"either": 0, "by_argument": book["holds"], "by_thread": 0}
+    assert any(n.startswith("holds paired by lock object (pthread_mutex_lock and pthread_mutex_unlock take")
+               for n in res["notes"])
 
 
 def _check_top_stack(res, pid, book, slow):
@@ -152,6 +220,8 @@ def test_nested_locks_are_paired_by_lock_object_and_a_full_map_is_counted_exactl
     assert res["lost"]["map_full"] == 60                    # the rest were counted, not silently dropped
     assert res["unmatched"]["unlock_without_hold"] == 60
     assert any("60 unlocks had no recorded hold" in n for n in res["notes"])
+    # holds past the per-thread stack pair by argument only: none was paired by thread
+    assert res["pairing"]["used"] == "argument" and res["pairing"]["holds"]["by_thread"] == 0
 
 
 def test_sigint_prints_what_was_measured_and_detaches(kernel, no_leftovers, binary):

@@ -175,7 +175,10 @@ def test_unscoped_offcpu_is_refused_with_exit_4_and_a_scope_hint(kernel, no_left
     p = run_kit("run", "offcpu", "--for", "2s")
     assert p.returncode == 4, p.stderr
     assert "hot path" in p.stderr and "--comm" in p.stderr and "--pid" in p.stderr
-    assert p.stderr.count("\n") == 1
+    # one error line, then the ways out, each on its own indented line (never a literal \n)
+    first, *more = p.stderr.splitlines()
+    assert first.startswith("kit: error: ") and "\\n" not in p.stderr
+    assert more and all(line.startswith("  ") for line in more) and more[-1].strip().startswith("or --force")
 
 
 def test_sigterm_mid_run_prints_partial_results_and_detaches(kernel, no_leftovers, binaries):

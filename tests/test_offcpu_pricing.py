@@ -1,7 +1,6 @@
 """How the guardrail prices an offcpu block, without a kernel: by how often blocks come on a CPU (warm or
 cold caches), by the blocks' stack depths and the hidden-caller walk, from the calibration's two
-measurements; the block shape read from perf callchains; and the rate's scope matching the template's
-(--comm takes the threads of a process whose main thread has the name). The kernel behaviour, against
+measurements; the block shape read from perf callchains. The kernel behaviour, against
 the kernel's own run time of the program, is in test_guard_kernel.py and test_calibrate_kernel.py."""
 
 import io
@@ -9,7 +8,7 @@ import os
 
 import pytest
 
-from kit import blockshape, calibrate_offcpu, catalog, costs, rate
+from kit import blockshape, calibrate_offcpu, costs, rate
 
 REF = costs.OFFCPU_REF
 PRIM = {k: costs.DEFAULT_BODY_NS[k] for k in ("offcpu_block", "offcpu_block_cold", "offcpu_kernel_frame",
@@ -91,16 +90,6 @@ def test_shape_is_the_mean_over_samples_and_the_walk_runs_after_a_syscall_instru
     assert (s.kernel_depth, s.user_depth, s.samples) == (10, 4, 3)
     assert s.walk_share == pytest.approx(1 / 3)
     assert blockshape.summarize([]) is None
-
-
-def test_comm_scope_takes_a_renamed_thread_of_a_process_of_that_name_only_where_the_template_does(monkeypatch):
-    names = {(10, 10): "pay-svc", (10, 11): "pay-db", (20, 20): "other", (20, 21): "pay-db"}
-    monkeypatch.setattr(rate, "_thread_comm", lambda pid, tid: names[(pid, tid)])
-    recipe = catalog.load()["offcpu"]
-    plain, _ = rate.scope_matcher(recipe, {"comm": "pay-svc"})
-    leader, _ = rate.scope_matcher(recipe, {"comm": "pay-svc"}, comm_of_process=True)
-    assert [plain(*pt) for pt in names] == [True, False, False, False]
-    assert [leader(*pt) for pt in names] == [True, True, False, False]
 
 
 def test_first_use_measures_only_where_no_calibration_file_exists(tmp_path, monkeypatch):

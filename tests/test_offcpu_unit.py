@@ -153,7 +153,8 @@ def test_flame_graph_widths_are_proportional_to_time():
         widths.setdefault(name, float(g.find(f"{ns}rect").get("width")))
     assert widths["charge"] / widths["all"] == pytest.approx(1000 / 1050, rel=1e-3)
     assert widths["pipe_read"] / widths["all"] == pytest.approx(50 / 1050, rel=1e-3)
-    assert "1000 us" in svg  # hover text carries the exact value
+    assert "pay-svc (1.0 ms, 95.24%)" in svg  # hover text: the frame's time in human units, and its share
+    assert "total 1.1 ms; click a frame" in svg
 
 
 def test_human_listing_names_threads_wait_paths_and_recovered_frames():

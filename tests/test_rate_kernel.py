@@ -10,6 +10,7 @@ import pytest
 
 from kit import catalog, costs, insn, perfevent, rate
 from kit.calibrate import _Target
+from calibration import calibrate
 from workloads.load import Load
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -54,13 +55,29 @@ def _own(load, t0, t1):
     return calls / wall, calls / cpu, cpu / wall
 
 
+def _own_uncounted(load, t0, t1, span=1.0):
+    """The load's own calls per CPU-second in the `span` seconds before t0 and after t1, when no event
+    counted its calls: what kit claims to give back once it undoes its counting's slowdown."""
+    calls = cpu = 0
+    for a, b in ((t0 - span, t0 - 0.05), (t1 + 0.05, t1 + span)):
+        s = load.between(a, b)
+        calls += s[-1]["calls"] - s[0]["calls"]
+        cpu += (s[-1]["cpu_ns"] - s[0]["cpu_ns"]) / 1e9
+    return calls / cpu
+
+
 @pytest.mark.parametrize("pace", [20000, 0], ids=["steady", "as-fast-as-it-goes"])
 def test_tracepoint_rate_in_scope_and_cpu_use_match_the_loads_own(pace, kernel):
     comm = f"kit-r{os.getpid() % 100000}"
     recipe = catalog.load()["syscalls"]
     match, _ = rate.scope_matcher(recipe, {"comm": comm})
     hook = rate.RateHook("tracepoint", "raw_syscalls:sys_enter")
-    cal, _ = costs.load_calibration()
+    # This host's price of a counting hit (the cost-class default, 120 ns, is 4x what this VM measures):
+    # the slowdown undone is the one this host's calibration says the event causes.
+    proc, path = calibrate()
+    assert proc.returncode == 0, proc.stderr
+    cal, note = costs.load_calibration(path)
+    assert cal, note
     m = costs.for_class("tracepoint_pair", "raw_tracepoint", cal=cal).measure_ns
     with Load("syscalls", comm, seconds=60, pace=pace) as load:
         load.go()
@@ -80,11 +97,14 @@ def test_tracepoint_rate_in_scope_and_cpu_use_match_the_loads_own(pace, kernel):
         assert mine[0].util == pytest.approx(util, abs=0.15), (mine[0].util, util)
     else:
         # As fast as it goes: it is the busiest, and on a box other tests share its rate per second of
-        # CPU is what it keeps (the counting event's own slowdown undone); util is the CPU it wants.
+        # CPU is what it keeps once the counting event's own slowdown is undone, so the truth is its own
+        # rate per CPU-second while nothing counted it (the window around the measurement, which the
+        # event slowed, gave a ratio of 2.01 on a fresh CI machine); util is the CPU it wants.
         assert r.by_comm[0].comm == comm
         assert mine[0].busy, mine[0]
+        free = _own_uncounted(load, t0, t1)
         # Other tests sharing the cores make a CPU-bound thread's time per call wander: a factor of 2.
-        assert 0.5 <= r.in_scope / mine[0].util / per_cpu_s <= 2.0, (r.in_scope, mine[0], per_cpu_s)
+        assert 0.5 <= r.in_scope / mine[0].util / free <= 2.0, (r.in_scope, mine[0], free, per_cpu_s)
 
 
 def _objdump_first(path, offset):
@@ -135,7 +155,7 @@ recipes:
   - name: lockprobe
     summary: a uprobe recipe made up for this test
     example: kit run lockprobe
-    scopes: [comm, pid]
+    scopes: [comm, thread_comm, pid]
     hooks:
       - type: uprobe
         binary: binary
@@ -147,7 +167,8 @@ recipes:
     duration: {default: 10s, max: 1m}
     guard: {hot_path: true, cost_class: uprobe_pair, scope_required: true, rate_hook: on_unlock}
     output: table
-    fields: [{name: n, help: h}]
+    table: {map: calls}
+    fields: [{name: n, from: val, help: h}]
     runbook: r
 """
 

@@ -63,7 +63,6 @@ FALLIBLE = re.compile(r"\.(lookup_or_try_init|update|insert|get_stackid|perf_sub
 
 
 def _templates():
-    kitshim.enable()
     for path in (catalog.DEFAULT_CATALOG, kitshim.CATALOG):
         for r in catalog.load(path).values():
             yield pytest.param(r.template_path, id=r.name)

@@ -146,7 +146,7 @@ def test_a_lock_symbol_missing_from_the_binary_is_an_error_before_anything_attac
 
 def test_lockhold_with_binary_plans_three_probes_for_every_process(recipes, workload):
     ctx, text = _prepare(recipes, "lockhold", binary=workload, lock="pool_lock", unlock="pool_unlock")
-    probes = ctx.state["uprobes"]
+    probes = ctx.planned_uprobes
     assert [(p.fn, p.at, p.symbol, p.pid) for p in probes] == [
         ("lock_entry", "entry", "pool_lock", -1), ("lock_return", "return", "pool_lock", -1),
         ("unlock_entry", "entry", "pool_unlock", -1)]
@@ -167,7 +167,7 @@ def test_comm_with_no_running_process_is_an_error_for_the_hot_path(recipes):
 
 def test_getaddrinfo_comm_attaches_to_libc_for_every_process_so_later_processes_count(recipes):
     ctx, _ = _prepare(recipes, "getaddrinfo", comm="kit-no-such")
-    probes = ctx.state["uprobes"]
+    probes = ctx.planned_uprobes
     assert {p.pid for p in probes} == {-1}
     assert {p.symbol for p in probes} == {"getaddrinfo", "gethostbyname", "gethostbyname2"}
     assert all(os.path.samefile(p.open_path, LIBC) for p in probes)
@@ -221,9 +221,9 @@ def test_estimated_cost_per_lock_follows_the_first_instructions(recipes, workloa
     ctx, _ = _prepare(recipes, "lockhold", binary=workload, lock="pool_lock", unlock="pool_unlock")
     # push-started pool_lock/pool_unlock: two emulated traps and one return trampoline
     from kit import costs
-    assert {p.kind for p in ctx.state["uprobes"]} == {"push"}
+    assert {p.kind for p in ctx.planned_uprobes} == {"push"}
     emulated, stepped, ret = (costs.DEFAULT_NS[k] for k in ("uprobe_emulated", "uprobe_stepped", "uretprobe_extra"))
-    assert uprobes.cycle_cost_ns(ctx.state["uprobes"]) == 2 * emulated + ret
+    assert uprobes.cycle_cost_ns(ctx.planned_uprobes) == 2 * emulated + ret
     pthread = [uprobes.Probe("lock_entry", "entry", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", "",
                              "other"),
                uprobes.Probe("lock_return", "return", "pthread_mutex_lock", LIBC, LIBC, 1, 1, 1, "single-step", "",
@@ -233,5 +233,5 @@ def test_estimated_cost_per_lock_follows_the_first_instructions(recipes, workloa
     assert uprobes.cycle_cost_ns(pthread) == 2 * stepped + ret
     # with a calibration, its prices by instruction kind
     cal = {"uprobe": {"push": 500, "other": 9000}, "ns": {"uretprobe_extra": 800}}
-    assert uprobes.cycle_cost_ns(ctx.state["uprobes"], cal=cal) == 2 * 500 + 800
+    assert uprobes.cycle_cost_ns(ctx.planned_uprobes, cal=cal) == 2 * 500 + 800
     assert uprobes.cycle_cost_ns(pthread, cal=cal) == 2 * 9000 + 800

@@ -164,8 +164,8 @@ class _Resident:
 
     def __init__(self, workload, spin=False):
         self.workload, self.binary, self.comm = workload, workload.binary, workload.comm
-        self.p = subprocess.Popen([workload.binary, str(workload.per_round)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.p = subprocess.Popen([*workload.prefix(), workload.binary, str(workload.per_round), *workload.args()],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.pid = json.loads(self.p.stdout.readline())["pid"]
         if spin:
             self._say("spin")
@@ -175,9 +175,16 @@ class _Resident:
         self.p.stdin.flush()
 
     def run(self):
+        """(seconds, events, CPU seconds) of one round: the events are the workload's own count, or
+        the delta of the kernel counter it names (its `counted()`)."""
+        before = self.workload.counted()
         self._say("go")
-        r = json.loads(self.p.stdout.readline())
-        return r["seconds"], r["events"], r["cpu"]
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.workload.comm} exited during a round")
+        r = json.loads(line)
+        after = self.workload.counted()
+        return r["seconds"], r["events"] if before is None else after - before, r["cpu"]
 
     def close(self):
         _stop_group(self.p)
@@ -192,6 +199,18 @@ class Resident:
 
     def prepared(self):
         return contextlib.nullcontext(self)
+
+    def prefix(self):
+        """What the workload's command runs under (ip netns exec NS), or nothing."""
+        return []
+
+    def args(self):
+        """The workload's arguments after its round size (known once prepared)."""
+        return []
+
+    def counted(self):
+        """A kernel counter of the workload's events (read around each round), or None: its own count."""
+        return None
 
     @contextlib.contextmanager
     def session(self, spin=False):
@@ -212,6 +231,156 @@ def lockloop(outdir, pairs):
 
 def gai(outdir, calls):
     return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
+
+
+def netns_inum(name):
+    """The inode number of a named network namespace (what the kernel's ns.inum holds)."""
+    return os.stat(f"/run/netns/{name}").st_ino
+
+
+def _netns(name):
+    """A network namespace with its loopback up; deleted (with its nftables rules) on the way out."""
+    @contextlib.contextmanager
+    def ns():
+        _sh("ip", "netns", "add", name)
+        try:
+            _sh("ip", "-n", name, "link", "set", "lo", "up")
+            yield name
+        finally:
+            _sh("ip", "netns", "del", name, check=False)
+    return ns()
+
+
+class LoopDisk(Resident):
+    """O_DIRECT I/O (bench/workloads/dio.c) on a loop device the case creates over a file in
+    /dev/shm (so that no real disk's I/O joins the device's) and removes after. Events: the reads
+    and writes completed in the device's own counters (/sys/block/loopN/stat)."""
+
+    SIZE = 256 << 20
+
+    def __init__(self, outdir, ios, block=4096):
+        super().__init__(outdir, "dio.c", "kit-dio", ios, "block I/O request", "block I/O requests")
+        self.block, self.dev, self.devno = block, None, None
+
+    @contextlib.contextmanager
+    def prepared(self):
+        img = f"/dev/shm/kit-bench-disk-{os.getpid()}.img"
+        with open(img, "wb") as f:
+            f.truncate(self.SIZE)
+        try:
+            self.dev = _sh("losetup", "-f", "--show", img).stdout.strip()
+            try:
+                name = os.path.basename(self.dev)
+                with open(f"/sys/block/{name}/dev") as f:
+                    major, minor = (int(x) for x in f.read().split(":"))
+                self.devno = major << 20 | minor  # the kernel's dev_t, as block tracepoints carry it
+                yield self
+            finally:
+                _sh("losetup", "-d", self.dev, check=False)
+                self.dev = self.devno = None
+        finally:
+            os.unlink(img)
+
+    def args(self):
+        return [self.dev, str(self.block)]
+
+    def counted(self):
+        with open(f"/sys/block/{os.path.basename(self.dev)}/stat") as f:
+            v = f.read().split()
+        return int(v[0]) + int(v[4])  # reads completed + writes completed
+
+
+class UdpDrops(Resident):
+    """UDP datagrams (bench/workloads/udpsend.c) to a port that an nftables rule on the input hook
+    drops, in a network namespace the case creates. Events: the rule's own counter."""
+
+    PORT = 7071
+
+    def __init__(self, outdir, sends):
+        super().__init__(outdir, "udpsend.c", "kit-udpsend", sends, "dropped datagram", "dropped datagrams")
+        self.ns = f"kit-bench-drops-{os.getpid()}"
+
+    @contextlib.contextmanager
+    def prepared(self):
+        with _netns(self.ns):
+            nft = ["ip", "netns", "exec", self.ns, "nft"]
+            _sh(*nft, "add", "table", "inet", "kit_bench")
+            _sh(*nft, "add", "chain", "inet", "kit_bench", "in", "{ type filter hook input priority 0; }")
+            _sh(*nft, "add", "rule", "inet", "kit_bench", "in", "udp", "dport", str(self.PORT), "counter", "drop")
+            yield self
+
+    def prefix(self):
+        return ["ip", "netns", "exec", self.ns]
+
+    def netns_inum(self):
+        return netns_inum(self.ns)
+
+    def args(self):
+        return [str(self.PORT)]
+
+    def counted(self):
+        out = json.loads(_sh("ip", "netns", "exec", self.ns, "nft", "-j", "list", "table", "inet",
+                             "kit_bench").stdout)
+        for item in out["nftables"]:
+            for e in (item.get("rule") or {}).get("expr", []):
+                if "counter" in e:
+                    return e["counter"]["packets"]
+        raise RuntimeError(f"no counter in the bench's drop rule: {out}")
+
+
+class Conns(Resident):
+    """Short TCP connections (bench/workloads/conns.c) to a loopback server thread of the same
+    process, in a network namespace the case creates. Events: the namespace's TcpActiveOpens
+    (nstat), one per connect."""
+
+    PORT = 7072
+
+    def __init__(self, outdir, conns):
+        super().__init__(outdir, "conns.c", "kit-conns", conns, "connection", "connections", flags=("-pthread",))
+        self.ns = f"kit-bench-conns-{os.getpid()}"
+
+    def prepared(self):
+        return _netns(self.ns)
+
+    def prefix(self):
+        return ["ip", "netns", "exec", self.ns]
+
+    def netns_inum(self):
+        return netns_inum(self.ns)
+
+    def args(self):
+        return [str(self.PORT)]
+
+    def counted(self):
+        out = _sh("ip", "netns", "exec", self.ns, "nstat", "-az", "TcpActiveOpens").stdout
+        for line in out.splitlines():
+            if line.startswith("TcpActiveOpens"):
+                return int(line.split()[1])
+        raise RuntimeError(f"no TcpActiveOpens in nstat output: {out!r}")
+
+
+class Opens(Resident):
+    """open() in a loop (bench/workloads/opens.c), half of a file that is there and half of one
+    that is not (ENOENT), in a directory the case creates. Events: its own count of opens."""
+
+    def __init__(self, outdir, opens):
+        super().__init__(outdir, "opens.c", "kit-opens", opens, "open", "opens")
+        self.dir = None
+
+    @contextlib.contextmanager
+    def prepared(self):
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="kit-bench-opens-") as d:
+            with open(os.path.join(d, "present"), "w") as f:
+                f.write("kit\n")
+            self.dir = d
+            try:
+                yield self
+            finally:
+                self.dir = None
+
+    def args(self):
+        return [self.dir]
 
 
 class PaySvc:

@@ -1,6 +1,7 @@
 """getaddrinfo: reading the per-(process, function, host) counts."""
 
-from kit import costs, histo, targets, uprobes
+from kit import costs, prelude, targets, uprobes
+from kit.contract import Hooks
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")
 
@@ -24,7 +25,10 @@ def collect(ctx, bpf):
             "max_us": round(v.max_ns / 1000.0, 1),
         })
     rows.sort(key=lambda r: (-r["total_us"], -r["count"]))
-    return {"rows": rows, "histograms": {"latency_us": histo.from_table(bpf["latency_hist"])},
+    return {"rows": rows, "histograms": {"latency_us": prelude.from_table(bpf["latency_hist"])},
             "uprobes": uprobes.summary(ctx),
-            "cost_ns_per_lookup": uprobes.cycle_cost_ns(ctx.state.get("uprobes_attached", []), {"getaddrinfo"},
+            "cost_ns_per_lookup": uprobes.cycle_cost_ns(ctx.attached_uprobes, {"getaddrinfo"},
                                                          cal=costs.load_calibration()[0])}
+
+
+HOOKS = Hooks(collect=collect)

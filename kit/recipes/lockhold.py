@@ -2,18 +2,30 @@
 
 import os
 
-from kit import costs, elf, histo, targets, uprobes
+from kit import costs, elf, prelude, targets, uprobes
 from kit.errors import Refused
+from kit.contract import Hooks
+from kit.output import duration
 
 STACKS_TOP = 10
+
+# Lock functions whose first argument is the lock object by definition: under --match auto
+# these pair by it alone, so a mutex taken by trylock (unprobed) cannot end another's hold.
+LOCK_ARG_FUNCTIONS = frozenset({
+    "pthread_mutex_lock", "pthread_mutex_timedlock", "pthread_mutex_clocklock", "pthread_mutex_unlock",
+    "pthread_spin_lock", "pthread_spin_unlock", "pthread_rwlock_rdlock", "pthread_rwlock_wrlock",
+    "pthread_rwlock_timedrdlock", "pthread_rwlock_timedwrlock", "pthread_rwlock_clockrdlock",
+    "pthread_rwlock_clockwrlock", "pthread_rwlock_unlock"})
+# the `paired` counters of probes/lockhold.c, by index
+PAIRED = ("either", "by_argument", "by_thread")
 
 
 def prepare(ctx):
     """--binary counts as a scope only when it narrows: a libc is mapped by
-    every process, so --binary LIBC without --pid/--comm is the box-wide hot
+    every process, so --binary LIBC without --pid/--comm/--thread-comm is the box-wide hot
     path the guardrail exists to refuse."""
     binary = ctx.value("binary")
-    if binary and ctx.value("pid") is None and ctx.value("comm") is None and \
+    if binary and all(ctx.value(n) is None for n in ("pid", "comm", "thread_comm")) and \
             (targets.is_libc(binary) or targets.is_libpthread(binary)):
         raise Refused(f"--binary {binary} is mapped by every process: {ctx.value('lock')} there is a hot path "
                       "across the box",
@@ -21,11 +33,29 @@ def prepare(ctx):
                       "`kit run lockhold --force` traces every process anyway")
 
 
+def _known_lock_arg(symbol):
+    name = symbol.split("@", 1)[0]
+    return name in LOCK_ARG_FUNCTIONS or name.lstrip("_") in LOCK_ARG_FUNCTIONS
+
+
+def pair_rule(ctx):
+    """The rule the program pairs by: --match as given, and auto for a pair known to take
+    its lock as first argument is lock."""
+    match = ctx.value("match")
+    if match == "auto" and _known_lock_arg(ctx.value("lock")) and _known_lock_arg(ctx.value("unlock")):
+        return "lock"
+    return match
+
+
+def extra(ctx):
+    return {"lock_arg_known": int(pair_rule(ctx) == "lock" and ctx.value("match") == "auto")}
+
+
 def attach(ctx, bpf):
     desc = uprobes.attach(ctx, bpf)
     if ctx.value("stacks"):
-        for pid in sorted({p.pid for p in ctx.state["uprobes_attached"] if p.pid > 0}):
-            _warm_symbols(bpf, pid, ctx.state["uprobes_attached"])
+        for pid in sorted({p.pid for p in ctx.attached_uprobes if p.pid > 0}):
+            _warm_symbols(bpf, pid, ctx.attached_uprobes)
     return desc
 
 
@@ -69,17 +99,19 @@ def collect(ctx, bpf):
     rows.sort(key=lambda r: (r["what"] != "hold", -r["total_us"]))
     unmatched = bpf["unmatched"]
     no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
-    attached = ctx.state.get("uprobes_attached", [])
+    attached = ctx.attached_uprobes
     cost_ns = uprobes.cycle_cost_ns(attached, cal=costs.load_calibration()[0])
+    pairing = _pairing(ctx, bpf)
     notes = [f"each lock/unlock cost the traced threads ~{cost_ns / 1000:.1f} us in probes "
-             f"(x {totals['hold']['count']} holds = ~{cost_ns * totals['hold']['count'] / 1e6:.1f} ms)"]
+             f"(x {totals['hold']['count']} holds = ~{cost_ns * totals['hold']['count'] / 1e6:.1f} ms)",
+             pairing_note(ctx, pairing)]
     if no_hold:
-        notes.append(f"{no_hold} unlocks had no recorded hold (taken before the run, by trylock, "
-                     "or not paired by the first argument: try --match thread)")
+        notes.append(f"{no_hold} unlocks had no recorded hold ({_no_hold_why(ctx, pairing)})")
     out = {"rows": rows, "totals": totals,
-           "histograms": {"hold_us": histo.from_table(bpf["hold_hist"]),
-                          "wait_us": histo.from_table(bpf["wait_hist"])},
+           "histograms": {"hold_us": prelude.from_table(bpf["hold_hist"]),
+                          "wait_us": prelude.from_table(bpf["wait_hist"])},
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
+           "pairing": pairing,
            "uprobes": uprobes.summary(ctx), "cost_ns_per_lock": cost_ns, "notes": notes}
     if ctx.value("stacks"):
         out["stacks"] = _stacks(ctx, bpf)
@@ -87,11 +119,67 @@ def collect(ctx, bpf):
     return out
 
 
+def _pairing(ctx, bpf):
+    """Which rule paired the holds: what was asked, the rule the program ran, and per hold
+    whether the first argument and the thread's newest hold agreed (either), or only one
+    of them chose it."""
+    table = bpf["paired"]
+    holds = {name: int(sum(table[table.Key(i)])) for i, name in enumerate(PAIRED)}
+    return {"match": ctx.value("match"), "rule": pair_rule(ctx), "used": used_pairing(holds), "holds": holds}
+
+
+def used_pairing(holds):
+    """argument, thread, mixed or none, from the `paired` counts: a hold both rules agree on
+    supports either, so it is the holds only one rule chose that say which was used."""
+    if not sum(holds.values()):
+        return "none"
+    if not holds["by_thread"]:
+        return "argument"
+    return "thread" if not holds["by_argument"] else "mixed"
+
+
+def pairing_note(ctx, p):
+    """One line saying how unlocks were matched to holds, and why."""
+    h = p["holds"]
+    n = sum(h.values())
+    lock, unlock = ctx.value("lock"), ctx.value("unlock")
+    if p["rule"] == "lock":
+        why = (f"{lock} and {unlock} take the lock as their first argument" if p["match"] == "auto"
+               else "--match lock")
+        return f"holds paired by lock object ({why}): an unlock ended the hold its thread took on the same one"
+    if p["rule"] == "thread":
+        return "holds paired by thread (--match thread): an unlock ended its thread's newest hold"
+    if p["used"] == "none":
+        return "no hold ended during the run (pairing: by lock object, else by thread)"
+    if p["used"] == "argument":
+        if not h["by_argument"]:
+            return (f"holds paired by lock argument, the same as by thread here: each of the {n} unlocks passed "
+                    "the first argument of its thread's newest hold")
+        return (f"holds paired by lock argument: each of the {n} unlocks passed the first argument of a hold "
+                f"its thread had open ({h['by_argument']} released out of order)")
+    if p["used"] == "thread":
+        agreed = f"; the other {h['either']} passed the newest hold's anyway" if h["either"] else ""
+        return (f"holds paired by thread (the functions take no lock argument): {h['by_thread']} of {n} unlocks "
+                f"passed no first argument of a hold their thread had open, so each ended its thread's newest "
+                f"hold{agreed}")
+    return (f"holds paired by lock argument ({h['either'] + h['by_argument']}, {h['by_argument']} released out of "
+            f"order) and by thread ({h['by_thread']}, whose unlock passed no first argument of an open hold); if "
+            f"{lock}/{unlock} take their lock as first argument, --match lock pairs by it alone; if they take "
+            "none, --match thread")
+
+
+def _no_hold_why(ctx, p):
+    if p["rule"] == "lock" and p["match"] == "lock":
+        return ("taken before the run or by a trylock; or the functions take no lock argument: "
+                "--match auto pairs those by thread")
+    return "taken before the run or by a trylock"
+
+
 def _fallback_symbolizer(ctx, bpf, pid):
     """For a process that is gone: name frames in the file that defines the lock
     function, from its load base (where the lock function ran, minus its
     address in the file) and the file's own symbol table."""
-    lock = next((p for p in ctx.state.get("uprobes_attached", []) if p.fn == "lock_entry"), None)
+    lock = next((p for p in ctx.attached_uprobes if p.fn == "lock_entry"), None)
     ips = bpf["lock_ips"]
     try:
         ip = ips[ips.Key(pid)].value
@@ -138,7 +226,10 @@ def _stacks_text(stacks):
         return "holder stacks: (none recorded)"
     lines = ["holder stacks by total hold (stack where the lock was taken):"]
     for s in stacks:
-        lines.append(f"  {s['total_us']:.0f} us total, {s['count']} holds, max {s['max_us']:.0f} us"
+        lines.append(f"  {duration(s['total_us'])} total, {s['count']} holds, max {duration(s['max_us'])}"
                      f" -- pid {s['pid']} {s['comm']}")
         lines += [f"      {f}" for f in s["frames"]] or ["      [no frames]"]
     return "\n".join(lines)
+
+
+HOOKS = Hooks(prepare=prepare, extra=extra, attach=attach, collect=collect)

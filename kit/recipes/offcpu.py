@@ -8,8 +8,9 @@ import os
 import threading
 import time
 
-from kit import btf, features, hidden_frames, usersyms
+from kit import btf, features, hidden_frames, prelude, targets, usersyms
 from kit.errors import Unsupported
+from kit.contract import Hooks
 
 POLL_MS = 50            # how fast a new process is snapshotted after its first switch-out
 REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
@@ -17,7 +18,8 @@ WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.
 SCHED_ENTRY = "__schedule"
 UNWIND_HELPERS = ("bpf_task_pt_regs", "bpf_get_current_task_btf")
-UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED = 0, 1, 2, 3  # as in probes/offcpu.c
+UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED, UNW_CFI = 0, 1, 2, 3, 4  # as in probes/offcpu.c
+NO_FP_ABOVE = "[callers unknown: no frame pointers above]"
 
 
 class _Learn(ctypes.Structure):
@@ -59,11 +61,6 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    if features.btf_available() and ctx.values.get("comm") is not None:
-        offs.update(btf.offsets({"task_leader_off": ("task_struct", "group_leader"),
-                                 "task_comm_off": ("task_struct", "comm")}))
-    else:
-        offs.update({"task_leader_off": 0, "task_comm_off": 0})
     unwind = unwind_supported()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
@@ -83,7 +80,7 @@ class Watcher:
         self.lost_sightings = 0
         self.lost_learn = 0
         self.errors = 0
-        self.asked = {}  # (tid, kstack, ustack) -> [chain computed from the block that asked, ...]
+        self.asked = {}  # (tid, kstack, ustack) -> [(chain, complete) from the block that asked, ...]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         bpf["first_sight"].open_perf_buffer(self._on_sight, page_cnt=8, lost_cb=self._on_lost_sight)
@@ -175,39 +172,29 @@ def _in_scope_now(ctx):
                         return [int(line.split()[1])]
         except OSError:
             return []
-    if comm:
-        out = []
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/comm", "rb") as f:
-                    if f.read().rstrip(b"\n") == comm.encode("utf-8", "surrogateescape"):
-                        out.append(int(p))
-            except OSError:
-                continue
-        return out
+    thread_comm = ctx.values.get("thread_comm")
+    if comm is not None or thread_comm is not None:
+        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
     return []
 
 
 def attach(ctx, bpf):
-    from kit.run import _auto_attached
-    what = _auto_attached(bpf)
+    what = prelude.auto_attached(bpf)
     w = Watcher(bpf, bool(ctx.extra.get("unwind")))
-    ctx.state["watcher"] = w
+    ctx.private = w
     w.prewarm(_in_scope_now(ctx))
     w.start()
     return what
 
 
 def detach(ctx, bpf):
-    w = ctx.state.get("watcher")
+    w = ctx.private
     if w is not None:
         w.stop()
 
 
 def cleanup(ctx):
-    w = ctx.state.pop("watcher", None)
+    w, ctx.private = ctx.private, None
     if w is not None:
         w.close()
 
@@ -227,16 +214,17 @@ def _kernel_frames(bpf, stack_id, cache):
 
 
 def _hidden_chain(key, w, asked_blocks):
-    """The frames the kernel's walk skipped for this sample, if kit knows them, else None."""
+    """(frames the kernel's walk skipped for this sample, complete), if kit knows them, else None.
+    Not complete: no frame on the way keeps a frame pointer, so nothing above them is known."""
     b = key.block
-    if b.unwind == UNW_DONE and b.nhidden:
-        return list(b.hidden[:b.nhidden])
+    if b.unwind in (UNW_DONE, UNW_CFI) and b.nhidden:
+        return list(b.hidden[:b.nhidden]), b.unwind == UNW_DONE
     if b.unwind == UNW_ASKED:
         # This block sent its own stack window; its chain was computed from it. Usable only if
         # no other block shares the sample's key (the key is all that tells blocks apart).
         ident = (key.tid, b.kstack, b.ustack)
         chains = w.asked.get(ident, [])
-        if asked_blocks.get(ident) == 1 and len(chains) == 1 and chains[0]:
+        if asked_blocks.get(ident) == 1 and len(chains) == 1 and chains[0] and chains[0][0]:
             return chains[0]
     return None
 
@@ -254,20 +242,38 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
         return ["[unknown]"] * len(addrs), 0
     recovered = []
     tail = addrs[1:]
-    hidden = _hidden_chain(key, w, asked_blocks)
-    if hidden:
-        if w.learner.verify(img, addrs[0], hidden):
+    found = _hidden_chain(key, w, asked_blocks)
+    complete = True
+    if found:
+        hidden, complete = found
+        if w.learner.verify(img, addrs[0], hidden, complete):
             recovered = hidden
-            if b.bp_unsure:
+            if not complete:
+                tail = []  # the kernel's walk above them followed a register holding anything
+                stats["cfi_only"] += 1
+            elif b.bp_unsure:
                 tail = []
                 stats["bp_unsure"] += 1
         else:
             stats["rejected_chains"] += 1
     names = [img.symbol(addrs[0])]
     names += [img.symbol(a, is_return=True) for a in recovered + tail]
-    if recovered and b.bp_unsure:
+    if recovered and not complete:
+        names.append(NO_FP_ABOVE)
+    elif recovered and b.bp_unsure:
         names.append("[outer frames unknown: libc reused rbp]")
-    return names, len(recovered)
+    return _collapse_unknown(names), len(recovered)
+
+
+def _collapse_unknown(names):
+    """A run of [unknown] frames is one thing (a frame-pointer walk gone astray): one frame, so the
+    same wait folds together however far the walk strayed."""
+    out = []
+    for n in names:
+        if n == "[unknown]" and out and out[-1] == "[unknown]":
+            continue
+        out.append(n)
+    return out
 
 
 def _libc_top(img, addr):
@@ -276,7 +282,7 @@ def _libc_top(img, addr):
 
 
 def collect(ctx, bpf):
-    w = ctx.state.get("watcher")
+    w = ctx.private
     w.stop()
     w.poll_once(0)  # sightings and hints still in the buffers
     now = time.monotonic_ns()  # bpf_ktime_get_ns() is CLOCK_MONOTONIC too
@@ -298,7 +304,7 @@ def collect(ctx, bpf):
             ident = (k.tid, k.block.kstack, k.block.ustack)
             asked_blocks[ident] = asked_blocks.get(ident, 0) + count
     kcache = {}
-    stats = {"unsnapshotted": set(), "rejected_chains": 0, "bp_unsure": 0}
+    stats = {"unsnapshotted": set(), "rejected_chains": 0, "bp_unsure": 0, "cfi_only": 0}
     merged = {}
     libc_unrecovered = [0, 0]  # rows, ns
     recovered_rows = [0, 0]
@@ -383,11 +389,22 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
         notes.append(f"libc has no frame pointers, so the kernel's stack walk skips the function that called a "
                      f"libc wrapper; kit recovered it from libc's unwind tables in {recovered[0]} stack(s) "
                      f"({100.0 * recovered[1] / max(total_ns, 1):.0f}% of the time)")
+    if stats["cfi_only"]:
+        notes.append(f"{stats['cfi_only']} stack(s) pass through code built without frame pointers: kit followed "
+                     f"them through the unwind tables for up to {hidden_frames.MAX_HIDDEN} frames and marks where "
+                     f"it had to stop ({NO_FP_ABOVE}); building the program with -fno-omit-frame-pointer shows "
+                     "the rest")
     if libc_unrec[0]:
         notes.append(f"{libc_unrec[0]} stack(s) ({100.0 * libc_unrec[1] / max(total_ns, 1):.0f}% of the time) start "
-                     "in libc, which has no frame pointers: the function that called the libc wrapper is missing "
-                     "from them (kit recovers it once it has seen a call site; blocks before that stay short)")
+                     "in libc and lack the function that called into it: libc keeps no frame pointers, so the "
+                     "kernel's stack walk skips that caller. kit works out such a caller from libc's unwind "
+                     "tables, but only after the first time a thread blocks at that spot in libc: blocks that "
+                     "happened before then stay without it (a longer run shows fewer of them)")
+    notes += usersyms.explain(rows, w.sym)
     if stats["rejected_chains"]:
         notes.append(f"{stats['rejected_chains']} recovered caller chain(s) failed the check against the unwind "
                      "tables and are not shown")
     return notes
+
+
+HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=detach, cleanup=cleanup)

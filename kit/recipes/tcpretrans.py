@@ -5,6 +5,7 @@ import socket
 
 from kit import btf, features, sockets
 from kit.errors import Unsupported
+from kit.contract import Hooks
 
 TCP_STATES = ["?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE"]
@@ -79,3 +80,6 @@ def collect(ctx, bpf):
         notes.append(note)
     rows.sort(key=lambda r: (-r["count"], -r["failed"]))
     return {"rows": rows, "notes": notes}
+
+
+HOOKS = Hooks(extra=extra, collect=collect)

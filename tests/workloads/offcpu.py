@@ -16,13 +16,15 @@ PATHS = {
 }
 
 
-def build(directory, name="offcpu-work"):
-    """Compile with frame pointers kept; returns the binary's path (its name is the process comm)."""
+def build(directory, name="offcpu-work", frame_pointers=True):
+    """Compile with frame pointers kept (or, frame_pointers=False, without them, as most release builds
+    are); returns the binary's path (its name is the process comm)."""
     out = os.path.join(directory, name)
     if not os.path.exists(out):
         cc = shutil.which("gcc") or shutil.which("cc")
         assert cc, "the offcpu tests need gcc (./setup.sh installs it)"
-        subprocess.run([cc, "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o", out, SRC], check=True)
+        fp = "-fno-omit-frame-pointer" if frame_pointers else "-fomit-frame-pointer"
+        subprocess.run([cc, "-O1", "-g", fp, "-pthread", "-o", out, SRC], check=True)
     return out
 
 
