@@ -169,7 +169,7 @@ def block_priced(ctx, c, r):
     and on how deep the blocked threads' stacks are (kit/costs.py offcpu_priced); both known only now."""
     if ctx.recipe.guard.cost_class != "offcpu_block":
         return c
-    threads = [(t.pid, t.tid) for t in r.threads if t.in_scope and t.pid]
+    threads = [(t.pid, t.tid) for t in sorted(r.threads, key=lambda t: -t.rate) if t.in_scope and t.pid]
     try:
         shape = blockshape.sample(threads) if threads else None
     except (OSError, Unsupported):
