@@ -31,6 +31,7 @@ import time
 from kit import blockshape, bpfstats, costs
 
 COMM = "kit-calib-pp"
+COMM_OUT = "kit-calib-out"  # a ping-pong the program filters out: its hot filtered switches
 HOT_ROUNDS = 6000        # back to back: ~0.2 s, two blocks per round trip
 COLD_PACE = 500          # round trips per second when paced: ~1500 blocks/s (the sleep is a block too)
 COLD_S = 0.6
@@ -67,9 +68,9 @@ def _preexec():
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlives kit
 
 
-def pingpong(rounds, pace=0.0):
+def pingpong(rounds, pace=0.0, comm=COMM):
     """A ping-pong of `rounds` round trips (paced at `pace` per second, or back to back), started."""
-    return subprocess.Popen([sys.executable, "-c", PINGPONG, str(rounds), str(pace), COMM], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-c", PINGPONG, str(rounds), str(pace), comm], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_preexec)
 
 
@@ -138,11 +139,27 @@ class _Attached:
         r = w.result()
         return r["run_time_ns"], r["run_cnt"], s1["events"] - s0["events"], s1["filtered"] - s0["filtered"], t1 - t0
 
-    def window(self, start):
+    def hot_filtered(self):
+        """(body ns per filtered run, runs per second on its CPU) around a ping-pong out of scope, back to
+        back on one CPU, or (None, 0)."""
+        p = pingpong(HOT_ROUNDS, comm=COMM_OUT)
+        try:
+            ns, cnt, _events, filtered, seconds = self._run_time(p.wait)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        return (ns / cnt, filtered / seconds) if cnt >= 1000 else (None, 0.0)
+
+    def window(self, start, seen=None):
         """(body ns per in-scope block, in-scope blocks per second) while the ping-pong start() makes runs
-        to its end, or (None, 0) when the box's other switches drown it."""
+        to its end, or (None, 0) when the box's other switches drown it. seen: a list for the filtered
+        runs' (body, rate per CPU) just before."""
         # What a filtered run costs right now: the same program while nothing in scope runs.
-        ns_f, cnt_f, *_ = self._run_time(lambda: time.sleep(FILTER_S))
+        ns_f, cnt_f, events_f, _f, seconds_f = self._run_time(lambda: time.sleep(FILTER_S))
+        per_filtered = ns_f / cnt_f if cnt_f else 0.0
+        if seen is not None and cnt_f >= 50 and events_f <= 0.01 * cnt_f:
+            seen.append((per_filtered, cnt_f / seconds_f / (os.cpu_count() or 1)))
         p = start()
         try:
             ns, cnt, events, filtered, seconds = self._run_time(p.wait)
@@ -150,7 +167,6 @@ class _Attached:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        per_filtered = ns_f / cnt_f if cnt_f else 0.0
         others = filtered * per_filtered
         if events < 100 or others > 0.8 * ns:
             return None, 0.0
@@ -162,7 +178,7 @@ def measure(rounds=1, log=None):
     log = log or (lambda msg: None)
     log(f"offcpu: its program around a ping-pong on one CPU, back to back and paced, {rounds} round(s)")
     shape = _shape(log)
-    hot, cold = [], []
+    hot, cold, filt, filt_hot = [], [], [], []
     runs = {"hot": (hot, lambda: pingpong(HOT_ROUNDS)),
             "cold": (cold, lambda: pingpong(int(COLD_PACE * COLD_S), COLD_PACE))}
     with _Attached() as a:
@@ -171,9 +187,13 @@ def measure(rounds=1, log=None):
             for which in (("hot", "cold") if i % 2 == 0 else ("cold", "hot")):
                 got, start = runs[which]
                 if len(got) < rounds:
-                    body, rate = a.window(start)
+                    body, rate = a.window(start, filt)
                     if body:
                         got.append((body, rate))
+            if len(filt_hot) < rounds:
+                body, rate = a.hot_filtered()
+                if body:
+                    filt_hot.append((body, rate))
     if not hot or not cold:
         return None
     body_hot, rate_hot = (statistics.median(x[i] for x in hot) for i in (0, 1))
@@ -184,7 +204,13 @@ def measure(rounds=1, log=None):
         ref.update(kernel_depth=round(shape.kernel_depth, 1), user_depth=round(shape.user_depth, 1),
                    walk_share=round(shape.walk_share, 2))
     ref.update(hot_rate=round(rate_hot), cold_rate=round(rate_cold))
-    return costs.offcpu_calibration(body_hot, body_cold, ref)
+    filtered = None
+    if filt and filt_hot:
+        f_hot, f_hot_rate = (statistics.median(x[i] for x in filt_hot) for i in (0, 1))
+        f_cold, f_cold_rate = (statistics.median(x[i] for x in filt) for i in (0, 1))
+        filtered = (f_hot, max(f_cold, f_hot))
+        ref.update(filtered_hot_rate=round(f_hot_rate), filtered_cold_rate=round(f_cold_rate))
+    return costs.offcpu_calibration(body_hot, body_cold, ref, filtered)
 
 
 def _can_time():

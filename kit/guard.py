@@ -175,7 +175,7 @@ def block_priced(ctx, c, r):
     except (OSError, Unsupported):
         shape = None  # priced as the calibration's own ping-pong
     cal, _ = costs.load_calibration()
-    return costs.offcpu_priced(c, r.in_scope_by_cpu or {}, shape, cal)
+    return costs.offcpu_priced(c, r.in_scope_by_cpu or {}, shape, cal, totals=r.by_cpu)
 
 
 def priced(est, r, c, cpus=None):

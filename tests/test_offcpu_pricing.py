@@ -12,7 +12,8 @@ from kit import blockshape, calibrate_offcpu, costs, rate
 
 REF = costs.OFFCPU_REF
 PRIM = {k: costs.DEFAULT_BODY_NS[k] for k in ("offcpu_block", "offcpu_block_cold", "offcpu_kernel_frame",
-                                             "offcpu_user_frame", "offcpu_walk")}
+                                             "offcpu_user_frame", "offcpu_walk", "offcpu_filtered",
+                                             "offcpu_filtered_cold")}
 
 
 def shape(kernel=REF["kernel_depth"], user=REF["user_depth"], walk=REF["walk_share"]):
@@ -30,6 +31,25 @@ def test_blocks_cost_less_the_faster_they_come_on_a_cpu():
     prices = [costs.offcpu_block_body(r, None, PRIM, REF) for r in (10, 300, 1500, 5000, 20000, 300000)]
     assert prices == sorted(prices, reverse=True)
     assert prices[-1] >= 0.5 * PRIM["offcpu_block"]
+
+
+def test_blocks_rarer_or_faster_than_the_calibrations_are_priced_as_its_cold_or_hot_one():
+    # what a paced ping-pong costs below the cold rate is its idle CPU's; a service's CPUs work in between
+    assert costs.offcpu_block_body(REF["cold_rate"] / 10, None, PRIM, REF) == pytest.approx(PRIM["offcpu_block_cold"])
+    assert costs.offcpu_block_body(REF["hot_rate"] * 10, None, PRIM, REF) == pytest.approx(PRIM["offcpu_block"])
+
+
+def test_a_filtered_switch_costs_less_on_a_cpu_where_the_program_runs_often():
+    hot, cold = PRIM["offcpu_filtered"], PRIM["offcpu_filtered_cold"]
+    fr, fc = REF["filtered_hot_rate"], REF["filtered_cold_rate"]
+    assert costs.offcpu_filtered_body({0: fc}, {}, PRIM, REF) == pytest.approx(cold)
+    assert costs.offcpu_filtered_body({0: fr}, {}, PRIM, REF) == pytest.approx(hot)
+    mid = costs.offcpu_filtered_body({0: 20 * fc}, {}, PRIM, REF)
+    assert hot < mid < cold
+    # weighed by the switches each CPU filters (its runs less the in-scope ones): the busy CPU's price
+    both = costs.offcpu_filtered_body({0: fr, 1: fc}, {0: 0.0, 1: fc - 1}, PRIM, REF)
+    assert both == pytest.approx((fr * hot + 1 * cold) / (fr + 1))
+    assert costs.offcpu_filtered_body(None, {}, PRIM, REF) == cold  # not known: cold
 
 
 def test_deeper_stacks_and_the_walk_cost_more_scaled_by_warmth():
@@ -58,14 +78,17 @@ def test_priced_costs_weigh_cpus_by_their_blocks_and_say_what_they_were_made_of(
     assert mixed.in_ns == pytest.approx((500 * one_cold.in_ns + 200000 * one_hot.in_ns) / 200500)
     d = one_cold.as_dict()
     assert d["in_ns"] == round(one_cold.in_ns) and d["offcpu"]["warmth"] > 0.5
-    assert one_cold.out_ns == c.out_ns and one_cold.body_in_ns < one_cold.in_ns
+    # no switch rate known: a filtered switch priced cold, plus the filter primitive's dispatch
+    assert one_cold.body_out_ns == costs.DEFAULT_BODY_NS["offcpu_filtered_cold"]
+    assert one_cold.out_ns == pytest.approx(one_cold.body_out_ns + c.out_ns - c.body_out_ns)
+    assert one_cold.body_in_ns < one_cold.in_ns
     assert one_cold.source == "cost class defaults"
 
 
 def test_a_calibration_prices_with_its_own_measurements_and_reference():
     c = costs.for_class("offcpu_block", "raw_tracepoint")
     ref = dict(REF, hot_rate=100000, cold_rate=1000, user_depth=1.0)
-    cal = {**costs.offcpu_calibration(3000.0, 9000.0, ref), "version": costs.CALIBRATION_VERSION}
+    cal = {**costs.offcpu_calibration(3000.0, 9000.0, ref, filtered=(80.0, 200.0)), "version": costs.CALIBRATION_VERSION}
     priced = costs.offcpu_priced(c, {0: 1000.0}, shape(user=1.0), cal)
     assert priced.body_in_ns == pytest.approx(9000.0)
     assert priced.in_ns == pytest.approx(9000.0 * costs.OFFCPU_OVERHEAD)
