@@ -154,12 +154,12 @@ class _Attached:
     def window(self, start, seen=None):
         """(body ns per in-scope block, in-scope blocks per second) while the ping-pong start() makes runs
         to its end, or (None, 0) when the box's other switches drown it. seen: a list for the filtered
-        runs' (body, rate per CPU) just before."""
+        runs' (run time, runs, seconds) just before."""
         # What a filtered run costs right now: the same program while nothing in scope runs.
         ns_f, cnt_f, events_f, _f, seconds_f = self._run_time(lambda: time.sleep(FILTER_S))
         per_filtered = ns_f / cnt_f if cnt_f else 0.0
-        if seen is not None and cnt_f >= 50 and events_f <= 0.01 * cnt_f:
-            seen.append((per_filtered, cnt_f / seconds_f / (os.cpu_count() or 1)))
+        if seen is not None and events_f <= 0.01 * cnt_f:
+            seen.append((ns_f, cnt_f, seconds_f))
         p = start()
         try:
             ns, cnt, events, filtered, seconds = self._run_time(p.wait)
@@ -204,10 +204,13 @@ def measure(rounds=1, log=None):
         ref.update(kernel_depth=round(shape.kernel_depth, 1), user_depth=round(shape.user_depth, 1),
                    walk_share=round(shape.walk_share, 2))
     ref.update(hot_rate=round(rate_hot), cold_rate=round(rate_cold))
+    # The filtered switches: the box's own, summed over the windows before each measurement (cold), and
+    # a ping-pong's out of scope (hot). A box too quiet to filter 50 switches then keeps the defaults.
     filtered = None
-    if filt and filt_hot:
+    ns_f, cnt_f, seconds_f = (sum(x[i] for x in filt) for i in (0, 1, 2))
+    if filt_hot and cnt_f >= 50:
         f_hot, f_hot_rate = (statistics.median(x[i] for x in filt_hot) for i in (0, 1))
-        f_cold, f_cold_rate = (statistics.median(x[i] for x in filt) for i in (0, 1))
+        f_cold, f_cold_rate = ns_f / cnt_f, cnt_f / seconds_f / (os.cpu_count() or 1)
         filtered = (f_hot, max(f_cold, f_hot))
         ref.update(filtered_hot_rate=round(f_hot_rate), filtered_cold_rate=round(f_cold_rate))
     return costs.offcpu_calibration(body_hot, body_cold, ref, filtered)

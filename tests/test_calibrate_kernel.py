@@ -84,6 +84,11 @@ def test_offcpu_blocks_cost_more_paced_than_back_to_back_and_are_priced_against_
     # The ping-pong's blocks, sampled by perf: a pipe read in the kernel, Python's short user stack, a libc
     # syscall wrapper at the top (the hidden-caller walk runs).
     assert ref["kernel_depth"] >= 3 and ref["user_depth"] >= 1 and ref["walk_share"] > 0.5, ref
+    # A switch it filters out: cheaper on a CPU where the program runs back to back than on the box's own
+    # switches, and dearer than nothing (measured unless the box filtered under 50 switches meanwhile).
+    if "offcpu_filtered" in body:
+        assert 0 < body["offcpu_filtered"] <= body["offcpu_filtered_cold"] < body["offcpu_block"], body
+        assert ref["filtered_hot_rate"] > ref["filtered_cold_rate"] > 0, ref
 
 
 def _calib_pingpongs():
@@ -93,7 +98,7 @@ def _calib_pingpongs():
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == calibrate_offcpu.COMM:
+                if f.read().strip() in (calibrate_offcpu.COMM, calibrate_offcpu.COMM_OUT):
                     found.append(int(pid))
         except OSError:
             continue
