@@ -88,7 +88,8 @@ def test_priced_costs_weigh_cpus_by_their_blocks_and_say_what_they_were_made_of(
 def test_a_calibration_prices_with_its_own_measurements_and_reference():
     c = costs.for_class("offcpu_block", "raw_tracepoint")
     ref = dict(REF, hot_rate=100000, cold_rate=1000, user_depth=1.0)
-    cal = {**costs.offcpu_calibration(3000.0, 9000.0, ref, filtered=(80.0, 200.0)), "version": costs.CALIBRATION_VERSION}
+    cal = {**costs.offcpu_calibration(3000.0, 9000.0, ref, filtered=(80.0, 200.0)),
+           "version": costs.CALIBRATION_VERSION}
     priced = costs.offcpu_priced(c, {0: 1000.0}, shape(user=1.0), cal)
     assert priced.body_in_ns == pytest.approx(9000.0)
     assert priced.in_ns == pytest.approx(9000.0 * costs.OFFCPU_OVERHEAD)
