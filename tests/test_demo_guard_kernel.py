@@ -178,7 +178,8 @@ def _take(binary, comm, calibration, expect_first_use):
     cost = est["cost"]
     body_in = est["in_scope_pct"] * cost["body_in_ns"] / cost["in_ns"]
     body_all = body_in + est["filtered_pct"] * cost["body_out_ns"] / cost["out_ns"]
-    ratios = {"in scope: estimate / meter": est["in_scope_pct"] / (meter_in * pct),
+    ratios = {"blocks: estimate / the kernel's context switches": est["in_scope_per_s"] / blocks,
+              "in scope: estimate / meter": est["in_scope_pct"] / (meter_in * pct),
               "in scope: estimate / kernel's run time": body_in / (kernel_in * pct)}
     # The whole (the demo's blocks and everybody else's switches, filtered) where the rest of the box kept
     # the switch rate it had at the estimate: other sessions' ping-pongs start and stop at will.
