@@ -35,6 +35,7 @@ COMM_OUT = "kit-calib-out"  # a ping-pong the program filters out: its hot filte
 HOT_ROUNDS = 6000        # back to back: ~0.2 s, two blocks per round trip
 COLD_PACE = 500          # round trips per second when paced: ~1500 blocks/s (the sleep is a block too)
 COLD_S = 0.6
+FIRST_USE_COLD_S = 0.3   # first use: three shorter paced windows, so that one crowded moment is outvoted
 WARM_UP_S = 0.2          # paced, before measuring: kit learns the ping-pong's libc sites and sees the process
 SHAPE_S = 0.1
 FILTER_S = 0.1           # before each window: what the box's other switches cost the program to filter out
@@ -173,22 +174,27 @@ class _Attached:
         return (ns - others) / events, events / seconds
 
 
-def measure(rounds=1, log=None):
-    """{"ns", "body_ns", "offcpu"} for kit/costs.py, or None when offcpu could not run or count here."""
+def measure(rounds=1, log=None, cold_rounds=None, cold_s=COLD_S):
+    """{"ns", "body_ns", "offcpu"} for kit/costs.py, or None when offcpu could not run or count here.
+    rounds: windows of each kind (cold_rounds: of the paced one, default the same), medians kept."""
     log = log or (lambda msg: None)
+    cold_rounds = cold_rounds or rounds
     log(f"offcpu: its program around a ping-pong on one CPU, back to back and paced, {rounds} round(s)")
     shape = _shape(log)
     hot, cold, filt, filt_hot = [], [], [], []
-    runs = {"hot": (hot, lambda: pingpong(HOT_ROUNDS)),
-            "cold": (cold, lambda: pingpong(int(COLD_PACE * COLD_S), COLD_PACE))}
+    runs = {"hot": (hot, rounds, lambda: pingpong(HOT_ROUNDS)),
+            "cold": (cold, cold_rounds, lambda: pingpong(int(COLD_PACE * cold_s), COLD_PACE))}
     with _Attached() as a:
         a.window(lambda: pingpong(int(COLD_PACE * WARM_UP_S), COLD_PACE))
-        for i in range(rounds + 2):  # two more tries for windows a crowded moment spoilt
+        for i in range(max(rounds, cold_rounds) + 2):  # two more tries for windows a crowded moment spoilt
             for which in (("hot", "cold") if i % 2 == 0 else ("cold", "hot")):
-                got, start = runs[which]
-                if len(got) < rounds:
+                got, want, start = runs[which]
+                if len(got) < want:
                     body, rate = a.window(start, filt)
-                    if body:
+                    # a paced block this much dearer than a back-to-back one was a crowded moment's
+                    # (cold/hot stays under 3.5 here): retried
+                    if body and not (which == "cold" and hot and body > costs.OFFCPU_COLD_MAX * min(
+                            x[0] for x in hot)):
                         got.append((body, rate))
             if len(filt_hot) < rounds:
                 body, rate = a.hot_filtered()
@@ -240,7 +246,7 @@ def first_use(err, path=None, can_time=_can_time):
     log(f"first offcpu run on this host: measuring what a block costs here (about 2 s, once; cached in {path})")
     t0 = time.monotonic()
     try:
-        off = measure(1, lambda msg: None)
+        off = measure(1, lambda msg: None, cold_rounds=3, cold_s=FIRST_USE_COLD_S)
     except Exception as e:  # noqa: BLE001 - a failed measurement leaves the defaults, never the run
         log(f"could not measure offcpu's block cost here ({e}); using defaults")
         return None

@@ -38,6 +38,9 @@ OFFCPU_OVERHEAD = 1.1
 # How a block's cost falls as blocks come faster on a CPU: paced ping-pongs here cost ~6.6 us per block at
 # 1.1k/s, 4.3 at 3.3k/s, 3.6 at 7.9k/s, 2.9 at 17k/s, 2.3 back to back (290k/s): warmth 1 / (1 + rate / R0).
 OFFCPU_WARM_RATE = 1500.0
+# A paced block costs at most this many back-to-back ones (2.4-3.3x measured here): a calibration that says
+# more was spoilt by a crowded moment, and is priced at this bound (its frames and walk scaled alike).
+OFFCPU_COLD_MAX = 4.0
 
 # ns per event: `kit calibrate` on the 2-core 6.18 development VM (extra CPU time per event, medians of 5
 # rounds). Used when this host has no calibration of its own.
@@ -291,6 +294,10 @@ def offcpu_priced(c, rates, shape, cal=None, totals=None):
              "offcpu_filtered", "offcpu_filtered_cold")
     got = {n: _primitive(n, cal, "") for n in names}
     body_prim = {n: b for n, (_v, b, _c) in got.items()}
+    spoilt = body_prim["offcpu_block_cold"] / max(OFFCPU_COLD_MAX * body_prim["offcpu_block"], 1.0)
+    if spoilt > 1:
+        for n in ("offcpu_block_cold", "offcpu_kernel_frame", "offcpu_user_frame", "offcpu_walk"):
+            body_prim[n] /= spoilt
     ratio = {n: v / b if b else OFFCPU_OVERHEAD for n, (v, b, _c) in got.items()}
     ref = dict(OFFCPU_REF, **((cal or {}).get("offcpu") or {}))
     total = sum(r for r in rates.values() if r > 0)

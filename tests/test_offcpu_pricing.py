@@ -118,7 +118,7 @@ def test_shape_is_the_mean_over_samples_and_the_walk_runs_after_a_syscall_instru
 
 def test_first_use_measures_only_where_no_calibration_file_exists(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log: calls.append(rounds) or None)
+    monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log, **kw: calls.append(rounds) or None)
     existing = tmp_path / "cal.json"
     existing.write_text("{}")
     yes = lambda: True  # noqa: E731 - the kernel would time programs
@@ -134,7 +134,7 @@ def test_first_use_measures_only_where_no_calibration_file_exists(tmp_path, monk
 
 def test_first_use_caches_a_partial_calibration_the_next_run_loads(tmp_path, monkeypatch):
     off = costs.offcpu_calibration(2500.0, 6000.0, dict(REF))
-    monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log: off)
+    monkeypatch.setattr(calibrate_offcpu, "measure", lambda rounds, log, **kw: off)
     path = str(tmp_path / "cal.json")
     note = calibrate_offcpu.first_use(io.StringIO(), path, lambda: True)
     assert note and "measured on this host" in note
@@ -162,3 +162,14 @@ def test_threads_sharing_one_cpu_slow_down_together_instead_of_each_paying_a_who
     apart, _ = guard.project(pair([(0,), (1,)]), c, cpus=2)
     assert apart == pytest.approx(2 * 100 * guard.saturated(1.215, 0.45) / 2)
     assert pinned < apart
+
+
+def test_a_calibration_whose_cold_block_is_a_crowded_moments_is_priced_at_the_bound():
+    # a first use that once measured 30 us cold against 3.2 us hot (cached; the demo was refused with it)
+    ref = dict(REF)
+    cal = {**costs.offcpu_calibration(3226.0, 30134.0, ref), "version": costs.CALIBRATION_VERSION}
+    c = costs.for_class("offcpu_block", "raw_tracepoint")
+    priced = costs.offcpu_priced(c, {0: ref["cold_rate"]}, None, cal)
+    assert priced.body_in_ns == pytest.approx(costs.OFFCPU_COLD_MAX * 3226.0)
+    ok = {**costs.offcpu_calibration(3000.0, 9000.0, ref), "version": costs.CALIBRATION_VERSION}
+    assert costs.offcpu_priced(c, {0: ref["cold_rate"]}, None, ok).body_in_ns == pytest.approx(9000.0)
