@@ -203,6 +203,8 @@ def _take(binary, comm, calibration, expect_first_use):
         "threads counted": est.get("in_scope_threads_counted"), "rate_error": est.get("rate_error"),
         "windows": {k: [round(x, 2) for x in v] for k, v in w.items()},
     }
+    if not est["events_per_s"]:
+        facts["estimate"], facts["kit stderr"] = est, kit.stderr[-2000:]  # a rate that saw nothing: say all
     print(json.dumps({"ratios": {k: round(v, 2) for k, v in ratios.items()}, **facts}))
     return ratios, facts
 
