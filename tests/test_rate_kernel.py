@@ -225,8 +225,8 @@ def _switches(pid):
 
 def test_threads_in_scope_are_counted_one_by_one_while_others_swamp_the_hook(kernel):
     # A paced ping-pong in scope (a few thousand switches a second) beside one as fast as it goes out of
-    # scope (a hundred times more): the samples give the scope a handful of records; the counted rate must
-    # agree with the kernel's own count of the scoped process's context switches over the same window.
+    # scope (ten to a hundred times more): the samples give the scope a handful of records; the counted rate
+    # must agree with the kernel's own count of the scoped process's context switches over the same window.
     recipe = catalog.load()["offcpu"]
     comm = f"kit-x{os.getpid() % 100000}"
     values = {"comm": comm}
@@ -249,7 +249,7 @@ def test_threads_in_scope_are_counted_one_by_one_while_others_swamp_the_hook(ker
     assert {p for p, _ in inside} == {mine.pid} and len(inside) >= 2, inside  # the load's threads, no other
     for r, truth in takes:
         assert r.counted_threads == len(inside), r
-        assert r.total > 20 * truth, (r.total, truth)  # the out-of-scope ping-pong does swamp the hook
+        assert r.total > 10 * truth, (r.total, truth)  # the out-of-scope ping-pong does swamp the hook
     ratios = [round(r.in_scope / truth, 2) for r, truth in takes]
     print(f"counted in scope / the kernel's context switches: {ratios}")
     assert all(0.8 <= x <= 1.25 for x in ratios), ratios
