@@ -63,7 +63,10 @@ def main(argv=None):
     if a.from_json:
         return rerender(a.from_json, out, outdir, mode, a.into)
     t0 = time.monotonic()
-    meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
+    meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick,
+            "command": " ".join([*([f"KIT_CALIBRATION={os.environ['KIT_CALIBRATION']}"]
+                                   if os.environ.get("KIT_CALIBRATION") else []),
+                                 "sudo ./bench/run", *(argv if argv is not None else sys.argv[1:])])}
     hooks, starts, footprints, guards = {}, {}, {}, {}
     raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
         outdir, "results.quick.json" if a.quick else "results.json")

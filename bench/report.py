@@ -284,9 +284,10 @@ def render(meta, hooks, starts, footprints, guards, mode, section=False):
         body.append(explain.GUARD_METHOD.format(seconds=mode.guard_s, ncpu=os.cpu_count() or 1) + "\n")
         guard_section(guards, hooks, body)
 
-    names = ", ".join(hooks or footprints or guards)
+    recipes = list(hooks or footprints) or list(dict.fromkeys(g.case.name for g in guards.values()))
+    names = ", ".join(recipes)
     title = f"# {names}: results of a run of their own\n" if section else "# kit benchmarks: results\n"
-    command = f"sudo ./bench/run --only {names.replace(', ', ',')}" if section else "sudo ./bench/run"
+    command = meta.get("command") or (f"sudo ./bench/run --only {','.join(recipes)}" if section else "sudo ./bench/run")
     out = [title,
            f"Written by `{command}` on {meta['date']} in {meta['minutes']:.0f} min"
            f"{' (QUICK MODE: one repetition, tiny workloads; not for reading)' if meta['quick'] else ''}. "
@@ -303,16 +304,18 @@ def render(meta, hooks, starts, footprints, guards, mode, section=False):
         out.append("| note | kernel.bpf_stats_enabled was on during some runs (set by someone else): every "
                    "probed event paid for timing in those, bare runs excepted |")
     out.append("")
-    out.append("## Targets\n")
-    out.append("| target | recipe | kit | peer | kit / peer | limit | verdict |")
-    out.append("|---|---|---|---|---|---|---|")
+    if verdicts.rows or not section:
+        out.append("## Targets\n")
+        out.append("| target | recipe | kit | peer | kit / peer | limit | verdict |")
+        out.append("|---|---|---|---|---|---|---|")
     for r in verdicts.rows:
         limit = "—" if r["limit"] == float("inf") else f"≤ {r['limit']:g}" + ("%" if r["key"][0] == "cpu" else "×")
         ratio = r["ratio"].fmt(2) if r["ratio"] else "n/a"
         verdict = "reported" if r["limit"] == float("inf") else r["verdict"]
         out.append(f"| {r['target']} | {r['case']} | {r['kit']} | {r['peer'] or '—'} | "
                    f"{ratio if r['key'][0] != 'cpu' else '—'} | {limit} | {verdict} |")
-    out.append("")
+    if verdicts.rows or not section:
+        out.append("")
     misses = verdicts.missed()
     if misses:
         out.append("### Where kit misses, and why\n")
