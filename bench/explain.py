@@ -85,12 +85,27 @@ Peak memory is the program's VmHWM (/proc/PID/status, peak RSS since exec), read
 kit compile with clang in-process, so their peak is mostly the compiler's."""
 
 GUARD_METHOD = """\
-On the busy workload, `kit estimate` (nothing attached: it counts the hook's rate with perf and prices it), then
-`kit run` with the same scope for {seconds:g} s. Measured is the bench's own price: the events kit counted in
-scope and filtered, per second, at the CPU per event the per-event section measured on the same workload (its
-CPU-added figure where that is resolved, else the program body, which leaves out dispatch and traps: a lower
-bound). kit's meter is kit's own running figure; the programs' run time is the kernel's, over the last seconds
-of the run. All as percent of the machine ({ncpu} CPUs)."""
+On the busy workload, `kit run` with the recipe's scope for {seconds:g} s; the estimate is the run's own, made
+before it attached (it counts the hook's rate with perf, and for offcpu samples the target's stack depths, then
+prices it). Measured is the bench's own price: the events kit counted in scope and filtered, per second, at the
+CPU per event the per-event section measured on the same workload (its CPU-added figure where that is resolved,
+else the program body, which leaves out dispatch and traps: a lower bound); on the demo, which has no per-event
+case, the kernel's run time of kit's programs. kit's meter is kit's own running figure; the programs' run time
+is the kernel's, over the last seconds of the run. All as percent of the machine ({ncpu} CPUs)."""
+
+GUARD_NOTES = """\
+- offcpu prices a block by how often blocks come on a CPU and by the blocks' stack depths (docs/guardrail.md,
+  *What an offcpu block costs*), and a switch it filters out as its own program's: the ping-pong's blocks come
+  back to back and find warm caches (~2.5 us here); the demo's, ~1400 a second over 2 CPUs, cost 2.4-6.7 us
+  of program body on this shared VM, depending on how crowded the cores are (tests/test_demo_guard_kernel.py).
+  The demo row is the figure the issue's 5x was about (0.237% estimated against 1.238%: a hot ping-pong's
+  price, half its blocks missed by the rate, and the meter charging the filter's underpricing to them).
+- The ping-pong row's estimate is high: one side is measured CPU-bound, its rate undone to what it would
+  be at a whole CPU and priced as slowing down on its own, while both sides share one CPU.
+- The programs' run time leaves out a uprobe's trap, so on lockhold and getaddrinfo estimate / programs'
+  run time is well above 1 by design: read estimate / measured there.
+- tcpretrans: the bulk transfer's retransmits come in bursts, and the estimate counts a quarter second
+  before attaching; the cost is a few hundredths of a percent either way."""
 
 METHOD_FOOTER = """\
 ## Reproducing

@@ -60,6 +60,10 @@ class Recipe:
     hook: HookCase
     footprint: FootprintCase
     guard: GuardCase
+    more_guards: tuple = ()       # the guardrail on other loads of the same recipe (the bundled demo)
+
+    def guards(self):
+        return [self.guard, *self.more_guards]
 
 
 def _kit(name, kit_args):
@@ -90,7 +94,10 @@ def offcpu(outdir, mode):
                            "kit, --pid of another process": lambda t: peers.kit("kit", "offcpu", "--pid", "1")},
                  empty=_empty_on(hook), wall_runs=mode.wall_runs),
         _footprint("offcpu", w, {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}, mode),
-        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s))
+        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s),
+        # the README's demo, `kit run offcpu --comm pay-svc`: a service that blocks ~1400 times a second
+        (GuardCase("offcpu", workloads.PaySvc(outdir), args, mode.guard_s, settle_s=mode.settle_s,
+                   label="offcpu on the demo (pay-svc)", measured_by="run time"),))
 
 
 def tcpretrans(outdir, mode):

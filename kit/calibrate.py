@@ -20,7 +20,8 @@ being descheduled costs the workload nothing.
   enough to hold a whole run and drained between runs, so every output succeeds as it does when kit
   keeps up.
 - offcpu's whole in-scope path (stacks, caller recovery, aggregation), by
-  running the recipe itself around a ping-pong (kit/calibrate_offcpu.py).
+  running the recipe's own program around a ping-pong, back to back and
+  paced: warm and cold caches (kit/calibrate_offcpu.py).
 - The program body as the kernel times it (BPF_ENABLE_STATS), in separate
   short runs so the statistics' own cost does not leak into the numbers
   above; the guardrail compares a running probe's body time against these.
@@ -283,7 +284,7 @@ def measure(rounds=5, log=None):
             log(f"stream records: {lost} outputs failed (buffer full): the output price is low")
     finally:
         bpf.cleanup()
-    offcpu_block = calibrate_offcpu.measure(max(3, rounds), log)
+    offcpu = calibrate_offcpu.measure(max(3, rounds), log)
     ns = {name: paired(v, events) for name, v in runs.items()}
     ns["stack"] = ns["tracepoint_stack"] - ns["tracepoint_hash"]
     if body.get("tracepoint_stack") and body.get("tracepoint_hash"):
@@ -308,8 +309,10 @@ def measure(rounds=5, log=None):
         "uprobe_body": {k: round(v, 1) for k, v in up_body.items() if v is not None},
         "spread": {k: [round(a, 1), round(b, 1)] for k, (a, b) in spread.items()},
     }
-    if offcpu_block is not None:
-        cal["ns"]["offcpu_block"] = max(1.0, round(offcpu_block, 1))
+    if offcpu is not None:
+        cal["ns"].update(offcpu["ns"])
+        cal["body_ns"].update(offcpu["body_ns"])
+        cal["offcpu"] = offcpu["offcpu"]
     if pair is not None:
         cal["ns"]["uretprobe_extra"] = max(1.0, round(pair, 1))
     if pair_body is not None:

@@ -29,7 +29,7 @@ import os
 import time
 import weakref
 
-from kit import bpfstats, costs, insn, perfevent, prelude, rate
+from kit import blockshape, bpfstats, calibrate_offcpu, costs, insn, perfevent, prelude, rate
 from kit.errors import Refused, Unsupported
 
 DEFAULT_BUDGET = 2.0   # percent of the machine's CPU (all CPUs together)
@@ -77,13 +77,22 @@ def project(r, c, in_scope=None, cpus=None):
     """(in-scope %, filtered %) of the machine's CPU the rate r would cost at costs c.
     in_scope(thread) overrides the measured scope (for suggestions)."""
     cpu_in = cpu_out = 0.0
-    for t in r.threads:
-        inside = t.in_scope if in_scope is None else in_scope(t)
-        x = thread_cost(t, c.in_ns if inside else c.out_ns)
-        if inside:
-            cpu_in += x
-        else:
-            cpu_out += x
+    for group, n_cpus in _sharing(r.threads):
+        priced = [(t.in_scope if in_scope is None else in_scope(t), t) for t in group]
+        if len(group) == 1:
+            paid = [(inside, thread_cost(t, c.in_ns if inside else c.out_ns)) for inside, t in priced]
+        else:  # threads on the same CPUs slow down together past them (a pinned ping-pong's two sides)
+            paid = [(inside, t.rate * (c.in_ns if inside else c.out_ns) * 1e-9) for inside, t in priced]
+            util = sum(t.util or 0.0 for t in group)
+            extra = sum(x for _inside, x in paid)
+            cap = min(n_cpus, len(group))
+            if util + extra > cap and extra > 0:
+                paid = [(inside, x * cap / (util + extra)) for inside, x in paid]
+        for inside, x in paid:
+            if inside:
+                cpu_in += x
+            else:
+                cpu_out += x
     rest = r.unattributed
     if r.scoped and r.scope_measured or in_scope is not None:
         cpu_out += rest * c.out_ns * 1e-9
@@ -91,6 +100,23 @@ def project(r, c, in_scope=None, cpus=None):
         cpu_in += rest * c.in_ns * 1e-9
     scale = 100.0 / (cpus or ncpu())
     return cpu_in * scale, cpu_out * scale
+
+
+def _sharing(threads):
+    """[(threads, CPUs they ran on)]: threads whose samples came from the same CPUs, together; a
+    CPU-bound thread (thread_cost) or one whose CPUs are unknown is a group of its own."""
+    groups = []  # [(cpus, [threads])]
+    for t in threads:
+        cpus = set(getattr(t, "cpus", None) or ())
+        if not cpus or t.busy:
+            groups.append((None, [t]))
+            continue
+        joined = [g for g in groups if g[0] and g[0] & cpus]
+        for g in joined:
+            groups.remove(g)
+            cpus |= g[0]
+        groups.append((cpus, [x for g in joined for x in g[1]] + [t]))
+    return [(members, len(cpus or ())) for cpus, members in groups]
 
 
 def is_scoped(ctx):
@@ -135,7 +161,21 @@ def estimate(ctx, opts):
         est.costs = c
         est.update(cost=c.as_dict(), cost_note=c.note, rate_error=str(e))
         return est
-    return priced(est, r, c)
+    return priced(est, r, block_priced(ctx, c, r))
+
+
+def block_priced(ctx, c, r):
+    """offcpu: what a block costs depends on how often blocks come on a CPU (how warm the caches stay)
+    and on how deep the blocked threads' stacks are (kit/costs.py offcpu_priced); both known only now."""
+    if ctx.recipe.guard.cost_class != "offcpu_block":
+        return c
+    threads = [(t.pid, t.tid) for t in sorted(r.threads, key=lambda t: -t.rate) if t.in_scope and t.pid]
+    try:
+        shape = blockshape.sample(threads) if threads else None
+    except (OSError, Unsupported):
+        shape = None  # priced as the calibration's own ping-pong
+    cal, _ = costs.load_calibration()
+    return costs.offcpu_priced(c, r.in_scope_by_cpu or {}, shape, cal, totals=r.by_cpu)
 
 
 def priced(est, r, c, cpus=None):
@@ -185,6 +225,10 @@ def verdict(ctx, est):
 
 def check_before(ctx, opts, err):
     """The pre-attach estimate; raises Refused unless --force (or --dry-run, which reports the verdict)."""
+    if ctx.recipe.guard.cost_class == "offcpu_block" and not getattr(opts, "dry_run", False):
+        note = calibrate_offcpu.first_use(err)  # a host never calibrated: measure a block here, once
+        if note:
+            ctx.notes.append(note)
     est = estimate(ctx, opts)
     why = verdict(ctx, est)
     if est.get("rate_error"):

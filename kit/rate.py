@@ -49,6 +49,7 @@ MIN_WINDOW_S = 0.005
 MIN_UTIL_S = 0.08     # schedstat moves at scheduler ticks and run-queue waits count when they end
 MAX_THREADS = 256     # threads the samples are attributed to (the rest is priced as one lump)
 MAX_UTIL = 32         # threads whose CPU use is measured
+MAX_EXACT = 64        # threads in scope counted one by one (an event each); more: sampled only
 BUSY = 0.9            # a thread wanting this much of a CPU (running or runnable) is taken to be CPU-bound...
 BUSY_RAN = 0.2        # ...if it also ran this much of it
 MIN_OWN_SHARE = 0.4   # of a CPU-bound thread's time per event, at least this much is taken to be its own
@@ -84,6 +85,7 @@ class Thread:
     util: float = None        # share of one CPU it runs; for a CPU-bound one, wants (None: not measured)
     busy: bool = False        # CPU-bound: it wanted a whole CPU (running or waiting for one)
     measured_rate: float = None  # before undoing the measurement's own slowdown
+    cpus: tuple = ()          # the CPUs its samples came from
     pcomm: str = None         # its process's (main thread's) name; None: the same as comm
 
     def named(self, name):
@@ -109,6 +111,9 @@ class Rate:
     threads: list             # [Thread], busiest first (at most MAX_THREADS)
     samples: int
     lost: int
+    in_scope_by_cpu: dict = None  # cpu -> in-scope events/s there, from the samples (as counted)
+    by_cpu: dict = None           # cpu -> events/s there, counted
+    counted_threads: int = None   # threads in scope counted one by one (None: the samples alone)
 
     @property
     def unattributed(self):
@@ -144,6 +149,7 @@ class Rate:
             "hook": self.hook.label, "window_s": round(self.window_s, 3),
             "events_per_s": round(self.total, 1), "in_scope_per_s": round(self.in_scope, 1),
             "scope_measured": self.scope_measured, "samples": self.samples,
+            "in_scope_threads_counted": self.counted_threads,
             "busiest_comms": [{"comm": t.comm, "events_per_s": round(t.rate, 1), "pids": t.pids[:5]}
                               for t in self.by_comm[:top]],
             "busiest_threads": [{"pid": t.pid, "tid": t.tid, "comm": t.comm, "process_comm": t.pcomm or t.comm,
@@ -250,6 +256,32 @@ def scope_matcher(recipe, values, process_names=True):
     return match, True
 
 
+def threads_in_scope(values, match):
+    """[(pid, tid)] of the threads in scope now (read from /proc), or None where the scope names no process
+    (a cgroup alone) or more than MAX_EXACT threads: then the rate's samples alone say which are in scope."""
+    from kit import targets
+    pid, tid, comm, thread_comm = (values.get(k) for k in ("pid", "tid", "comm", "thread_comm"))
+    if tid is not None:
+        status = read_text(f"/proc/{tid}/status") or ""
+        pids = [int(line.split()[1]) for line in status.splitlines() if line.startswith("Tgid:")]
+    elif pid is not None:
+        pids = [pid]
+    elif comm is not None or thread_comm is not None:
+        pids = [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
+    else:
+        return None
+    out = []
+    for p in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue  # gone
+        out += [(p, t) for t in tids if match(p, t)]
+        if len(out) > MAX_EXACT:
+            return None
+    return out
+
+
 def _thread_comm(pid, tid):
     c = procfs.comm_of(pid, tid) or procfs.comm_of(tid)
     return c if c is not None else ("swapper" if tid == 0 else "?")
@@ -323,9 +355,10 @@ def unperturbed(r, util, measure_ns):
 
 
 def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S, sample_s=SAMPLE_S,
-            measure_ns=0.0, sleep=time.sleep):
+            measure_ns=0.0, sleep=time.sleep, scope_threads=None):
     """Rate of `hook`; `match(pid, tid)` says whether an event is in scope (None: all are).
-    measure_ns: what the perf event itself costs per hit (kit/costs.py), to undo its slowdown."""
+    measure_ns: what the perf event itself costs per hit (kit/costs.py), to undo its slowdown.
+    scope_threads: [(pid, tid)] in scope now (threads_in_scope), counted one by one on a tracepoint."""
     attr, keep = hook.attr()
     util_s = UTIL_S
     with perfevent.CpuEvents(attr, keep) as ev:
@@ -344,10 +377,27 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         first = ev.read()
     periods = {cpu: max(1, math.ceil(n / max(on, 1e-3) * sample_s / TARGET_SAMPLES))
                for cpu, (n, on) in first.items()}
+    # The threads in scope, counted one by one over the same window: on a box whose hook fires a hundred
+    # times more often for others, the samples give the scope a handful of records (and +-50%).
+    exact = perfevent.ThreadEvents(attr, scope_threads, keep) if scope_threads and hook.kind == "tracepoint" \
+        else None
+    exact_rates = {}
     with perfevent.CpuEvents(attr, keep, periods=periods) as ev:
-        ev.enable()
-        sleep(sample_s)
-        ev.disable()
+        try:
+            if exact:
+                exact.enable()
+                t_exact = time.monotonic()
+            ev.enable()
+            sleep(sample_s)
+            ev.disable()
+            if exact:
+                exact.disable()
+                # over the wall-clock window: a thread's event is "enabled" only while that thread runs
+                on = max(time.monotonic() - t_exact, 1e-3)
+                exact_rates = {pt: n / on for pt, (n, _) in exact.read().items()}
+        finally:
+            if exact:
+                exact.close()
         sampled = ev.read()
         counts = {cpu: n for cpu, (n, _) in sampled.items()}
         windows = {cpu: max(on, 1e-3) for cpu, (_, on) in sampled.items()}
@@ -364,6 +414,10 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
     window = max(windows.values(), default=1e-3)
     total = sum(counts[cpu] / windows[cpu] for cpu in counts)
     threads = []
+    where = collections.defaultdict(set)
+    for cpu, (got, _lost) in samples.items():
+        for pt in got:
+            where[pt].add(cpu)
     for (pid, tid), r in busiest:
         in_scope = match is None or (pid != 0 and match(pid, tid))
         util = utils.get((pid, tid))
@@ -371,18 +425,34 @@ def measure(hook, match=None, scope_measured=True, scoped=None, count_s=COUNT_S,
         if not busy:
             own = r
         total += own - r
+        if not busy and in_scope and (pid, tid) in exact_rates:
+            own = exact_rates[(pid, tid)]  # counted, not sampled (the box-wide total was counted too)
         comm = _thread_comm(pid, tid)
         pcomm = _thread_comm(pid, pid) if pid and pid != tid else None
         threads.append(Thread(pid=pid, tid=tid, comm=comm, rate=own, in_scope=in_scope, util=util, busy=busy,
-                              measured_rate=r, pcomm=None if pcomm == comm else pcomm))
+                              measured_rate=r, pcomm=None if pcomm == comm else pcomm,
+                              cpus=tuple(sorted(where[(pid, tid)]))))
+    sampled_pts = {(t.pid, t.tid) for t in threads}
+    for (pid, tid), r in sorted(exact_rates.items(), key=lambda x: -x[1]):
+        if (pid, tid) not in sampled_pts and r > 0:  # in scope, and no sample fell on it
+            threads.append(Thread(pid=pid, tid=tid, comm=_thread_comm(pid, tid), rate=r, in_scope=True,
+                                  measured_rate=r))
     attributed = sum(t.rate for t in threads)
     total = max(total, attributed)  # the same events summed two ways: keep rounding from showing
     rest = total - attributed
     in_scope = min(sum(t.rate for t in threads if t.in_scope) + (rest if match is None else 0.0), total)
     n_samples = sum(len(got) for got, _ in samples.values())
     lost = sum(lost for _, lost in samples.values())
+    inside = {(t.pid, t.tid) for t in threads if t.in_scope}
+    by_cpu = {cpu: sum(w for pt, w in _weights({cpu: got}, counts, windows).items() if pt in inside)
+              for cpu, got in samples.items()}
+    if exact_rates:  # where the samples put the scope's events, scaled to the counted rate
+        seen = sum(by_cpu.values())
+        by_cpu = {cpu: (v / seen if seen else 1 / len(by_cpu)) * in_scope for cpu, v in by_cpu.items()}
     return Rate(hook=hook, window_s=window, total=total, in_scope=in_scope, scope_measured=scope_measured,
-                scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost)
+                scoped=match is not None if scoped is None else scoped, threads=threads, samples=n_samples, lost=lost,
+                in_scope_by_cpu=by_cpu, by_cpu={cpu: counts[cpu] / windows[cpu] for cpu in counts},
+                counted_threads=len(exact_rates) if exact else None)
 
 
 def _weights(samples, counts, windows):
@@ -419,4 +489,5 @@ def for_run(ctx, **kw):
         return sampled(hook, scoped)
     task = ctx.task_offsets or {}
     match, measurable = scope_matcher(ctx.recipe, ctx.values, process_names=task.get("task_read", 1) != 0)
-    return measure(hook, match=match, scope_measured=measurable, scoped=scoped, **kw)
+    inside = threads_in_scope(ctx.values, match) if match is not None and measurable else None
+    return measure(hook, match=match, scope_measured=measurable, scoped=scoped, scope_threads=inside, **kw)

@@ -75,3 +75,54 @@ def test_estimate_uses_the_calibration(kernel, calibration):
     assert est["cost"]["source"] == "calibration"
     assert est["cost"]["in_ns"] == round(cal["ns"]["raw_tracepoint_pair"])
     assert est["cost"]["out_ns"] == round(cal["ns"]["raw_tracepoint_pair_filter"])
+
+
+def test_offcpu_blocks_cost_more_paced_than_back_to_back_and_are_priced_against_the_ping_pongs_shape(
+        kernel, calibration):
+    cal = json.loads(calibration[0].stdout)
+    body, ref = cal["body_ns"], cal["offcpu"]
+    # The kernel's own timing of offcpu's program: back to back the caches stay warm; paced they do not.
+    assert 0 < body["offcpu_block"] <= body["offcpu_block_cold"], body
+    assert ref["hot_rate"] > 10 * ref["cold_rate"] > 0, ref
+    # The ping-pong's blocks, sampled by perf: a pipe read in the kernel, Python's short user stack, a libc
+    # syscall wrapper at the top (the hidden-caller walk runs).
+    assert ref["kernel_depth"] >= 3 and ref["user_depth"] >= 1 and ref["walk_share"] > 0.5, ref
+    # A switch it filters out: cheaper on a CPU where the program runs back to back than on the box's own
+    # switches, and dearer than nothing (measured unless the box filtered under 50 switches meanwhile).
+    if "offcpu_filtered" in body:
+        assert 0 < body["offcpu_filtered"] <= body["offcpu_filtered_cold"] < body["offcpu_block"], body
+        assert ref["filtered_hot_rate"] > ref["filtered_cold_rate"] > 0, ref
+
+
+def _calib_pingpongs():
+    """Processes still named like the calibration ping-pong."""
+    from kit import calibrate_offcpu
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() in (calibrate_offcpu.COMM, calibrate_offcpu.COMM_OUT):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_first_offcpu_run_on_an_uncalibrated_host_measures_a_block_once_and_caches_it(
+        kernel, no_leftovers, tmp_path):
+    path = str(tmp_path / "calibration.json")
+    env = dict(os.environ, KIT_CALIBRATION=path)
+    first = run_kit("run", "offcpu", "--comm", "kit-nobody-cal", "--for", "1s", "--budget", "100", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "first offcpu run on this host" in first.stderr
+    cal, note = costs.load_calibration(path)
+    assert cal is not None and cal["partial"] == ["offcpu"], note
+    assert 0 < cal["body_ns"]["offcpu_block"] <= cal["body_ns"]["offcpu_block_cold"]
+    assert not _calib_pingpongs(), "the calibration ping-pong outlived the run"
+    # the next run prices with it, and measures nothing
+    again = run_kit("estimate", "offcpu", "--comm", "kit-nobody-cal", "--budget", "100", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "first offcpu run" not in again.stderr
+    assert json.loads(again.stdout)["estimate"]["cost"]["source"].startswith("calibration")
+    second = run_kit("run", "offcpu", "--comm", "kit-nobody-cal", "--for", "1s", "--budget", "100", env=env)
+    assert second.returncode == 0 and "first offcpu run" not in second.stderr, second.stderr

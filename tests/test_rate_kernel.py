@@ -208,3 +208,48 @@ def test_uprobe_recipe_estimate_counts_its_rate_hook_symbol_and_prices_its_first
     assert est["in_scope_per_s"] == pytest.approx(statistics.median(peer), rel=0.3), \
         (est["in_scope_per_s"], peer, {k: est.get(k) for k in ("window_s", "samples", "lost", "busiest_threads")})
     assert est["busiest_threads"][0]["in_scope"] or est["in_scope_per_s"] < est["events_per_s"]
+
+
+def _switches(pid):
+    """Context switches of all of pid's threads so far, as the kernel counts them (/proc status)."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                n += sum(int(line.split()[1]) for line in f
+                         if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")))
+        except OSError:
+            continue
+    return n
+
+
+def test_threads_in_scope_are_counted_one_by_one_while_others_swamp_the_hook(kernel):
+    # A paced ping-pong in scope (a few thousand switches a second) beside one as fast as it goes out of
+    # scope (ten to a hundred times more): the samples give the scope a handful of records; the counted rate
+    # must agree with the kernel's own count of the scoped process's context switches over the same window.
+    recipe = catalog.load()["offcpu"]
+    comm = f"kit-x{os.getpid() % 100000}"
+    values = {"comm": comm}
+    match, _ = rate.scope_matcher(recipe, values)
+    hook = rate.RateHook("tracepoint", "sched:sched_switch")
+    with Load("pingpong", comm, seconds=60, pace=2000) as mine, \
+            Load("pingpong", f"kit-y{os.getpid() % 100000}", seconds=60) as loud:
+        mine.go()
+        loud.go()
+        time.sleep(1.0)
+        takes = []
+        for _ in range(3):
+            inside = rate.threads_in_scope(values, match)
+            t0, s0 = time.monotonic(), _switches(mine.pid)
+            r = rate.measure(hook, match=match, scope_threads=inside)
+            t1, s1 = time.monotonic(), _switches(mine.pid)
+            takes.append((r, (s1 - s0) / (t1 - t0)))
+        mine.finish()
+        loud.finish()
+    assert {p for p, _ in inside} == {mine.pid} and len(inside) >= 2, inside  # the load's threads, no other
+    for r, truth in takes:
+        assert r.counted_threads == len(inside), r
+        assert r.total > 10 * truth, (r.total, truth)  # the out-of-scope ping-pong does swamp the hook
+    ratios = [round(r.in_scope / truth, 2) for r, truth in takes]
+    print(f"counted in scope / the kernel's context switches: {ratios}")
+    assert all(0.8 <= x <= 1.25 for x in ratios), ratios

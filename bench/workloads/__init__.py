@@ -464,3 +464,29 @@ class MemcgOOM:
             yield _Spawned(self)
         finally:
             _stop_group(p)
+
+
+class PaySvc:
+    """The bundled demo service (demo/pay_svc.c), built as ./demo.sh builds it: four workers that wait on
+    a ledger lock, a slow socket and a sleep, about 1400 blocks a second. Only busy() (the guardrail case):
+    it has no rounds of its own to time."""
+
+    comm = "kit-pay-svc"
+
+    def __init__(self, outdir):
+        src = os.path.normpath(os.path.join(HERE, os.pardir, os.pardir, "demo", "pay_svc.c"))
+        self.binary = os.path.join(outdir, self.comm)
+        if not os.path.exists(self.binary) or os.path.getmtime(self.binary) < os.path.getmtime(src):
+            subprocess.run([_cc(), "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o", self.binary, src],
+                           check=True)
+
+    def prepared(self):
+        return contextlib.nullcontext(self)
+
+    @contextlib.contextmanager
+    def busy(self):
+        p = subprocess.Popen([self.binary], stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            yield _Spawned(self, p.pid)
+        finally:
+            _stop_group(p)
