@@ -17,7 +17,7 @@ import os
 import struct
 import time
 
-from kit import perfevent
+from kit import features, perfevent
 
 HOOK = "sched:sched_switch"
 SAMPLE_S = 0.1
@@ -96,7 +96,7 @@ def summarize(chains, read=None):
 def sample(threads, seconds=SAMPLE_S, sleep=time.sleep):
     """Shape of the blocks of threads [(pid, tid)] (the busiest first), or None when none blocked or the
     kernel refused the events (then the caller prices the calibration's own shape)."""
-    attr, keep = perfevent.tracepoint_attr(HOOK)
+    attr, keep = perfevent.tracepoint_attr(features.tracepoint_id(HOOK))
     events = []
     try:
         for pid, tid in threads[:MAX_THREADS]:
