@@ -103,11 +103,11 @@ class _Attached:
     """offcpu's own program, scoped to the ping-pong's comm, attached for a with-block."""
 
     def __enter__(self):
-        from kit import catalog, contract, run
+        from kit import catalog, contract, program
         recipe = catalog.load()["offcpu"]
         self.hooks = contract.hooks_of(recipe)
-        self.ctx, text = run.prepare(recipe, {"comm": COMM})
-        self.bpf = run.compile_program(text)
+        self.ctx, text = program.prepare(recipe, {"comm": COMM})
+        self.bpf = program.compile_program(text)
         try:
             self.hooks.attach(self.ctx, self.bpf)
         except BaseException:

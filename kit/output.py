@@ -83,7 +83,6 @@ def human(result, recipe, stream, top=20):
         w("warning: the guardrail was overridden with --force\n")
     from kit.hints import text as hints_text
     w(hints_text(result))  # computed from these results; nothing when they support no next step
-    from kit.guard import summary_line
     w(summary_line(ov))
 
 
@@ -193,3 +192,15 @@ def stream_summary(result, recipe, top=20):
         for h in hints:
             lines.append(f"  {printable(h.get('text', ''))}" + (f": {printable(h['command'])}" if h.get("command") else ""))
     return "\n".join(lines) + "\n"
+
+
+def summary_line(ov):
+    """The last line of a human result: what the run cost."""
+    if "cpu_pct" not in ov:
+        return ""
+    est = ov.get("estimate_cpu_pct")
+    est_txt = f"; estimated {est:.3f}% before attaching" if est is not None else ""
+    forced = " (guardrail overridden with --force)" if ov.get("forced") else ""
+    return (f"cost: {ov['events']} events x {ov['ns_per_event']} ns + {ov['filtered']} filtered x "
+            f"{ov['ns_per_filtered']} ns = {ov['cpu_pct']:.3f}% of CPU over {ov['seconds']:.1f}s "
+            f"(peak {ov['peak_cpu_pct']:.3f}%, budget {ov['budget_pct']:g}%){est_txt}{forced}\n")

@@ -11,12 +11,12 @@ leaves a named probe in tracefs.
 import dataclasses
 import signal
 import sys
-import threading
 import time
 
-from kit import __version__, features, guard, hints, perfevent, prelude, procfs, render, scope, teardown, uprobes
-from kit.contract import Context, default_collect, hooks_of
-from kit.errors import BadInput, CompileError, ExitCode, Unsupported
+from kit import __version__, features, guard, hints, perfevent, prelude, procfs, scope, teardown, uprobes
+from kit.contract import default_collect, hooks_of
+from kit.program import compile_program, prepare  # noqa: F401 (run.prepare: the engine's interface)
+from kit.errors import BadInput, ExitCode, Unsupported
 
 TICK = 0.25
 
@@ -33,39 +33,6 @@ class Options:
     progress: bool = None        # None: when stderr is a terminal
     limit: int = None            # output: stream: lines shown per second (None: the catalog's; 0: all)
     out: object = None           # output: stream: where event lines go as they arrive (default stdout)
-
-
-def prepare(recipe, values, hook_type=None):
-    """Everything up to (not including) compiling: returns (context, C text)."""
-    hook = features.choose_hook(recipe, hook_type)
-    ctx = Context(recipe=recipe, hook=hook, values=dict(values))
-    hooks = hooks_of(recipe)
-    if hooks.prepare:
-        hooks.prepare(ctx)
-    if hook.type in uprobes.HOOK_TYPES and not ctx.planned_uprobes:
-        uprobes.plan(ctx)  # every symbol checked before anything attaches
-    if hooks.extra:
-        ctx.extra = hooks.extra(ctx)
-    if recipe.output == "stream" or recipe.stream_form is not None:  # the buffer: kit/stream.py decides
-        from kit import stream
-        ctx.extra = {**stream.extra(ctx), **ctx.extra}
-    ctx.task_offsets = render.task_offsets(ctx.values, ctx.notes)  # what --comm's rule reads
-    text = render.render(recipe, hook, ctx.values, ctx.extra, task=ctx.task_offsets)
-    return ctx, text
-
-
-_COMPILING = threading.Lock()  # runs side by side (kit triage's first look) compile one at a time
-
-
-def compile_program(text, debug=False):
-    from bcc import BPF  # imported late so `kit list/show` work without bcc
-    try:
-        with _COMPILING:
-            return BPF(text=text.encode(), cflags=["-Wno-unused-function", "-Wno-unused-variable"])
-    except Exception as e:
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CompileError(f"BCC could not compile or load the program: {msg}",
-                           "run `kit doctor`; rerun with --debug to see the compiler output") from e
 
 
 class Stopper:

@@ -22,11 +22,11 @@ import math
 import os
 import shlex
 
-from kit import guard, procfs
+from kit import model, procfs
 from kit.procfs import is_kthread
 from kit import params as ptypes
 from kit.errors import KitError
-from kit.guard import _fmt_rate, _pct
+from kit.model import _fmt_rate, _pct
 
 SUGGESTIONS = 3
 HEADROOM = 1.25   # a suggestion must fit with this much to spare: the rate moves between estimate and run
@@ -199,7 +199,7 @@ def scopes(ctx, r, me=None):
 
 
 def _price(r, c, inside, cpus):
-    return sum(guard.project(r, c, in_scope=inside, cpus=cpus))
+    return sum(model.project(r, c, in_scope=inside, cpus=cpus))
 
 
 def _entry(ctx, opts, est, scope, c=None, hook=None, duration=None, kind="scope", label=None):
@@ -263,7 +263,7 @@ def ways_out(ctx, opts, est, found):
     for h in ctx.recipe.hooks:
         if h.type == ctx.hook.type or features.hook_supported(h) is not None:
             continue
-        c = guard.run_costs(dataclasses.replace(ctx, hook=h))
+        c = model.run_costs(dataclasses.replace(ctx, hook=h))
         e = _entry(ctx, opts, est, own, c=c, hook=h.type, kind="rung",
                    label=f"the {h.type} rung costs {c.in_ns:.0f} ns per event, {c.out_ns:.0f} filtered")
         if e["cpu_pct"] < _price(r, est.costs, inside, est.get("ncpu")):

@@ -14,7 +14,8 @@ from kit import catalog, cli, doctor, elf, flamegraph, output, stacks, suggest, 
 from kit.catalog import Field
 from kit.cli import main
 from kit.errors import ExitCode, Refused
-from kit.run import Context, Options
+from kit.contract import Context
+from kit.run import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -14,7 +14,8 @@ import pytest
 
 from kit import catalog, costs, guard, params, procfs, rate, render, targets
 from kit.errors import BadInput, CatalogError
-from kit.run import Context, Options
+from kit.contract import Context
+from kit.run import Options
 
 RECIPES_WITH_COMM = ("offcpu", "lockhold", "getaddrinfo", "syscalls", "profile", "runqlat")
 TASK = {"task_read": render.TASK_READ_BTF, "task_leader_off": 1328, "task_comm_off": 1752}

@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from kit import catalog, costs, guard, insn, rate, suggest
+from kit import catalog, costs, guard, insn, model, output, rate, suggest
 from kit.errors import ExitCode, Refused
-from kit.run import Context, Options
+from kit.contract import Context
+from kit.run import Options
 
 
 def recipe(name="syscalls"):
@@ -94,17 +95,17 @@ def test_projection_is_rate_times_cost_over_the_machine():
 
 def test_a_thread_already_on_a_whole_cpu_slows_down_instead_of_paying_on_top():
     # 4M events/s at 500 ns would need 2 CPUs more; a CPU-bound thread gets 2/(1+2) of its CPU taken.
-    assert guard.saturated(2.0, 1.0) == pytest.approx(2 / 3)
-    assert guard.saturated(0.3, 0.5) == pytest.approx(0.3)
-    assert guard.saturated(0.3, None) == pytest.approx(0.3)
+    assert model.saturated(2.0, 1.0) == pytest.approx(2 / 3)
+    assert model.saturated(0.3, 0.5) == pytest.approx(0.3)
+    assert model.saturated(0.3, None) == pytest.approx(0.3)
     r = a_rate([thread("loop", 4e6, 10, util=1.0)])
     assert sum(guard.project(r, FLAT, cpus=2)) == pytest.approx(100 * (2 / 3) / 2)
 
 
 def test_a_cpu_bound_thread_spends_its_share_of_a_cpu_in_proportion():
     # 250 ns of its own per event plus 500 ns of probe: the probe gets 2/3 of whatever CPU it gets.
-    assert guard.thread_cost(thread("loop", 4e6, 10, util=1.0, busy=True), 500) == pytest.approx(2 / 3)
-    assert guard.thread_cost(thread("loop", 2e6, 10, util=0.5, busy=True), 500) == pytest.approx(1 / 3)
+    assert model.thread_cost(thread("loop", 4e6, 10, util=1.0, busy=True), 500) == pytest.approx(2 / 3)
+    assert model.thread_cost(thread("loop", 2e6, 10, util=0.5, busy=True), 500) == pytest.approx(1 / 3)
 
 
 def test_the_counting_events_own_slowdown_is_undone_only_for_cpu_bound_threads():
@@ -231,7 +232,7 @@ def test_kernel_run_count_above_kits_counters_raises_the_price():
 def test_summary_line_gives_events_cost_cpu_and_the_estimate():
     ov = {"events": 10, "filtered": 5, "ns_per_event": 500, "ns_per_filtered": 200, "cpu_pct": 0.1234,
           "seconds": 2.0, "peak_cpu_pct": 0.2, "budget_pct": 2.0, "estimate_cpu_pct": 0.1, "forced": True}
-    line = guard.summary_line(ov)
+    line = output.summary_line(ov)
     assert line.startswith("cost: 10 events x 500 ns + 5 filtered x 200 ns = 0.123% of CPU")
     assert "estimated 0.100% before attaching" in line and "--force" in line
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from kit import blockshape, calibrate_offcpu, costs, rate
+from kit import blockshape, calibrate_offcpu, costs, model, rate
 
 REF = costs.OFFCPU_REF
 PRIM = {k: costs.DEFAULT_BODY_NS[k] for k in ("offcpu_block", "offcpu_block_cold", "offcpu_kernel_frame",
@@ -160,7 +160,7 @@ def test_threads_sharing_one_cpu_slow_down_together_instead_of_each_paying_a_who
     assert pinned == pytest.approx(100 * 2.43 / 3.33 / 2)
     # on a CPU each, each side slows down alone (saturated)
     apart, _ = guard.project(pair([(0,), (1,)]), c, cpus=2)
-    assert apart == pytest.approx(2 * 100 * guard.saturated(1.215, 0.45) / 2)
+    assert apart == pytest.approx(2 * 100 * model.saturated(1.215, 0.45) / 2)
     assert pinned < apart
 
 

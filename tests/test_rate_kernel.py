@@ -175,7 +175,8 @@ recipes:
 
 def test_uprobe_recipe_estimate_counts_its_rate_hook_symbol_and_prices_its_first_instruction(kernel, tmp_path):
     from kit import guard
-    from kit.run import Context, Options
+    from kit.contract import Context
+    from kit.run import Options
     libc = "/lib/x86_64-linux-gnu/libc.so.6"
     (tmp_path / "lockprobe.c").write_text("/* not compiled by this test */\n")
     r = catalog.parse(UPROBE_RECIPE.replace("LIBC", libc), "test.yaml", probes_dir=str(tmp_path))["lockprobe"]
