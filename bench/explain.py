@@ -121,9 +121,9 @@ Targets are reported here, never asserted in tests.
 
 # What this benchmark changed in kit, measured side by side with the kit before the change (a copy of
 # commit 71e107d run from its own tree, alternating with this one, 5 repetitions, 2026-11-26).
-_STARTUP = ("BTF read in one pass, names decoded only for the types looked up (`kit/btf.py`); raw tracepoint "
-            "support known from BTF instead of BCC's kallsyms scan (`kit/features.py`); the catalog parsed by libyaml "
-            "when present (`kit/catalog.py`)")
+_STARTUP = ("BTF read in one pass, names decoded only for the types looked up (`kit/host/btf.py`); raw tracepoint "
+            "support known from BTF instead of BCC's kallsyms scan (`kit/host/features.py`); the catalog parsed by libyaml "
+            "when present (`kit/catalog/__init__.py`)")
 _OFFCPU = ("offcpu: the switching-out task's state is read only once it is in scope; `--comm` skips the main-thread "
            "name check for a thread that is its process's main thread (`probes/offcpu.c`)")
 _TCPRETRANS = ("tcpretrans: one read of sock_common's head (addresses, ports, family, state) instead of one per "
@@ -228,7 +228,7 @@ WHY = {
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
         "kit compiles its recipe's C with BCC (clang and kernel headers) at start-up, as bcc's tools do, and "
-        "before attaching its guardrail measures how often the hook fires right now (kit/rate.py): about 0.35 s "
+        "before attaching its guardrail measures how often the hook fires right now (kit/guard/rate.py): about 0.35 s "
         "of perf counting windows, and for a uprobe hook another ~0.3 s while the kernel unregisters the "
         "counting uprobes (closing their perf events: ~0.17 s per set of per-CPU events here, measured with "
         "cProfile). bcc's tools attach without looking. Before the guardrail landed, `kit run getaddrinfo` was "

@@ -73,7 +73,7 @@ class _SamplingTool(Tool):
 
     def start(self, timeout=60):
         import time
-        from kit import perfevent
+        from kit.host import perfevent
         t0 = time.monotonic()
         super().start(timeout)
         want, deadline = len(perfevent.online_cpus()), time.monotonic() + timeout

@@ -45,7 +45,8 @@ QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_r
 
 def kit_rung(recipe_name):
     """The hook kit picks here for a recipe (the empty program goes on the same one)."""
-    from kit import catalog, features
+    from kit import catalog
+    from kit.host import features
     recipe = catalog.load(catalog.DEFAULT_CATALOG)[recipe_name]
     return features.choose_hook(recipe, None)
 

@@ -48,7 +48,7 @@ def _base_parser(out=None):
         s.add_argument("-h", "--help", action="store_true", dest="verb_help")
         s.add_argument("recipe", nargs="?")
         s.add_argument("rest", nargs=argparse.REMAINDER)
-    from kit import triage_cmd
+    from kit.triage import triage_cmd
     triage_cmd.add_parser(sub, out)
     sub.add_parser("doctor", help="what this kernel and these privileges support", out=out)
     f = sub.add_parser("fleet", help="run a recipe on many hosts through Ansible (docs/fleet.md)", add_help=False,
@@ -110,7 +110,7 @@ def _scope_text(r):
 
 
 def _runs_here(r):
-    from kit import features
+    from kit.host import features
     why = features.why_not(r)  # every rung's reason: one may be fixable (mount tracefs), another not
     if why is not None:
         return f"no: {why}"
@@ -148,7 +148,7 @@ def list_text(recipes, width=LIST_WIDTH):
 
 def list_verbose(recipes):
     """Every recipe in full: what `kit list` leaves out."""
-    from kit import features
+    from kit.host import features
     out = []
     for r in recipes.values():
         flags = ", ".join("--" + p.flag for p in r.scope_params()) or "none"
@@ -209,7 +209,7 @@ RUN_ONLY = (("duration", "--for"), ("json", "--json"), ("budget", "--budget"), (
 def cmd_show(args, out, err):
     """The C text for a recipe's arguments; a pasted `kit run` line works, its run-only options checked
     and ignored (--hook picks the rung whose text is shown)."""
-    from kit import run
+    from kit.engine import run
     recipe, ns, values = _recipe_args(args, "show", out)
     _options(recipe, ns, args)  # the same checks `run` makes, so a line show accepts, run accepts
     ignored = [flag for dest, flag in RUN_ONLY if getattr(ns, dest, None) not in (None, False)]
@@ -222,7 +222,7 @@ def cmd_show(args, out, err):
 
 def _with_alternatives(e, recipes):
     """An Unsupported error from the kernel's side, with the recipes that can still run here."""
-    from kit import features
+    from kit.host import features
     if "CAP_" in e.message:
         return e
     ok = features.runnable(recipes)
@@ -283,7 +283,8 @@ def _quiet_stdout(out):
 
 
 def cmd_run(args, out, err, dry_run=False):
-    from kit import output, run
+    from kit import output
+    from kit.engine import run
     recipe, ns, values = _recipe_args(args, "estimate" if dry_run else "run", out)
     opts = _options(recipe, ns, args, dry_run)
     opts.out = out  # a stream's lines go out as they arrive
@@ -294,7 +295,7 @@ def cmd_run(args, out, err, dry_run=False):
     _check_stdout(out)
     bundle = None
     if getattr(ns, "out", None) is not None and not opts.dry_run:
-        from kit import report
+        from kit.triage import report
         bundle = report.check_dir(ns.out)  # before anything is attached
     try:
         result, code = run.execute(recipe, values, opts, err=err)
@@ -329,7 +330,8 @@ def cmd_run(args, out, err, dry_run=False):
 def _run_bundle(d, recipe, args, result, code, err):
     """`kit run --out DIR`: the run as a one-step report (the command without --out reproduces it)."""
     import shlex
-    from kit import report, triage
+    from kit import triage
+    from kit.triage import report
     words = _without(args.rest, "--out")
     step = triage.Step(recipe.name, words, why="", kind="run", status="ran" if code == ExitCode.OK else "stopped",
                        result=result, code=int(code))
@@ -383,17 +385,17 @@ def main(argv=None, out=None, err=None):
         if args.cmd in ("run", "estimate"):
             return cmd_run(args, out, err, dry_run=args.cmd == "estimate")
         if args.cmd == "triage":
-            from kit import triage_cmd
+            from kit.triage import triage_cmd
             return triage_cmd.main(args, argv[argv.index("triage") + 1:], out, err)
         if args.cmd in ("fleet", "merge"):
             from kit import fleet
             return fleet.main(sys.modules[__name__], args, out, err) if args.cmd == "fleet" \
                 else fleet.merge_main(args, out, err)
         if args.cmd == "doctor":
-            from kit import doctor
+            from kit.host import doctor
             return doctor.main(out, catalog_path=args.catalog)
         if args.cmd == "calibrate":
-            from kit import calibrate
+            from kit.guard import calibrate
             return calibrate.main(args, out, err)
     except HelpShown:
         return ExitCode.OK

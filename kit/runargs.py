@@ -1,12 +1,12 @@
 """How a `kit run RECIPE ...` command line becomes checked values and run options: the recipe's own
 parser (built from the catalog), every value through its type, --unit/--container as a cgroup, --for and
---budget checked. Shared by the command line (kit/cli.py) and the triage's steps (kit/triage.py), so a
+--budget checked. Shared by the command line (kit/cli.py) and the triage's steps (kit/triage/__init__.py), so a
 step is parsed exactly as the command it prints."""
 
 import argparse
 import re
 
-from kit import params as ptypes
+from kit.catalog import params as ptypes
 from kit.errors import BadInput
 
 
@@ -125,7 +125,7 @@ def _cgroup_aliases(p):
 
 def scope_aliases(recipe, ns, values):
     """--unit and --container: the cgroup they name, through --cgroup's own type, in values["cgroup"]."""
-    from kit import cgroups
+    from kit.host import cgroups
     given = [(flag, getattr(ns, dest, None)) for flag, dest in (("--cgroup", "cgroup"), ("--unit", "unit"),
                                                                  ("--container", "container"))]
     given = [(flag, v) for flag, v in given if v is not None]
@@ -164,7 +164,7 @@ def parse_values(recipe, ns):
 
 
 def _options(recipe, ns, args, dry_run=False):
-    from kit.run import Options
+    from kit.engine.run import Options
     duration = recipe.duration_default if ns.duration is None else ptypes.Duration.seconds(ns.duration)
     if ns.duration is not None and duration > recipe.duration_max:  # echo what the user typed
         raise BadInput(f"--for {str(ns.duration).strip()[:20]} is over {recipe.name}'s maximum of "

@@ -73,7 +73,7 @@ BPF_PERCPU_ARRAY(kit_wake_at, u64, 1);
 /* Wake the reader for the first event after a quiet spell, then at most once every
  * KIT_STREAM_WAKE_NS: a wakeup is an IPI and a context switch (~10 us on this VM, inside the
  * program's time), while the reader also drains the buffer on its own every poll slice of that
- * length (kit/stream.py), so no event waits longer than that. */
+ * length (kit/engine/stream.py), so no event waits longer than that. */
 static __always_inline u64 kit_wake_flags(void)
 {
     u32 zero = 0;

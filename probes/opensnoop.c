@@ -13,7 +13,7 @@
  * the successful ones at exit.
  * Both forms share everything up to the record: the table form adds it to a
  * hash, the stream form (KIT_STREAM) sends it to the ring or perf buffer
- * kit/stream.py reads.
+ * kit/engine/stream.py reads.
  * Based on bcc's tools/opensnoop.py and libbpf-tools' opensnoop (-x for
  * failures); the table form aggregates in the kernel instead of streaming.
  */
@@ -70,7 +70,7 @@ BPF_PERCPU_ARRAY(scratch, struct event, 1);  /* too big for the BPF stack */
 
 /* Wake the reader for the first event after a quiet spell, then at most once every
  * KIT_STREAM_WAKE_NS (a wakeup is an IPI and a context switch in the traced task); the reader
- * drains the buffer itself every poll slice of that length (kit/stream.py). */
+ * drains the buffer itself every poll slice of that length (kit/engine/stream.py). */
 static __always_inline u64 kit_wake_flags(void)
 {
     u32 zero = 0;

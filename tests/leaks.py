@@ -46,7 +46,7 @@ def held_ids(pid="self"):
 
 def probe_events():
     """Every named probe in tracefs (uprobe_events, kprobe_events, dynamic_events)."""
-    from kit import features
+    from kit.host import features
     d = features.tracefs()
     out = []
     for name in ("uprobe_events", "kprobe_events", "dynamic_events"):

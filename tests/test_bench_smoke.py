@@ -96,7 +96,7 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
         assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
     assert "## The guardrail's estimate against the measured cost" in text
     assert "kit-bench-" not in _netns(), "the bench left its network namespace behind"
-    from kit import stream
+    from kit.engine import stream
     assert not [d for d in os.listdir(stream.memory_root()) if d.startswith("kit-bench-oom-")], \
         "the bench left its memory cgroup behind"
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout

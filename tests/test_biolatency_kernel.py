@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ACCURACY_BUDGET, ROOT, KitProc
-from kit import prelude
+from kit.engine import prelude
 
 pytestmark = [pytest.mark.kernel]
 

@@ -3,7 +3,7 @@
 Calibration is a measurement, so its numbers are not compared with constants. What can be checked:
 programs that do more work per event cost more, and the kernel's own timing of their bodies (bpf_stats)
 says so too; the per-kind uprobe costs split into the two groups the kernel's emulation decides
-(kit/insn.py); and the guardrail uses the result.
+(kit/binaries/insn.py); and the guardrail uses the result.
 """
 
 import json
@@ -13,7 +13,8 @@ import pytest
 
 from calibration import calibrate
 from conftest import run_kit
-from kit import costs, insn
+from kit.binaries import insn
+from kit.guard import costs
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
@@ -96,7 +97,7 @@ def test_offcpu_blocks_cost_more_paced_than_back_to_back_and_are_priced_against_
 
 def _calib_pingpongs():
     """Processes still named like the calibration ping-pong."""
-    from kit import calibrate_offcpu
+    from kit.guard import calibrate_offcpu
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

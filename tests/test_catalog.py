@@ -40,7 +40,7 @@ def test_the_shipped_catalog_loads():
 
 
 def test_every_recipe_has_a_template_and_runbook_and_every_template_and_module_a_recipe():
-    from kit import contract
+    from kit.engine import contract
     recipes = catalog.load()
     templates = {f[:-2] for f in os.listdir(catalog.PROBES_DIR) if f.endswith(".c")}
     assert templates == set(recipes)

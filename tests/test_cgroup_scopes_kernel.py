@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 @pytest.fixture
 def two_cgroups(kernel, tmp_path):
-    from kit.params import cgroup2_roots
+    from kit.catalog.params import cgroup2_roots
     me = os.getpid()
     base = os.path.join(cgroup2_roots()[0], f"kit-test-scopes-{me}.slice")
     unit = f"kit-t{me}.service"

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from kit import cgroups
+from kit.host import cgroups
 from kit.cli import main
 from kit.errors import BadInput, ExitCode
 

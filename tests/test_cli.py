@@ -64,9 +64,10 @@ def test_show_stream_prints_the_stream_form_and_the_table_form_without_it():
 
 
 def test_a_suggested_command_keeps_the_stream_form_and_its_limit():
-    from kit import catalog, suggest
-    from kit.contract import Context
-    from kit.run import Options
+    from kit import catalog
+    from kit.guard import suggest
+    from kit.engine.contract import Context
+    from kit.engine.run import Options
     r = catalog.load()["opensnoop"].stream_form
     ctx = Context(recipe=r, hook=r.hooks[0], values={"failed": True})
     line = suggest.command(ctx, Options(duration=r.duration_default, limit=0), "comm", "nginx")

@@ -10,12 +10,17 @@ import subprocess
 
 import pytest
 
-from kit import catalog, cli, doctor, elf, flamegraph, output, stacks, suggest, usersyms
+from kit import catalog, cli, output
+from kit.binaries import elf
+from kit.guard import suggest
+from kit.host import doctor
+from kit.output import flamegraph, stacks
+from kit.userstacks import usersyms
 from kit.catalog import Field
 from kit.cli import main
 from kit.errors import ExitCode, Refused
-from kit.contract import Context
-from kit.run import Options
+from kit.engine.contract import Context
+from kit.engine.run import Options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,7 +97,7 @@ def test_a_suggestion_over_budget_asks_for_what_it_needs_with_room(pct, budget, 
 
 
 def _rate(threads):
-    from kit import rate
+    from kit.guard import rate
     hook = rate.RateHook("tracepoint", "raw_syscalls:sys_enter")
     return rate.Rate(hook=hook, window_s=0.2, total=sum(t.rate for t in threads), in_scope=sum(t.rate for t in threads),
                      scope_measured=True, scoped=False, threads=threads, samples=500, lost=0)
@@ -101,7 +106,7 @@ def _rate(threads):
 def test_suggestions_name_kernel_threads_and_never_kit_or_a_name_kit_would_refuse():
     """Real processes: pid 2 is kthreadd (always a kernel thread), this test is a user process; the comm
     checks are kit's own typed layer."""
-    from kit import rate
+    from kit.guard import rate
     me, parent = os.getpid(), os.getppid()
     with open(f"/proc/{me}/comm") as f:
         my_comm = f.read().strip()
@@ -242,7 +247,7 @@ def test_flame_graph_footer_is_in_seconds():
 
 @pytest.fixture
 def every_rung_runs(monkeypatch):
-    from kit import features
+    from kit.host import features
     monkeypatch.setattr(features, "hook_supported", lambda hook: None)
     monkeypatch.setattr(features, "why_not", lambda recipe: None)
 
@@ -271,7 +276,7 @@ def test_kit_list_fits_100_columns_with_no_blank_cell(every_rung_runs):
 
 
 def test_kit_list_fits_100_columns_when_a_recipe_cannot_run(monkeypatch):
-    from kit import features
+    from kit.host import features
     why = ("raw_tracepoint: lockdown=confidentiality blocks bpf_probe_read_kernel, which this rung needs; "
            "tracepoint: lockdown=confidentiality blocks tracefs, which tracepoints need")
     monkeypatch.setattr(features, "why_not", lambda recipe: why)
@@ -327,7 +332,7 @@ def test_the_readmes_examples_parse_as_written(words):
         recipe = catalog.load()[args.recipe]
         ns = cli.recipe_parser(recipe, args.cmd).parse_args(args.rest)
         if ns.duration is not None:
-            from kit.params import Duration
+            from kit.catalog.params import Duration
             assert Duration.seconds(ns.duration) <= recipe.duration_max
 
 
@@ -366,7 +371,7 @@ def stripped(tmp_path_factory):
 
 
 def _image(path, debug_root):
-    from kit.targets import MapsLine
+    from kit.host.targets import MapsLine
     st = os.stat(path)
     with elf.Elf(path) as e:
         seg = e.segments[0]
@@ -399,7 +404,7 @@ def test_without_debug_symbols_an_unexported_function_is_named_by_where_it_start
 
 
 def test_an_interpreter_is_named_and_told_what_would_name_its_frames():
-    from kit.targets import MapsLine
+    from kit.host.targets import MapsLine
     img = usersyms.ProcessImage(4242, usersyms.ElfCache())
     img.maps = [MapsLine(0x1000, 0x2000, "r-xp", 0, 1, 2, "/usr/bin/python3.11", False)]
     sym = usersyms.Symbolizer()

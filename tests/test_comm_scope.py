@@ -12,10 +12,14 @@ import sys
 
 import pytest
 
-from kit import catalog, costs, guard, params, procfs, rate, render, targets
+from kit import catalog, guard
+from kit.catalog import params
+from kit.engine import render
+from kit.guard import costs, rate
+from kit.host import procfs, targets
 from kit.errors import BadInput, CatalogError
-from kit.contract import Context
-from kit.run import Options
+from kit.engine.contract import Context
+from kit.engine.run import Options
 
 RECIPES_WITH_COMM = ("offcpu", "lockhold", "getaddrinfo", "syscalls", "profile", "runqlat")
 TASK = {"task_read": render.TASK_READ_BTF, "task_leader_off": 1328, "task_comm_off": 1752}
@@ -178,7 +182,7 @@ def test_by_comm_counts_a_renamed_thread_under_its_own_and_its_processes_name(mo
     est = guard.priced(guard.Estimate(budget_pct=2.0, ncpu=guard.ncpu(), scoped=False), r,
                        costs.Costs(in_ns=500, out_ns=200, progs_per_event=2, body_in_ns=400, body_out_ns=150,
                                    source="test", terms={}))
-    from kit import suggest
+    from kit.guard import suggest
     monkeypatch.setattr(suggest, "is_kthread", lambda pid: False)  # pids 10 and 20 are made up here
     sugg, _kthreads = suggest.suggestions(c, Options(duration=recipe.duration_default), est, me=-1)
     assert re.fullmatch(r"kit run syscalls --comm ho-renamed", sugg[0]["command"])

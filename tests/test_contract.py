@@ -5,7 +5,8 @@ import ctypes
 
 import pytest
 
-from kit import catalog, contract
+from kit import catalog
+from kit.engine import contract
 from kit.errors import CatalogError
 
 BASE = """\
@@ -113,7 +114,7 @@ def test_every_shipped_recipe_module_says_its_steps_with_hooks():
 
 
 def test_every_cost_class_is_priced_from_known_primitives_on_every_family():
-    from kit import costs
+    from kit.guard import costs
     for name, (ins, outs, _n) in costs.CLASSES.items():
         for fam in ("tracepoint", "raw_tracepoint"):
             for term in ins + outs:
@@ -122,14 +123,15 @@ def test_every_cost_class_is_priced_from_known_primitives_on_every_family():
 
 
 def test_the_catalog_checks_cost_classes_and_hook_types_against_their_one_definition():
-    from kit import costs, features
+    from kit.guard import costs
+    from kit.host import features
     assert catalog.COST_CLASSES == tuple(costs.CLASSES)
     assert catalog.HOOK_TYPES is features.HOOK_TYPES
 
 
 @pytest.mark.parametrize("text, dev", [("7:0", 7 << 20), ("259:3", 259 << 20 | 3)])
 def test_a_disk_given_as_maj_min_becomes_the_kernels_internal_dev_t(text, dev):
-    from kit import params
+    from kit.catalog import params
     spec = catalog.ParamSpec(name="disk", type="disk")
     assert params.TYPES["disk"].parse(text, spec) == dev
     assert params.TYPES["disk"].emit(params.TYPES["disk"].parse(text, spec)) == f"{dev}U"
@@ -137,7 +139,7 @@ def test_a_disk_given_as_maj_min_becomes_the_kernels_internal_dev_t(text, dev):
 
 @pytest.mark.parametrize("text", ["sda;rm", "../../etc", "99999:0", "no-such-disk-kit", ""])
 def test_a_disk_that_is_not_one_is_refused(text):
-    from kit import params
+    from kit.catalog import params
     from kit.errors import BadInput
     with pytest.raises(BadInput):
         params.TYPES["disk"].parse(text, catalog.ParamSpec(name="disk", type="disk"))
@@ -146,7 +148,7 @@ def test_a_disk_that_is_not_one_is_refused(text):
 def test_a_step_function_its_hooks_forget_is_a_catalog_error(tmp_path):
     (tmp_path / "probes").mkdir()
     (tmp_path / "probes" / "tcpretrans.c").write_text("/* t */\n")
-    (tmp_path / "m2.py").write_text("from kit.contract import Hooks\n"
+    (tmp_path / "m2.py").write_text("from kit.engine.contract import Hooks\n"
                                      "def extra(ctx):\n    return {}\n"
                                      "def collect(ctx, bpf):\n    return {}\n"
                                      "HOOKS = Hooks(collect=collect)\n")

@@ -82,7 +82,7 @@ def _run_time(pid):
 
 
 def _enable_stats():
-    from kit import bpfstats  # the BPF_ENABLE_STATS syscall alone; the figures are read from fdinfo above
+    from kit.guard import bpfstats  # the BPF_ENABLE_STATS syscall alone; the figures are read from fdinfo above
     fd = bpfstats.enable()
     assert fd is not None, "the kernel refused BPF_ENABLE_STATS"
     return fd

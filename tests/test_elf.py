@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from kit import elf
+from kit.binaries import elf
 from workloads import lockwork
 
 

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from kit import btf, catalog, features
+from kit import catalog
+from kit.host import btf, features
 
 
 def test_raw_tracepoint_prototype_comes_from_the_running_kernels_btf():

@@ -7,7 +7,8 @@ import zipfile
 
 import pytest
 
-from kit import catalog, cli, fleet, pack
+from kit import catalog, cli, fleet
+from kit.fleet import pack
 from kit.errors import BadInput
 
 PY = "/usr/bin/python3"   # a host's python, not the venv's

@@ -263,7 +263,7 @@ def test_a_host_whose_own_budget_refuses_is_reported_with_the_guardrails_reason(
     # h3's own guardrail allows a millionth of a percent: sched_switch on this box costs more to filter
     inv = fleet.inventory({"h3": {"kit_budget": "0.000001"}})
     # kit.pyz goes where it is absent (h3) or stale (h2), and not where it is current (h1)
-    from kit import pack
+    from kit.fleet import pack
     pyz = os.path.join(fleet.dir, "kit.pyz")
     pack.build(pyz)
     for h, content in (("h1", open(pyz, "rb").read()), ("h2", b"an older kit.pyz")):

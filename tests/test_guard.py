@@ -7,10 +7,13 @@ import json
 
 import pytest
 
-from kit import catalog, costs, guard, insn, model, output, rate, suggest
+from kit import catalog, guard, output
+from kit.guard import model
+from kit.binaries import insn
+from kit.guard import costs, rate, suggest
 from kit.errors import ExitCode, Refused
-from kit.contract import Context
-from kit.run import Options
+from kit.engine.contract import Context
+from kit.engine.run import Options
 
 
 def recipe(name="syscalls"):

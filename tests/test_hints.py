@@ -8,7 +8,8 @@ import shlex
 
 import pytest
 
-from kit import catalog, hints
+from kit import catalog
+from kit.output import hints
 from kit.cli import parse_values, recipe_parser
 
 ME = os.getpid()  # a live pid, so the commands' own --pid parses as it would on the box

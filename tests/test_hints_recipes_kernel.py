@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import ACCURACY_BUDGET, ROOT, KitProc
-from kit import hints
+from kit.output import hints
 from test_biolatency_kernel import loopdev  # noqa: F401 (a fixture)
 from test_drops_kernel import _drop_and_count, rule_packets
 from test_hints_kernel import dry_run_ok, kit_commands

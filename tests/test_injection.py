@@ -21,7 +21,9 @@ from hypothesis import strategies as st
 
 from conftest import ROOT
 from fixtures import kitshim
-from kit import catalog, params, run
+from kit import catalog
+from kit.catalog import params
+from kit.engine import run
 from kit.catalog import ParamSpec
 from kit.errors import KitError
 

@@ -17,7 +17,8 @@ import io
 import pytest
 
 from fixtures import kitshim
-from kit import catalog, doctor, features
+from kit import catalog
+from kit.host import doctor, features
 from kit.catalog import Hook
 from kit.cli import main
 from kit.errors import ExitCode
@@ -136,7 +137,7 @@ def test_detach_closes_uprobes_itself_under_confidentiality_even_with_tracefs_fi
     """Raised after boot, tracefs keeps its files but refuses opening uprobe_events (measured on 6.1), where
     BCC's cleanup would stop at the first uprobe: BCC's tracefs step is skipped."""
     from bcc import lib
-    from kit import teardown
+    from kit.engine import teardown
     closed = []
     monkeypatch.setattr(features, "lockdown", lambda *a: "confidentiality")
     monkeypatch.setattr(features, "tracefs", lambda: "/sys/kernel/tracing")

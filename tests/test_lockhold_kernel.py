@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import ACCURACY_BUDGET, KitProc, orphan_progs, loaded_prog_ids
-from kit import features, prelude
+from kit.engine import prelude
+from kit.host import features
 from workloads import lockwork, wrapwork
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]

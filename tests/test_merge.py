@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from kit import cli, merge, stacks
+from kit import cli
+from kit.fleet import merge
+from kit.output import stacks
 from kit.errors import BadInput, ExitCode
 
 

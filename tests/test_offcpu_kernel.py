@@ -118,7 +118,7 @@ def test_pid_scope_on_the_tracepoint_rung_ends_with_the_process_and_drops_short_
 
 def test_cgroup_scope_is_filtered_in_the_kernel(kernel, no_leftovers, binaries):
     main, _ = binaries
-    from kit.params import cgroup2_roots
+    from kit.catalog.params import cgroup2_roots
     cg = os.path.join(cgroup2_roots()[0], f"kit-test-offcpu-{os.getpid()}")
     os.mkdir(cg)
     inside = outside = None

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from kit import blockshape, calibrate_offcpu, costs, model, rate
+from kit.guard import model
+from kit.guard import blockshape, calibrate_offcpu, costs, rate
 
 REF = costs.OFFCPU_REF
 PRIM = {k: costs.DEFAULT_BODY_NS[k] for k in ("offcpu_block", "offcpu_block_cold", "offcpu_kernel_frame",

@@ -9,7 +9,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from kit import catalog, cfi, elf, flamegraph, guard, hidden_frames, stacks
+from kit import catalog, guard
+from kit.binaries import cfi, elf
+from kit.output import flamegraph, stacks
+from kit.userstacks import hidden_frames
 from kit.errors import ExitCode, Refused
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ACCURACY_BUDGET, KitProc
-from kit import stream
+from kit.engine import stream
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ import pytest
 
 from conftest import ROOT
 from fixtures import kitshim
-from kit import features
+from kit.host import features
 from workloads import retrans
 from workloads.build import build
 
@@ -195,7 +195,7 @@ DETACH_SNIPPET = r"""
 import os, sys
 sys.path.insert(0, "tests")
 from bcc import BPF
-from kit import teardown
+from kit.engine import teardown
 from leaks import held
 b = BPF(text=b"int a(void *ctx) { return 0; } int c(void *ctx) { return 0; }")
 b.attach_uprobe(name=sys.argv[1], sym="kit_target_fn", fn_name="a")

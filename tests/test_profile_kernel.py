@@ -66,7 +66,7 @@ def test_shares_of_two_functions_match_the_workloads_own_cpu_clock_and_a_sleeper
 
 
 def test_default_rate_is_hz_on_every_cpu_and_folded_and_svg_come_out(kernel, no_leftovers, binary, tmp_path):
-    from kit import perfevent
+    from kit.host import perfevent
     ncpu = len(perfevent.online_cpus())
     sleeper = subprocess.Popen(["sleep", "30"])
     try:

@@ -3,8 +3,12 @@ the rate that is known without measuring and its price, the listing's wording, a
 
 import pytest
 
-from kit import catalog, costs, guard, params, perfevent, rate, stacks
-from kit.contract import Context
+from kit import catalog, guard
+from kit.catalog import params
+from kit.guard import costs, rate
+from kit.host import perfevent
+from kit.output import stacks
+from kit.engine.contract import Context
 from kit.errors import BadInput, CatalogError
 from kit.recipes import profile
 

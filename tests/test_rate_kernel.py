@@ -8,8 +8,11 @@ import time
 
 import pytest
 
-from kit import catalog, costs, insn, perfevent, rate
-from kit.calibrate import _Target
+from kit import catalog
+from kit.binaries import insn
+from kit.guard import costs, rate
+from kit.host import perfevent
+from kit.guard.calibrate import _Target
 from calibration import calibrate
 from workloads.load import Load
 
@@ -175,8 +178,8 @@ recipes:
 
 def test_uprobe_recipe_estimate_counts_its_rate_hook_symbol_and_prices_its_first_instruction(kernel, tmp_path):
     from kit import guard
-    from kit.contract import Context
-    from kit.run import Options
+    from kit.engine.contract import Context
+    from kit.engine.run import Options
     libc = "/lib/x86_64-linux-gnu/libc.so.6"
     (tmp_path / "lockprobe.c").write_text("/* not compiled by this test */\n")
     r = catalog.parse(UPROBE_RECIPE.replace("LIBC", libc), "test.yaml", probes_dir=str(tmp_path))["lockprobe"]

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from kit import catalog, params, render
+from kit import catalog
+from kit.catalog import params
+from kit.engine import render
 from kit.errors import BadInput, CatalogError
 
 
@@ -41,7 +43,7 @@ def test_computed_values_must_be_integers(tmp_path, recipes):
 
 
 def test_shipped_templates_render_without_leftovers(recipes):
-    from kit import run
+    from kit.engine import run
     for r in recipes.values():
         if r.guard.scope_required:
             continue
@@ -51,7 +53,7 @@ def test_shipped_templates_render_without_leftovers(recipes):
 
 
 def test_port_reaches_c_as_a_number(recipes):
-    from kit import run
+    from kit.engine import run
     r = recipes["tcpretrans"]
     spec = r.params["port"]
     _ctx, text = run.prepare(r, {"port": params.TYPES["port"].parse("8443", spec)})

@@ -10,7 +10,8 @@ import re
 import pytest
 
 import test_triage as t
-from kit import catalog, report, triage, verdict
+from kit import catalog, triage
+from kit.triage import report, verdict
 from kit.errors import BadInput
 
 RECIPES = catalog.load(catalog.DEFAULT_CATALOG)

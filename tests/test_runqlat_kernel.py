@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ACCURACY_BUDGET, KitProc
 from harness import Workload
-from kit import prelude
+from kit.engine import prelude
 from workloads.build import build
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
@@ -112,7 +112,7 @@ def test_comm_scope_is_the_woken_tasks_on_the_tracepoint_rung(kernel, no_leftove
 
 
 def test_cgroup_scope_and_per_cgroup_histograms_read_the_woken_tasks_cgroup(kernel, no_leftovers, binary):
-    from kit.params import cgroup2_roots
+    from kit.catalog.params import cgroup2_roots
     cg = os.path.join(cgroup2_roots()[0], f"kit-test-runqlat-{os.getpid()}")
     os.mkdir(cg)
 

@@ -6,8 +6,10 @@ import types
 
 import pytest
 
-from kit import catalog, costs, prelude, render
-from kit.contract import Context
+from kit import catalog
+from kit.engine import prelude, render
+from kit.guard import costs
+from kit.engine.contract import Context
 from kit.recipes import runqlat
 
 

@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from kit import scope
+from kit.catalog import scope
 from kit.catalog import ParamSpec
 from kit.errors import BadInput
-from kit.params import TYPES
+from kit.catalog.params import TYPES
 
 PR_SET_NAME = 15
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import ACCURACY_BUDGET, ROOT, KitProc, kit_cmd
 from kit.cli import main
 from kit.errors import ExitCode
-from kit.params import cgroup2_roots
+from kit.catalog.params import cgroup2_roots
 from leaks import snapshot
 
 pytestmark = [pytest.mark.kernel]

@@ -1,4 +1,4 @@
-"""The stream engine's pure logic (kit/stream.py, kit/output.py's stream lines): the catalog's stream
+"""The stream engine's pure logic (kit/engine/stream.py, kit/output/__init__.py's stream lines): the catalog's stream
 entries, decoding a record by the catalog's fields, the per-second cap and the tallies, the lines, the
 cgroup limit lookup, and the hints computed from a summary. The records are ctypes structures laid
 out as the templates send them: the engine's input, not a kernel."""
@@ -10,8 +10,9 @@ import os
 
 import pytest
 
-from kit import catalog, output, stream
-from kit.contract import Context
+from kit import catalog, output
+from kit.engine import stream
+from kit.engine.contract import Context
 from kit.errors import CatalogError
 
 SHIPPED = catalog.load()

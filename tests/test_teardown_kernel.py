@@ -207,7 +207,7 @@ def test_a_recipe_hook_that_fails_still_detaches_and_names_the_real_error(kernel
     def boom(*a):
         raise RuntimeError(f"injected failure in {hook}")
 
-    # the engine takes a recipe's steps from its HOOKS (kit.contract), not from the module's functions
+    # the engine takes a recipe's steps from its HOOKS (kit.engine.contract), not from the module's functions
     import dataclasses
     monkeypatch.setattr(tcpretrans, "HOOKS", dataclasses.replace(tcpretrans.HOOKS, **{hook: boom}))
     before = leaks.held()

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from kit import catalog, evidence, triage, verdict
+from kit import catalog, triage
+from kit.triage import evidence, verdict
 from kit.errors import ExitCode, Refused, Unsupported
 
 RECIPES = catalog.load(catalog.DEFAULT_CATALOG)

@@ -7,7 +7,11 @@ import subprocess
 
 import pytest
 
-from kit import catalog, elf, params, run, targets, uprobes
+from kit import catalog
+from kit.binaries import elf
+from kit.catalog import params
+from kit.engine import run, uprobes
+from kit.host import targets
 from kit.errors import BadInput, ExitCode, Refused
 from workloads import lockwork
 
@@ -220,7 +224,7 @@ def test_bad_uprobe_input_is_one_line_with_a_fix_and_its_exit_code(argv, code, w
 def test_estimated_cost_per_lock_follows_the_first_instructions(recipes, workload):
     ctx, _ = _prepare(recipes, "lockhold", binary=workload, lock="pool_lock", unlock="pool_unlock")
     # push-started pool_lock/pool_unlock: two emulated traps and one return trampoline
-    from kit import costs
+    from kit.guard import costs
     assert {p.kind for p in ctx.planned_uprobes} == {"push"}
     emulated, stepped, ret = (costs.DEFAULT_NS[k] for k in ("uprobe_emulated", "uprobe_stepped", "uretprobe_extra"))
     assert uprobes.cycle_cost_ns(ctx.planned_uprobes) == 2 * emulated + ret

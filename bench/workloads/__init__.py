@@ -410,7 +410,7 @@ class MemcgOOM:
 
     @contextlib.contextmanager
     def prepared(self):
-        from kit import stream
+        from kit.engine import stream
         root = stream.memory_root()
         if root is None:
             raise RuntimeError("no memory cgroup hierarchy is mounted")

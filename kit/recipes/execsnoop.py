@@ -2,8 +2,9 @@
 
 import shlex
 
-from kit import btf, features, prelude
-from kit.contract import Hooks
+from kit.engine import prelude
+from kit.host import btf, features
+from kit.engine.contract import Hooks
 
 TASK_FIELDS = {
     "task_mm_off": ("task_struct", "mm"), "task_parent_off": ("task_struct", "real_parent"),

@@ -1,7 +1,9 @@
 """getaddrinfo: reading the per-(process, function, host) counts."""
 
-from kit import costs, prelude, procfs, uprobes
-from kit.contract import Hooks
+from kit.engine import prelude, uprobes
+from kit.guard import costs
+from kit.host import procfs
+from kit.engine.contract import Hooks
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")
 

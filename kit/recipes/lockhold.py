@@ -2,10 +2,13 @@
 
 import os
 
-from kit import costs, elf, prelude, procfs, targets, uprobes
+from kit.binaries import elf
+from kit.engine import prelude, uprobes
+from kit.guard import costs
+from kit.host import procfs, targets
 from kit.errors import Refused
-from kit.contract import Hooks
-from kit.units import duration
+from kit.engine.contract import Hooks
+from kit.output.units import duration
 
 STACKS_TOP = 10
 

@@ -7,9 +7,12 @@ import errno
 import os
 import time
 
-from kit import btf, features, hidden_frames, prelude, procwatch, stacks, usersyms
+from kit.engine import prelude, procwatch
+from kit.host import btf, features
+from kit.output import stacks
+from kit.userstacks import hidden_frames, usersyms
 from kit.errors import Unsupported
-from kit.contract import Hooks
+from kit.engine.contract import Hooks
 
 WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.

@@ -4,8 +4,9 @@ kernel's tracepoint carries, and next steps computed from the kills."""
 import os
 import shlex
 
-from kit import btf, features, prelude, procfs, stream
-from kit.contract import Hooks
+from kit.engine import prelude, stream
+from kit.host import btf, features, procfs
+from kit.engine.contract import Hooks
 
 TRACEPOINT = "oom:mark_victim"
 RSS_FIELDS = ("comm", "total_vm", "anon_rss", "file_rss", "shmem_rss", "uid", "pgtables", "oom_score_adj")

@@ -3,8 +3,9 @@
 
 import shlex
 
-from kit import contract, features, prelude
-from kit.contract import Hooks
+from kit.engine import contract, prelude
+from kit.host import features
+from kit.engine.contract import Hooks
 
 PATH_LEN = 256  # KIT_PATH_LEN in probes/opensnoop.c
 

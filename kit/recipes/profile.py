@@ -5,8 +5,10 @@ import errno
 import os
 import struct
 
-from kit import perfevent, procwatch, stacks
-from kit.contract import Hooks
+from kit.engine import procwatch
+from kit.host import perfevent
+from kit.output import stacks
+from kit.engine.contract import Hooks
 
 EFAULT = -errno.EFAULT   # a stack absent by nature (see probes/profile.c)
 PROFILE_IDLE, PROFILE_OUT_OF_SCOPE, PROFILE_KSTACK_LOST, PROFILE_USTACK_LOST = range(4)  # as in probes/profile.c

@@ -4,11 +4,12 @@ worst waits and the hints computed from them."""
 
 import os
 
-from kit import btf, contract, prelude
-from kit.contract import Hooks
+from kit.engine import contract, prelude
+from kit.host import btf
+from kit.engine.contract import Hooks
 from kit.errors import Unsupported
-from kit.params import cgroup2_roots
-from kit.targets import read_text
+from kit.catalog.params import cgroup2_roots
+from kit.host.targets import read_text
 
 TASK_FIELDS = {
     "task_pid_off": ("task_struct", "pid"), "task_tgid_off": ("task_struct", "tgid"),

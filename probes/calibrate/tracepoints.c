@@ -1,4 +1,4 @@
-/* kit calibrate: the programs whose cost per event `kit calibrate` measures on this host (kit/calibrate.py
+/* kit calibrate: the programs whose cost per event `kit calibrate` measures on this host (kit/guard/calibrate.py
  * attaches each configuration to raw_syscalls sys_enter/sys_exit around `dd bs=1`). Rendered after
  * probes/kit_prelude.h with kit's typed layer: {{workload_comm}} is a 16-byte initializer,
  * {{calib_ringbuf}} 0 or 1, {{calib_ring_pages}} an integer. */
@@ -81,7 +81,7 @@ int raw_pair_enter(struct bpf_raw_tracepoint_args *ctx) { if (comm_is_workload()
 int raw_pair_enter_reject(struct bpf_raw_tracepoint_args *ctx) { if (kit_in_scope()) pair_start(); return 0; }
 int raw_pair_exit(struct bpf_raw_tracepoint_args *ctx) { pair_end(); return 0; }
 
-/* A stream event: one fixed-size record out to the stream buffer (kit/stream.py's ladder). */
+/* A stream event: one fixed-size record out to the stream buffer (kit/engine/stream.py's ladder). */
 struct calib_record { u64 ts; u32 pid; u32 pad; char comm[16]; u8 body[224]; };
 #if {{calib_ringbuf}}
 BPF_RINGBUF_OUTPUT(kit_calib_events, {{calib_ring_pages}});

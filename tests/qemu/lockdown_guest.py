@@ -201,7 +201,9 @@ def profile_recipe(out):
 # kit's refusal taken away: does the kernel refuse the rung kit refused, and for the reason kit gave?
 UNGUARDED = r"""
 import json, sys
-from kit import catalog, cli, features, run
+from kit import catalog, cli
+from kit.engine import run
+from kit.host import features
 features.lockdown = lambda *a: "none"
 recipes = catalog.load(catalog.DEFAULT_CATALOG)
 out = {}
