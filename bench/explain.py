@@ -97,7 +97,7 @@ GUARD_NOTES = """\
 - offcpu prices a block by how often blocks come on a CPU and by the blocks' stack depths (docs/guardrail.md,
   *What an offcpu block costs*), and a switch it filters out as its own program's: the ping-pong's blocks come
   back to back and find warm caches (~2.5 us here); the demo's, ~1400 a second over 2 CPUs, cost 2.4-6.7 us
-  of program body on this shared VM, depending on how crowded the cores are (tests/test_demo_guard_kernel.py).
+  of program body on this shared VM, depending on how crowded the cores are (tests/kernel/test_demo_guard_kernel.py).
   The demo row is the figure the issue's 5x was about (0.237% estimated against 1.238%: a hot ping-pong's
   price, half its blocks missed by the rate, and the meter charging the filter's underpricing to them).
 - The ping-pong row's estimate is high: one side is measured CPU-bound, its rate undone to what it would

@@ -41,7 +41,7 @@ def tracefs_unreadable():
 def tracefs_problem():
     """Why tracepoints cannot be used through tracefs here, or None.
 
-    Measured on Debian's 6.1 (tests/test_lockdown_qemu_kernel.py): lockdown=confidentiality
+    Measured on Debian's 6.1 (tests/kernel/test_lockdown_qemu_kernel.py): lockdown=confidentiality
     set at boot leaves tracefs empty (its files are never made), while confidentiality
     raised after boot leaves the files made before it readable (formats, ids: tracepoints
     attach) and refuses only opening the writable ones (uprobe_events). So it is the files,
