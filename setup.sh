@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 log() { echo "setup: $*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "setup: run as root (it installs packages and mounts tracefs): sudo ./setup.sh" >&2
+  echo "setup: run as root (it installs packages and mounts tracefs): su -c ./setup.sh, or sudo ./setup.sh" >&2
   exit 2
 fi
 

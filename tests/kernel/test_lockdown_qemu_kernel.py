@@ -51,7 +51,9 @@ def guest(kernel, tmp_path_factory):
         pytest.fail(f"the qemu guest left no results ({how}); its console's end:\n{b.tail()}")
     with open(path) as f:
         res = json.load(f)
-    print(f"qemu boot and checks: {wall:.0f} s wall; in the guest: {res['seconds']}", file=sys.stderr)
+    env = res.get("environment", {})
+    print(f"qemu boot and checks: {wall:.0f} s wall; guest kernel {env.get('release')} {env.get('version')}; "
+          f"in the guest: {res['seconds']}", file=sys.stderr)
     if res.get("step") != "done":
         pytest.fail(f"the guest stopped in step {res.get('step')!r} ({how}); steps took {res['seconds']}; "
                     f"its console's end:\n{b.tail()}\n{json.dumps(res)[-3000:]}")
@@ -96,8 +98,11 @@ def doctor_rows(stdout):
     return rows
 
 
-def test_the_guest_runs_debians_kernel_locked_down_at_boot_with_matching_headers(guest):
+def test_the_guest_runs_debians_pinned_kernel_locked_down_at_boot_with_matching_headers(guest):
     env = step(guest, "environment")
+    abi, ver = vm.pinned_kernel()
+    # the kernel says what it is: the pinned ABI, built from the pinned Debian package version
+    assert env["release"] == abi and f" Debian {ver} " in env["version"], (env["release"], env["version"])
     assert os.path.basename(guest["kimg"]) == f"vmlinuz-{env['release']}"
     assert env["lockdown"] == "none integrity [confidentiality]"
     assert "lockdown=confidentiality" in env["cmdline"].split()
@@ -121,7 +126,9 @@ def test_confidentiality_blocks_tracefs_kernel_reads_and_kprobes_not_raw_tracepo
     got, of = f["raw_tracepoint switches"].split(" of ")
     assert int(got) == int(of) >= 1, f["raw_tracepoint switches"]
     assert f["uprobe calls"] == "20000 of 20000"
-    # kernel stack ids work and kallsyms names them: the target blocked reading its stdin pipe
+    # kernel stacks work and kallsyms names them: the stack of the target's last blocked switch-out,
+    # taken once the kernel's wchan said it sleeps reading its stdin pipe
+    assert f["kernel stack wchan"] == "pipe_read" and f["raw_tracepoint blocked switches"] >= 1, f
     assert {"pipe_read", "schedule", "vfs_read"} <= set(f["kernel stack frames"]), f["kernel stack frames"]
     # user stack ids and the perf buffer work too (doctor says so)
     assert "kit_target_fn" in f["user stack frames"] and f["perf buffer events"] == "5 of 5"

@@ -6,8 +6,16 @@ usage: python bcc_facts.py TARGET   (TARGET: tests/support/workloads/target.c, b
 
 Ground truth is the kernel's own: the target's context switches from
 /proc/PID/status (nvcsw + nivcsw) for the raw tracepoint count, the target's
-own call count for the uprobe count, kallsyms names for the kernel stack, and
-the kernel's "Lockdown:" lines in dmesg for what it refused.
+own call count for the uprobe count, /proc/PID/wchan and kallsyms names for the
+kernel stack, and the kernel's "Lockdown:" lines in dmesg for what it refused.
+
+The kernel stack is the one of the target's last *blocked* switch-out (not
+preempted, state not running), copied whole with bpf_get_stack: once
+/proc/PID/wchan names pipe_read the target has switched out there, so that
+stack is its wait on the stdin pipe. A union of stack ids over every
+switch-out was not: uprobe single-steps switch out too (__create_xol_area's
+cond_resched), and a 64-bucket stack map drops a stack whose hash bucket is
+taken (-EEXIST), which under KASLR is a matter of the boot.
 """
 
 import ctypes
@@ -20,24 +28,33 @@ import time
 
 TRACEFS = "/sys/kernel/tracing"
 CALLS = 20000
+PIPE_READ = ("pipe_read", "anon_pipe_read")  # the name since 6.16 (anon pipes split off)
 
 TEXT = r"""
 #include <uapi/linux/ptrace.h>
-BPF_ARRAY(counts, u64, 2);               /* 0: target switched out, 1: target calls */
-BPF_STACK_TRACE(stacks, 64);
-BPF_HASH(kstacks, int, u64, 64);
+BPF_ARRAY(counts, u64, 3);  /* 0: target switched out, 1: target calls, 2: target blocked */
+struct kstack { u64 len; u64 ips[64]; };
+BPF_ARRAY(blocked, struct kstack, 1);    /* the kernel stack of the target's last blocked switch-out */
+BPF_STACK_TRACE(stacks, 1024);
 BPF_HASH(ustacks, int, u64, 64);
 BPF_PERF_OUTPUT(events);
 
 static u64 bump(int i) { u64 *v = counts.lookup(&i); return v ? __sync_fetch_and_add(v, 1) : 0; }
 
-/* raw tracepoint: at sched_switch the current task is the one switched out */
+/* raw tracepoint sched_switch(preempt, prev, next, prev_state): the current task is prev */
 int on_switch(struct bpf_raw_tracepoint_args *ctx) {
     if ((u32)bpf_get_current_pid_tgid() != TARGET)
         return 0;
     bump(0);
-    int id = stacks.get_stackid(ctx, 0);
-    if (id >= 0) { u64 zero = 0, *n = kstacks.lookup_or_try_init(&id, &zero); if (n) (*n)++; }
+    if (ctx->args[0] || ctx->args[3] == 0)   /* preempted, or still runnable: not a wait */
+        return 0;
+    int zero = 0;
+    struct kstack *k = blocked.lookup(&zero);
+    if (k) {
+        long n = bpf_get_stack(ctx, k->ips, sizeof(k->ips), 0);
+        k->len = n > 0 ? n / 8 : 0;
+    }
+    bump(2);
     return 0;
 }
 int on_call(struct pt_regs *ctx) {
@@ -92,15 +109,24 @@ def switches(pid):
     return int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
 
 
-def wait_sleeping(pid, timeout=60):
-    """Until the target is blocked (reading stdin): then its switch count cannot move under us."""
+def wchan(pid):
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read().strip()
+
+
+def wait_blocked(pid, where, timeout=60):
+    """Until the kernel says the target sleeps in `where` (its stdin pipe's read). wchan is non-zero
+    only for a task off its run queue, and the guest's one CPU runs this reader only once the target
+    has switched out: the switch and its tracepoint have happened, and the target's switch count
+    cannot move under us until it is woken."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "S":
-                return
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state == "S" and wchan(pid) in where:
+            return wchan(pid)
         time.sleep(0.01)
-    raise AssertionError(f"target {pid} never blocked")
+    raise AssertionError(f"target {pid} never blocked in {where}: state {state}, wchan {wchan(pid)!r}")
 
 
 def load(b, fn, kind):
@@ -125,7 +151,7 @@ def main(target):
     w = subprocess.Popen([target, str(CALLS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert w.stdout.readline().strip() == "ready"
-        wait_sleeping(w.pid)
+        wait_blocked(w.pid, PIPE_READ)
         t0 = time.time()
         b = BPF(text=TEXT, cflags=[f"-DTARGET={w.pid}"])
         out["compile seconds"] = round(time.time() - t0, 1)
@@ -149,16 +175,15 @@ def main(target):
         w.stdin.write("go\n")
         w.stdin.flush()
         assert w.stdout.readline().strip() == f"done {CALLS}"
-        wait_sleeping(w.pid)
+        out["kernel stack wchan"] = wait_blocked(w.pid, PIPE_READ)
         after = switches(w.pid)
         counts = b["counts"]
-        got_switches, got_calls = (int(counts[ctypes.c_int(i)].value) for i in (0, 1))
+        got_switches, got_calls, got_blocked = (int(counts[ctypes.c_int(i)].value) for i in (0, 1, 2))
         out["raw_tracepoint switches"] = f"{got_switches} of {after - before}"
+        out["raw_tracepoint blocked switches"] = got_blocked
         out["uprobe calls"] = f"{got_calls} of {CALLS}"
-        frames = set()
-        for k, _ in b["kstacks"].items():
-            frames.update(b.ksym(a).decode() for a in b["stacks"].walk(k.value))
-        out["kernel stack frames"] = sorted(frames)
+        k = b["blocked"][ctypes.c_int(0)]
+        out["kernel stack frames"] = sorted({b.ksym(k.ips[i]).decode() for i in range(k.len)})
         frames = set()
         for k, _ in b["ustacks"].items():
             frames.update(b.sym(a, w.pid).decode() for a in b["stacks"].walk(k.value))

@@ -108,7 +108,7 @@ def environment():
         level = f.read().strip()
     with open("/proc/cmdline") as f:
         cmdline = f.read().strip()
-    return {"release": os.uname().release, "lockdown": level, "cmdline": cmdline,
+    return {"release": os.uname().release, "version": os.uname().version, "lockdown": level, "cmdline": cmdline,
             "build": os.path.realpath(f"/lib/modules/{os.uname().release}/build")}
 
 
