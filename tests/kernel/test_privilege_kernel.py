@@ -193,7 +193,7 @@ def test_a_uprobe_recipe_still_works_without_tracefs(kernel, no_leftovers, tmp_p
 
 DETACH_SNIPPET = r"""
 import os, sys
-sys.path.insert(0, "tests")
+sys.path[:0] = ["tests", "tests/support"]
 from bcc import BPF
 from kit.engine import teardown
 from leaks import held
