@@ -148,7 +148,7 @@ def test_the_tracepoint_rung_and_pid_scope_give_the_same_answer(kernel, no_lefto
 def test_the_perf_buffer_gives_the_same_answer_where_there_is_no_ring_buffer(kernel, no_leftovers):
     """The ladder's second buffer, chosen here by patching the feature check (this kernel has ring buffers)."""
     with _workload("p") as w:
-        kit = PatchedKit("from kit import stream; stream.ringbuf_available = lambda: False", "run", "execsnoop",
+        kit = PatchedKit("from kit.engine import stream; stream.ringbuf_available = lambda: False", "run", "execsnoop",
                          "--comm", w.comm, "--for", "120s", "--json", *ACCURACY_BUDGET)
         kit, done = _run(w, kit=kit)
     assert kit.code == 130, kit.stderr

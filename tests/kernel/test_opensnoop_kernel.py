@@ -182,7 +182,7 @@ class PerfBufferKit(KitProc):
 
     def __init__(self, *args):
         self.args = args
-        code = ("import sys; from kit import stream; stream.ringbuf_available = lambda: False; "
+        code = ("import sys; from kit.engine import stream; stream.ringbuf_available = lambda: False; "
                 "from kit import cli; sys.exit(cli.main(sys.argv[1:]))")
         self.p = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
