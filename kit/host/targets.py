@@ -250,3 +250,19 @@ def _same_file(a, b):
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def own_imports(pid, names):
+    """Which of `names` the process's own mapped files (not libc's or libpthread's) import: a call the
+    program makes itself, as the triage and the hints read it."""
+    from kit.binaries import elf
+    found = set()
+    for m in mapped_files(pid):
+        if is_libc(m.path) or is_libpthread(m.path):
+            continue
+        try:
+            with elf.Elf(m.open_path) as e:
+                found |= e.imports(names)
+        except elf.ElfError:
+            continue
+    return found

@@ -186,16 +186,7 @@ class System:
 
     def imports(self, pid, names):
         """Which of `names` the process's own files (not libc's) call."""
-        found = set()
-        for m in targets.mapped_files(pid):
-            if targets.is_libc(m.path) or targets.is_libpthread(m.path):
-                continue
-            try:
-                with elf.Elf(m.open_path) as e:
-                    found |= e.imports(names)
-            except elf.ElfError:
-                continue
-        return found
+        return targets.own_imports(pid, names)
 
     def netns_name(self, inode):
         """'' for kit's own network namespace (where a plain `ip` runs), a name from `ip netns` for a named

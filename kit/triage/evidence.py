@@ -127,16 +127,7 @@ class System:
 
     def imports(self, pid, names):
         """Which of `names` the process's own files (not libc's) call."""
-        found = set()
-        for m in targets.mapped_files(pid):
-            if targets.is_libc(m.path) or targets.is_libpthread(m.path):
-                continue
-            try:
-                with elf.Elf(m.open_path) as e:
-                    found |= e.imports(names)
-            except elf.ElfError:
-                continue
-        return found
+        return targets.own_imports(pid, names)
 
     def busiest_tcp_port(self, pid):
         """The port most of the process's TCP sockets use (a listener's own, else the peer's), or None."""
