@@ -28,11 +28,11 @@ install_missing() {
   fi
 }
 install_missing -- "${pkgs[@]}"
-# A second kernel under qemu (tests/test_lockdown_qemu_kernel.py, tests/test_second_kernel_recipes.py): virtme-ng (from .venv) boots
+# A second kernel under qemu (tests/kernel/test_lockdown_qemu_kernel.py, tests/kernel/test_second_kernel_recipes.py): virtme-ng (from .venv) boots
 # it with qemu, builds its initramfs with busybox and kmod's depmod/modprobe.
 install_missing --no-install-recommends -- qemu-system-x86 busybox-static kmod
 
-# kit fleet's tests (tests/test_fleet_kernel.py) drive Ansible over SSH to sshd's the test starts in its
+# kit fleet's tests (tests/kernel/test_fleet_kernel.py) drive Ansible over SSH to sshd's the test starts in its
 # own network namespaces. Installing openssh-server must not start the box's own ssh service: a
 # policy-rc.d that says no is put in place for the install only (Docker images already have one).
 fleet_missing=
@@ -84,7 +84,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# The guest's Debian kernel pinned in tests/qemu/guest_kernel (and its headers, at that version),
+# The guest's Debian kernel pinned in tests/support/qemu/guest_kernel (and its headers, at that version),
 # unpacked in .cache/ (git-ignored) for qemu. Without it only the qemu tests fail (they try again):
-# tests/test_lockdown_qemu_kernel.py and tests/test_second_kernel_recipes.py; the rest can run.
-tests/qemu/kernel.sh >/dev/null || log "no kernel for qemu: the qemu tests (lockdown, second kernel) will fail"
+# tests/kernel/test_lockdown_qemu_kernel.py and tests/kernel/test_second_kernel_recipes.py; the rest can run.
+tests/support/qemu/kernel.sh >/dev/null || log "no kernel for qemu: the qemu tests (lockdown, second kernel) will fail"

@@ -63,7 +63,10 @@ def main(argv=None):
     if a.from_json:
         return rerender(a.from_json, out, outdir, mode, a.into)
     t0 = time.monotonic()
-    meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick}
+    meta = {"date": report.now(), "machine": report.machine(), "load_start": report.loadavg(), "quick": a.quick,
+            "command": " ".join([*([f"KIT_CALIBRATION={os.environ['KIT_CALIBRATION']}"]
+                                   if os.environ.get("KIT_CALIBRATION") else []),
+                                 "sudo ./bench/run", *(argv if argv is not None else sys.argv[1:])])}
     hooks, starts, footprints, guards = {}, {}, {}, {}
     raw = os.path.splitext(out)[0] + ".json" if a.out else os.path.join(
         outdir, "results.quick.json" if a.quick else "results.json")
@@ -92,9 +95,10 @@ def main(argv=None):
             save()
     if "guard" in a.kinds:
         for name, r in built.items():
-            with _prepared(r.guard.workload):
-                guards[name] = r.guard.run(mode.guard_reps)
-            save()
+            for g in r.guards():
+                with _prepared(g.workload):
+                    guards[g.key] = g.run(mode.guard_reps)
+                save()
     save()  # first, so that the samples survive a bug in the report
     text = report.render(meta, hooks, starts, footprints, guards, mode)
     with open(out, "w") as f:
@@ -126,7 +130,8 @@ def rerender(raw_path, out, outdir, mode, into_path=None):
     built = {name: suite.RECIPES[name](outdir, mode) for name in names}
     hooks = {n: HookResult(built[n].hook, r["rows"], r["failed"]) for n, r in raw["hooks"].items()}
     footprints = {n: FootprintResult(built[n].footprint, r["rows"], r["failed"]) for n, r in raw["footprints"].items()}
-    guards = {n: GuardResult(built[n].guard, r["rows"]) for n, r in raw.get("guards", {}).items()}
+    cases = {g.key: g for b in built.values() for g in b.guards()}
+    guards = {n: GuardResult(cases[n], r["rows"]) for n, r in raw.get("guards", {}).items() if n in cases}
     starts = {n: {"figures": {lab: Figure(fig["samples"], fig["unit"]) for lab, fig in r["figures"].items()},
                   "failed": r["failed"]} for n, r in raw["starts"].items()}
     if into_path:

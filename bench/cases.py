@@ -277,38 +277,35 @@ class FootprintResult:
 
 @dataclasses.dataclass
 class GuardCase:
-    """The guardrail's pre-attach estimate (`kit estimate`) against what the run cost, on the busy
-    workload: kit's own meter, the kernel's run time of kit's programs (bpf_stats, a lower bound:
-    no dispatch, no trap), and the bench's own price (the events kit counted, at the CPU per
-    event the hook case measured on the workload)."""
+    """The guardrail's pre-attach estimate (the run's own, made just before it attached) against what
+    the run cost, on the busy workload: kit's own meter, the kernel's run time of kit's programs
+    (bpf_stats, a lower bound: no dispatch, no trap), and the bench's own price (the events kit counted,
+    at the CPU per event the hook case measured on the workload; or, for a workload with no hook case,
+    measured_by="run time": the programs' run time itself)."""
     name: str
     workload: object
     kit_args: object     # target -> [kit run arguments after the recipe name]
     seconds: float
     settle_s: float = 0.5
+    label: str = ""      # the row's name when it is not the recipe's own load
+    measured_by: str = "hook case"
+
+    @property
+    def key(self):
+        return self.label or self.name
 
     def run(self, reps):
         rows = []
         for rep in range(reps):
-            log(f"guardrail {self.name} rep {rep + 1}/{reps}")
+            log(f"guardrail {self.key} rep {rep + 1}/{reps}")
             rows.append(self._measure())
         return GuardResult(self, rows)
 
     def _measure(self):
-        import os
-        import subprocess
         from bench import peers
         with self.workload.busy() as target:
             time.sleep(self.settle_s)
-            args = self.kit_args(target)
-            exe = os.path.join(peers.ROOT, ".venv", "bin", "kit")
-            p = subprocess.run([exe, "estimate", self.name, *args, "--budget", "100", "--json"], cwd=peers.ROOT,
-                               capture_output=True, text=True, timeout=120)
-            try:
-                est = json.loads(p.stdout).get("estimate") or {}
-            except ValueError:
-                est = {"error": (p.stderr or p.stdout).strip()[-300:]}
-            tool = peers.kit("kit", self.name, *args)
+            tool = peers.kit("kit", self.name, *self.kit_args(target))
             try:
                 tool.start()
                 time.sleep(max(self.seconds - 2.0, self.seconds / 2))
@@ -321,8 +318,9 @@ class GuardCase:
                 tool.stop()
         ns, cnt = bpfstats.delta(before, after)
         res = kit_json(tool) or {}
-        return {"estimate": est, "overhead": {k: v for k, v in (res.get("overhead") or {}).items()
-                                              if k != "estimate"},
+        ov = res.get("overhead") or {}
+        return {"estimate": ov.get("estimate") or {"error": tool.stderr.strip()[-300:]},
+                "overhead": {k: v for k, v in ov.items() if k != "estimate"},
                 "events": res.get("events"), "filtered": res.get("filtered"), "seconds": res.get("duration_s"),
                 "stats_body_ns_per_s": ns / (t1 - t0), "stats_runs_per_s": cnt / (t1 - t0),
                 "stopped_by": res.get("stopped_by")}

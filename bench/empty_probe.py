@@ -5,6 +5,7 @@ nothing at all is done with it, and the smallest BCC start-up there is.
     empty_probe.py HOOK TARGET [HOOK TARGET ...]
       raw_tracepoint NAME | tracepoint CATEGORY:NAME
       uprobe BINARY:SYMBOL | uretprobe BINARY:SYMBOL   (every process that maps BINARY)
+      perf_event cpu-clock:HZ                         (a sampling event on every CPU)
 """
 
 import signal
@@ -21,15 +22,21 @@ def load(hooks):
         elif hook == "tracepoint":
             cat, name = target.split(":")
             text.append(f"TRACEPOINT_PROBE({cat}, {name}) {{ return 0; }}")
-        elif hook in ("uprobe", "uretprobe"):
+        elif hook in ("uprobe", "uretprobe", "perf_event"):
             text.append(f"int empty{i}(void *ctx) {{ return 0; }}")
         else:
             raise SystemExit(f"empty_probe: unknown hook {hook!r}")
     b = BPF(text="\n".join(text))
     for i, (hook, target) in enumerate(hooks):
+        if hook == "perf_event":  # as kit attaches its own (kit/host/perfevent.py attach_sampling)
+            from kit.host import perfevent
+            event, hz = target.split(":")
+            ptype, config = perfevent.SAMPLING_EVENTS[event]
+            b.attach_perf_event(ev_type=ptype, ev_config=config, fn_name=f"empty{i}".encode(), sample_freq=int(hz))
         if hook in ("uprobe", "uretprobe"):
             # attached the way kit attaches its own (BCC 0.26's attach_uprobe passes a garbage ref_ctr_offset)
-            from kit import elf, uprobes
+            from kit.binaries import elf
+            from kit.engine import uprobes
             binary, sym = target.rsplit(":", 1)
             with elf.Elf(binary) as e:
                 offset = e.file_offset(elf.function(binary, sym).addr)

@@ -18,6 +18,12 @@ WORKLOAD = {
     "getaddrinfo": "`kit-gai` (bench/workloads/gai.c): `getaddrinfo(\"localhost\")` in a loop, answered from "
                    "/etc/hosts (no network); the tools time every lookup in that process. Its own call count is "
                    "the event count.",
+    "profile": "`kit-burn` (bench/workloads/burn.c): one thread computing in a noinline function; every tool "
+               "samples every CPU at 999 Hz and counts the samples of that process by stack. The events are the "
+               "samples a 999 Hz timer takes of the workload's own CPU time (CPU seconds x 999).",
+    "runqlat": "`kit-pingpong` (bench/workloads/pingpong.c), as for offcpu: every round trip wakes each process "
+               "once, and each switch-in ends one wait for the CPU (a wakeup, a switch-out and a switch-in per "
+               "event). bcc's runqlat runs box-wide (its `-p` reads the 6.1 headers' offsets here).",
     "biolatency": "`kit-dio` (bench/workloads/dio.c): 4 KiB O_DIRECT writes and reads, alternating, at distinct "
                   "non-adjacent offsets of a 256 MiB loop device the bench creates over a file in /dev/shm (and "
                   "removes after), so every call is one request and no real disk's I/O joins it. The device's own "
@@ -36,6 +42,16 @@ WORKLOAD = {
     "opensnoop": "`kit-opens` (bench/workloads/opens.c): `open()` in a loop (the openat syscall), half of a file "
                  "that is there (then closed), half of one that is not (ENOENT). Its own call count is the event "
                  "count.",
+    "execsnoop": "`kit-execloop` (bench/workloads/execloop.c): fork and exec `/bin/true kit-bench an-argument` and "
+                 "wait, one after another; each process is two events, its exec and its exit. The tools show "
+                 "what that parent starts: kit with `--pid` (it matches the parent) and `--limit 0` (every line "
+                 "printed), bpftrace printing every exec's argv and every exit's code. Its own count of processes "
+                 "is the event count.",
+    "oomkill": "`kit-oomhog` (bench/workloads/oomhog.c): processes that each join a memory cgroup of the bench's "
+               "own (16 MiB, no swap) and touch memory until its OOM killer kills them. The cgroup's own OOM-kill "
+               "counter is the event count. An OOM kill costs the kernel milliseconds (reclaim, the victim scan, "
+               "the kill); a probe's microsecond is far inside that noise, so the program body is the figure to "
+               "read.",
 }
 
 # kit's own count per workload event where one event is several of kit's (tcplife counts state changes)
@@ -69,12 +85,27 @@ Peak memory is the program's VmHWM (/proc/PID/status, peak RSS since exec), read
 kit compile with clang in-process, so their peak is mostly the compiler's."""
 
 GUARD_METHOD = """\
-On the busy workload, `kit estimate` (nothing attached: it counts the hook's rate with perf and prices it), then
-`kit run` with the same scope for {seconds:g} s. Measured is the bench's own price: the events kit counted in
-scope and filtered, per second, at the CPU per event the per-event section measured on the same workload (its
-CPU-added figure where that is resolved, else the program body, which leaves out dispatch and traps: a lower
-bound). kit's meter is kit's own running figure; the programs' run time is the kernel's, over the last seconds
-of the run. All as percent of the machine ({ncpu} CPUs)."""
+On the busy workload, `kit run` with the recipe's scope for {seconds:g} s; the estimate is the run's own, made
+before it attached (it counts the hook's rate with perf, and for offcpu samples the target's stack depths, then
+prices it). Measured is the bench's own price: the events kit counted in scope and filtered, per second, at the
+CPU per event the per-event section measured on the same workload (its CPU-added figure where that is resolved,
+else the program body, which leaves out dispatch and traps: a lower bound); on the demo, which has no per-event
+case, the kernel's run time of kit's programs. kit's meter is kit's own running figure; the programs' run time
+is the kernel's, over the last seconds of the run. All as percent of the machine ({ncpu} CPUs)."""
+
+GUARD_NOTES = """\
+- offcpu prices a block by how often blocks come on a CPU and by the blocks' stack depths (docs/guardrail.md,
+  *What an offcpu block costs*), and a switch it filters out as its own program's: the ping-pong's blocks come
+  back to back and find warm caches (~2.5 us here); the demo's, ~1400 a second over 2 CPUs, cost 2.4-6.7 us
+  of program body on this shared VM, depending on how crowded the cores are (tests/kernel/test_demo_guard_kernel.py).
+  The demo row is the figure the issue's 5x was about (0.237% estimated against 1.238%: a hot ping-pong's
+  price, half its blocks missed by the rate, and the meter charging the filter's underpricing to them).
+- The ping-pong row's estimate is high: one side is measured CPU-bound, its rate undone to what it would
+  be at a whole CPU and priced as slowing down on its own, while both sides share one CPU.
+- The programs' run time leaves out a uprobe's trap, so on lockhold and getaddrinfo estimate / programs'
+  run time is well above 1 by design: read estimate / measured there.
+- tcpretrans: the bulk transfer's retransmits come in bursts, and the estimate counts a quarter second
+  before attaching; the cost is a few hundredths of a percent either way."""
 
 METHOD_FOOTER = """\
 ## Reproducing
@@ -90,9 +121,9 @@ Targets are reported here, never asserted in tests.
 
 # What this benchmark changed in kit, measured side by side with the kit before the change (a copy of
 # commit 71e107d run from its own tree, alternating with this one, 5 repetitions, 2026-11-26).
-_STARTUP = ("BTF read in one pass, names decoded only for the types looked up (`kit/btf.py`); raw tracepoint "
-            "support known from BTF instead of BCC's kallsyms scan (`kit/features.py`); the catalog parsed by libyaml "
-            "when present (`kit/catalog.py`)")
+_STARTUP = ("BTF read in one pass, names decoded only for the types looked up (`kit/host/btf.py`); raw tracepoint "
+            "support known from BTF instead of BCC's kallsyms scan (`kit/host/features.py`); the catalog parsed by libyaml "
+            "when present (`kit/catalog/__init__.py`)")
 _OFFCPU = ("offcpu: the switching-out task's state is read only once it is in scope; `--comm` skips the main-thread "
            "name check for a thread that is its process's main thread (`probes/offcpu.c`)")
 _TCPRETRANS = ("tcpretrans: one read of sock_common's head (addresses, ports, family, state) instead of one per "
@@ -174,11 +205,30 @@ WHY = {
         "kit's filter takes the task's name (bpf_get_current_comm), compares it and counts the rejection; the "
         "exit program looks up a pending entry that is not there. `--pid` costs one helper call instead of the "
         "name's, plus the same count and lookup (1.4× the empty program's ~60 ns body: ~20 ns).",
+    ("filtered_body", "execsnoop"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns), so 1.2× leaves ~12 ns. execsnoop's scope "
+        "is the process or its parent, so a rejection reads the parent's name from its task_struct (two "
+        "bpf_probe_read_kernel at a BTF offset) after the task's own; an exit also looks up whether kit saw that "
+        "process exec in scope (a hash lookup), which is what keeps an exit in scope when its parent has gone. "
+        "The parent's ids are read only for a --pid scope. At exec and exit rates (thousands a second on a busy "
+        "build box) that is well under a thousandth of a CPU.",
+    ("filtered_body", "oomkill"):
+        "an empty program's body is bpf_stats' own floor here (~60 ns). oomkill's scope is the victim or the "
+        "task that triggered the kill, so a rejection reads the victim's pid, name and cgroup from its "
+        "task_struct (BTF offsets) besides the current task's; it fires once per OOM kill.",
+    ("cpu", "execsnoop"):
+        "a stream is work in user space by nature: the bench runs kit with `--limit 0`, so it decodes every "
+        "record in Python and writes every line (thousands a second here), where the aggregating recipes only "
+        "poll. The default `--limit 1000` caps the lines, not the decoding (the tallies count every event).",
+    ("cpu", "oomkill"):
+        "the busy workload is a loop of OOM kills, each decoded (its memory cgroup looked up by walking the "
+        "memory hierarchy the first time) and written as it happens; the measuring window starts right after "
+        "attach, when kit's meter still holds the kernel's run-time statistics.",
     ("filtered_added", None):
         "see the program body above: the filter's helper calls and reads come on top of the hook's dispatch.",
     ("start_bcc", None):
         "kit compiles its recipe's C with BCC (clang and kernel headers) at start-up, as bcc's tools do, and "
-        "before attaching its guardrail measures how often the hook fires right now (kit/rate.py): about 0.35 s "
+        "before attaching its guardrail measures how often the hook fires right now (kit/guard/rate.py): about 0.35 s "
         "of perf counting windows, and for a uprobe hook another ~0.3 s while the kernel unregisters the "
         "counting uprobes (closing their perf events: ~0.17 s per set of per-CPU events here, measured with "
         "cProfile). bcc's tools attach without looking. Before the guardrail landed, `kit run getaddrinfo` was "
@@ -196,15 +246,20 @@ def why(key):
     return WHY.get(key) or WHY.get((kind, None)) or "see the figures in the section below."
 
 
-KPROBED = {"bcc offcputime": "finish_task_switch"}  # what a bcc tool that fails for want of kprobes probes
+KPROBED = {  # what a bcc tool that fails for want of kprobes probes
+    "bcc offcputime": "finish_task_switch",
+    "bcc execsnoop": "the execve syscall, __x64_sys_execve",
+    "bcc oomkill": "oom_kill_process",
+}
 
 
 def failure(label, text):
     """One line for a peer that cannot run here."""
     if "kprobes/blacklist" in text or "kprobe" in text.lower():
         what = f" (it probes {KPROBED[label]})" if label in KPROBED else ""
-        return (f"needs kprobes{what}, which this kernel has compiled out "
-                "(BCC fails reading /sys/kernel/debug/kprobes/blacklist)")
+        how = ("BCC fails reading /sys/kernel/debug/kprobes/blacklist" if "kprobes/blacklist" in text
+               else "BCC cannot attach it")
+        return f"needs kprobes{what}, which this kernel has compiled out ({how})"
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     return lines[-1][:200] if lines else text[:200]
 
@@ -258,6 +313,19 @@ NOTICED = [
      "flow it still counts a client's SYN_SENT as an event (connect() assigns the port after that state "
      "change; the connection is rejected later and no row comes of it), so its filtered row's `events` is "
      "not 0: up to one a connection."),
+    (("execsnoop", "oomkill"),
+     "bcc's execsnoop and oomkill cannot run on this kernel (kprobes on execve and oom_kill_process): "
+     "bpftrace is their peer. bpftrace's execsnoop reads argv at `syscalls:sys_enter_execve`, and attaching any "
+     "`syscalls:*` tracepoint puts every syscall on the box on the slow path (about 50 ns each here); kit reads "
+     "argv from the new program's memory at `sched_process_exec` and touches no syscall hook."),
+    (("runqlat",),
+     "bcc's runqlat reads task_struct through the 6.1 kernel headers BCC compiles against here: its per-thread "
+     "ids (-L) are garbage on this 6.18 kernel and its -p filter matches nothing, so it runs box-wide in the "
+     "bench (its histogram of every task is still right: the wrong offset is read the same way at the wakeup "
+     "and the switch-in). kit reads the woken task through BTF offsets."),
+    (("profile",),
+     "profile's events are timer samples, not the workload's own actions: a tool's cost per event is what one "
+     "sample of a process in scope costs (a stack walk each); every tool here samples at 999 Hz."),
 ]
 
 

@@ -1,5 +1,5 @@
 """Guardrail bench: how long the pre-attach estimate takes, and how close estimate, meter and the load's
-own extra CPU time come, under the loads of tests/workloads/load.py. Prints one JSON line per case.
+own extra CPU time come, under the loads of tests/support/workloads/load.py. Prints one JSON line per case.
 
 Targets (not asserted in tests): `kit estimate` well under a second of wall time; estimate/measured and
 measured/truth within 0.5..2. A CPU-bound load pays out of the CPU it gets and the estimate assumes the
@@ -17,7 +17,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path[:0] = [os.path.join(ROOT, "tests", d) for d in ("", "support", "kernel")]  # conftest, workloads, test_guard_kernel
 
 from workloads.load import Load  # noqa: E402
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 
-from bench.procs import Tool
+from bench.procs import Tool, ToolFailed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY = "kit-bench-ready"
@@ -65,6 +65,43 @@ def bcc(label, name, *args, ready):
     # a SIGINT that lands in a perf-buffer callback is swallowed by ctypes ("Exception ignored"): under a
     # flood of events (gethostlatency) most are, so ask again soon
     return Tool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"}, grace=0.5)
+
+
+class _SamplingTool(Tool):
+    """A tool that prints its banner before it attaches (bcc's profile): ready once the process holds a
+    perf event on every online CPU, the attach itself (polled in /proc/PID/fd)."""
+
+    def start(self, timeout=60):
+        import time
+        from kit.host import perfevent
+        t0 = time.monotonic()
+        super().start(timeout)
+        want, deadline = len(perfevent.online_cpus()), time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._reap():
+            if _perf_fds(self.pid) >= want:
+                self.ready_s = time.monotonic() - t0
+                return self.ready_s
+            time.sleep(0.01)
+        self.stop()
+        raise ToolFailed(f"{self.label} never attached its perf events: {self.stderr.strip()[-300:]}")
+
+
+def _perf_fds(pid):
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]"
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return n
+
+
+def bcc_sampling(label, name, *args, ready):
+    return _SamplingTool(label, [bcc_tool(name) or name, *args], ready=ready, env={"PYTHONUNBUFFERED": "1"},
+                         grace=0.5)
 
 
 def empty(label, *hooks):
@@ -129,6 +166,28 @@ def bpftrace_getaddrinfo(pid, libc=LIBC):
         "if (retval == 0) { @failed[pid, comm, func, $k] = count(); } @hist = hist($d / 1000); "
         "delete(@ts[tid]); delete(@host[tid]); } "
         "END { clear(@ts); clear(@host); }"
+    )
+
+
+def bpftrace_profile(pid, hz):
+    """kit profile's job in bpftrace: samples on every CPU at hz, those of the process counted by kernel
+    stack, user stack and thread."""
+    return f"profile:hz:{hz} /pid == {pid}/ {{ @[kstack, ustack, tid] = count(); }}"
+
+
+def bpftrace_runqlat(comm):
+    """kit runqlat's job in bpftrace (bcc's runqlat.bt, scoped by the woken task's name): a wait starts at
+    the wakeup of a task in scope or the switch-out of one still runnable, and ends at its switch-in,
+    as a log2 histogram and the worst wait per thread."""
+    return (
+        "tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new "
+        f'/args->comm == "{comm}"/ {{ @qtime[args->pid] = nsecs; }} '
+        "tracepoint:sched:sched_switch { "
+        f'if (args->prev_state == 0 && args->prev_comm == "{comm}") {{ @qtime[args->prev_pid] = nsecs; }} '
+        "$ns = @qtime[args->next_pid]; "
+        "if ($ns) { $d = nsecs - $ns; @usecs[args->next_pid] = hist($d / 1000); @max[args->next_pid] = max($d); "
+        "delete(@qtime[args->next_pid]); } } "
+        "END { clear(@qtime); }"
     )
 
 
@@ -197,3 +256,20 @@ def bpftrace_opensnoop(pid):
         "@opens[pid, comm, str(@path[tid]), $e] = count(); delete(@path[tid]); } "
         "END { clear(@path); }"
     )
+def bpftrace_execsnoop(pid):
+    """kit execsnoop's job in bpftrace, as its own execsnoop.bt does it plus the exit: every exec with
+    its argv (from execve's arguments: bpftrace has no reader of the new mm's argv) and every exit with
+    its code, of the processes a parent starts."""
+    return (
+        f"tracepoint:syscalls:sys_enter_execve /curtask->real_parent->tgid == {pid}/ "
+        "{ printf(\"exec %d %d %s \", pid, curtask->real_parent->tgid, comm); join(args->argv); } "
+        f"tracepoint:sched:sched_process_exit /curtask->real_parent->tgid == {pid}/ "
+        "{ printf(\"exit %d %s %d\\n\", pid, comm, curtask->exit_code >> 8); }"
+    )
+
+
+def bpftrace_oomkill(comm):
+    """kit oomkill's job in bpftrace: the victim and its memory as mark_victim gives them, and the task
+    that triggered the kill, for kills triggered by a process of that name."""
+    return (f'tracepoint:oom:mark_victim /comm == "{comm}"/ {{ printf("%d %s anon %d file %d by %d %s\\n", '
+            "args->pid, str(args->comm), args->anon_rss, args->file_rss, pid, comm); }")

@@ -226,31 +226,38 @@ def _price(hook, label):
 def guard_section(guards, hooks, out):
     w = out.append
     ncpu = os.cpu_count() or 1
-    w("| recipe | estimated events/s in scope | counted events/s in scope | estimated ns per event | measured ns "
+    w("| load | estimated events/s in scope | counted events/s in scope | estimated ns per event | measured ns "
       "per event (how) | estimate | kit's meter | programs' run time (bpf_stats, lower bound) | measured "
-      "(counted × measured ns) | estimate / measured |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
-    for name, g in guards.items():
-        hook = hooks.get(name)
-        ns_in, how = _price(hook, hook.case.kit_label) if hook else (None, None)
-        filt = next(iter(hook.case.filtered), None) if hook else None
-        ns_out, _how = _price(hook, filt) if filt and not hook.never_ran(filt) else (0.0, None)
-        pct = 100.0 / (ncpu * 1e9)
-
-        def measured(r):
-            s = r["seconds"]
-            return (r["events"] / s * ns_in + r["filtered"] / s * (ns_out or 0.0)) * pct
-
+      "(counted × measured ns) | estimate / measured | estimate / kit's meter | estimate / programs' run time |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    pct = 100.0 / (ncpu * 1e9)
+    for key, g in guards.items():
+        case = g.case
+        stats = g.fig(lambda r: r["stats_body_ns_per_s"] * pct, "%")
         est = g.fig(lambda r: r["estimate"]["cpu_pct"], "%")
-        meas = g.fig(measured, "%") if ns_in is not None else Figure([], "%")
-        ratio = paired_ratio(est, meas)
-        w(f"| {name} | {g.fig(lambda r: r['estimate']['in_scope_per_s']).fmt(0)} "
+        meter = g.fig(lambda r: r["overhead"]["cpu_pct"], "%")
+        hook = hooks.get(case.name) if case.measured_by == "hook case" else None
+        ns_in, how = _price(hook, hook.case.kit_label) if hook else (None, None)
+        if hook:
+            filt = next(iter(hook.case.filtered), None)
+            ns_out, _how = _price(hook, filt) if filt and not hook.never_ran(filt) else (0.0, None)
+
+            def measured(r):
+                s = r["seconds"]
+                return (r["events"] / s * ns_in + r["filtered"] / s * (ns_out or 0.0)) * pct
+            meas = g.fig(measured, "%") if ns_in is not None else Figure([], "%")
+            price = f"{ns_in:.0f} ({how})" if ns_in is not None else "n/a"
+        else:  # no hook case on this load: the kernel's run time of the programs is the measure
+            meas = stats
+            price = f"{g.fig(lambda r: r['stats_body_ns_per_s'] / r['events'] * r['seconds']).fmt(0)} (run time)"
+        w(f"| {key} | {g.fig(lambda r: r['estimate']['in_scope_per_s']).fmt(0)} "
           f"| {g.fig(lambda r: r['events'] / r['seconds']).fmt(0)} "
           f"| {g.fig(lambda r: r['estimate']['cost']['in_ns']).fmt(0) if g.has_estimate() else 'n/a'} "
-          f"| {f'{ns_in:.0f} ({how})' if ns_in is not None else 'n/a'} | {est.fmt(2)} "
-          f"| {g.fig(lambda r: r['overhead']['cpu_pct'], '%').fmt(2)} "
-          f"| {g.fig(lambda r: r['stats_body_ns_per_s'] * pct, '%').fmt(2)} | {meas.fmt(2)} | {_ratio_cell(ratio)} |")
+          f"| {price} | {est.fmt(2)} | {meter.fmt(2)} | {stats.fmt(2)} | {meas.fmt(2)} "
+          f"| {_ratio_cell(paired_ratio(est, meas))} | {_ratio_cell(paired_ratio(est, meter))} "
+          f"| {_ratio_cell(paired_ratio(est, stats))} |")
     w("")
+    w(explain.GUARD_NOTES + "\n")
 
 
 def render(meta, hooks, starts, footprints, guards, mode, section=False):
@@ -277,9 +284,10 @@ def render(meta, hooks, starts, footprints, guards, mode, section=False):
         body.append(explain.GUARD_METHOD.format(seconds=mode.guard_s, ncpu=os.cpu_count() or 1) + "\n")
         guard_section(guards, hooks, body)
 
-    names = ", ".join(hooks or footprints or guards)
+    recipes = list(hooks or footprints) or list(dict.fromkeys(g.case.name for g in guards.values()))
+    names = ", ".join(recipes)
     title = f"# {names}: results of a run of their own\n" if section else "# kit benchmarks: results\n"
-    command = f"sudo ./bench/run --only {names.replace(', ', ',')}" if section else "sudo ./bench/run"
+    command = meta.get("command") or (f"sudo ./bench/run --only {','.join(recipes)}" if section else "sudo ./bench/run")
     out = [title,
            f"Written by `{command}` on {meta['date']} in {meta['minutes']:.0f} min"
            f"{' (QUICK MODE: one repetition, tiny workloads; not for reading)' if meta['quick'] else ''}. "
@@ -296,16 +304,18 @@ def render(meta, hooks, starts, footprints, guards, mode, section=False):
         out.append("| note | kernel.bpf_stats_enabled was on during some runs (set by someone else): every "
                    "probed event paid for timing in those, bare runs excepted |")
     out.append("")
-    out.append("## Targets\n")
-    out.append("| target | recipe | kit | peer | kit / peer | limit | verdict |")
-    out.append("|---|---|---|---|---|---|---|")
+    if verdicts.rows or not section:
+        out.append("## Targets\n")
+        out.append("| target | recipe | kit | peer | kit / peer | limit | verdict |")
+        out.append("|---|---|---|---|---|---|---|")
     for r in verdicts.rows:
         limit = "—" if r["limit"] == float("inf") else f"≤ {r['limit']:g}" + ("%" if r["key"][0] == "cpu" else "×")
         ratio = r["ratio"].fmt(2) if r["ratio"] else "n/a"
         verdict = "reported" if r["limit"] == float("inf") else r["verdict"]
         out.append(f"| {r['target']} | {r['case']} | {r['kit']} | {r['peer'] or '—'} | "
                    f"{ratio if r['key'][0] != 'cpu' else '—'} | {limit} | {verdict} |")
-    out.append("")
+    if verdicts.rows or not section:
+        out.append("")
     misses = verdicts.missed()
     if misses:
         out.append("### Where kit misses, and why\n")

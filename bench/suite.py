@@ -20,6 +20,9 @@ class Mode:
     bulk_bytes: int = 48 << 20
     lock_pairs: int = 50_000
     gai_calls: int = 10_000
+    execs: int = 2_000            # processes started per round (execsnoop)
+    oom_kills: int = 5            # OOM kills per round (oomkill)
+    burn_iterations: int = 1_000_000_000   # ~1 s of one CPU here: ~1000 samples at 999 Hz
     dio_ios: int = 4_000          # per round; a tool run is 4 rounds
     udp_sends: int = 100_000
     conns: int = 2_000            # 4 rounds stay within kit's and bpftrace's 10240-entry maps
@@ -35,13 +38,15 @@ class Mode:
 
 FULL = Mode()
 QUICK = Mode(reps=1, start_reps=1, footprint_reps=1, footprint_s=0.5, pingpong_rounds=10_000, bulk_bytes=4 << 20,
-             lock_pairs=5_000, gai_calls=500, dio_ios=400, udp_sends=5_000, conns=200, opens=5_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
+             lock_pairs=5_000, gai_calls=500, execs=200, oom_kills=2, burn_iterations=100_000_000, dio_ios=400, udp_sends=5_000, conns=200,
+             opens=5_000, warm=False, wall_runs=1, extras=False, settle_s=0.2,
              guard_reps=1, guard_s=1.0, footprint_bpftrace=False)
 
 
 def kit_rung(recipe_name):
     """The hook kit picks here for a recipe (the empty program goes on the same one)."""
-    from kit import catalog, features
+    from kit import catalog
+    from kit.host import features
     recipe = catalog.load(catalog.DEFAULT_CATALOG)[recipe_name]
     return features.choose_hook(recipe, None)
 
@@ -56,6 +61,10 @@ class Recipe:
     hook: HookCase
     footprint: FootprintCase
     guard: GuardCase
+    more_guards: tuple = ()       # the guardrail on other loads of the same recipe (the bundled demo)
+
+    def guards(self):
+        return [self.guard, *self.more_guards]
 
 
 def _kit(name, kit_args):
@@ -86,7 +95,10 @@ def offcpu(outdir, mode):
                            "kit, --pid of another process": lambda t: peers.kit("kit", "offcpu", "--pid", "1")},
                  empty=_empty_on(hook), wall_runs=mode.wall_runs),
         _footprint("offcpu", w, {"kit": kit, "bcc offcputime": bcc, "bpftrace": bpftrace}, mode),
-        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s))
+        GuardCase("offcpu", w, args, mode.guard_s, settle_s=mode.settle_s),
+        # the README's demo, `kit run offcpu --comm pay-svc`: a service that blocks ~1400 times a second
+        (GuardCase("offcpu", workloads.PaySvc(outdir), args, mode.guard_s, settle_s=mode.settle_s,
+                   label="offcpu on the demo (pay-svc)", measured_by="run time"),))
 
 
 def tcpretrans(outdir, mode):
@@ -164,6 +176,64 @@ def getaddrinfo(outdir, mode):
         GuardCase("getaddrinfo", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
+class _IdlePid:
+    """kit scoped by --pid to an idle process the bench starts (pid 1 wakes now and then, and would be in
+    scope); it lives as long as the tool."""
+
+    def __init__(self, recipe, *args):
+        self.recipe, self.args = recipe, args
+
+    def __call__(self, target):
+        import subprocess
+        idle = subprocess.Popen(["sleep", "100000"])
+        tool = peers.kit("kit", self.recipe, "--pid", str(idle.pid), *self.args)
+        tool.cleanups.append(lambda: (idle.kill(), idle.wait()))
+        return tool
+
+
+NO_BCC_RUNQLAT_SCOPE = ("bcc's runqlat -p reads the task's tgid at the 6.1 headers' offset (no 6.18 headers here), "
+                        "so it runs box-wide")
+
+
+def profile(outdir, mode):
+    w = workloads.burn(outdir, mode.burn_iterations)
+    hz = str(workloads.BURN_HZ)
+    hook = kit_rung("profile")
+    args = lambda t: ["--pid", str(t.pid), "--hz", hz]  # noqa: E731
+    kit = _kit("profile", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_profile(t.pid, hz))  # noqa: E731
+    bcc = lambda t: peers.bcc_sampling("bcc profile", "profile", "-F", hz, "-p", str(t.pid),  # noqa: E731
+                                       ready="Sampling at")  # its banner comes before it attaches
+    return Recipe(
+        HookCase(name="profile", workload=w, hook=f"{hook.type} {hook.target} at {hz} Hz", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc profile": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "profile", "--comm",
+                                                                                 "kit-nomatch", "--hz", hz),
+                           "kit, --pid of another process": _IdlePid("profile", "--hz", hz)},
+                 empty=lambda t: peers.empty("empty program", "perf_event", f"{hook.target}:{hz}"),
+                 wall_runs=mode.wall_runs),
+        _footprint("profile", w, {"kit": kit, "bcc profile": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("profile", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def runqlat(outdir, mode):
+    w = workloads.PingPong(outdir, mode.pingpong_rounds)
+    hook = kit_rung("runqlat")
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("runqlat", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_runqlat(t.comm))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc runqlat (box-wide)", "runqlat", ready="Tracing run queue latency")  # noqa: E731
+    return Recipe(
+        HookCase(name="runqlat", workload=w, hook=f"{hook.type} sched_wakeup, sched_wakeup_new, sched_switch",
+                 kit=kit, peers={"bpftrace": bpftrace, "bcc runqlat (box-wide)": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "runqlat", "--comm",
+                                                                                 "kit-nomatch"),
+                           "kit, --pid of another process": _IdlePid("runqlat")},
+                 empty=lambda t: peers.empty("empty program", "raw_tracepoint", "sched_wakeup", "raw_tracepoint",
+                                             "sched_wakeup_new", "raw_tracepoint", "sched_switch"),
+                 unavailable={"bcc runqlat -p": NO_BCC_RUNQLAT_SCOPE}, wall_runs=mode.wall_runs),
+        _footprint("runqlat", w, {"kit": kit, "bcc runqlat (box-wide)": bcc, "bpftrace": bpftrace}, mode),
+        GuardCase("runqlat", w, args, mode.guard_s, settle_s=mode.settle_s))
 # bcc's tools for these jobs that cannot run on this kernel (each tried here: python3-bpfcc 0.26, kernel 6.18)
 NO_KPROBES = "BCC fails reading /sys/kernel/debug/kprobes/blacklist: this kernel has kprobes compiled out"
 NO_BCC_BIOLATENCY = f"biolatency-bpfcc needs kprobes (on blk_mq_start_request and __blk_account_io_done); {NO_KPROBES}"
@@ -248,6 +318,41 @@ def opensnoop(outdir, mode):
                  unavailable=no_bcc, wall_runs=mode.wall_runs),
         _footprint("opensnoop", w, {"kit": kit, "bpftrace": bpftrace}, mode, unavailable=no_bcc),
         GuardCase("opensnoop", w, args, mode.guard_s, settle_s=mode.settle_s))
+def execsnoop(outdir, mode):
+    w = workloads.execloop(outdir, mode.execs)
+    hook = kit_rung("execsnoop")
+    args = lambda t: ["--pid", str(t.pid), "--limit", "0"]  # noqa: E731  (every line shown, as bpftrace prints all)
+    kit = _kit("execsnoop", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_execsnoop(t.pid))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc execsnoop", "execsnoop", ready="PCOMM")  # noqa: E731
+    return Recipe(
+        HookCase(name="execsnoop", workload=w, hook=f"{hook.type} {hook.target} + sched_process_exit", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc execsnoop": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "execsnoop", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=lambda t: peers.empty("empty program", hook.type, hook.target, hook.type,
+                                             "sched_process_exit" if hook.type == "raw_tracepoint"
+                                             else "sched:sched_process_exit"),
+                 wall_runs=mode.wall_runs),
+        _footprint("execsnoop", w, {"kit": kit, "bpftrace": bpftrace}, mode),
+        GuardCase("execsnoop", w, args, mode.guard_s, settle_s=mode.settle_s))
+
+
+def oomkill(outdir, mode):
+    w = workloads.MemcgOOM(outdir, mode.oom_kills)
+    hook = kit_rung("oomkill")
+    args = lambda t: ["--comm", t.comm]  # noqa: E731
+    kit = _kit("oomkill", args)
+    bpftrace = lambda t: peers.bpftrace("bpftrace", peers.bpftrace_oomkill(t.comm))  # noqa: E731
+    bcc = lambda t: peers.bcc("bcc oomkill", "oomkill", ready="Tracing OOM kills")  # noqa: E731
+    return Recipe(
+        HookCase(name="oomkill", workload=w, hook=f"{hook.type} {hook.target}", kit=kit,
+                 peers={"bpftrace": bpftrace, "bcc oomkill": bcc},
+                 filtered={"kit, --comm of another process": lambda t: peers.kit("kit", "oomkill", "--comm",
+                                                                                 "kit-nomatch")},
+                 empty=_empty_on(hook), wall_runs=mode.wall_runs),
+        _footprint("oomkill", w, {"kit": kit, "bpftrace": bpftrace}, mode),
+        GuardCase("oomkill", w, args, mode.guard_s, settle_s=mode.settle_s))
 
 
 def _footprint(name, w, tools, mode, **kw):
@@ -273,4 +378,5 @@ def references():
 
 
 RECIPES = {"offcpu": offcpu, "tcpretrans": tcpretrans, "lockhold": lockhold, "getaddrinfo": getaddrinfo,
-           "biolatency": biolatency, "drops": drops, "tcplife": tcplife, "opensnoop": opensnoop}
+           "execsnoop": execsnoop, "oomkill": oomkill, "biolatency": biolatency, "drops": drops, "tcplife": tcplife,
+           "opensnoop": opensnoop, "profile": profile, "runqlat": runqlat}

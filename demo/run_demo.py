@@ -7,8 +7,13 @@ story against it in the foreground, exactly as an on-call engineer would:
     kit run offcpu --comm pay-svc --for 10s
 
 (10 s instead of the usual 20 s, to keep the demo short.) It then stops the
-service. `./demo.sh tcpretrans` runs the second demo instead: retransmits in
-a network namespace that drops packets.
+service. `./demo.sh triage` runs the whole walk-through as one command instead,
+
+    kit triage --comm pay-svc --for 45s --out demo/pay-svc-report
+
+(the first look, then lockhold on the pool lock it points at, then getaddrinfo
+for the lookup inside it), and `./demo.sh tcpretrans` the retransmit demo:
+retransmits in a network namespace that drops packets.
 """
 
 import os
@@ -18,7 +23,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))  # its workloads
 
 DEMO_FOR = "10s"
 
@@ -52,6 +57,24 @@ def demo_offcpu():
         return code
 
 
+def demo_triage():
+    report = os.path.join(ROOT, "demo", "pay-svc-report")
+    if os.path.isdir(report):  # the last demo's report: kit writes only into a new or empty directory
+        shutil.rmtree(report)
+    with tempfile.TemporaryDirectory(prefix="kit-demo-") as d:
+        svc = subprocess.Popen([build_pay_svc(d)], stdout=subprocess.PIPE, text=True)
+        try:
+            print(svc.stdout.readline().strip(), flush=True)
+            print("$ kit triage --comm pay-svc --for 45s --out demo/pay-svc-report   # p99 is up, CPU is flat: why?",
+                  flush=True)
+            code = kit("triage", "--comm", "pay-svc", "--for", "45s", "--out", report).wait()
+        finally:
+            svc.terminate()
+            svc.wait()
+        print(f"(the report, its data and flame graphs are in {os.path.relpath(report, ROOT)}/)")
+        return code
+
+
 def demo_tcpretrans():
     from workloads import retrans
     ns = f"kit-demo-{os.getpid()}"
@@ -68,7 +91,7 @@ def demo_tcpretrans():
         return p.returncode
 
 
-DEMOS = {"offcpu": demo_offcpu, "tcpretrans": demo_tcpretrans}
+DEMOS = {"offcpu": demo_offcpu, "triage": demo_triage, "tcpretrans": demo_tcpretrans}
 
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "offcpu"

@@ -6,81 +6,22 @@ what X accepts.
 """
 
 import argparse
-import re
 import sys
 import traceback
 
 from kit import catalog as catalog_mod
-from kit import params as ptypes
 from kit.errors import BadInput, ExitCode, KitError, Unsupported, printable
+from kit.runargs import (HelpShown, _Parser, _options, _stack_outputs, parse_values,  # noqa: F401 (cli's interface)
+                         recipe_parser, scope_aliases)
 
 EPILOG = """examples:
   kit list                                   what kit can run here
   kit run offcpu --comm pay-svc --for 20s    where pay-svc waits
   kit run tcpretrans --port 443 --json       retransmits as JSON
+  kit triage --comm pay-svc                  where pay-svc's time goes, the next steps, one report
   kit show tcpretrans --port 443             the exact C that would be compiled
   kit doctor                                 what this kernel supports
 """
-
-
-class HelpShown(Exception):
-    """--help was printed: main() returns 0 instead of argparse exiting the process."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises BadInput (one line, exit 2) instead of printing usage. No abbreviations:
-    on a privileged tool `--p 5` must not silently mean --pid (or, after a new option, --port).
-    Help goes to the stream main() writes to."""
-
-    def __init__(self, *a, out=None, **kw):
-        kw.setdefault("allow_abbrev", False)
-        super().__init__(*a, **kw)
-        self.out = out
-
-    def error(self, message):
-        raise BadInput(f"{self.prog}: {message}", _did_you_mean(self, message) or f"see `{self.prog} --help`")
-
-    def print_help(self, file=None):
-        super().print_help(file or self.out)
-
-    def exit(self, status=0, message=None):
-        if status == 0 and message is None:
-            raise HelpShown()
-        super().exit(status, message)
-
-    def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(_glue_dash_values(self, args), namespace)
-
-
-def _glue_dash_values(parser, args):
-    """`--for -5s` as `--for=-5s`: a value that starts with '-' and is no option of ours reaches the
-    option's own type check (one line saying what a duration looks like), not argparse's
-    "expected one argument"."""
-    if args is None:
-        return None
-    takes = {o for a in parser._actions if a.nargs is None and a.option_strings for o in a.option_strings}
-    known = {o for a in parser._actions for o in a.option_strings}
-    out, i = [], 0
-    while i < len(args):
-        a = args[i]
-        if a in takes and i + 1 < len(args) and args[i + 1].startswith("-") and args[i + 1] not in known \
-                and not args[i + 1].startswith("--"):
-            out.append(f"{a}={args[i + 1]}")
-            i += 2
-            continue
-        out.append(a)
-        i += 1
-    return out
-
-
-def _did_you_mean(parser, message):
-    import difflib
-    m = re.match(r"unrecognized arguments: (--?[\w-]+)", message)
-    if not m:
-        return None
-    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    close = difflib.get_close_matches(m.group(1).split("=")[0], flags, n=1, cutoff=0.75)
-    return f"did you mean {close[0]}? (see `{parser.prog} --help`)" if close else None
 
 
 VERBS = {
@@ -107,6 +48,8 @@ def _base_parser(out=None):
         s.add_argument("-h", "--help", action="store_true", dest="verb_help")
         s.add_argument("recipe", nargs="?")
         s.add_argument("rest", nargs=argparse.REMAINDER)
+    from kit.triage import triage_cmd
+    triage_cmd.add_parser(sub, out)
     sub.add_parser("doctor", help="what this kernel and these privileges support", out=out)
     f = sub.add_parser("fleet", help="run a recipe on many hosts through Ansible (docs/fleet.md)", add_help=False,
                        out=out)
@@ -141,56 +84,6 @@ def verb_help(cmd, recipes, out):
     return ExitCode.OK
 
 
-def recipe_parser(recipe, cmd, out=None):
-    """The options of `kit run RECIPE` (also `show` and `estimate`, so a pasted run line works there)."""
-    p = _Parser(prog=f"kit {cmd} {recipe.name}", description=recipe.summary,
-                epilog=f"example: {recipe.example}\nrunbook: {recipe.runbook}",
-                formatter_class=argparse.RawDescriptionHelpFormatter, out=out)
-    for spec in recipe.params.values():
-        if spec.type == "flag":
-            p.add_argument(f"--{spec.flag}", dest=spec.name, action="store_const", const="true", default=None,
-                           help=spec.help)
-        else:
-            p.add_argument(f"--{spec.flag}", dest=spec.name, metavar=spec.type.upper(), default=None, help=spec.help)
-    if cmd in ("run", "estimate", "show"):
-        p.add_argument("--for", dest="duration", default=None,
-                       help=f"how long (default {recipe.duration_default:g}s, at most {recipe.duration_max:g}s)")
-        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
-        p.add_argument("--budget", default=None, help="overhead budget, percent of the machine's CPU")
-        p.add_argument("--force", action="store_true", help="run even if the guardrail refuses (recorded)")
-        p.add_argument("--dry-run", action="store_true", help="estimate only, attach nothing")
-        p.add_argument("--hook", default=None, choices=[h.type for h in recipe.hooks],
-                       help="use this rung of the hook ladder")
-        p.add_argument("--progress", action="store_true", default=None, help="progress line even when not a tty")
-    if recipe.output == "stacks":
-        _stack_output_options(p)
-    return p
-
-
-def _stack_output_options(p):
-    p.add_argument("--folded", action="store_true",
-                   help="folded stacks on stdout (comm;frame;frame VALUE), for flamegraph.pl, speedscope, inferno")
-    p.add_argument("--svg", metavar="FILE", default=None, help="also write a flame graph to FILE (open it in a browser)")
-
-
-def _stack_outputs(recipe, ns, values):
-    """Checks --svg before anything is attached; returns the path or None."""
-    svg = getattr(ns, "svg", None)
-    if svg is None:
-        return None
-    from kit.catalog import ParamSpec
-    return ptypes.TYPES["outpath"].parse(svg, ParamSpec(name="svg", type="outpath"))
-
-
-def parse_values(recipe, ns):
-    """Every parameter through its type: user text -> checked value."""
-    values = {}
-    for spec in recipe.params.values():
-        raw = getattr(ns, spec.name)
-        values[spec.name] = None if raw is None else ptypes.TYPES[spec.type].parse(raw, spec)
-    return values
-
-
 def _load(args):
     return catalog_mod.load(args.catalog)
 
@@ -217,7 +110,7 @@ def _scope_text(r):
 
 
 def _runs_here(r):
-    from kit import features
+    from kit.host import features
     why = features.why_not(r)  # every rung's reason: one may be fixable (mount tracefs), another not
     if why is not None:
         return f"no: {why}"
@@ -255,7 +148,7 @@ def list_text(recipes, width=LIST_WIDTH):
 
 def list_verbose(recipes):
     """Every recipe in full: what `kit list` leaves out."""
-    from kit import features
+    from kit.host import features
     out = []
     for r in recipes.values():
         flags = ", ".join("--" + p.flag for p in r.scope_params()) or "none"
@@ -263,7 +156,8 @@ def list_verbose(recipes):
         hooks = "; ".join(f"{h.type} {h.target}".strip() + ("" if features.hook_supported(h) is None
                                                              else f" (not here: {features.hook_supported(h)})")
                           for h in r.hooks)
-        other = [f"--{p.flag}" for p in r.params.values() if not p.scope]
+        other = [f"--{p.flag}" for p in r.params.values() if not p.scope] + (
+            ["--stream (a line per event as it happens)"] if r.stream_form else [])
         out += [f"{r.name}: {r.summary}",
                 f"  scopes:    {flags} ({rule})",
                 f"  guardrail: {'hot path, ' if r.guard.hot_path else ''}cost class {r.guard.cost_class}, "
@@ -295,17 +189,27 @@ def _recipe_args(args, cmd, out=None):
     recipe = _recipe(recipes, args.recipe)
     rest = (["--help"] if args.verb_help else []) + args.rest
     ns = recipe_parser(recipe, cmd, out=out).parse_args(rest)
-    return recipe, ns, parse_values(recipe, ns)
+    return _form(recipe, ns), ns, scope_aliases(recipe, ns, parse_values(recipe, ns))
+
+
+def _form(recipe, ns):
+    """The recipe as these options run it: its stream form under --stream."""
+    if getattr(ns, "stream", False):
+        return recipe.stream_form
+    if recipe.output != "stream" and getattr(ns, "limit", None) is not None:
+        raise BadInput(f"--limit is for the stream form of {recipe.name}", "add --stream, or leave --limit out")
+    return recipe
 
 
 RUN_ONLY = (("duration", "--for"), ("json", "--json"), ("budget", "--budget"), ("force", "--force"),
-            ("dry_run", "--dry-run"), ("progress", "--progress"), ("folded", "--folded"), ("svg", "--svg"))
+            ("dry_run", "--dry-run"), ("progress", "--progress"), ("folded", "--folded"), ("svg", "--svg"),
+            ("limit", "--limit"), ("out", "--out"))
 
 
 def cmd_show(args, out, err):
     """The C text for a recipe's arguments; a pasted `kit run` line works, its run-only options checked
     and ignored (--hook picks the rung whose text is shown)."""
-    from kit import run
+    from kit.engine import run
     recipe, ns, values = _recipe_args(args, "show", out)
     _options(recipe, ns, args)  # the same checks `run` makes, so a line show accepts, run accepts
     ignored = [flag for dest, flag in RUN_ONLY if getattr(ns, dest, None) not in (None, False)]
@@ -316,28 +220,9 @@ def cmd_show(args, out, err):
     return ExitCode.OK
 
 
-def _options(recipe, ns, args, dry_run=False):
-    from kit.run import Options
-    duration = recipe.duration_default if ns.duration is None else ptypes.Duration.seconds(ns.duration)
-    if ns.duration is not None and duration > recipe.duration_max:  # echo what the user typed
-        raise BadInput(f"--for {str(ns.duration).strip()[:20]} is over {recipe.name}'s maximum of "
-                       f"{recipe.duration_max:g}s",
-                       f"use --for {int(recipe.duration_max)}s or less, and run again if you need more")
-    budget = None
-    if ns.budget is not None:
-        try:
-            budget = float(str(ns.budget).rstrip("%"))
-        except ValueError:
-            raise BadInput(f"--budget {ns.budget!r} is not a number", "give a percentage like 2 or 0.5") from None
-        if not 0 < budget <= 100:
-            raise BadInput(f"--budget {budget:g} is out of range", "give a percentage above 0 and at most 100")
-    return Options(duration=duration, json=ns.json, debug=args.debug, dry_run=dry_run or ns.dry_run,
-                   force=ns.force, budget=budget, hook=ns.hook, progress=ns.progress)
-
-
 def _with_alternatives(e, recipes):
     """An Unsupported error from the kernel's side, with the recipes that can still run here."""
-    from kit import features
+    from kit.host import features
     if "CAP_" in e.message:
         return e
     ok = features.runnable(recipes)
@@ -346,14 +231,72 @@ def _with_alternatives(e, recipes):
     return e
 
 
+def _check_stdout(out):
+    """Results go to stdout: a closed or read-only one is bad input now, not a lost run later."""
+    import fcntl
+    import os
+    if out is None:
+        raise BadInput("stdout is closed, so kit could not print its results", "run kit with stdout open")
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's StringIO)
+    try:
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        raise BadInput("stdout is closed, so kit could not print its results", "run kit with stdout open") from None
+    if mode == os.O_RDONLY:
+        raise BadInput("stdout is open for reading only, so kit could not print its results",
+                       "redirect stdout to a file or a pipe kit can write")
+
+
+def _print_results(result, recipe, ns, opts, out, err):
+    """Writes the results to stdout; if that fails, to the terminal (stderr). Returns what failed, or None."""
+    from kit import output
+    try:
+        if opts.json:
+            output.to_json(result, out)
+        elif getattr(ns, "folded", False):
+            output.folded(result, out)
+        else:
+            output.human(result, recipe, out)
+        out.flush()
+        return None
+    except OSError as e:
+        _quiet_stdout(out)
+        if isinstance(e, BrokenPipeError):  # a reader that went away wants nothing more
+            return "the results to stdout (Broken pipe)"
+        output.human(result, recipe, err)
+        return f"the results to stdout ({e.strerror or type(e).__name__})"
+
+
+def _quiet_stdout(out):
+    """After a failed write, stdout's buffer would fail again at exit: point it at /dev/null."""
+    import os
+    try:
+        fd = out.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def cmd_run(args, out, err, dry_run=False):
-    from kit import output, run
+    from kit import output
+    from kit.engine import run
     recipe, ns, values = _recipe_args(args, "estimate" if dry_run else "run", out)
     opts = _options(recipe, ns, args, dry_run)
+    opts.out = out  # a stream's lines go out as they arrive
     if opts.json and getattr(ns, "folded", False):
         raise BadInput("--json and --folded both write to stdout", "pick one; add --svg FILE for a flame graph "
                        "file beside either")
-    svg = _stack_outputs(recipe, ns, values)
+    svg = _stack_outputs(recipe, ns, values)  # every output path is checked before anything is attached
+    _check_stdout(out)
+    bundle = None
+    if getattr(ns, "out", None) is not None and not opts.dry_run:
+        from kit.triage import report
+        bundle = report.check_dir(ns.out)  # before anything is attached
     try:
         result, code = run.execute(recipe, values, opts, err=err)
     except Unsupported as e:
@@ -361,15 +304,63 @@ def cmd_run(args, out, err, dry_run=False):
     if opts.dry_run:
         output.to_json(result, out) if opts.json else out.write(_estimate_text(result))
         return code
+    failed = []
     if svg:
-        output.write_flamegraph(result, recipe, svg, err)
-    if opts.json:
-        output.to_json(result, out)
-    elif getattr(ns, "folded", False):
-        output.folded(result, out)
+        try:
+            output.write_flamegraph(result, recipe, svg, err)
+        except (OSError, KitError) as e:  # checked before attaching, but the disk or directory can go since
+            failed.append(f"the flame graph to {svg} ({getattr(e, 'strerror', None) or getattr(e, 'message', e)})")
+    if bundle:
+        _run_bundle(bundle, recipe, args, result, code, err)
+    if (result.get("stream") or {}).get("stopped") == "output_closed":
+        return code  # the reader went away (| head): there is no one to give the summary to
+    problem = _print_results(result, recipe, ns, opts, out, err)
+    if problem:
+        failed.insert(0, problem)
+        where = "above, on stderr" if "Broken pipe" not in problem else "nowhere (the reader of stdout went away)"
     else:
-        output.human(result, recipe, out)
+        where = "on stdout"
+    if failed:
+        err.write(printable(f"kit: error: could not write {' and '.join(failed)} — the results are {where}; "
+                            "give a path that can be written and run again") + "\n")
+        return ExitCode.OUTPUT if code == ExitCode.OK else code
     return code
+
+
+def _run_bundle(d, recipe, args, result, code, err):
+    """`kit run --out DIR`: the run as a one-step report (the command without --out reproduces it)."""
+    import shlex
+    from kit import triage
+    from kit.triage import report
+    words = _without(args.rest, "--out")
+    step = triage.Step(recipe.name, words, why="", kind="run", status="ran" if code == ExitCode.OK else "stopped",
+                       result=result, code=int(code))
+    if code != ExitCode.OK:
+        step.reason = f"stopped by {result.get('stopped_by')}"
+    recipes = _load(args)
+    command = shlex.join(["kit", "run", recipe.name, *words])
+    rep = report.build("kit run", command, " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                                                     result.get("scope", {}).items()) or "no scope",
+                       [step], [], [], report.host_facts(recipes), elapsed_s=result.get("duration_s"),
+                       state=result.get("stopped_by"))
+    files = report.write(d, rep, recipes)
+    err.write(f"kit: report written to {d} ({', '.join(files)})\n")
+
+
+def _without(words, flag):
+    """words without `flag VALUE` (or flag=VALUE)."""
+    out, skip = [], False
+    for w in words:
+        if skip:
+            skip = False
+            continue
+        if w == flag:
+            skip = True
+            continue
+        if w.startswith(flag + "="):
+            continue
+        out.append(w)
+    return out
 
 
 def _estimate_text(result):
@@ -393,15 +384,18 @@ def main(argv=None, out=None, err=None):
             return cmd_show(args, out, err)
         if args.cmd in ("run", "estimate"):
             return cmd_run(args, out, err, dry_run=args.cmd == "estimate")
+        if args.cmd == "triage":
+            from kit.triage import triage_cmd
+            return triage_cmd.main(args, argv[argv.index("triage") + 1:], out, err)
         if args.cmd in ("fleet", "merge"):
             from kit import fleet
             return fleet.main(sys.modules[__name__], args, out, err) if args.cmd == "fleet" \
                 else fleet.merge_main(args, out, err)
         if args.cmd == "doctor":
-            from kit import doctor
+            from kit.host import doctor
             return doctor.main(out, catalog_path=args.catalog)
         if args.cmd == "calibrate":
-            from kit import calibrate
+            from kit.guard import calibrate
             return calibrate.main(args, out, err)
     except HelpShown:
         return ExitCode.OK

@@ -14,6 +14,7 @@ class ExitCode(enum.IntEnum):
     COMPILE = 6           # BCC could not compile, or the verifier rejected the program
     BREAKER = 7           # the guardrail stopped a running probe for overhead
     FLEET_PARTIAL = 8     # kit fleet run: some host refused, failed, was unreachable or stopped early
+    OUTPUT = 9            # ran, but an output could not be written (the results went to the terminal instead)
     INTERRUPTED = 130     # Ctrl-C (results are still printed)
     TERMINATED = 143      # SIGTERM (results are still printed)
 

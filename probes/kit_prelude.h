@@ -129,6 +129,64 @@ static __always_inline int kit_allow_current(void)
     return 1;
 }
 
+/* For a task that is not current (runqlat's woken task): is its own name
+ * --comm's? (1 without --comm.) Then --comm's whole rule for that task, whose
+ * own name is `own`: the thread-group leader's name is read through the task
+ * pointer with bpf_probe_read_kernel, at the same BTF offsets as above. */
+static __always_inline int kit_comm_is(const union kit_comm *name)
+{
+#if KIT_SCOPE_COMM_ON
+    union kit_comm want = {.c = {{scope_comm}}};
+    return kit_comm_eq(name, &want);
+#else
+    return 1;
+#endif
+}
+
+static __always_inline int kit_comm_match_task(const char *task, const union kit_comm *own)
+{
+#if KIT_SCOPE_COMM_ON
+    if (kit_comm_is(own))
+        return 1;
+#if KIT_TASK_READ
+    char *leader = 0;
+    union kit_comm got = {};
+    if (bpf_probe_read_kernel(&leader, sizeof(leader), task + KIT_TASK_LEADER_OFF) || !leader || leader == task)
+        return 0;  /* a main thread's own name was its process's */
+    if (bpf_probe_read_kernel(&got, sizeof(got), leader + KIT_TASK_COMM_OFF))
+        return 0;
+    return kit_comm_is(&got);
+#else
+    return 0;
+#endif
+#else
+    return 1;
+#endif
+}
+
+/* Is a task other than current in scope? For hooks whose subject is another task (execsnoop's
+ * parent, oomkill's victim): its ids and own name as the caller read them, and the task itself, from
+ * which --comm's rule reads its process's name (0 when the caller has none: its own name decides).
+ * The cgroup is the caller's to check: another task's is not one helper call away. */
+static __always_inline int kit_allow_task(u32 tgid, u32 tid, const char *comm, const char *task)
+{
+    if (KIT_SCOPE_TGID && tgid != KIT_SCOPE_TGID)
+        return 0;
+    if (KIT_SCOPE_TID && tid != KIT_SCOPE_TID)
+        return 0;
+#if KIT_SCOPE_COMM_ON || KIT_SCOPE_THREAD_COMM_ON
+    union kit_comm own = {};
+    __builtin_memcpy(&own, comm, sizeof(own));
+    if (!kit_thread_comm_match(&own))
+        return 0;
+#endif
+#if KIT_SCOPE_COMM_ON
+    return task ? kit_comm_match_task(task, &own) : kit_comm_is(&own);
+#else
+    return 1;
+#endif
+}
+
 /* Scope check that also keeps the books: counts the rejected event. */
 static __always_inline int kit_in_scope(void)
 {

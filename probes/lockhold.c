@@ -6,6 +6,9 @@
  *   lock_entry   entry of the lock function     wait starts
  *   lock_return  return of the lock function    wait ends, hold starts
  *   unlock_entry entry of the unlock function   hold ends
+ *   inside_entry / inside_return  entry and return of --inside FUNCTION (when given):
+ *                calls made while the thread holds a lock, and calls made outside any
+ *                hold, each counted and timed; and how many holds saw such a call
  * Pairing an unlock with the hold it ends (--match):
  *   lock    the hold its thread took on the same lock object (the first argument)
  *   thread  its thread's most recent hold (a stack per thread), for functions
@@ -25,6 +28,7 @@
 #define KIT_PAIR_LOCK      (KIT_MATCH == 0 || (KIT_MATCH == 2 && KIT_LOCK_ARG_KNOWN))
 #define KIT_PAIR_THREAD    (KIT_MATCH == 1)
 #define KIT_STACKS         {{stacks}}
+#define KIT_INSIDE         {{inside_on}}       /* --inside FUNCTION was given */
 
 /* auto keeps the order of this many open holds per thread (a power of two, at
  * most 32: the bits of nest.live); holds taken deeper pair by argument only */
@@ -87,6 +91,97 @@ BPF_HISTOGRAM(wait_hist, int, KIT_LOG2_SLOTS);
  * when kit attached). */
 BPF_PERCPU_ARRAY(unmatched, u64, 2);
 BPF_PERCPU_ARRAY(paired, u64, 3);
+
+#if KIT_INSIDE
+/* A thread's open holds (any lock the pair takes) and the calls of the --inside
+ * function since its outermost one began. */
+struct held_val {
+    u32 depth;
+    u32 calls;
+};
+
+struct inside_start {
+    u64 ts;
+    u32 held;   /* 1: called while the thread held a lock */
+    u32 pad;
+};
+
+struct inside_val {
+    u64 count;
+    u64 total_ns;
+    u64 max_ns;
+};
+
+BPF_TABLE("lru_hash", u32, struct held_val, held, 10240);
+BPF_HASH(inside_starts, u32, struct inside_start, 10240);
+/* 0: calls outside any hold, 1: calls inside a hold (per CPU, summed by kit) */
+BPF_PERCPU_ARRAY(inside_stats, struct inside_val, 2);
+/* outermost holds during which the --inside function was called at least once */
+BPF_PERCPU_ARRAY(inside_holds, u64, 1);
+
+static __always_inline void held_enter(u32 tid)
+{
+    struct held_val zero = {};
+    struct held_val *h = held.lookup_or_try_init(&tid, &zero);
+    if (!h) {
+        kit_count(KIT_MAP_FULL);
+        return;
+    }
+    if (h->depth == 0)
+        h->calls = 0;
+    h->depth++;
+}
+
+static __always_inline void held_leave(u32 tid)
+{
+    struct held_val *h = held.lookup(&tid);
+    if (!h || h->depth == 0)
+        return;
+    h->depth--;
+    if (h->depth == 0 && h->calls) {
+        int zero = 0;
+        u64 *n = inside_holds.lookup(&zero);
+        if (n)
+            (*n)++;
+    }
+}
+
+int inside_entry(struct pt_regs *ctx)
+{
+    if (!kit_allow_current())
+        return 0;
+    u32 tid = bpf_get_current_pid_tgid();
+    struct inside_start s = {.ts = bpf_ktime_get_ns()};
+    struct held_val *h = held.lookup(&tid);
+    if (h && h->depth) {
+        s.held = 1;
+        h->calls++;
+    }
+    if (inside_starts.update(&tid, &s) < 0)
+        kit_count(KIT_MAP_FULL);
+    return 0;
+}
+
+int inside_return(struct pt_regs *ctx)
+{
+    u64 now = bpf_ktime_get_ns();
+    u32 tid = bpf_get_current_pid_tgid();
+    struct inside_start *s = inside_starts.lookup(&tid);
+    if (!s)
+        return 0;
+    u64 ns = now - s->ts;
+    int which = s->held;
+    inside_starts.delete(&tid);
+    struct inside_val *v = inside_stats.lookup(&which);
+    if (v) {
+        v->count++;
+        v->total_ns += ns;
+        if (ns > v->max_ns)
+            v->max_ns = ns;
+    }
+    return 0;
+}
+#endif
 
 #if KIT_STACKS
 struct stack_key {
@@ -275,6 +370,9 @@ int lock_return(struct pt_regs *ctx)
     u64 waited = now - w->ts;
     waiting.delete(&tid);
     record(id >> 32, KIND_WAIT, waited);
+#if KIT_INSIDE
+    held_enter(tid);
+#endif
 #if !KIT_PAIR_LOCK
     nest_push(tid, &hk);  /* on the stack even if the hold below cannot be stored: the order stays right */
 #endif
@@ -304,11 +402,14 @@ int unlock_entry(struct pt_regs *ctx)
             count_unmatched(0);
         return 0;
     }
-    u64 held = now - h->ts;
+    u64 held_ns = now - h->ts;
     s64 stackid = h->stackid;
     holding.delete(&hk);
-    record(id >> 32, KIND_HOLD, held);
+    record(id >> 32, KIND_HOLD, held_ns);
     count_paired(how);
+#if KIT_INSIDE
+    held_leave((u32)id);
+#endif
 #if KIT_STACKS
     if (stackid >= 0) {
         struct stack_key sk = {.tgid = id >> 32, .stackid = stackid};
@@ -319,9 +420,9 @@ int unlock_entry(struct pt_regs *ctx)
             return 0;
         }
         __sync_fetch_and_add(&s->count, 1);
-        __sync_fetch_and_add(&s->total_ns, held);
-        if (held > s->max_ns)
-            s->max_ns = held;
+        __sync_fetch_and_add(&s->total_ns, held_ns);
+        if (held_ns > s->max_ns)
+            s->max_ns = held_ns;
     }
 #endif
     return 0;

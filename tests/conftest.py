@@ -22,7 +22,7 @@ def kernel_unavailable():
         import bcc  # noqa: F401
     except ImportError:
         return "bcc is not importable: run ./setup.sh (Debian's python3-bpfcc in a --system-site-packages venv)"
-    from kit import features
+    from kit.host import features
     if features.tracefs() is None:
         return "tracefs is not mounted: run ./setup.sh"
     return None
@@ -130,7 +130,7 @@ def no_leftovers(kernel):
     before = loaded_prog_ids()
 
     def events():
-        from kit import features
+        from kit.host import features
         d = features.tracefs()
         out = []
         for f in ("uprobe_events", "kprobe_events"):
@@ -152,6 +152,6 @@ def no_leftovers(kernel):
 
 
 def pytest_configure(config):
-    """The kernel matrix's recorder (tests/qemu/matrix.py): outcomes and kit's hooks, for docs/kernels.md."""
+    """The kernel matrix's recorder (tests/support/qemu/matrix.py): outcomes and kit's hooks, for docs/kernels.md."""
     from qemu import matrix
     matrix.register(config)

@@ -233,6 +233,12 @@ def gai(outdir, calls):
     return Resident(outdir, "gai.c", "kit-gai", calls, "getaddrinfo call", "getaddrinfo calls")
 
 
+BURN_HZ = 999   # the rate every profiler samples at in the bench; burn.c prices its rounds at its default 999
+
+
+def burn(outdir, iterations):
+    """One thread computing: a round's events are the samples a per-CPU timer at BURN_HZ takes of its CPU time."""
+    return Resident(outdir, "burn.c", "kit-burn", iterations, "sample", "samples")
 def netns_inum(name):
     """The inode number of a named network namespace (what the kernel's ns.inum holds)."""
     return os.stat(f"/run/netns/{name}").st_ino
@@ -381,3 +387,106 @@ class Opens(Resident):
 
     def args(self):
         return [self.dir]
+
+
+def execloop(outdir, execs):
+    return Resident(outdir, "execloop.c", "kit-execloop", execs, "exec or exit", "execs and exits")
+
+
+class MemcgOOM:
+    """Processes that each join a memory cgroup of the bench's own (a 16 MiB limit, no swap) and touch
+    memory until its OOM killer kills them (bench/workloads/oomhog.c). Events come from the cgroup's
+    own OOM-kill counter (memory.events on cgroup v2, memory.oom_control on a v1 memory hierarchy),
+    which no probe touches. The cgroup is made for the case and removed after it."""
+
+    comm = "kit-oomhog"
+    unit, units = "OOM kill", "OOM kills"
+    LIMIT = 16 << 20
+
+    def __init__(self, outdir, kills):
+        self.binary = build_c("oomhog.c", os.path.join(outdir, self.comm))
+        self.kills = kills
+        self.dir = None
+
+    @contextlib.contextmanager
+    def prepared(self):
+        from kit.engine import stream
+        root = stream.memory_root()
+        if root is None:
+            raise RuntimeError("no memory cgroup hierarchy is mounted")
+        self.v2 = os.path.exists(os.path.join(root, "cgroup.controllers"))
+        self.dir = os.path.join(root, f"kit-bench-oom-{os.getpid()}")
+        os.mkdir(self.dir)
+        try:
+            files = (("memory.max", self.LIMIT), ("memory.swap.max", 0)) if self.v2 else (
+                ("memory.limit_in_bytes", self.LIMIT), ("memory.memsw.limit_in_bytes", self.LIMIT))
+            for name, v in files:
+                if os.path.exists(os.path.join(self.dir, name)):
+                    with open(os.path.join(self.dir, name), "w") as f:
+                        f.write(str(v))
+            yield self
+        finally:
+            for _ in range(100):  # the last hog leaves the cgroup when it is reaped
+                try:
+                    os.rmdir(self.dir)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.05)
+
+    def oom_kills(self):
+        import re
+        with open(os.path.join(self.dir, "memory.events" if self.v2 else "memory.oom_control")) as f:
+            return int(re.search(r"^oom_kill (\d+)$", f.read(), re.M).group(1))
+
+    @contextlib.contextmanager
+    def session(self):
+        yield _Spawned(self)
+
+    def _argv(self):
+        return [self.binary, os.path.join(self.dir, "cgroup.procs"), str(self.kills)]
+
+    def run(self):
+        """(seconds, events, CPU seconds): its own clock, the cgroup's OOM kills, and the CPU time the
+        hogs used (the kernel's reclaim and OOM work on their behalf included)."""
+        from bench.procs import run_json
+        before = self.oom_kills()
+        r, cpu = run_json(self._argv())
+        return r["seconds"], self.oom_kills() - before, cpu
+
+    @contextlib.contextmanager
+    def busy(self):
+        loop = f"while :; do {' '.join(self._argv())} >/dev/null || sleep 0.2; done"
+        p = subprocess.Popen(["sh", "-c", loop], start_new_session=True)
+        try:
+            yield _Spawned(self)
+        finally:
+            _stop_group(p)
+
+
+class PaySvc:
+    """The bundled demo service (demo/pay_svc.c), built as ./demo.sh builds it: four workers that wait on
+    a ledger lock, a slow socket and a sleep, about 1400 blocks a second. Only busy() (the guardrail case):
+    it has no rounds of its own to time."""
+
+    comm = "kit-pay-svc"
+
+    def __init__(self, outdir):
+        src = os.path.normpath(os.path.join(HERE, os.pardir, os.pardir, "demo", "pay_svc.c"))
+        self.binary = os.path.join(outdir, self.comm)
+        if not os.path.exists(self.binary) or os.path.getmtime(self.binary) < os.path.getmtime(src):
+            subprocess.run([_cc(), "-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o", self.binary, src],
+                           check=True)
+
+    def prepared(self):
+        return contextlib.nullcontext(self)
+
+    @contextlib.contextmanager
+    def busy(self):
+        p = subprocess.Popen([self.binary], stdout=subprocess.DEVNULL, start_new_session=True)
+        try:
+            yield _Spawned(self, p.pid)
+        finally:
+            _stop_group(p)

@@ -1,1 +1,1 @@
-"""Recipe modules: what is not data for a recipe (see kit/contract.py for the contract)."""
+"""Recipe modules: what is not data for a recipe (see kit/engine/contract.py for the contract)."""

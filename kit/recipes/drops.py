@@ -3,8 +3,8 @@
 import ipaddress
 import socket
 
-from kit import btf, features
-from kit.contract import Hooks
+from kit.host import btf, features
+from kit.engine.contract import Hooks
 
 SKB_FIELDS = {
     "skb_head_off": ("sk_buff", "head"), "skb_network_header_off": ("sk_buff", "network_header"),

@@ -1,7 +1,9 @@
 """getaddrinfo: reading the per-(process, function, host) counts."""
 
-from kit import costs, prelude, targets, uprobes
-from kit.contract import Hooks
+from kit.engine import prelude, uprobes
+from kit.guard import costs
+from kit.host import procfs
+from kit.engine.contract import Hooks
 
 FUNCTIONS = ("getaddrinfo", "gethostbyname", "gethostbyname2")
 
@@ -14,7 +16,7 @@ def collect(ctx, bpf):
         stored = bytes(k.comm).split(b"\0", 1)[0].decode("utf-8", "replace")
         rows.append({
             "pid": pid,
-            "comm": targets.comm_of(pid) or stored,
+            "comm": procfs.comm_of(pid) or stored,
             "function": FUNCTIONS[k.fn] if k.fn < len(FUNCTIONS) else str(k.fn),
             # the name is data read from the process: decoded for display, never interpreted
             "host": bytes(k.host).split(b"\0", 1)[0].decode("utf-8", "backslashreplace"),

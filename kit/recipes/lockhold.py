@@ -2,10 +2,13 @@
 
 import os
 
-from kit import costs, elf, prelude, targets, uprobes
+from kit.binaries import elf
+from kit.engine import prelude, uprobes
+from kit.guard import costs
+from kit.host import procfs, targets
 from kit.errors import Refused
-from kit.contract import Hooks
-from kit.output import duration
+from kit.engine.contract import Hooks
+from kit.output.units import duration
 
 STACKS_TOP = 10
 
@@ -48,7 +51,8 @@ def pair_rule(ctx):
 
 
 def extra(ctx):
-    return {"lock_arg_known": int(pair_rule(ctx) == "lock" and ctx.value("match") == "auto")}
+    return {"lock_arg_known": int(pair_rule(ctx) == "lock" and ctx.value("match") == "auto"),
+            "inside_on": int(ctx.value("inside") is not None)}
 
 
 def attach(ctx, bpf):
@@ -63,7 +67,7 @@ def _warm_symbols(bpf, pid, probes):
     """BCC reads a process's maps and a module's symbols the first time it
     symbolizes there; doing it now for the executable and the probed files
     keeps their names for a process that exits before the run ends."""
-    text = targets.read_text(f"/proc/{pid}/maps") or ""
+    text = procfs.read_text(f"/proc/{pid}/maps") or ""
     inodes = set()
     try:
         inodes.add(os.stat(f"/proc/{pid}/exe").st_ino)
@@ -80,7 +84,7 @@ def _warm_symbols(bpf, pid, probes):
 
 
 def _comm(pid, stored):
-    return targets.comm_of(pid) or stored
+    return procfs.comm_of(pid) or stored
 
 
 def collect(ctx, bpf):
@@ -98,7 +102,7 @@ def collect(ctx, bpf):
         t["max_us"] = max(t["max_us"], round(max_us, 1))
     rows.sort(key=lambda r: (r["what"] != "hold", -r["total_us"]))
     unmatched = bpf["unmatched"]
-    no_hold, no_entry = (int(sum(unmatched[unmatched.Key(i)])) for i in (0, 1))
+    no_hold, no_entry = (prelude.percpu_sum(unmatched, i) for i in (0, 1))
     attached = ctx.attached_uprobes
     cost_ns = uprobes.cycle_cost_ns(attached, cal=costs.load_calibration()[0])
     pairing = _pairing(ctx, bpf)
@@ -113,10 +117,42 @@ def collect(ctx, bpf):
            "unmatched": {"unlock_without_hold": no_hold, "return_without_entry": no_entry},
            "pairing": pairing,
            "uprobes": uprobes.summary(ctx), "cost_ns_per_lock": cost_ns, "notes": notes}
+    if ctx.value("inside") is not None:
+        out["inside"] = _inside(ctx, bpf, totals["hold"]["count"])
+        notes.append(inside_note(out["inside"]))
     if ctx.value("stacks"):
         out["stacks"] = _stacks(ctx, bpf)
         out["text"] = [_stacks_text(out["stacks"])]
     return out
+
+
+def _inside(ctx, bpf, holds):
+    """The --inside function's calls, inside a hold and outside any, from the per-CPU counters."""
+    fn = ctx.value("inside")
+    attached = any(p.fn == "inside_entry" for p in ctx.attached_uprobes)
+    stats = bpf["inside_stats"]
+    where = {}
+    for i, name in enumerate(("outside", "inside")):
+        per_cpu = stats[stats.Key(i)]
+        count = sum(int(v.count) for v in per_cpu)
+        total = sum(int(v.total_ns) for v in per_cpu) / 1000.0
+        where[name] = {"count": count, "total_us": round(total, 1),
+                       "avg_us": round(total / count, 1) if count else 0.0,
+                       "max_us": round(max((int(v.max_ns) for v in per_cpu), default=0) / 1000.0, 1)}
+    table = bpf["inside_holds"]
+    return {"function": fn, "attached": attached, "holds": holds,
+            "holds_with_calls": int(sum(table[table.Key(0)])), **where}
+
+
+def inside_note(s):
+    """One line: how often the --inside function ran while a lock was held."""
+    fn = s["function"]
+    if not s["attached"]:
+        return f"--inside {fn}: no file the traced processes map defines it; its calls were not counted"
+    i, o = s["inside"], s["outside"]
+    return (f"{fn} was called {i['count']} times while a lock was held (in {s['holds_with_calls']} of "
+            f"{s['holds']} holds; {duration(i['avg_us'])} on average, at most {duration(i['max_us'])}) and "
+            f"{o['count']} times outside any hold")
 
 
 def _pairing(ctx, bpf):
@@ -124,7 +160,7 @@ def _pairing(ctx, bpf):
     whether the first argument and the thread's newest hold agreed (either), or only one
     of them chose it."""
     table = bpf["paired"]
-    holds = {name: int(sum(table[table.Key(i)])) for i, name in enumerate(PAIRED)}
+    holds = prelude.percpu_counts(table, PAIRED)
     return {"match": ctx.value("match"), "rule": pair_rule(ctx), "used": used_pairing(holds), "holds": holds}
 
 
@@ -215,7 +251,7 @@ def _stacks(ctx, bpf):
                     fallbacks[pid] = _fallback_symbolizer(ctx, bpf, pid)
                 name = (fallbacks[pid] and fallbacks[pid](addr)) or f"{addr:#x}"
             frames.append(name)
-        out.append({"pid": pid, "comm": targets.comm_of(pid) or "", "count": int(v.count),
+        out.append({"pid": pid, "comm": procfs.comm_of(pid) or "", "count": int(v.count),
                     "total_us": round(v.total_ns / 1000.0, 1), "max_us": round(v.max_ns / 1000.0, 1),
                     "frames": frames})
     return out

@@ -5,19 +5,18 @@ the totals into symbolized stacks at the end."""
 import ctypes
 import errno
 import os
-import threading
 import time
 
-from kit import btf, features, hidden_frames, prelude, targets, usersyms
+from kit.engine import prelude, procwatch
+from kit.host import btf, features
+from kit.output import stacks
+from kit.userstacks import hidden_frames, usersyms
 from kit.errors import Unsupported
-from kit.contract import Hooks
+from kit.engine.contract import Hooks
 
-POLL_MS = 50            # how fast a new process is snapshotted after its first switch-out
-REFRESH_S = 1.0         # how often live processes' maps are re-read (dlopen)
 WINDOW_WORDS = 64       # must match KIT_WINDOW_WORDS in probes/offcpu.c
 # Frames of the tracing machinery above the scheduler in a sched_switch stack.
 SCHED_ENTRY = "__schedule"
-UNWIND_HELPERS = ("bpf_task_pt_regs", "bpf_get_current_task_btf")
 UNW_NONE, UNW_DONE, UNW_PARTIAL, UNW_ASKED, UNW_CFI = 0, 1, 2, 3, 4  # as in probes/offcpu.c
 NO_FP_ABOVE = "[callers unknown: no frame pointers above]"
 
@@ -27,26 +26,6 @@ class _Learn(ctypes.Structure):
                 ("ustack", ctypes.c_int32), ("nwords", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("ip", ctypes.c_uint64),
                 ("sp", ctypes.c_uint64), ("words", ctypes.c_uint64 * WINDOW_WORDS)]
-
-
-def _kernel_has(*names):
-    want = set(names)
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in want:
-                    want.discard(parts[2])
-                    if not want:
-                        return True
-    except OSError:
-        pass
-    return False
-
-
-def unwind_supported():
-    """Can the BPF program read the user registers (ip, sp, bp) of the task it stops?"""
-    return features.btf_available() and _kernel_has(*UNWIND_HELPERS)
 
 
 def extra(ctx):
@@ -61,50 +40,27 @@ def extra(ctx):
         except KeyError:
             state = "state"  # before 5.14
         offs = btf.offsets({"task_pid_off": ("task_struct", "pid"), "task_state_off": ("task_struct", state)})
-    unwind = unwind_supported()
+    unwind = features.user_regs_readable()
     if not unwind:
         ctx.notes.append("this kernel lacks bpf_task_pt_regs: callers hidden by libc's missing frame pointers "
                          "are not recovered")
     return {**offs, "unwind": int(unwind)}
 
 
-class Watcher:
-    """Background thread: snapshot processes on first sight, learn unwind hints.
+class Watcher(procwatch.Watcher):
+    """The shared watcher (snapshots on first sight), and learning unwind hints from the stack
+    windows the template sends for call sites it has no hint for."""
 
-    It owns the perf buffers' polling; detach() stops it before BCC frees them."""
+    name = "kit-offcpu-watch"
 
     def __init__(self, bpf, unwind):
-        self.bpf = bpf
-        self.sym = usersyms.Symbolizer()
+        super().__init__(bpf)
         self.learner = hidden_frames.Learner(self.sym)
-        self.lost_sightings = 0
         self.lost_learn = 0
-        self.errors = 0
         self.asked = {}  # (tid, kstack, ustack) -> [(chain, complete) from the block that asked, ...]
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        bpf["first_sight"].open_perf_buffer(self._on_sight, page_cnt=8, lost_cb=self._on_lost_sight)
         self.unwind = unwind
         if unwind:
             bpf["unwind_learn"].open_perf_buffer(self._on_learn, page_cnt=64, lost_cb=self._on_lost_learn)
-        self.thread = threading.Thread(target=self._loop, name="kit-offcpu-watch", daemon=True)
-
-    def prewarm(self, pids):
-        for pid in pids:
-            self.sym.see(pid)
-
-    def start(self):
-        self.thread.start()
-
-    def _on_sight(self, cpu, data, size):
-        tgid = ctypes.cast(data, ctypes.POINTER(ctypes.c_uint32)).contents.value
-        try:
-            self.sym.see(tgid)
-        except Exception:  # one odd process must not stop the watcher; its frames show as [unknown]
-            self.errors += 1
-
-    def _on_lost_sight(self, n):
-        self.lost_sightings += n
 
     def _on_learn(self, cpu, data, size):
         ev = ctypes.cast(data, ctypes.POINTER(_Learn)).contents
@@ -119,6 +75,10 @@ class Watcher:
     def _on_lost_learn(self, n):
         self.lost_learn += n
 
+    def after_poll(self):
+        if self.unwind:
+            self._push_hints()
+
     def _push_hints(self):
         pending = self.learner.take_pending()
         if not pending:
@@ -131,86 +91,17 @@ class Watcher:
             v.cfa_off, v.flags = off, flags
             table[k] = v
 
-    def poll_once(self, timeout_ms):
-        with self._lock:
-            self.bpf.perf_buffer_poll(timeout=timeout_ms)
-            if self.unwind:
-                self._push_hints()
-
-    def _loop(self):
-        last_refresh = time.monotonic()
-        while not self._stop.is_set():
-            self.poll_once(POLL_MS)
-            with self._lock:
-                if time.monotonic() - last_refresh >= REFRESH_S:
-                    self.sym.refresh_live()
-                    last_refresh = time.monotonic()
-                else:
-                    self.sym.refresh_young(REFRESH_S)
-
-    def stop(self):
-        """Idempotent; after it returns nothing touches the BPF object from another thread."""
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join()
-
-    def close(self):
-        self.stop()
-        self.sym.close()
-
-
-def _in_scope_now(ctx):
-    """Processes in scope that already run, so they are snapshotted before they can exit."""
-    pid, tid, comm = ctx.values.get("pid"), ctx.values.get("tid"), ctx.values.get("comm")
-    if pid:
-        return [pid]
-    if tid:
-        try:
-            with open(f"/proc/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("Tgid:"):
-                        return [int(line.split()[1])]
-        except OSError:
-            return []
-    thread_comm = ctx.values.get("thread_comm")
-    if comm is not None or thread_comm is not None:
-        return [s.pid for s in targets.pids_by_comm(comm, thread_comm)]
-    return []
-
 
 def attach(ctx, bpf):
     what = prelude.auto_attached(bpf)
-    w = Watcher(bpf, bool(ctx.extra.get("unwind")))
-    ctx.private = w
-    w.prewarm(_in_scope_now(ctx))
-    w.start()
+    procwatch.start(ctx, Watcher(bpf, bool(ctx.extra.get("unwind"))))
     return what
-
-
-def detach(ctx, bpf):
-    w = ctx.private
-    if w is not None:
-        w.stop()
-
-
-def cleanup(ctx):
-    w, ctx.private = ctx.private, None
-    if w is not None:
-        w.close()
 
 
 # --- collecting ----------------------------------------------------------
 
 def _kernel_frames(bpf, stack_id, cache):
-    if stack_id < 0:
-        return [f"[missing kernel stack: {errno.errorcode.get(-stack_id, stack_id)}]"]
-    if stack_id in cache:
-        return cache[stack_id]
-    names = [bpf.ksym(a).decode("utf-8", "replace") for a in bpf["stacks"].walk(stack_id)]
-    if SCHED_ENTRY in names:  # drop the tracing machinery that ran the probe
-        names = names[names.index(SCHED_ENTRY):]
-    cache[stack_id] = names
-    return names
+    return stacks.kernel_frames(bpf, stack_id, cache, start_at=SCHED_ENTRY)
 
 
 def _hidden_chain(key, w, asked_blocks):
@@ -230,16 +121,16 @@ def _hidden_chain(key, w, asked_blocks):
 
 
 def _user_frames(bpf, key, img, w, stats, asked_blocks):
-    """(frame names, number of recovered frames) for one sample."""
+    """(frame names, number of recovered frames, the file of each frame) for one sample."""
     b = key.block
     if b.ustack < 0:
-        return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0
+        return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0, [None]
     addrs = list(bpf["stacks"].walk(b.ustack))
     if not addrs:
-        return ["[empty user stack]"], 0
+        return ["[empty user stack]"], 0, [None]
     if img is None or not img.maps:
         stats["unsnapshotted"].add(b.tgid)
-        return ["[unknown]"] * len(addrs), 0
+        return ["[unknown]"] * len(addrs), 0, [None] * len(addrs)
     recovered = []
     tail = addrs[1:]
     found = _hidden_chain(key, w, asked_blocks)
@@ -258,22 +149,27 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
             stats["rejected_chains"] += 1
     names = [img.symbol(addrs[0])]
     names += [img.symbol(a, is_return=True) for a in recovered + tail]
+    modules = [img.module(addrs[0])] + [img.module(a - 1) for a in recovered + tail]  # hints tell app from libc
     if recovered and not complete:
         names.append(NO_FP_ABOVE)
+        modules.append(None)
     elif recovered and b.bp_unsure:
         names.append("[outer frames unknown: libc reused rbp]")
-    return _collapse_unknown(names), len(recovered)
+        modules.append(None)
+    names, modules = _collapse_unknown(names, modules)
+    return names, len(recovered), modules
 
 
-def _collapse_unknown(names):
+def _collapse_unknown(names, modules):
     """A run of [unknown] frames is one thing (a frame-pointer walk gone astray): one frame, so the
     same wait folds together however far the walk strayed."""
-    out = []
-    for n in names:
+    out, mods = [], []
+    for n, m in zip(names, modules):
         if n == "[unknown]" and out and out[-1] == "[unknown]":
             continue
         out.append(n)
-    return out
+        mods.append(m)
+    return out, mods
 
 
 def _libc_top(img, addr):
@@ -313,14 +209,14 @@ def collect(ctx, bpf):
         b = k.block
         img = w.sym.image(b.tgid)
         kframes = _kernel_frames(bpf, b.kstack, kcache)
-        uframes, nrec = _user_frames(bpf, k, img, w, stats, asked_blocks)
+        uframes, nrec, umods = _user_frames(bpf, k, img, w, stats, asked_blocks)
         comm = b.comm.decode("utf-8", "replace")
         ident = (b.tgid, k.tid, comm, tuple(kframes), tuple(uframes))
         row = merged.get(ident)
         if row is None:
             row = merged[ident] = {"comm": comm, "pid": b.tgid, "tid": k.tid, "total_us": 0, "count": 0,
                                    "kernel_stack": kframes, "user_stack": uframes, "recovered": nrec,
-                                   "in_progress": 0, "_ns": 0}
+                                   "user_modules": umods, "in_progress": 0, "_ns": 0}
         row["_ns"] += ns
         row["count"] += count
         row["in_progress"] += in_progress
@@ -346,8 +242,7 @@ def _first(bpf, stack_id):
 
 
 def _stat(bpf, i):
-    t = bpf["offcpu_stats"]
-    return int(sum(t[t.Key(i)]))
+    return prelude.percpu_sum(bpf["offcpu_stats"], i)
 
 
 def _summary(bpf, w, stats, total_ns):
@@ -407,4 +302,4 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
     return notes
 
 
-HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=detach, cleanup=cleanup)
+HOOKS = Hooks(extra=extra, attach=attach, collect=collect, detach=procwatch.detach, cleanup=procwatch.cleanup)

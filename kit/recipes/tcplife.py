@@ -4,8 +4,9 @@ import ipaddress
 import socket
 import time
 
-from kit import btf, features, prelude
-from kit.contract import Hooks
+from kit.engine import prelude
+from kit.host import btf, features
+from kit.engine.contract import Hooks
 from kit.errors import Unsupported
 
 SOCK_FIELDS = {

@@ -3,9 +3,9 @@
 import ipaddress
 import socket
 
-from kit import btf, features, sockets
+from kit.host import btf, features, sockets
 from kit.errors import Unsupported
-from kit.contract import Hooks
+from kit.engine.contract import Hooks
 
 TCP_STATES = ["?", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT", "CLOSE",
               "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING", "NEW_SYN_RECV", "BOUND_INACTIVE"]

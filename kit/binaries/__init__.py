@@ -1,0 +1,1 @@
+"""Reading binaries: ELF symbols, call frame information, instruction decoding."""

@@ -1,0 +1,1 @@
+"""Running a recipe: its contract with the engine, rendering, attaching, collecting, teardown."""

@@ -1,0 +1,1 @@
+"""Facts about the host kit runs on: kernel features, BTF, perf events, /proc, sockets, targets."""

@@ -1,0 +1,1 @@
+"""User stacks: symbolizing addresses, frames hidden by code without frame pointers."""

@@ -1,0 +1,109 @@
+"""Runs inside the qemu guest (tests/kernel/test_second_kernel_recipes.py boots it once): every recipe's
+ground-truth kernel tests (tests/support/qemu/matrix.py finds them) in one pytest run on this kernel.
+It only collects; the host's test asserts and writes the table.
+
+usage: python recipes_guest.py OUT   (results go to OUT/results.json; pytest's output to OUT/pytest.log)
+
+results.json is written after each step, so a guest that dies leaves the earlier steps readable and
+names the step it was in. The pytest run gets TESTS_S seconds; past that it is killed and what it
+finished is still recorded (the matrix plugin saves after every test).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from qemu import matrix  # noqa: E402
+
+TESTS_S = 1800
+MOUNTS = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"),
+          ("securityfs", "/sys/kernel/security"))
+
+
+def say(msg):
+    with open("/proc/uptime") as f:
+        up = f.read().split()[0]
+    print(f"[kit-guest {up}] {msg}", flush=True)
+
+
+def save(res, out):
+    path = os.path.join(out, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def mount_all():
+    for fs, where in MOUNTS:
+        if not os.path.ismount(where):
+            subprocess.run(["mount", "-t", fs, "nodev", where], capture_output=True)
+    # the host has /dev/loop*; in the guest no udev loads loop for losetup (biolatency's tests)
+    subprocess.run(["modprobe", "loop"], check=True, capture_output=True)
+
+
+def tests_argv(names):
+    files = [matrix.recipe_test_file(n) for n in names if os.path.exists(os.path.join(ROOT, matrix.recipe_test_file(n)))]
+    deselect = []
+    for t in matrix.HOST_ONLY:
+        deselect += ["--deselect", "tests/kernel/" + t]
+    return [sys.executable, "-m", "pytest", *files, *deselect, "-q", "-p", "no:cacheprovider"]
+
+
+def run_tests(out, names):
+    """pytest over the recipes' test files; its records (matrix plugin) land in OUT/tests.json."""
+    record = os.path.join(out, "tests.json")
+    env = dict(os.environ, CI="true", KIT_MATRIX_OUT=record, PYTHONDONTWRITEBYTECODE="1")
+    log = os.path.join(out, "pytest.log")
+    with open(log, "w") as f:
+        p = subprocess.Popen(tests_argv(names), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            code, timed_out = p.wait(timeout=TESTS_S), False
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+            code, timed_out = p.wait(), True
+    with open(log) as f:
+        lines = f.read().splitlines()
+    rec = {"tests": {}, "collected": []}
+    if os.path.exists(record):
+        with open(record) as f:
+            rec = json.load(f)
+    summary = next((ln.strip("= ") for ln in reversed(lines) if " in " in ln and ("passed" in ln or "failed" in ln)),
+                   "no summary line")
+    return {"code": code, "timed_out": timed_out, "pytest_summary": summary, "tail": "\n".join(lines[-80:]), **rec}
+
+
+def main(out):
+    res = {"seconds": {}}
+    steps = (("mounts", mount_all),
+             ("facts", matrix.kernel_facts),
+             ("ladder", matrix.ladder),
+             ("doctor", lambda: subprocess.run([sys.executable, "-m", "kit", "doctor"], cwd=ROOT,
+                                               capture_output=True, text=True, timeout=600).stdout),
+             ("tests", lambda: run_tests(out, matrix.recipe_names())))
+    for name, fn in steps:
+        res["step"] = name
+        save(res, out)
+        say(f"step {name}: start")
+        t0 = time.monotonic()
+        try:
+            res[name] = fn()
+        except Exception as e:
+            res[name] = {"error": f"{type(e).__name__}: {e}"}
+        res["seconds"][name] = round(time.monotonic() - t0, 1)
+        say(f"step {name}: done in {res['seconds'][name]} s")
+    res["step"] = "done"
+    save(res, out)
+    say("all steps done")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,32 @@
+"""Hook choice follows the recipe's ladder and what this kernel really has."""
+
+import dataclasses
+
+from kit import catalog
+from kit.host import btf, features
+
+
+def test_raw_tracepoint_prototype_comes_from_the_running_kernels_btf():
+    k = btf.kernel()
+    assert k is not None, "this kernel has BTF (/sys/kernel/btf/vmlinux)"
+    # sched_switch(bool preempt, prev, next, unsigned int prev_state) since 5.18;
+    # sys_enter(struct pt_regs *regs, long id) forever.
+    assert k.raw_tracepoint_args("sys_enter") == 2
+    assert k.raw_tracepoint_args("sched_switch") == 4
+    assert k.raw_tracepoint_args("no_such_tracepoint_anywhere") is None
+
+
+def test_a_rung_the_kernel_lacks_is_skipped_with_its_reason():
+    r = catalog.load()["tcpretrans"]
+    bogus = dataclasses.replace(r.hooks[0], target="no_such_tracepoint_anywhere")
+    assert "no raw tracepoint no_such_tracepoint_anywhere" in features.hook_supported(bogus)
+    ladder = dataclasses.replace(r, hooks=[bogus, r.hooks[1]])
+    assert features.choose_hook(ladder).type == "tracepoint"
+
+
+def test_doctor_says_when_headers_match_the_running_kernel_and_when_not():
+    match = features.headers_text("/usr/src/linux-headers-6.1.0-57-amd64", "6.1.0-57-amd64", True, "6.1.0-57-amd64")
+    assert "— match the running kernel" in match and "NOT" not in match
+    other = features.headers_text("/usr/src/linux-headers-6.1.0-57-amd64", "6.1.0-57-amd64", False, "6.18.44")
+    assert "do NOT match the running kernel 6.18.44" in other and "BTF" in other
+    assert features.headers_text(None, None, False, "6.18.44") == "none for 6.18.44: run ./setup.sh"
