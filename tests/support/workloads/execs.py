@@ -34,9 +34,13 @@ def set_comm(name):
 
 
 def _execd(pid, argv0):
-    """Has the child exec'd argv0 yet (rather than still being a fork of us)?"""
+    """Has the child finished exec'ing argv0 and reached its own sleep? /proc/PID/exe changes early in
+    exec, before the kernel's exec tracepoint; a SIGKILL sent then kills it mid-exec, so the exec never
+    completes (no exec event is right). Waiting for the sleep's own nanosleep rules that out."""
     try:
-        return os.readlink(f"/proc/{pid}/exe") == os.path.realpath(argv0)
+        with open(f"/proc/{pid}/wchan") as f:
+            asleep = "nanosleep" in f.read()
+        return asleep and os.readlink(f"/proc/{pid}/exe") == os.path.realpath(argv0)
     except OSError:
         return False
 
