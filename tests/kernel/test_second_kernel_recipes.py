@@ -50,6 +50,8 @@ def guest(kernel, tmp_path_factory):
     if res.get("step") != "done" or "error" in res.get("tests", {}):
         pytest.fail(f"the guest stopped in step {res.get('step')!r} ({how}); its console's end:\n{b.tail()}\n"
                     f"{json.dumps(res)[-3000:]}")
+    if "error" in res.get("calibrate", {}):
+        pytest.fail(f"kit calibrate failed in the guest ({how}): {res['calibrate']['error']}")
     tests = res["tests"]
     matrix.GUEST.update(facts=res["facts"], ladder=res["ladder"], doctor=doctor_rows(res["doctor"]),
                         tests=tests["tests"], collected=tests["collected"], pytest_summary=tests["pytest_summary"],
