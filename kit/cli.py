@@ -223,7 +223,7 @@ def cmd_show(args, out, err):
 def _with_alternatives(e, recipes):
     """An Unsupported error from the kernel's side, with the recipes that can still run here."""
     from kit.host import features
-    if "CAP_" in e.message:
+    if "CAP_" in e.message or getattr(e, "recipe_runs", False):
         return e
     ok = features.runnable(recipes)
     e.hint = (e.hint + "; " if e.hint else "") + (f"recipes that still work here: {', '.join(ok)}" if ok

@@ -4,7 +4,10 @@
  * Hooks, first supported wins: the raw tracepoint tcp_retransmit_skb (args
  * sk, skb[, err]; the flow is read from struct sock at offsets taken from the
  * running kernel's BTF, so it needs neither tracefs nor matching headers),
- * then the tcp:tcp_retransmit_skb tracepoint (fields from tracefs). No kprobe.
+ * then the tcp:tcp_retransmit_skb tracepoint (fields from tracefs), then a
+ * kprobe and kretprobe on __tcp_retransmit_skb (the function the tracepoint is
+ * in: its return value is the attempt's result, so failed attempts are seen on
+ * kernels whose tracepoint has no err; struct sock read as the raw rung does).
  * Both fire in softirq or timer context: the current task is unrelated to the
  * flow, so scopes are the flow's port, address and network namespace.
  * Kernels that report the attempt's result (`err`) also trace failed
@@ -114,10 +117,10 @@ static __always_inline int record(struct flow_key *key, const void *sk, int err)
     return 0;
 }
 
-#ifdef KIT_HOOK_RAW_TRACEPOINT
-RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
+#if defined(KIT_HOOK_RAW_TRACEPOINT) || defined(KIT_HOOK_KPROBE)
+/* The flow of sk, read at BTF offsets, counted with the attempt's result err. */
+static __always_inline int record_sock(const char *sk, int err)
 {
-    const char *sk = (const char *)ctx->args[0];
     struct flow_key key = {};
     u16 dport = 0;
     /* One read for the whole head of sock_common rather than one per field: each
@@ -142,7 +145,57 @@ RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
         bpf_probe_read_kernel(key.saddr, 16, sk + KIT_SK_SADDR6_OFF);
         bpf_probe_read_kernel(key.daddr, 16, sk + KIT_SK_DADDR6_OFF);
     }
-    return record(&key, sk, KIT_RAW_HAS_ERR ? (int)ctx->args[2] : 0);
+    return record(&key, sk, err);
+}
+#endif
+
+#ifdef KIT_HOOK_RAW_TRACEPOINT
+RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
+{
+    return record_sock((const char *)ctx->args[0], KIT_RAW_HAS_ERR ? (int)ctx->args[2] : 0);
+}
+#elif defined(KIT_HOOK_KPROBE)
+/* The socket of each attempt in flight, from entry to return, per task; the idle task (pid 0 on every
+ * CPU) is keyed by its CPU. A softirq retransmit can interrupt a task's own (same current): slot 1. */
+struct inflight { const char *sk[2]; };
+BPF_HASH(retrans_inflight, u64, struct inflight, 4096);
+
+static __always_inline u64 inflight_key(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    return (u32)id ? id : ((1ULL << 63) | bpf_get_smp_processor_id());
+}
+
+int kprobe____tcp_retransmit_skb(struct pt_regs *ctx)
+{
+    u64 k = inflight_key();
+    const char *sk = (const char *)PT_REGS_PARM1(ctx);
+    struct inflight *f = retrans_inflight.lookup(&k);
+    if (f) {
+        f->sk[1] = sk;
+        return 0;
+    }
+    struct inflight n = {.sk = {sk, 0}};
+    if (retrans_inflight.update(&k, &n) != 0)
+        kit_count(KIT_MAP_FULL);
+    return 0;
+}
+
+int kretprobe____tcp_retransmit_skb(struct pt_regs *ctx)
+{
+    u64 k = inflight_key();
+    struct inflight *f = retrans_inflight.lookup(&k);
+    if (!f)
+        return 0;  /* its entry was before kit attached, or did not fit */
+    const char *sk;
+    if (f->sk[1]) {
+        sk = f->sk[1];
+        f->sk[1] = 0;
+    } else {
+        sk = f->sk[0];
+        retrans_inflight.delete(&k);
+    }
+    return record_sock(sk, (int)PT_REGS_RC(ctx));
 }
 #else
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)

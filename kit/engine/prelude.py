@@ -29,8 +29,9 @@ def lost(stats):
 
 
 def auto_attached(bpf):
-    """What BCC attached by itself (TRACEPOINT_PROBE, RAW_TRACEPOINT_PROBE): a description, never nothing."""
-    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {}))
+    """What BCC attached by itself (TRACEPOINT_PROBE, RAW_TRACEPOINT_PROBE, kprobe__/kretprobe__ functions):
+    a description, never nothing."""
+    n = bpf.num_open_tracepoints() + len(getattr(bpf, "raw_tracepoint_fds", {})) + bpf.num_open_kprobes()
     if n == 0:
         raise CompileError("the program compiled but attached no probe", "this is a template bug: check its hooks")
     return f"{n} probe{'s' if n > 1 else ''}"

@@ -63,6 +63,10 @@ DEFAULT_NS = {
     # the scope check and a 256-byte record to the stream buffer (kit/engine/stream.py): `kit calibrate` here measured it
     # ~85 ns over the empty program on the same hook (2 runs, 2026-12-03); priced as that over the empty above
     "tracepoint_output": 190, "raw_tracepoint_output": 165,
+    # a kprobe rung's entry trap and program, and its kretprobe's return trampoline, around a body priced as
+    # the tracepoint's: not measured here (this VM has no kprobes); bcc's and the kernel's own figures put a
+    # kprobe at ~0.1-0.3 us and a kretprobe at about twice that, so this errs high
+    "kprobe_traps": 900,
 }
 # What bpf_stats sees of each (the program body, not dispatch or trap), with its own ~30 ns per run of clock reads.
 DEFAULT_BODY_NS = {
@@ -76,6 +80,7 @@ DEFAULT_BODY_NS = {
     "offcpu_kernel_frame": 180, "offcpu_user_frame": 40, "offcpu_walk": 600,
     "offcpu_filtered": OFFCPU_FILTERED_HOT_BODY, "offcpu_filtered_cold": OFFCPU_FILTERED_COLD_BODY,
     "tracepoint_output": 135, "raw_tracepoint_output": 130,
+    "kprobe_traps": 60,
 }
 
 # cost class -> (terms paid per event in scope, terms paid per filtered event, programs run per event).
@@ -227,6 +232,8 @@ def for_class(cost_class, hook_type, kind="", cal=None, note=""):
             ns, body = ns + v, body + b
         return ns, body
 
+    if hook_type in ("kprobe", "kretprobe"):  # every call pays the traps, in scope or not
+        ins, outs = ins + ("kprobe_traps",), outs + ("kprobe_traps",)
     in_ns, body_in = total(ins)
     out_ns, body_out = total(outs)
     source = "calibration" if calibrated and all(calibrated) else (

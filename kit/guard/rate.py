@@ -185,6 +185,8 @@ def rate_hook(ctx):
         return _uprobe_hook(ctx, rh)
     if hook.type == "perf_event":
         return RateHook("perf_event", hook.target, hz=int(ctx.value(hook.frequency)))
+    if hook.type in ("kprobe", "kretprobe") and ":" in rh:
+        return RateHook("tracepoint", rh)  # the tracepoint in the probed function: the same events
     raise Unsupported(f"the guardrail cannot count {hook.type} hooks", "this is a catalog/guard gap: report it")
 
 

@@ -212,7 +212,12 @@ def hook_supported(hook):
     if t in ("kprobe", "kretprobe"):
         if not kprobes_available():
             return "kprobes are compiled out of this kernel (CONFIG_KPROBES is not set)"
-        return kprobes_locked_down()
+        locked = kprobes_locked_down()
+        if locked:
+            return locked
+        if hook.target and not kernel_has(hook.target):
+            return f"no kernel function {hook.target} to probe on this kernel (/proc/kallsyms)"
+        return None
     if t in ("uprobe", "uretprobe"):
         return None if uprobes_available() else "uprobes are not available (CONFIG_UPROBE_EVENTS)"
     if t == "perf_event":
@@ -263,6 +268,13 @@ def choose_hook(recipe, forced=None):
     if forced and not reasons:
         raise Unsupported(f"recipe {recipe.name} has no {forced} hook",
                           f"its hooks are: {', '.join(h.type for h in recipe.hooks)}")
+    if forced:
+        here = [h.type for h in recipe.hooks if hook_supported(h) is None]
+        e = Unsupported(f"{recipe.name} --hook {forced} cannot run on this kernel: " + "; ".join(reasons),
+                        f"drop --hook (the ladder picks {here[0]} here), or use --hook "
+                        + " or --hook ".join(here) if here else "run `kit doctor` to see what this kernel supports")
+        e.recipe_runs = bool(here)  # the recipe itself runs here: no need to list the others
+        raise e
     raise Unsupported(f"{recipe.name} cannot run on this kernel: " + "; ".join(reasons),
                       "run `kit doctor` to see what this kernel supports")
 

@@ -23,20 +23,21 @@ SOCK_FIELDS = {
 
 def extra(ctx):
     raw = ctx.hook.type == "raw_tracepoint"
+    reads_sock = raw or ctx.hook.type == "kprobe"  # the kprobe rung reads struct sock as the raw rung does
     addr = ctx.value("addr")
     offs = dict.fromkeys(SOCK_FIELDS, 0)
     if features.btf_available():
         offs = btf.offsets(SOCK_FIELDS)
-    elif raw or ctx.value("netns") is not None:
+    elif reads_sock or ctx.value("netns") is not None:
         btf.offsets({})  # raises Unsupported with the reason
-    fields = [] if raw else (features.tracepoint_format(ctx.hook.target) or [])
+    fields = features.tracepoint_format(ctx.hook.target) or [] if ctx.hook.type == "tracepoint" else []
     nargs = btf.kernel().raw_tracepoint_args(ctx.hook.target) if raw else 0
     return {
         "has_err": int("err" in fields),
         "raw_has_err": int(bool(nargs) and nargs >= 3),
         "addr_family": 0 if addr is None else (socket.AF_INET if addr.version == 4 else socket.AF_INET6),
         **offs,
-        **sock_head(offs, raw),
+        **sock_head(offs, reads_sock),
     }
 
 
@@ -47,9 +48,9 @@ HEAD_FIELDS = {"sk_daddr_off": 4, "sk_saddr_off": 4, "sk_dport_off": 2, "sk_num_
 HEAD_MAX = 64
 
 
-def sock_head(offs, raw):
+def sock_head(offs, reads_sock):
     """{sk_head_off, sk_head_len}: the window of struct sock one read fetches for HEAD_FIELDS."""
-    if not raw:
+    if not reads_sock:
         return {"sk_head_off": 0, "sk_head_len": 8}  # unused by the tracepoint rung
     start = min(offs[k] for k in HEAD_FIELDS)
     end = max(offs[k] + n for k, n in HEAD_FIELDS.items())
@@ -61,6 +62,13 @@ def sock_head(offs, raw):
 
 def _addr(raw, family):
     return str(ipaddress.ip_address(bytes(raw[:4] if family == socket.AF_INET else raw[:16])))
+
+
+def sees_failed(ctx):
+    """Whether the rung attached sees failed attempts: the kprobe's return value, or a tracepoint with err."""
+    x = ctx.extra
+    return ctx.hook.type == "kprobe" or bool(x.get("raw_has_err") if ctx.hook.type == "raw_tracepoint"
+                                             else x.get("has_err"))
 
 
 def collect(ctx, bpf):
@@ -75,6 +83,9 @@ def collect(ctx, bpf):
             "netns": int(k.netns), "count": int(v.count), "failed": int(v.failed),
         })
     notes = []
+    if not sees_failed(ctx):
+        notes.append("this kernel's tcp_retransmit_skb tracepoint does not report an attempt's result, so "
+                     "`failed` is not measured here (0); `--hook kprobe` sees failed attempts where kprobes exist")
     note = sockets.attribute(rows) if rows else None
     if note:
         notes.append(note)

@@ -59,6 +59,13 @@ def test_cost_class_defaults_price_a_raw_tracepoint_pair_from_its_primitives():
     assert c.progs_per_event == 2 and c.source == "cost class defaults"
 
 
+def test_a_kprobe_rung_pays_its_traps_in_scope_and_out_on_top_of_the_tracepoint_body():
+    c = costs.for_class("tracepoint_hash", "kprobe")
+    assert c.in_ns == costs.DEFAULT_NS["tracepoint_hash"] + costs.DEFAULT_NS["kprobe_traps"]
+    assert c.out_ns == costs.DEFAULT_NS["tracepoint_filter"] + costs.DEFAULT_NS["kprobe_traps"]
+    assert "kprobe_traps" in c.terms and c.source == "cost class defaults"
+
+
 def test_calibration_replaces_defaults_term_by_term():
     cal = {"ns": {"tracepoint_hash": 99.0}, "body_ns": {"tracepoint_hash": 40.0}}
     c = costs.for_class("tracepoint_stack", "tracepoint", cal=cal)

@@ -39,13 +39,6 @@ def pinned_kernel():
     return abi, ver
 
 
-def pinned_kernel():
-    """(abi, Debian package version) of the guest's kernel, as tests/support/qemu/guest_kernel pins it."""
-    with open(os.path.join(HERE, "guest_kernel")) as f:
-        abi, ver = next(line.split() for line in f if line.strip() and not line.startswith("#"))
-    return abi, ver
-
-
 def kernel_image():
     """Path of the unpacked vmlinuz, fetched first if absent (idempotent; what setup.sh runs too)."""
     p = subprocess.run([os.path.join(HERE, "kernel.sh")], cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -205,6 +205,6 @@ def fits(hist, ranges):
 
 def hold_ranges(book):
     """[[low µs, low µs]] per hold from lockwork's hold_pairs, bucket lows as kit's histograms give them."""
-    from kit import prelude
+    from kit.engine import prelude
     return [[prelude.slot_range(lo)[0], prelude.slot_range(hi)[0]]
             for lo, hi, n in book["hold_pairs"] for _ in range(n)]
