@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import ACCURACY_BUDGET, KitProc
+from conftest import ACCURACY_BUDGET, TIME_SCALE, KitProc
 from harness import Workload
 import leaks
 from workloads.build import build
@@ -95,18 +95,35 @@ def test_default_rate_is_hz_on_every_cpu_and_folded_and_svg_come_out(kernel, no_
     assert est["events_per_s"] == 49 * ncpu and est["verdict"] == "accept"
 
 
+def _wait_sampling(pid, timeout=60):
+    """Until the process holds a perf event per CPU (bcc's profile has attached its sampler)."""
+    from bcc.utils import get_online_cpus
+    deadline = time.time() + timeout * TIME_SCALE
+    while time.time() < deadline:
+        fds = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                fds += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[perf_event]"
+            except OSError:
+                pass
+        if fds >= len(get_online_cpus()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"bcc's profile (pid {pid}) opened no perf event per CPU in {timeout * TIME_SCALE:.0f} s")
+
+
 def test_folded_output_agrees_with_bcc_profile_on_the_same_workload(kernel, no_leftovers, binary, tmp_path):
     w = Workload(binary, "3")
-    kit = KitProc("run", "profile", *ACCURACY_BUDGET, "--pid", str(w.pid), "--hz", HZ, "--for", "6s", "--folded")
+    kit = KitProc("run", "profile", *ACCURACY_BUDGET, "--pid", str(w.pid), "--hz", HZ, "--for", "120s", "--folded")
     kit.wait_attached()
     bcc = subprocess.Popen(["profile-bpfcc", "-p", str(w.pid), "-F", HZ, "-f", "5"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    time.sleep(2.5)              # bcc's start-up is slower than kit's: both attached before the work
+    _wait_sampling(bcc.pid)      # bcc's start-up is slower than kit's: both attached before the work
     truth = json.loads(w.go())
-    folded = kit.finish().stdout
+    folded = kit.stop().stdout   # Ctrl-C once the work is done, however long bcc took to start
     bcc_out, bcc_err = bcc.communicate(timeout=60)
     w.end()  # after both: bcc names frames from /proc at the end, so only while the process lives
-    assert kit.code == 0 and bcc.returncode == 0, (kit.stderr, bcc_err)
+    assert kit.code == 130 and bcc.returncode == 0, (kit.stderr, bcc_err)
     want = truth["hot_a_us"] / (truth["hot_a_us"] + truth["hot_b_us"])
 
     def share(text, sep):
@@ -163,7 +180,7 @@ def test_comm_takes_a_renamed_thread_by_its_process_name_and_thread_comm_by_its_
         kernel, no_leftovers, renamed_hog, scope, comms):
     # runq_work's hog renames itself hog-0 and burns a CPU; the process keeps the name runq_work (its main
     # thread's), which the prelude reads from the thread-group leader at BTF offsets
-    w = Workload(renamed_hog, "1", "1", "2", "10000", "batch")
+    w = Workload(renamed_hog, "1", str(max(os.sched_getaffinity(0))), "2", "10000", "batch")
     try:
         kit = KitProc("run", "profile", *ACCURACY_BUDGET, *scope, "--hz", HZ, "--for", "20s", "--json")
         kit.wait_attached()
