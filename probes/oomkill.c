@@ -156,7 +156,9 @@ static __always_inline int emit(void *ctx, struct event *e)
 #ifdef KIT_HOOK_RAW_TRACEPOINT
 static __always_inline u64 mm_pages(const char *mm, int member)
 {
-    s64 v = 0;  /* percpu_counter.count: what get_mm_counter() reads, without the per-CPU deltas */
+    /* percpu_counter.count (6.2+: KIT_PCPU_SIZE apart), or mm_rss_stat.count[member] before (8 apart):
+     * what get_mm_counter() reads, without the per-CPU (or per-thread) deltas */
+    s64 v = 0;
     bpf_probe_read_kernel(&v, sizeof(v), mm + KIT_MM_RSS_OFF + member * KIT_PCPU_SIZE + KIT_PCPU_COUNT_OFF);
     return v > 0 ? v : 0;
 }

@@ -5,10 +5,12 @@
  * sk, skb[, err]; the flow is read from struct sock at offsets taken from the
  * running kernel's BTF, so it needs neither tracefs nor matching headers),
  * then the tcp:tcp_retransmit_skb tracepoint (fields from tracefs), then a
- * kprobe and kretprobe on __tcp_retransmit_skb (the function the tracepoint is
- * in: its return value is the attempt's result, so failed attempts are seen on
- * kernels whose tracepoint has no err; struct sock read as the raw rung does).
- * Both fire in softirq or timer context: the current task is unrelated to the
+ * kprobe and kretprobe on tcp_retransmit_skb (bcc's choice: it returns the
+ * result of the attempt the tracepoint is in, so failed attempts are seen on
+ * kernels whose tracepoint has no err; struct sock read as the raw rung does;
+ * not __tcp_retransmit_skb: on Debian's 6.1 a probe there saw none of them,
+ * its call most likely inlined).
+ * All fire in softirq or timer context, or a sender: the current task is unrelated to the
  * flow, so scopes are the flow's port, address and network namespace.
  * Kernels that report the attempt's result (`err`) also trace failed
  * attempts; those are counted apart, since the kernel's TcpRetransSegs counts
@@ -157,7 +159,7 @@ RAW_TRACEPOINT_PROBE(tcp_retransmit_skb)
 #elif defined(KIT_HOOK_KPROBE)
 /* The socket of each attempt in flight, from entry to return, per task; the idle task (pid 0 on every
  * CPU) is keyed by its CPU. A softirq retransmit can interrupt a task's own (same current): slot 1. */
-struct inflight { const char *sk[2]; };
+struct inflight { u64 sk[2]; };  /* addresses as integers: BCC would rewrite a stored pointer's writes */
 BPF_HASH(retrans_inflight, u64, struct inflight, 4096);
 
 static __always_inline u64 inflight_key(void)
@@ -166,10 +168,10 @@ static __always_inline u64 inflight_key(void)
     return (u32)id ? id : ((1ULL << 63) | bpf_get_smp_processor_id());
 }
 
-int kprobe____tcp_retransmit_skb(struct pt_regs *ctx)
+int kprobe__tcp_retransmit_skb(struct pt_regs *ctx)
 {
     u64 k = inflight_key();
-    const char *sk = (const char *)PT_REGS_PARM1(ctx);
+    u64 sk = PT_REGS_PARM1(ctx);
     struct inflight *f = retrans_inflight.lookup(&k);
     if (f) {
         f->sk[1] = sk;
@@ -181,13 +183,13 @@ int kprobe____tcp_retransmit_skb(struct pt_regs *ctx)
     return 0;
 }
 
-int kretprobe____tcp_retransmit_skb(struct pt_regs *ctx)
+int kretprobe__tcp_retransmit_skb(struct pt_regs *ctx)
 {
     u64 k = inflight_key();
     struct inflight *f = retrans_inflight.lookup(&k);
     if (!f)
         return 0;  /* its entry was before kit attached, or did not fit */
-    const char *sk;
+    u64 sk;
     if (f->sk[1]) {
         sk = f->sk[1];
         f->sk[1] = 0;
@@ -195,7 +197,7 @@ int kretprobe____tcp_retransmit_skb(struct pt_regs *ctx)
         sk = f->sk[0];
         retrans_inflight.delete(&k);
     }
-    return record_sock(sk, (int)PT_REGS_RC(ctx));
+    return record_sock((const char *)sk, (int)PT_REGS_RC(ctx));
 }
 #else
 TRACEPOINT_PROBE(tcp, tcp_retransmit_skb)

@@ -51,6 +51,11 @@ def extra(ctx):
     if raw:
         offs.update(btf.offsets(RAW_FIELDS))
         pcpu = btf.kernel().sizeof("percpu_counter")
+        try:  # before 6.2 the counters are struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }
+            offs["mm_rss_off"] = btf.kernel().offsetof("mm_struct", "rss_stat.count")
+            pcpu, offs["pcpu_count_off"] = 8, 0  # an array of 8-byte counters (Debian's 6.1)
+        except KeyError:
+            pass  # 6.2+: struct percpu_counter rss_stat[NR_MM_COUNTERS]
         has_rss = 0
     else:
         fields = features.tracepoint_format(TRACEPOINT) or []

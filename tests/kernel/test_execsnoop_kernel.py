@@ -166,7 +166,9 @@ def test_over_the_limit_events_are_counted_not_shown_and_the_summary_stays_exact
     s = summary["stream"]
     assert s["received"] == summary["events"] == 2 * len(done) and s["lost_in_kernel"] == 0
     assert len(events) == s["shown"] and s["shown"] + s["capped"] == s["received"] and s["capped"] > 0
-    seconds = summary["duration_s"] + 1
+    # the cap is per second of the clock: a run of d seconds touches at most int(d) + 2 of them, and its
+    # drain after Ctrl-C one more (the emulated guest showed 20 in a 2.8 s run: four seconds touched)
+    seconds = int(summary["duration_s"]) + 3
     assert s["shown"] <= 5 * seconds
     by = {r["comm"]: r for r in summary["groups"]["comm"]}
     assert by["true"]["exec"] == by["true"]["exit"] == repeat + 1  # tallies count what was not shown too
