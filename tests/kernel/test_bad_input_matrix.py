@@ -144,7 +144,7 @@ FIXED = [
       "far too long"),
     C("budget_garbage", lambda r: ["run", "tcpretrans", "--budget", "lots"], ExitCode.BAD_INPUT, "not a number"),
     C("budget_zero", lambda r: ["run", "tcpretrans", "--budget", "0"], ExitCode.BAD_INPUT, "out of range"),
-    C("hook_not_in_ladder", lambda r: ["run", "tcpretrans", "--hook", "kprobe"], ExitCode.BAD_INPUT,
+    C("hook_not_in_ladder", lambda r: ["run", "tcpretrans", "--hook", "fentry"], ExitCode.BAD_INPUT,
       "invalid choice"),
     C("comm_over_15_bytes", lambda r: TEST + ["run", "uprobed", "--comm", "pay-svc-worker-01"], ExitCode.BAD_INPUT,
       "truncates comm to 15"),
