@@ -19,11 +19,9 @@ import json
 import os
 import re
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT
 from qemu import vm
 from qemu.tables import doctor_rows, table_rows
 from workloads import lockwork
@@ -40,25 +38,16 @@ def guest(kernel, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("lockdown-qemu"))
     build("target", out)
     lockwork.build(out, "lockwork")
-    kimg = vm.kernel_image()
-    t0 = time.monotonic()
-    b = vm.boot(kimg, out, [sys.executable, os.path.join(ROOT, "tests/support/qemu/lockdown_guest.py"), out],
-                append=["lockdown=confidentiality"])
-    wall = time.monotonic() - t0
-    how = (f"vng killed after {wall:.0f} s" if b.timed_out else f"vng exited {b.returncode} after {wall:.0f} s") + \
-        f"; host load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    path = os.path.join(out, "results.json")
-    if not os.path.exists(path):
-        pytest.fail(f"the qemu guest left no results ({how}); its console's end:\n{b.tail()}")
-    with open(path) as f:
-        res = json.load(f)
+    res, how, wall, b = vm.run_guest(
+        "lockdown_guest.py", out, append=["lockdown=confidentiality"],
+        how_extra=lambda _out: f"; host load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     env = res.get("environment", {})
     print(f"qemu boot and checks: {wall:.0f} s wall; guest kernel {env.get('release')} {env.get('version')}; "
           f"in the guest: {res['seconds']}", file=sys.stderr)
     if res.get("step") != "done":
         pytest.fail(f"the guest stopped in step {res.get('step')!r} ({how}); steps took {res['seconds']}; "
                     f"its console's end:\n{b.tail()}\n{json.dumps(res)[-3000:]}")
-    res["kimg"] = kimg
+    res["kimg"] = vm.kernel_image()  # the image booted (already fetched: returns its path)
     res["console_tail"] = b.tail(30)
     return res
 

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import time
 
 import pytest
 
@@ -32,20 +31,12 @@ RECIPES = matrix.recipe_names()
 @pytest.fixture(scope="module")
 def guest(kernel, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("second-kernel"))
-    kimg = vm.kernel_image()
-    t0 = time.monotonic()
-    b = vm.boot(kimg, out, [sys.executable, os.path.join(ROOT, "tests/support/qemu/recipes_guest.py"), out],
-                memory="3G", timeout=recipes_guest.TESTS_S + 300)
-    wall = time.monotonic() - t0
-    shutil.rmtree(KEPT, ignore_errors=True)
-    shutil.copytree(out, KEPT, ignore=shutil.ignore_patterns("pytest-*"))
-    how = (f"vng killed after {wall:.0f} s" if b.timed_out else f"vng exited {b.returncode} after {wall:.0f} s") + \
-        f"; console kept in {os.path.relpath(KEPT, ROOT)}/console.log"
-    path = os.path.join(out, "results.json")
-    if not os.path.exists(path):
-        pytest.fail(f"the qemu guest left no results ({how}); its console's end:\n{b.tail()}")
-    with open(path) as f:
-        res = json.load(f)
+    def keep(out):  # the guest's console and records, kept past the test's temporary directory
+        shutil.rmtree(KEPT, ignore_errors=True)
+        shutil.copytree(out, KEPT, ignore=shutil.ignore_patterns("pytest-*"))
+        return f"; console kept in {os.path.relpath(KEPT, ROOT)}/console.log"
+    res, how, wall, b = vm.run_guest("recipes_guest.py", out, how_extra=keep, memory="3G",
+                                     timeout=recipes_guest.TESTS_S + 300)
     print(f"second kernel: {wall:.0f} s wall; in the guest: {res['seconds']}", file=sys.stderr)
     if res.get("step") != "done" or "error" in res.get("tests", {}):
         pytest.fail(f"the guest stopped in step {res.get('step')!r} ({how}); its console's end:\n{b.tail()}\n"

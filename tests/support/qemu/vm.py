@@ -85,3 +85,22 @@ def boot(kimg, out, argv, append=(), cpus=1, memory="2G", timeout=1200):
             if not isinstance(e, subprocess.TimeoutExpired):
                 raise
             return Boot(p.returncode, True, console)
+
+
+def run_guest(script, out, how_extra=lambda out: "", **boot_kw):
+    """Boots the pinned kernel on `tests/support/qemu/SCRIPT OUT` and reads what it left in OUT/results.json:
+    (results, how it ended, wall seconds, the Boot). A guest that left no results fails the test, with its
+    console's end. how_extra(out) adds to the line that says how vng ended (load, where the console is kept)."""
+    import json
+    import time
+    import pytest
+    t0 = time.monotonic()
+    b = boot(kernel_image(), out, [sys.executable, os.path.join(HERE, script), out], **boot_kw)
+    wall = time.monotonic() - t0
+    how = (f"vng killed after {wall:.0f} s" if b.timed_out else f"vng exited {b.returncode} after {wall:.0f} s") + \
+        how_extra(out)
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        pytest.fail(f"the qemu guest left no results ({how}); its console's end:\n{b.tail()}")
+    with open(path) as f:
+        return json.load(f), how, wall, b
