@@ -13,8 +13,9 @@
  * All fire in softirq or timer context, or a sender: the current task is unrelated to the
  * flow, so scopes are the flow's port, address and network namespace.
  * Kernels that report the attempt's result (`err`) also trace failed
- * attempts; those are counted apart, since the kernel's TcpRetransSegs counts
- * only retransmits that went out.
+ * attempts; those are counted apart (the kernel's TcpRetransSegs takes an
+ * attempt's segments before it is handed to IP, so it holds those that fail
+ * there too, but not those refused before, as EBUSY).
  * Based on bcc's tools/tcpretrans.py (count mode) and Inspektor Gadget's
  * trace_tcpretrans; one handler serving two attach points as in libbpf-tools.
  */

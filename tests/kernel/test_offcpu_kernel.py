@@ -60,13 +60,29 @@ def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_le
         assert r["kernel_stack"][0] == "__schedule"
 
 
-def test_recovers_the_caller_libc_hides_from_the_frame_pointer_walk(kernel, no_leftovers, binaries):
-    main, _ = binaries
+def _recovery_take(main):
     kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--comm", "offcpu-work", "--for", "6s", "--json")
     kit.wait_attached()
     truth = work.finish(work.start(main, rounds=25))
     res = kit.finish().json()
     assert kit.code == 0, kit.stderr
+    return truth, res
+
+
+def _collided(res):
+    """A stack the stack map dropped (EEXIST: its hash bucket held another stack). Chance, not kit's
+    error: the bucket is a hash of the stack's addresses, which ASLR moves each run; kit must say so."""
+    hit = any(f.startswith("[missing user stack: EEXIST]") for r in res["rows"] for f in r["user_stack"])
+    if hit:
+        assert any(n.startswith("stacks lost:") for n in res["notes"]), res["notes"]
+    return hit
+
+
+def test_recovers_the_caller_libc_hides_from_the_frame_pointer_walk(kernel, no_leftovers, binaries):
+    main, _ = binaries
+    truth, res = _recovery_take(main)
+    if _collided(res):   # seen once in the 6.1 guest: all 25 pipe reads on one dropped stack
+        truth, res = _recovery_take(main)
     for name, marks, fn, wrapper in (("libc-sleep", {"do_nanosleep"}, "sleep_via_libc", "usleep"),
                                      ("pipe-read", {"pipe_read", "anon_pipe_read"}, "read_from_pipe", "read"),
                                      ("lock-wait", {"futex_wait", "futex_do_wait"}, "wait_for_lock",

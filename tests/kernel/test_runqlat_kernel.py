@@ -98,7 +98,7 @@ def test_a_thread_alone_on_its_cpu_waits_microseconds(kernel, no_leftovers, bina
     _agrees(kit, truth["hist"])
 
 
-def test_comm_scope_is_the_woken_tasks_on_the_tracepoint_rung(kernel, no_leftovers, binary):
+def _tracepoint_comm_take(binary):
     # the timer that wakes the ticker fires while the hog (or the idle task) is current: a scope on
     # current would see nothing
     truth, res = _measure(binary, 1, "batch", lambda w: ["--comm", "ticker"], hook=("--hook", "tracepoint"))
@@ -108,6 +108,15 @@ def test_comm_scope_is_the_woken_tasks_on_the_tracepoint_rung(kernel, no_leftove
     # it learns the ticker's process at its first switch-out (in the run, as "ticker"): that is before its
     # first tick
     _counts_agree(sum(kit.values()), truth["ticks"])
+    return truth, kit
+
+
+def test_comm_scope_is_the_woken_tasks_on_the_tracepoint_rung(kernel, no_leftovers, binary):
+    _tracepoint_comm_take(binary)
+
+
+def test_tracepoint_rungs_waits_match_the_threads_own_lateness(kernel, no_leftovers, binary):
+    truth, kit = _tracepoint_comm_take(binary)
     _agrees(kit, truth["hist"])
 
 

@@ -43,6 +43,9 @@ HOST_ONLY = {
     "test_runqlat_kernel.py::test_a_thread_alone_on_its_cpu_waits_microseconds":
         "as above, with no hog: emulated, 27% of the ticks were 256 us late or more by the timer alone, and kit "
         "saw 3% of the waits that long",
+    "test_runqlat_kernel.py::test_tracepoint_rungs_waits_match_the_threads_own_lateness":
+        "the same lateness, on the tracepoint rung (seen: 99% of ticks 1 ms late or more, kit 50%); its scope "
+        "and counts are checked in the guest by test_comm_scope_is_the_woken_tasks_on_the_tracepoint_rung",
 }
 GUEST = {}  # the guest's results, set by tests/kernel/test_second_kernel_recipes.py when it booted one
 

@@ -64,6 +64,17 @@ def netns(name):
         sh("ip", "netns", "del", name, check=False)
 
 
+def counts_agree(rows, delta):
+    """kit's rows against the namespace's TcpRetransSegs over the episode. The kernel adds an attempt's
+    segments to TcpRetransSegs before it hands the segment to IP, so an attempt that fails there is in the
+    delta too, and in kit's `failed` (on rungs that see the result; attempts refused earlier, as EBUSY,
+    are in `failed` but not in the delta): sent <= delta <= sent + failed. Every segment here is one
+    packet (100-byte writes, loopback's 64 KB MSS)."""
+    sent = sum(r["count"] for r in rows)
+    failed = sum(r["failed"] for r in rows)
+    assert sent <= delta <= sent + failed, f"kit sent {sent} failed {failed}, TcpRetransSegs +{delta}: {rows}"
+
+
 def retrans_segs(ns):
     out = sh("ip", "netns", "exec", ns, "nstat", "-az", "TcpRetransSegs").stdout
     for line in out.splitlines():
