@@ -177,10 +177,12 @@ def _cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.mark.parametrize("scope, comms", [(["--comm", "runq_work"], {"hog-0"}),
-                                          (["--thread-comm", "hog-0"], {"hog-0"})])
+# --comm takes every thread of the process: the ticker (every 10 ms) and the main thread may take a few
+# samples too (the 6.1 guest's emulated timers gave the ticker 3 and more); --thread-comm only the hog
+@pytest.mark.parametrize("scope, allowed", [(["--comm", "runq_work"], {"hog-0", "ticker", "runq_work"}),
+                                            (["--thread-comm", "hog-0"], {"hog-0"})])
 def test_comm_takes_a_renamed_thread_by_its_process_name_and_thread_comm_by_its_own(
-        kernel, no_leftovers, renamed_hog, scope, comms):
+        kernel, no_leftovers, renamed_hog, scope, allowed):
     # runq_work's hog renames itself hog-0 and burns a CPU; the process keeps the name runq_work (its main
     # thread's), which the prelude reads from the thread-group leader at BTF offsets
     w = Workload(renamed_hog, "1", str(max(os.sched_getaffinity(0))), "2", "10000", "batch")
@@ -197,7 +199,8 @@ def test_comm_takes_a_renamed_thread_by_its_process_name_and_thread_comm_by_its_
     assert {r["pid"] for r in rows} == {truth["pid"]}
     hog = sum(r["samples"] for r in rows if r["comm"] == "hog-0")
     mine = sum(r["samples"] for r in rows)
-    assert {r["comm"] for r in rows if r["samples"] > 2} == comms, rows
+    assert {"hog-0"} <= {r["comm"] for r in rows if r["samples"] > 2} <= allowed, rows
+    assert {r["comm"] for r in rows} <= allowed, rows
     # its samples against its own CPU clock (ticks of 10 ms: a little slack)
     assert 0.85 * (cpu_s - 0.02) * int(HZ) <= mine <= 1.15 * (cpu_s + 0.02) * int(HZ) + 5, (mine, cpu_s)
     assert hog >= 0.9 * mine, (hog, mine)

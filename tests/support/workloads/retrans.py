@@ -64,6 +64,15 @@ def netns(name):
         sh("ip", "netns", "del", name, check=False)
 
 
+EPISODE = {}  # the last provoke's moved TCP counters, for a disagreement's message
+
+
+def _tcp_counters(ns):
+    out = sh("ip", "netns", "exec", ns, "nstat", "-az").stdout
+    return {f[0]: int(f[1]) for f in (line.split() for line in out.splitlines())
+            if len(f) >= 2 and f[0].startswith(("Tcp", "TcpExt")) and f[1].isdigit()}
+
+
 def counts_agree(rows, delta):
     """kit's rows against the namespace's TcpRetransSegs over the episode. The kernel adds an attempt's
     segments to TcpRetransSegs before it hands the segment to IP, so an attempt that fails there is in the
@@ -72,7 +81,8 @@ def counts_agree(rows, delta):
     packet (100-byte writes, loopback's 64 KB MSS)."""
     sent = sum(r["count"] for r in rows)
     failed = sum(r["failed"] for r in rows)
-    assert sent <= delta <= sent + failed, f"kit sent {sent} failed {failed}, TcpRetransSegs +{delta}: {rows}"
+    assert sent <= delta <= sent + failed, (f"kit sent {sent} failed {failed}, TcpRetransSegs +{delta}: {rows}; "
+                                           f"the episode's TCP counters: {EPISODE}")
 
 
 def retrans_segs(ns):
@@ -88,6 +98,7 @@ def provoke(ns, port=5599, drop_seconds=2.5, hold=None, host="127.0.0.1"):
     hold(child_pid), if given, runs while the sockets are still open.
     Returns (client port, TcpRetransSegs delta over the whole episode)."""
     before = retrans_segs(ns)
+    counters = _tcp_counters(ns)
     child = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", CHILD, str(port), str(drop_seconds), host],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -104,6 +115,9 @@ def provoke(ns, port=5599, drop_seconds=2.5, hold=None, host="127.0.0.1"):
         child.stdin.flush()
         assert child.stdout.readline().strip() == "done"
         delta = retrans_segs(ns) - before
+        after = _tcp_counters(ns)
+        EPISODE.clear()
+        EPISODE.update({k: v - counters.get(k, 0) for k, v in after.items() if v != counters.get(k, 0)})
         if hold:
             hold(child.pid)
         child.stdin.write("go\n")
