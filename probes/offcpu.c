@@ -89,7 +89,10 @@ struct val_t {
 
 BPF_HASH(start, u32, struct start_t, 10240);
 BPF_HASH(blocks, struct key_t, struct val_t, 10240);
-BPF_STACK_TRACE(stacks, 8192);
+/* kernel and user stacks in maps of their own: a stack whose hash bucket holds another is dropped
+ * (EEXIST), so each kind only competes with its own kind for slots */
+BPF_STACK_TRACE(kstacks, 16384);
+BPF_STACK_TRACE(ustacks, 16384);
 BPF_HASH(seen, u32, u8, 4096);      /* processes kit has been told about */
 BPF_PERF_OUTPUT(first_sight);       /* a new process in scope: kit snapshots its maps */
 
@@ -262,8 +265,8 @@ static __always_inline void switch_out(void *ctx, const char *prev, u32 prev_sta
     struct start_t s = {};
     struct block_t *b = &s.block;
     b->tgid = id >> 32;
-    b->kstack = stacks.get_stackid(ctx, 0);
-    b->ustack = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+    b->kstack = kstacks.get_stackid(ctx, 0);
+    b->ustack = ustacks.get_stackid(ctx, BPF_F_USER_STACK);
     if (b->kstack < 0) {
         kit_count(KIT_STACK_LOST);
         offcpu_count(OFFCPU_KSTACK_LOST, 1);

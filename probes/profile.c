@@ -38,7 +38,10 @@ struct key_t {
 };
 
 BPF_HASH(samples, struct key_t, u64, 16384);
-BPF_STACK_TRACE(stacks, 16384);
+/* kernel and user stacks in maps of their own: a stack id is a hash bucket, and a stack whose bucket holds
+ * another is dropped (EEXIST), so each kind only competes with its own kind for slots */
+BPF_STACK_TRACE(kstacks, 16384);
+BPF_STACK_TRACE(ustacks, 16384);
 BPF_HASH(seen, u32, u8, 4096);      /* processes kit has been told about */
 BPF_PERF_OUTPUT(first_sight);       /* a new process in scope: kit snapshots its maps */
 
@@ -47,17 +50,6 @@ static __always_inline void profile_count(int which)
     u64 *v = profile_stats.lookup(&which);
     if (v)
         (*v)++;
-}
-
-/* A stack id, or -EFAULT for a stack that is absent by nature; other failures are counted. */
-static __always_inline s32 stack_of(struct bpf_perf_event_data *ctx, u64 flags, int stat)
-{
-    s32 id = stacks.get_stackid(ctx, flags);
-    if (id < 0 && id != -KIT_EFAULT) {
-        kit_count(KIT_STACK_LOST);
-        profile_count(stat);
-    }
-    return id;
 }
 
 int on_sample(struct bpf_perf_event_data *ctx)
@@ -76,8 +68,17 @@ int on_sample(struct bpf_perf_event_data *ctx)
     struct key_t key = {};
     key.tgid = id >> 32;
     key.tid = (u32)id;
-    key.kstack = stack_of(ctx, 0, PROFILE_KSTACK_LOST);
-    key.ustack = stack_of(ctx, BPF_F_USER_STACK, PROFILE_USTACK_LOST);
+    /* -EFAULT is a stack absent by nature (no user frames); any other failure is counted */
+    key.kstack = kstacks.get_stackid(ctx, 0);
+    if (key.kstack < 0 && key.kstack != -KIT_EFAULT) {
+        kit_count(KIT_STACK_LOST);
+        profile_count(PROFILE_KSTACK_LOST);
+    }
+    key.ustack = ustacks.get_stackid(ctx, BPF_F_USER_STACK);
+    if (key.ustack < 0 && key.ustack != -KIT_EFAULT) {
+        kit_count(KIT_STACK_LOST);
+        profile_count(PROFILE_USTACK_LOST);
+    }
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
     u32 tgid = key.tgid;
     /* a kernel thread has no user frames to name */

@@ -101,7 +101,7 @@ def attach(ctx, bpf):
 # --- collecting ----------------------------------------------------------
 
 def _kernel_frames(bpf, stack_id, cache):
-    return stacks.kernel_frames(bpf, stack_id, cache, start_at=SCHED_ENTRY)
+    return stacks.kernel_frames(bpf, stack_id, cache, start_at=SCHED_ENTRY, table="kstacks")
 
 
 def _hidden_chain(key, w, asked_blocks):
@@ -125,7 +125,7 @@ def _user_frames(bpf, key, img, w, stats, asked_blocks):
     b = key.block
     if b.ustack < 0:
         return [f"[missing user stack: {errno.errorcode.get(-b.ustack, b.ustack)}]"], 0, [None]
-    addrs = list(bpf["stacks"].walk(b.ustack))
+    addrs = list(bpf["ustacks"].walk(b.ustack))
     if not addrs:
         return ["[empty user stack]"], 0, [None]
     if img is None or not img.maps:
@@ -236,7 +236,7 @@ def collect(ctx, bpf):
 
 
 def _first(bpf, stack_id):
-    for a in bpf["stacks"].walk(stack_id):
+    for a in bpf["ustacks"].walk(stack_id):
         return a
     return 0
 
@@ -267,8 +267,9 @@ def _notes(ctx, bpf, w, stats, rows, libc_unrec, recovered, total_ns):
                      "were dropped in the kernel")
     lost_k, lost_u = _stat(bpf, 2), _stat(bpf, 3)
     if lost_k or lost_u:
-        notes.append(f"stacks lost: {lost_k} kernel, {lost_u} user (stack map full, or the stack could not be "
-                     "read): their time is kept under [missing ... stack] frames")
+        notes.append(f"stacks lost: {lost_k} kernel, {lost_u} user (EEXIST: two stacks hashed to one "
+                     "slot of the stack map, more likely the more distinct stacks there are; or the stack could not "
+                     "be read): their time is kept under [missing ... stack] frames")
     in_prog = sum(r["in_progress"] for r in rows)
     if in_prog:
         notes.append(f"{in_prog} blocks were still in progress when the run ended; their time so far is included")

@@ -34,7 +34,7 @@ def _user(bpf, key, img, unsnapshotted):
         return []   # a kernel thread
     if key.ustack < 0:
         return [f"[missing user stack: {errno.errorcode.get(-key.ustack, key.ustack)}]"]
-    addrs = list(bpf["stacks"].walk(key.ustack))
+    addrs = list(bpf["ustacks"].walk(key.ustack))
     if addrs and (img is None or not img.maps):
         unsnapshotted.add(key.tgid)
     return stacks.user_frames(addrs, img)
@@ -46,7 +46,7 @@ def collect(ctx, bpf):
     w.finish(k.tgid for k, _ in counts)
     kcache, rows, unsnapshotted = {}, {}, set()
     for k, n in counts:
-        kframes = [] if k.kstack == EFAULT else stacks.kernel_frames(bpf, k.kstack, kcache)
+        kframes = [] if k.kstack == EFAULT else stacks.kernel_frames(bpf, k.kstack, kcache, table="kstacks")
         uframes = _user(bpf, k, w.sym.image(k.tgid), unsnapshotted)
         comm = k.comm.decode("utf-8", "replace")
         ident = (k.tgid, k.tid, comm, tuple(kframes), tuple(uframes))

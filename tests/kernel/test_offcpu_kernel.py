@@ -31,8 +31,7 @@ def _assert_within_10pct(rows, truth):
             f"{name}: kit {got} us on {sorted(marks)}, the workload's own clock {t['waited_us']} us"
 
 
-def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_leftovers, binaries):
-    main, other = binaries
+def _wait_paths_take(main, other):
     kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--comm", "offcpu-work", "--for", "8s", "--json")
     kit.wait_attached()
     unrelated = work.start(other, rounds=25)
@@ -41,6 +40,14 @@ def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_le
     other_truth = work.finish(unrelated)
     res = kit.finish().json()
     assert kit.code == 0, kit.stderr
+    return truth, other_truth, res
+
+
+def test_offcpu_time_per_wait_path_matches_the_workloads_own_clock(kernel, no_leftovers, binaries):
+    main, other = binaries
+    truth, other_truth, res = _wait_paths_take(main, other)
+    if _collided(res):   # CI saw it once in the 6.1 guest: a kernel stack dropped
+        truth, other_truth, res = _wait_paths_take(main, other)
     assert res["stopped_by"] == "timeout" and res["hook"] == "raw_tracepoint sched_switch"
     rows = [r for r in res["rows"] if r["pid"] == truth["pid"]]
     _assert_within_10pct(rows, truth)
@@ -71,8 +78,13 @@ def _recovery_take(main):
 
 def _collided(res):
     """A stack the stack map dropped (EEXIST: its hash bucket held another stack). Chance, not kit's
-    error: the bucket is a hash of the stack's addresses, which ASLR moves each run; kit must say so."""
-    hit = any(f.startswith("[missing user stack: EEXIST]") for r in res["rows"] for f in r["user_stack"])
+    error: the bucket is a hash of the stack's addresses, which ASLR moves each run; kit must say so,
+    and count every block it kept under the missing stack."""
+    hit = False
+    for kind, field in (("kernel", "kernel_stack"), ("user", "user_stack")):
+        blocks = sum(r["count"] for r in res["rows"] if r[field][:1] == [f"[missing {kind} stack: EEXIST]"])
+        assert blocks <= res["offcpu"][f"{kind}_stacks_lost"], (kind, blocks, res["offcpu"])
+        hit = hit or blocks > 0
     if hit:
         assert any(n.startswith("stacks lost:") for n in res["notes"]), res["notes"]
     return hit

@@ -34,9 +34,11 @@ def _samples(rows, tid, leaf):
 
 def test_shares_of_two_functions_match_the_workloads_own_cpu_clock_and_a_sleeper_gets_none(
         kernel, no_leftovers, binary):
+    # started first, so its sleeper has gone from fork() to pause() before kit samples: CI once saw a
+    # sleeper sample outside its exit, and those first microseconds are its only other time on a CPU
+    w = Workload(binary, "3")
     kit = KitProc("run", "profile", *ACCURACY_BUDGET, "--comm", COMM, "--hz", HZ, "--for", "7s", "--json")
     kit.wait_attached()
-    w = Workload(binary, "3")
     truth = json.loads(w.go())
     w.end()                      # the process exits well before the run ends
     res = kit.finish().json()
