@@ -16,6 +16,7 @@ import time
 from kit import __version__, guard
 from kit.catalog import scope
 from kit.engine import prelude, teardown, uprobes
+from kit.guard import bpfstats
 from kit.host import features, perfevent, procfs
 from kit.output import hints
 from kit.engine.contract import default_collect, hooks_of
@@ -137,6 +138,7 @@ def execute(recipe, values, opts, err=sys.stderr, clock=time.monotonic, sleep=ti
             if ctx.stream:
                 ctx.stream.finish()  # probes off, buffer drained: the counts below are final
             stats = prelude.read_stats(bpf)
+            stats["skipped"] = bpfstats.skipped_runs(bpf)
             result = _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter)
             if ctx.stream:
                 result.update(ctx.stream.summary(stats))
@@ -275,7 +277,7 @@ def _result(ctx, opts, text, stats, elapsed, stopped_by, estimate, meter):
               for k, v in ctx.values.items() if v is not None}
     scope = {p.name: params[p.name] for p in recipe.scope_params() if p.name in params}
     lost = {"map_full": stats["map_full"], "stack_lost": stats["stack_lost"], "buffer": stats["buffer_lost"],
-            "other": stats["lost_other"]}
+            "other": stats["lost_other"], "skipped": stats.get("skipped", 0)}
     return {
         "recipe": recipe.name,
         "kit_version": __version__,

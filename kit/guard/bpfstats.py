@@ -30,18 +30,30 @@ def enable():
     return None if fd < 0 else int(fd)
 
 
-def prog_stats(fd, pid="self"):
-    """(run_time_ns, run_cnt) of the program behind fd, from the kernel's fdinfo."""
+def _fdinfo(fd, keys, pid="self"):
     vals = {}
     try:
         with open(f"/proc/{pid}/fdinfo/{fd}") as f:
             for line in f:
                 key, _, v = line.partition(":")
-                if key in ("run_time_ns", "run_cnt"):
+                if key in keys:
                     vals[key] = int(v)
-    except OSError:
+    except (OSError, ValueError):
         pass
+    return vals
+
+
+def prog_stats(fd, pid="self"):
+    """(run_time_ns, run_cnt) of the program behind fd, from the kernel's fdinfo."""
+    vals = _fdinfo(fd, ("run_time_ns", "run_cnt"), pid)
     return vals.get("run_time_ns", 0), vals.get("run_cnt", 0)
+
+
+def skipped_runs(bpf):
+    """Times the kernel did not run a program of this BCC object because that program was already
+    running on the CPU (recursion_misses, counted whether statistics are on or not): each is an
+    event kit never saw, and no counter inside the program can say so."""
+    return sum(_fdinfo(fd, ("recursion_misses",)).get("recursion_misses", 0) for fd in program_fds(bpf).values())
 
 
 def program_fds(bpf):

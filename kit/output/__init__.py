@@ -76,6 +76,8 @@ def human(result, recipe, stream, top=20):
     lost = result["lost"]
     w(f"{result['events']} events, {result['filtered']} filtered out, lost: {lost['map_full']} map full, "
       f"{lost['stack_lost']} stacks, {lost.get('buffer', 0)} buffer, {lost['other']} other"
+      + (f", {lost['skipped']} skipped by the kernel" if lost.get("skipped") else "")
+      + 
       f" | stopped by {result['stopped_by']}\n")
     if result.get("lost_events"):
         w(lost_warning(result) + "\n")
@@ -92,7 +94,8 @@ def lost_warning(result):
     why = {"map_full": "a map was full (scope the run more narrowly)",
            "stack_lost": "stack captures failed (stack map full, or a stack that could not be walked)",
            "buffer": "the event buffer overflowed (kit could not keep up; scope the run more narrowly)",
-           "other": "events the probe could not record"}
+           "other": "events the probe could not record",
+           "skipped": "the kernel skipped kit's program while that program was already running on the CPU"}
     parts = [f"{lost[k]} because {why[k]}" for k in why if lost.get(k)]
     return f"warning: {result['lost_events']} events were lost, so the results above undercount: " + "; ".join(parts)
 

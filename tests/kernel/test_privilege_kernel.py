@@ -92,7 +92,7 @@ def _status(pid):
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def test_runs_as_non_root_with_only_bpf_perfmon_and_dac_read_search(kernel, no_leftovers, kit_copy):
+def _retrans_as_kituser(kit_copy):
     ns = f"kit-h-priv-{os.getpid()}"
     with retrans.netns(ns):
         p = as_kituser(kit_copy, ["run", "tcpretrans", "--netns", ns, "--for", "120s", "--json"])
@@ -106,8 +106,14 @@ def test_runs_as_non_root_with_only_bpf_perfmon_and_dac_read_search(kernel, no_l
     assert p.returncode == 130, err
     res = json.loads(out)
     assert delta >= 3
-    retrans.counts_agree(res["rows"], delta)
-    assert res["lost_events"] == 0
+    assert res["lost_events"] == 0, res["lost"]
+    return res, delta
+
+
+@retrans.retake_on_disagreement
+def test_runs_as_non_root_with_only_bpf_perfmon_and_dac_read_search(kernel, no_leftovers, kit_copy):
+    res, delta = _retrans_as_kituser(kit_copy)
+    retrans.counts_agree(res["rows"], delta, {**res["lost"], "filtered": res["filtered"]})
 
 
 @pytest.mark.parametrize("caps, hook, missing", [

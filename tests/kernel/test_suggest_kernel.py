@@ -18,7 +18,7 @@ from workloads.load import Load
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 
 PF_KTHREAD = 0x00200000
-ATTEMPTS = 3  # other tests crowd this box: a rate that moves past a suggestion's headroom is retaken
+ATTEMPTS = 5  # a 2-CPU box crowded by the loads and kit itself: a rate that moves past a suggestion's headroom is retaken
 
 
 def _comm(tag):
@@ -87,7 +87,7 @@ def check_all(cmds, ours, kit_pid):
         assert p.returncode == 4, (cmd, p.returncode, p.stderr)  # never bad input: kit accepts what it suggests
         assert est.get("cpu_pct", 0) > est.get("budget_pct", 100) / 1.25, (cmd, est)  # it fitted when suggested
         if mine:
-            retake.append(cmd)
+            retake.append((cmd, est.get("cpu_pct"), est.get("budget_pct")))  # what it cost when retaken
     return retake
 
 
@@ -113,10 +113,12 @@ def test_every_command_an_unscoped_refusal_suggests_passes_a_dry_run(kernel, no_
                         assert len(comm.encode()) <= 15 and not any(is_kthread(p) for p in comm_pids(comm)), c
                     if "--pid" in words:
                         assert is_kthread(int(words[words.index("--pid") + 1])) in (False, None), c
-                if not check_all(cmds, [(hot.comm, hot.pid), (pp.comm, pp.pid)], kit_pid):
+                refused = check_all(cmds, [(hot.comm, hot.pid), (pp.comm, pp.pid)], kit_pid)
+                if not refused:
                     break
             else:
-                pytest.fail(f"{recipe}: the suggestions for the test's own load were refused {ATTEMPTS} times")
+                pytest.fail(f"{recipe}: the suggestions for the test's own load were refused {ATTEMPTS} times; "
+                            f"the last (command, cpu_pct, budget_pct): {refused}")
         hot.finish()
         pp.finish()
 
@@ -132,8 +134,10 @@ def test_when_no_scope_fits_the_budget_the_ways_out_are_priced_and_pass_a_dry_ru
             assert short and "--for 3s --budget " in short[0] and "CPU-seconds in all" in short[0], err
             cmds = suggested(err)
             assert any(f"--comm {hot.comm}" in c for c in cmds), err
-            if not check_all(cmds, [(hot.comm, hot.pid)], kit_pid):
+            refused = check_all(cmds, [(hot.comm, hot.pid)], kit_pid)
+            if not refused:
                 break
         else:
-            pytest.fail(f"the ways out were refused {ATTEMPTS} times")
+            pytest.fail(f"the ways out were refused {ATTEMPTS} times; the last (command, cpu_pct, budget_pct): "
+                        f"{refused}")
         hot.finish()
