@@ -77,8 +77,7 @@ def human(result, recipe, stream, top=20):
     w(f"{result['events']} events, {result['filtered']} filtered out, lost: {lost['map_full']} map full, "
       f"{lost['stack_lost']} stacks, {lost.get('buffer', 0)} buffer, {lost['other']} other"
       + (f", {lost['skipped']} skipped by the kernel" if lost.get("skipped") else "")
-      + 
-      f" | stopped by {result['stopped_by']}\n")
+      + f" | stopped by {result['stopped_by']}\n")
     if result.get("lost_events"):
         w(lost_warning(result) + "\n")
     if result.get("forced"):
