@@ -257,7 +257,7 @@ def _print_results(result, recipe, ns, opts, out, err):
         if opts.json:
             output.to_json(result, out)
         elif getattr(ns, "folded", False):
-            output.folded(result, out)
+            output.folded(result, out, err)
         else:
             output.human(result, recipe, out)
         out.flush()

@@ -274,6 +274,13 @@ def emit(merged, ns, svg, out, err, doc=None):
     elif merged is not None and getattr(ns, "folded", False):
         for line in merge_mod.folded_lines(merged, by_host):
             out.write(line + "\n")
+        # stdout stays folded lines; what the flame graph cannot show goes to stderr
+        from kit.output import _cell
+        if merged["lost_events"]:
+            err.write(f"kit: warning: {merged['lost_events']} events were lost on the hosts, "
+                      "so the stacks above undercount (see --json for each host's losses)\n")
+        for h in merged["failed_hosts"]:
+            err.write(f"kit: host {_cell(h['host'])} gave no result: {h['status']}\n")
     elif merged is not None:
         merge_mod.human(merged, out)
     elif doc is not None:

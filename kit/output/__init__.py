@@ -110,11 +110,17 @@ def _cell(v):
     return "" if v is None else str(v)
 
 
-def folded(result, stream):
-    """Folded stacks, one per line, for flame graph tools (kit.output.stacks.folded_lines)."""
+def folded(result, stream, err):
+    """Folded stacks, one per line, for flame graph tools (kit.output.stacks.folded_lines). stdout
+    stays pure folded lines; the notes and any loss go to stderr, since a flame graph cannot say
+    that it undercounts."""
     from kit.output import stacks
     for line in stacks.folded_lines(result.get("rows") or [], result.get("stack_value", "total_us")):
         stream.write(line + "\n")
+    for note in result.get("notes", []):
+        err.write(f"kit: note: {note}\n")
+    if result.get("lost_events"):
+        err.write(f"kit: {lost_warning(result)}\n")
 
 
 def write_flamegraph(result, recipe, path, err):

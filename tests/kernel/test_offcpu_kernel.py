@@ -178,8 +178,7 @@ def test_cgroup_scope_is_filtered_in_the_kernel(kernel, no_leftovers, binaries):
     _assert_within_10pct(res["rows"], truth)
 
 
-def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
-    main, _ = binaries
+def _folded_take(main):
     proc = work.start(main, rounds=10, wait=True)
     kit = KitProc("run", "offcpu", *ACCURACY_BUDGET, "--pid", str(proc.pid), "--for", "20s", "--folded")
     kit.wait_attached()
@@ -187,6 +186,14 @@ def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
     truth = work.finish(proc)
     kit.finish()
     assert kit.code == 0, kit.stderr
+    return truth, kit
+
+
+def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
+    main, _ = binaries
+    truth, kit = _folded_take(main)
+    if "kit: note: stacks lost:" in kit.stderr:  # a dropped stack (EEXIST), said on stderr: take again
+        truth, kit = _folded_take(main)
     lines = kit.stdout.strip().splitlines()
     values = {}
     for line in lines:
@@ -198,7 +205,7 @@ def test_folded_output_is_flame_graph_input(kernel, no_leftovers, binaries):
     assert direct, lines
     got = sum(values[s] for s in direct if "do_nanosleep" in s)
     want = truth["threads"]["direct-sleep"]["waited_us"]
-    assert abs(got - want) <= 0.10 * want
+    assert abs(got - want) <= 0.10 * want, (got, want, truth["threads"]["direct-sleep"], lines, kit.stderr)
     # root first: comm, then user frames outermost first, then the kernel down to __schedule
     assert not [s for s in values if s.split(";")[-1] != "__schedule"], (lines, kit.stderr)
 

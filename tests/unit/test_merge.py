@@ -98,6 +98,23 @@ def test_folded_stacks_merge_and_by_host_puts_the_host_at_the_root():
     assert stacks.folded_lines([row]) == ["pay-svc;main;usleep;do_nanosleep;schedule 100"]  # unchanged alone
 
 
+def test_merged_folded_output_keeps_stdout_pure_and_says_losses_and_missing_hosts_on_stderr():
+    import argparse
+    import io
+    from kit import fleet
+    row = {"pid": 1, "tid": 1, "comm": "pay-svc", "kernel_stack": ["schedule"], "user_stack": ["main"],
+           "total_us": 100, "count": 1}
+    a = result(recipe="offcpu", rows=[row], stack_value="total_us", lost_events=3,
+               lost={"map_full": 0, "stack_lost": 3, "buffer": 0, "other": 0})
+    doc = {"kind": merge.FLEET_KIND, "hosts": [{"host": "a", "status": "ok", "code": 0, "result": a},
+                                 {"host": "b", "status": "refused", "code": 4, "reason": "hot path"}]}
+    m = merge.merge([("fleet.json", doc)])
+    out, err = io.StringIO(), io.StringIO()
+    fleet.emit(m, argparse.Namespace(folded=True, json=False, by_host=False), None, out, err)
+    assert out.getvalue() == "pay-svc;main;schedule 100\n"
+    assert "3 events were lost" in err.getvalue() and "host b gave no result: refused" in err.getvalue()
+
+
 
 def test_profile_samples_and_runqlat_waits_add_up_across_hosts():
     row = {"pid": 1, "tid": 1, "comm": "api", "samples": 40, "kernel_stack": [], "user_stack": ["hot", "main"]}

@@ -146,6 +146,19 @@ def test_folded_lines_are_root_first_merged_and_sorted():
                      "db_reader;query:x;read;pipe_read;__schedule 50"]
 
 
+def test_folded_output_says_its_notes_and_losses_on_stderr_never_on_stdout():
+    from kit import output
+    res = {"rows": ROWS, "stack_value": "total_us", "notes": ["stacks lost: 1 kernel, 0 user (EEXIST)"],
+           "lost_events": 1, "lost": {"map_full": 0, "stack_lost": 1, "buffer": 0, "other": 0}}
+    out, err = io.StringIO(), io.StringIO()
+    output.folded(res, out, err)
+    assert out.getvalue().splitlines() == stacks.folded_lines(ROWS)  # a flame graph tool reads only stacks
+    assert err.getvalue().splitlines() == [
+        "kit: note: stacks lost: 1 kernel, 0 user (EEXIST)",
+        "kit: warning: 1 events were lost, so the results above undercount: 1 because stack captures failed "
+        "(stack map full, or a stack that could not be walked)"]
+
+
 def test_flame_graph_widths_are_proportional_to_time():
     svg = flamegraph.render(ROWS, title="t")
     doc = ET.fromstring(svg)
