@@ -22,8 +22,19 @@ def _netns():
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+def _bench_leftovers():
+    from kit.engine import stream
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return ({d for d in os.listdir(stream.memory_root()) if d.startswith("kit-bench-oom-")}
+            | {line.split(":")[0] for line in loops.splitlines() if "kit-bench-disk" in line}
+            | {f for f in os.listdir("/dev/shm") if f.startswith("kit-bench-")})
+
+
 def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, no_leftovers, tmp_path):
     out = tmp_path / "RESULTS.md"
+    # compared with what was there before: a run killed earlier (SIGKILL skips cleanup) is not this run's
+    ns_before = set(_netns().split())
+    left_before = _bench_leftovers()
     p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=360)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -95,10 +106,6 @@ def test_quick_bench_runs_every_case_and_its_counts_match_the_workloads(kernel, 
         g = raw["guards"][name]["rows"][0]
         assert g["stopped_by"] == "SIGINT" and g["events"] > 0 and g["stats_runs_per_s"] > 0, (name, g)
     assert "## The guardrail's estimate against the measured cost" in text
-    assert "kit-bench-" not in _netns(), "the bench left its network namespace behind"
-    from kit.engine import stream
-    assert not [d for d in os.listdir(stream.memory_root()) if d.startswith("kit-bench-oom-")], \
-        "the bench left its memory cgroup behind"
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert "kit-bench-disk" not in loops and not any(f.startswith("kit-bench-") for f in os.listdir("/dev/shm")), \
-        "the bench left its loop device or its backing file behind"
+    assert not [n for n in set(_netns().split()) - ns_before if n.startswith("kit-bench-")], \
+        "the bench left its network namespace behind"
+    assert not _bench_leftovers() - left_before, "the bench left its memory cgroup, loop device or backing file behind"
