@@ -278,7 +278,7 @@ def emit(merged, ns, svg, out, err, doc=None):
         from kit.output import _cell
         if merged["lost_events"]:
             err.write(f"kit: warning: {merged['lost_events']} events were lost on the hosts, "
-                      "so the stacks above undercount (see --json for each host's losses)\n")
+                      "so the folded stacks undercount (see --json for each host's losses)\n")
         for h in merged["failed_hosts"]:
             err.write(f"kit: host {_cell(h['host'])} gave no result: {h['status']}\n")
     elif merged is not None:
